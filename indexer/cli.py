@@ -1,0 +1,290 @@
+"""The ``lookalike`` command line: a thin layer over :class:`indexer.engine.Collection`.
+
+Exit status: 0 success; 1 error (one line on stderr); 2 usage error; 3 finished, but some files were
+skipped (unreadable, corrupt, not images) — they are listed, and ``lookalike stats --errors`` lists them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.registry import UnknownNameError
+
+from .engine import Collection, LookalikeError, WhiteningSettings, default_home
+from .scan import scan_folder
+from .vector_index import IndexConfig
+
+EXIT_SKIPPED = 3
+
+
+class TqdmProgress:
+    """:class:`indexer.engine.Progress` drawn with tqdm on stderr (hidden when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _fail(message: str) -> click.ClickException:
+    return click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="LOOKALIKE_HOME",
+              help=f"Folder holding the collection (database, index). Env: LOOKALIKE_HOME. Default: {default_home()}")
+@click.option("--db", "db_url", envvar="LOOKALIKE_DB_URL", metavar="URL",
+              help="SQLAlchemy URL of the metadata database (default: SQLite in --home). Env: LOOKALIKE_DB_URL.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per network batch.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
+              help="Processes decoding images in parallel (0: in the main process).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="lookalike")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, db_url: str | None, device: str, batch_size: int, workers: int,
+         precision: str, verbose: int) -> None:
+    """lookalike: index a folder of images, then ask what looks like this.
+
+    \b
+      lookalike index ~/Pictures            # embed every image (again: only what changed)
+      lookalike search query.jpg -k 5       # nearest neighbours, best first
+      lookalike stats                       # what is in the collection
+    """
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    runtime = RuntimeOptions(device=device, batch_size=batch_size, workers=workers, precision=precision)
+    ctx.obj = {"home": home, "db_url": db_url, "runtime": runtime}
+
+
+def _open(ctx: click.Context) -> Collection:
+    try:
+        return Collection(ctx.obj["home"], ctx.obj["db_url"], runtime=ctx.obj["runtime"])
+    except OSError as exc:
+        raise _fail(f"cannot open the collection: {exc}") from None
+
+
+def _model_from_options(collection: Collection, overrides: dict[str, Any]) -> ModelConfig | None:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return None
+    base = collection.model_config or ModelConfig()
+    try:
+        return dataclasses.replace(base, **given)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`.")
+@click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).')
+@click.option("--pooling", type=click.Choice(["gem", "mac", "spoc", "rmac"]), help="Pooling of the feature map (default gem).")
+@click.option("--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224).")
+@click.option("--scales", help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1).")
+@click.option("--whiten/--no-whiten", default=None, help="PCA-whiten vectors, learned from the collection itself.")
+@click.option("--whiten-dim", type=click.IntRange(1), help="Dimension kept by the whitening (default 256).")
+@click.option("--index-kind", help="auto (exact below 50,000 images, IVF above), flat, ivf, hnsw, or a FAISS factory string.")
+@click.option("--reembed", is_flag=True, help="Re-embed everything when the model options differ from the collection's.")
+@click.pass_context
+def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
+          image_size: int | None, scales: str | None, whiten: bool | None, whiten_dim: int | None,
+          index_kind: str | None, reembed: bool) -> None:
+    """Index the images in FOLDER (recursively).
+
+    Run it again after the folder changes: only new and changed images are embedded, deleted ones are
+    dropped and moved ones are recognised by their content. An interrupted run resumes where it stopped.
+    """
+    coll = _open(ctx)
+    scale_tuple = None
+    if scales:
+        try:
+            scale_tuple = tuple(float(s) for s in scales.split(","))
+        except ValueError:
+            raise _fail(f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {scales!r}") from None
+    model = _model_from_options(coll, dict(backbone=backbone, weights=weights, pooling=pooling,
+                                           image_size=image_size, scales=scale_tuple))
+    idx_cfg = None
+    if index_kind:
+        idx_cfg = dataclasses.replace(coll.index_config, kind=index_kind)
+    wcfg = None
+    if whiten is not None or whiten_dim is not None:
+        current = coll.whitening_settings
+        wcfg = dataclasses.replace(current, enabled=current.enabled if whiten is None else whiten,
+                                   dim=whiten_dim or current.dim)
+    try:
+        coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed)
+        report = coll.index_folder(folder, progress=TqdmProgress())
+    except (LookalikeError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    parts = [f"{report.scanned} images in {report.folder}", f"{report.embedded} embedded"]
+    for name in ("new", "changed", "moved", "removed", "resumed"):
+        if getattr(report, name):
+            parts.append(f"{getattr(report, name)} {name}")
+    parts.append(f"{report.unchanged} unchanged")
+    click.echo(", ".join(parts))
+    if report.embedded:
+        click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s")
+    click.echo(f"collection: {report.total_indexed} images searchable ({report.index_kind} index), in {coll.home}")
+    if report.ignored:
+        click.echo(f"ignored {report.ignored} files that are not images (by extension)")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} files:", err=True)
+        for path, reason in report.skipped[:50]:
+            click.echo(f"  {path}: {reason}", err=True)
+        if len(report.skipped) > 50:
+            click.echo(f"  ... and {len(report.skipped) - 50} more (lookalike stats --errors)", err=True)
+        ctx.exit(EXIT_SKIPPED)
+
+
+def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
+    out: list[Path] = []
+    for q in queries:
+        if q.is_dir():
+            out.extend(Path(f.path) for f in scan_folder(q).files)
+        elif q.exists():
+            out.append(q)
+        else:
+            raise _fail(f"query not found: {q}")
+    if not out:
+        raise _fail("no query images found")
+    return out
+
+
+@main.command()
+@click.argument("queries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Results per query.")
+@click.option("--threshold", type=float, help="Only results with a score (cosine similarity) at least this.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: a JSON list, one object per query.")
+@click.pass_context
+def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: float | None, as_json: bool) -> None:
+    """Find the images that look most like each query IMAGE (files or folders of images)."""
+    coll = _open(ctx)
+    paths = _expand_queries(queries)
+    try:
+        results = coll.search(paths, k=k, threshold=threshold)
+    except (LookalikeError, UnknownNameError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        payload = [
+            {"query": r.query, "error": r.error,
+             "results": [{"rank": i + 1, "path": h.path, "score": round(h.score, 6), "id": h.id}
+                         for i, h in enumerate(r.hits)]}
+            for r in results
+        ]
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        for n, r in enumerate(results):
+            if n:
+                click.echo()
+            click.echo(f"query: {r.query}")
+            if r.error:
+                click.echo(f"  cannot read the query: {r.error}")
+                continue
+            if not r.hits:
+                click.echo("  no results" + (f" with score >= {threshold}" if threshold is not None else ""))
+            for i, h in enumerate(r.hits):
+                click.echo(f"  {i + 1:>3}  {h.score:.4f}  {h.path}")
+    if any(r.error for r in results):
+        ctx.exit(EXIT_SKIPPED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--errors", "show_errors", is_flag=True, help="Also list the files that could not be indexed, and why.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
+    """Show what the collection holds."""
+    coll = _open(ctx)
+    st = coll.stats()
+    errors = coll.errors() if show_errors else []
+    if as_json:
+        d = dataclasses.asdict(st)
+        if show_errors:
+            d["error_files"] = [{"path": p, "reason": r} for p, r in errors]
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"home:      {st.home}")
+    click.echo(f"database:  {st.database}")
+    click.echo(f"model:     {st.model or '(none yet)'}")
+    click.echo(f"images:    {st.images} ({st.indexed} indexed, {st.pending} pending, {st.errors} could not be read)")
+    click.echo(f"index:     {st.index_kind or '(none)'}, {st.index_vectors or 0} vectors of dimension {st.dim or '-'}")
+    click.echo(f"whitening: {st.whitening or 'off'}")
+    for path, reason in errors:
+        click.echo(f"  {path}: {reason}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_context
+def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Forget images (a file, or every image under a folder). Files on disk are not touched."""
+    coll = _open(ctx)
+    try:
+        total = sum(coll.remove(p) for p in paths)
+    except LookalikeError as exc:
+        raise _fail(str(exc)) from None
+    if total == 0:
+        raise _fail("nothing in the collection matches " + ", ".join(str(p) for p in paths))
+    click.echo(f"removed {total} images from the collection")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Rebuild the index from the database and fix what can be fixed.")
+@click.option("--prune-missing", is_flag=True, help="With --repair: forget images whose files are gone.")
+@click.pass_context
+def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
+    """Check that the index, the database and the files on disk agree."""
+    coll = _open(ctx)
+    try:
+        rep = coll.doctor(repair=repair, prune_missing=prune_missing)
+    except LookalikeError as exc:
+        raise _fail(str(exc)) from None
+    if rep.ok:
+        click.echo("ok: the index and the database agree")
+        return
+    for p in rep.problems:
+        click.echo(f"problem: {p}")
+    for path in rep.missing_files[:20]:
+        click.echo(f"  missing: {path}")
+    for r in rep.repaired:
+        click.echo(f"repaired: {r}")
+    if not repair:
+        click.echo("run `lookalike doctor --repair` to rebuild the index from the database")
+        ctx.exit(1)
+
+
+@main.command()
+def models() -> None:
+    """List the backbones and poolings that can be used."""
+    from retrieval.backbones import BACKBONES
+    from retrieval.pooling import POOLINGS
+
+    click.echo("backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)")
+    click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")
+
+
+if __name__ == "__main__":
+    main()

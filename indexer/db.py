@@ -1,0 +1,141 @@
+"""SQLite (or any SQLAlchemy database) metadata of a collection: images, their vectors, and settings.
+
+The database is the source of truth: every image's raw descriptor is kept in ``images.vector``, so the
+FAISS index file can always be rebuilt from it. ``Image.id`` is the id the FAISS index uses.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+PENDING = "pending"
+INDEXED = "indexed"
+ERROR = "error"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Raw (un-whitened) float32 descriptor bytes.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embed_seconds: Mapped[float | None] = mapped_column(Float)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+    __table_args__ = (Index("ix_images_size", "size"),)
+
+
+class Setting(Base):
+    """Key -> JSON value: model config, index config, whitening settings, vector version."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Blob(Base):
+    """Named binary artefacts kept with the collection (e.g. the learned whitening)."""
+
+    __tablename__ = "blobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables. SQLite gets WAL mode and a busy timeout."""
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def get_setting(session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(Setting, key)
+    return default if row is None else json.loads(row.value)
+
+
+def set_setting(session: Session, key: str, value: Any) -> None:
+    row = session.get(Setting, key)
+    text = json.dumps(value, sort_keys=True)
+    if row is None:
+        session.add(Setting(key=key, value=text))
+    else:
+        row.value = text
+
+
+def get_blob(session: Session, name: str) -> bytes | None:
+    row = session.get(Blob, name)
+    return None if row is None else row.data
+
+
+def set_blob(session: Session, name: str, data: bytes | None) -> None:
+    row = session.get(Blob, name)
+    if data is None:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(Blob(name=name, data=data))
+    else:
+        row.data = data
+
+
+VECTOR_VERSION = "vector_version"
+
+
+def bump_vector_version(session: Session) -> int:
+    """Increment, in the caller's transaction, the counter that changes whenever indexed vectors change."""
+    version = int(get_setting(session, VECTOR_VERSION, 0)) + 1
+    set_setting(session, VECTOR_VERSION, version)
+    return version
+
+
+__all__ = [
+    "Base", "ImageRecord", "Setting", "Blob", "make_engine", "get_setting", "set_setting", "get_blob",
+    "set_blob", "bump_vector_version", "VECTOR_VERSION", "PENDING", "INDEXED", "ERROR", "select",
+]

@@ -1,0 +1,735 @@
+"""The engine: a collection of images (SQLite metadata + vectors, FAISS index) that can be synced and searched.
+
+The database is the source of truth. Vectors are written to it batch by batch, each batch in one
+transaction, so a run killed at any moment loses at most the batch in flight; the next run picks up the
+rows left ``pending``. The FAISS index file is a cache of the database: it is saved atomically with the
+database's vector version beside it, and rebuilt from the database whenever the two disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.model import Embedder
+from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
+
+from . import db
+from .db import ERROR, INDEXED, PENDING, ImageRecord
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
+from .pipeline import embed_files
+from .scan import KnownFile, ScanResult, plan_sync, scan_folder
+from .vector_index import IndexConfig, VectorIndex
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "lookalike.db"
+INDEX_FILE = "index.faiss"
+INDEX_STATE_FILE = "index.json"
+LOCK_FILE = "lock"
+
+
+class LookalikeError(Exception):
+    """An error whose message a person can act on (the CLI prints it as one line)."""
+
+
+class ModelMismatchError(LookalikeError):
+    pass
+
+
+class CollectionBusyError(LookalikeError):
+    pass
+
+
+def default_home() -> Path:
+    """``$LOOKALIKE_HOME``, else ``$XDG_DATA_HOME/lookalike``, else ``~/.local/share/lookalike``."""
+    env = os.environ.get("LOOKALIKE_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "lookalike"
+
+
+class Progress(Protocol):
+    """Progress reporting hooks; the CLI passes a progress bar, the library default does nothing."""
+
+    def start(self, total: int, description: str) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class WhiteningSettings:
+    enabled: bool = False
+    #: Output dimension (``None`` keeps all usable components).
+    dim: int | None = 256
+    #: Learn only once at least this many vectors per output dimension exist.
+    min_vectors_per_dim: float = 2.0
+    #: Re-learn when the collection has grown or shrunk by this factor since the last learning.
+    relearn_factor: float = 2.0
+
+
+@dataclass
+class IndexReport:
+    folder: str
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    resumed: int = 0
+    embedded: int = 0
+    ignored: int = 0  # files with a non-image extension
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    embed_seconds: float = 0.0
+    total_seconds: float = 0.0
+    index_kind: str = ""
+    total_indexed: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+@dataclass
+class SearchHit:
+    id: int
+    path: str
+    score: float
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class QueryResult:
+    query: str
+    hits: list[SearchHit] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Stats:
+    home: str
+    database: str
+    model: str | None
+    images: int
+    indexed: int
+    pending: int
+    errors: int
+    index_kind: str | None
+    index_vectors: int | None
+    dim: int | None
+    whitening: str | None
+
+
+@dataclass
+class DoctorReport:
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], Embedder]
+
+
+class Collection:
+    """A searchable image collection kept in ``home`` (or in the database at ``db_url``).
+
+    Dependencies come in through the constructor: ``embedder_factory`` builds the network lazily (a rescan
+    that finds nothing new never loads a model), ``runtime`` holds device / batch / worker choices.
+    """
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        db_url: str | None = None,
+        runtime: RuntimeOptions | None = None,
+        embedder_factory: EmbedderFactory = Embedder,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        commit_every: int = 64,
+    ) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
+        self.runtime = runtime or RuntimeOptions()
+        self.max_pixels = max_pixels
+        self.commit_every = commit_every
+        self._embedder_factory = embedder_factory
+        self._embedder: Embedder | None = None
+        self._engine = db.make_engine(self.db_url)
+        self._index: VectorIndex | None = None
+        self._index_version: int | None = None
+
+    # ------------------------------------------------------------------ settings
+    def _session(self) -> Session:
+        return Session(self._engine, expire_on_commit=False)
+
+    @property
+    def model_config(self) -> ModelConfig | None:
+        with self._session() as s:
+            d = db.get_setting(s, "model")
+        return None if d is None else ModelConfig.from_dict(d)
+
+    @property
+    def index_config(self) -> IndexConfig:
+        with self._session() as s:
+            d = db.get_setting(s, "index")
+        return IndexConfig() if d is None else IndexConfig.from_dict(d)
+
+    @property
+    def whitening_settings(self) -> WhiteningSettings:
+        with self._session() as s:
+            d = db.get_setting(s, "whitening")
+        return WhiteningSettings() if d is None else WhiteningSettings(**d)
+
+    def _whitening(self, s: Session) -> Whitening | None:
+        data = db.get_blob(s, "whitening")
+        return None if data is None else Whitening.from_bytes(data)
+
+    def configure(
+        self,
+        model: ModelConfig | None = None,
+        index: IndexConfig | None = None,
+        whitening: WhiteningSettings | None = None,
+        reembed: bool = False,
+    ) -> None:
+        """Set the collection's model / index / whitening settings.
+
+        A model different from the one that made the stored vectors is refused with
+        :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
+        """
+        with self._session() as s, s.begin():
+            stored = db.get_setting(s, "model")
+            if model is not None:
+                if stored is not None and ModelConfig.from_dict(stored) != model:
+                    has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
+                    if has_vectors and not reembed:
+                        raise ModelMismatchError(
+                            f"this collection was built with {ModelConfig.from_dict(stored).describe()}, "
+                            f"not {model.describe()}; re-run with --reembed to re-embed all "
+                            f"{has_vectors} images with the new model, or use another --home"
+                        )
+                    if has_vectors:
+                        self._reset_vectors(s)
+                db.set_setting(s, "model", model.to_dict())
+            elif stored is None:
+                db.set_setting(s, "model", ModelConfig().to_dict())
+            if index is not None:
+                db.set_setting(s, "index", index.to_dict())
+            if whitening is not None:
+                if whitening != self.whitening_settings:
+                    db.set_blob(s, "whitening", None)  # relearned at the end of the next index run
+                    db.bump_vector_version(s)
+                db.set_setting(s, "whitening", whitening.__dict__)
+        self._embedder = None
+        self._index = None
+
+    def _reset_vectors(self, s: Session) -> None:
+        s.execute(update(ImageRecord).values(vector=None, status=PENDING, size=-1))
+        db.set_blob(s, "whitening", None)
+        db.bump_vector_version(s)
+
+    def _get_embedder(self) -> Embedder:
+        if self._embedder is None:
+            cfg = self.model_config or ModelConfig()
+            self._embedder = self._embedder_factory(cfg, self.runtime)
+        return self._embedder
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """One writer at a time per home folder (an advisory lock, released if the process dies)."""
+        with open(self.home / LOCK_FILE, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CollectionBusyError(
+                    f"another lookalike process is writing to {self.home}; wait for it to finish"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ indexing
+    def index_folder(self, folder: str | Path, progress: Progress | None = None) -> IndexReport:
+        """Sync the collection with ``folder``: embed new and changed images, drop deleted ones, follow moves."""
+        progress = progress or NullProgress()
+        t_start = time.perf_counter()
+        root = Path(folder).expanduser()
+        try:
+            scan: ScanResult = scan_folder(root, IMAGE_EXTENSIONS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise LookalikeError(str(exc)) from None
+        root = root.resolve()
+        report = IndexReport(folder=str(root), scanned=len(scan.files), ignored=scan.ignored)
+        for d, reason in scan.unreadable_dirs:
+            report.skipped.append((d, f"cannot list folder ({reason})"))
+        with self._write_lock():
+            if self.model_config is None:
+                self.configure()
+            start_version = self._vector_version()
+            touched: set[int] = set()
+            removed: set[int] = set()
+            todo = self._apply_plan(root, scan, report, touched, removed)
+            if todo:
+                self._embed_rows(todo, report, touched, progress)
+            self._finish_index_update(start_version, touched, removed, report)
+        report.total_seconds = time.perf_counter() - t_start
+        return report
+
+    def _known_under(self, s: Session, root: Path) -> list[KnownFile]:
+        prefix = str(root).rstrip(os.sep) + os.sep
+        rows = s.execute(
+            select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.status,
+                   ImageRecord.content_hash).where(ImageRecord.path.startswith(prefix, autoescape=True))
+        ).all()
+        return [KnownFile(*r) for r in rows]
+
+    def _apply_plan(
+        self, root: Path, scan: ScanResult, report: IndexReport, touched: set[int], removed: set[int]
+    ) -> list[tuple[int, str]]:
+        """Record the scan in the database; return the ``(id, path)`` rows that need embedding."""
+
+        def safe_hash(path: str) -> str | None:
+            try:
+                return file_hash(path)
+            except OSError:
+                return None
+
+        with self._session() as s, s.begin():
+            known = self._known_under(s, root)
+            plan = plan_sync(scan.files, known, safe_hash, PENDING)
+            report.new, report.moved, report.unchanged = len(plan.new), len(plan.moved), plan.unchanged
+            report.resumed = len(plan.resume)
+            known_by_id = {k.id: k for k in known}
+            vectors_changed = False
+            for row_id, f in plan.moved:
+                s.execute(update(ImageRecord).where(ImageRecord.id == row_id)
+                          .values(path=f.path, size=f.size, mtime_ns=f.mtime_ns))
+            todo: list[tuple[int, str]] = [(row_id, f.path) for row_id, f in plan.resume]
+            for row_id, f in plan.changed:
+                old = known_by_id[row_id]
+                if old.status == INDEXED and old.content_hash and safe_hash(f.path) == old.content_hash:
+                    # Touched but identical (e.g. copied with a new mtime): nothing to embed.
+                    s.execute(update(ImageRecord).where(ImageRecord.id == row_id)
+                              .values(size=f.size, mtime_ns=f.mtime_ns))
+                    report.unchanged += 1
+                    continue
+                s.execute(update(ImageRecord).where(ImageRecord.id == row_id).values(
+                    size=f.size, mtime_ns=f.mtime_ns, status=PENDING, vector=None, error=None))
+                todo.append((row_id, f.path))
+                touched.add(row_id)
+                report.changed += 1
+                vectors_changed = True
+            if plan.removed:
+                for chunk in _chunks(plan.removed, 500):
+                    s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
+                removed.update(plan.removed)
+                report.removed = len(plan.removed)
+                vectors_changed = True
+            if plan.new:
+                records = [ImageRecord(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
+                s.add_all(records)
+                s.flush()
+                todo.extend((r.id, r.path) for r in records)
+            if vectors_changed:
+                db.bump_vector_version(s)
+        log.info("scan of %s: %d new, %d changed, %d moved, %d removed, %d unchanged, %d resumed",
+                 root, report.new, report.changed, report.moved, report.removed, report.unchanged, report.resumed)
+        return todo
+
+    def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, touched: set[int], progress: Progress) -> None:
+        embedder = self._get_embedder()
+        with self._session() as s, s.begin():
+            db.set_setting(s, "model_dim", embedder.dim)
+        ids = [row_id for row_id, _ in todo]
+        paths = [p for _, p in todo]
+        progress.start(len(todo), "embedding")
+        pending_updates: list[dict] = []
+        t0 = time.perf_counter()
+
+        def flush() -> None:
+            if not pending_updates:
+                return
+            with self._session() as s, s.begin():
+                s.execute(update(ImageRecord), pending_updates)
+                db.bump_vector_version(s)
+            pending_updates.clear()
+
+        try:
+            for out in embed_files(paths, embedder, batch_size=self.runtime.batch_size,
+                                   workers=self.runtime.workers, max_pixels=self.max_pixels):
+                row_id = ids[out.index]
+                if out.error is not None:
+                    pending_updates.append(dict(id=row_id, status=ERROR, error=out.error, vector=None))
+                    report.skipped.append((paths[out.index], out.error))
+                else:
+                    assert out.vector is not None
+                    pending_updates.append(dict(
+                        id=row_id, status=INDEXED, error=None, vector=out.vector.astype(np.float32).tobytes(),
+                        width=out.width, height=out.height, content_hash=out.content_hash))
+                    report.embedded += 1
+                    touched.add(row_id)
+                progress.advance(1)
+                if len(pending_updates) >= self.commit_every:
+                    flush()
+            flush()
+        finally:
+            progress.finish()
+            report.embed_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ FAISS index upkeep
+    def _vector_version(self) -> int:
+        with self._session() as s:
+            return int(db.get_setting(s, db.VECTOR_VERSION, 0))
+
+    def _read_state(self) -> dict | None:
+        try:
+            return json.loads((self.home / INDEX_STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.home / (INDEX_STATE_FILE + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.home / INDEX_STATE_FILE)
+
+    def _load_index_file(self) -> tuple[VectorIndex | None, dict | None]:
+        state = self._read_state()
+        path = self.home / INDEX_FILE
+        if state is None or not path.exists():
+            return None, state
+        try:
+            return VectorIndex.load(path, self.index_config), state
+        except Exception as exc:  # a damaged file is just a stale cache: rebuild it
+            log.warning("index file %s is unreadable (%s); it will be rebuilt", path, exc)
+            return None, state
+
+    def _indexed_vectors(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw vectors of indexed rows: ``(N,)`` int64 ids, ``(N, D)`` float32."""
+        q = select(ImageRecord.id, ImageRecord.vector).where(ImageRecord.status == INDEXED)
+        rows: list = []
+        if ids is None:
+            rows = list(s.execute(q.order_by(ImageRecord.id)))
+        else:
+            for chunk in _chunks(sorted(ids), 500):
+                rows.extend(s.execute(q.where(ImageRecord.id.in_(chunk))))
+        rows = [r for r in rows if r[1] is not None]
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+        return out_ids, vecs
+
+    def _maybe_learn_whitening(self, s: Session) -> bool:
+        """(Re)learn the PCA-whitening from the collection when due. Returns whether it changed."""
+        settings = self.whitening_settings
+        current = self._whitening(s)
+        if not settings.enabled:
+            if current is not None:
+                db.set_blob(s, "whitening", None)
+                return True
+            return False
+        n = s.scalar(select(func.count()).where(ImageRecord.status == INDEXED)) or 0
+        learned_on = int(db.get_setting(s, "whitening_learned_on", 0))
+        if current is not None and learned_on and 1 / settings.relearn_factor < n / learned_on < settings.relearn_factor:
+            return False
+        dim = settings.dim
+        _, raw = self._indexed_vectors(s)
+        if raw.shape[0] == 0:
+            return False
+        target_dim = min(dim or raw.shape[1], raw.shape[1])
+        if n < settings.min_vectors_per_dim * target_dim:
+            log.info("whitening needs %d vectors, the collection has %d: searching unwhitened vectors",
+                     int(settings.min_vectors_per_dim * target_dim), n)
+            if current is not None:
+                db.set_blob(s, "whitening", None)
+                return True
+            return False
+        log.info("learning PCA-whitening %d -> %d from %d vectors", raw.shape[1], target_dim, n)
+        w = learn_pca_whitening(raw, target_dim)
+        db.set_blob(s, "whitening", w.to_bytes())
+        db.set_setting(s, "whitening_learned_on", n)
+        return True
+
+    def _final_vectors(self, raw: np.ndarray, whitening: Whitening | None) -> np.ndarray:
+        return whitening.apply(raw) if whitening is not None else l2n_np(raw)
+
+    def _finish_index_update(self, start_version: int, touched: set[int], removed: set[int], report: IndexReport) -> None:
+        """Bring the FAISS file up to date: apply this run's changes, or rebuild when it cannot be trusted."""
+        with self._session() as s, s.begin():
+            whitening_changed = self._maybe_learn_whitening(s)
+            if whitening_changed:
+                db.bump_vector_version(s)
+            version = int(db.get_setting(s, db.VECTOR_VERSION, 0))
+            whitening = self._whitening(s)
+        index, state = self._load_index_file()
+        cfg = self.index_config
+        trusted = index is not None and state is not None and state.get("version") == start_version and not whitening_changed
+        with self._session() as s:
+            if trusted and state.get("version") == version:
+                pass  # nothing changed
+            elif trusted:
+                assert index is not None
+                stale = np.fromiter(touched | removed, dtype=np.int64)
+                if stale.size:
+                    index.remove(stale)
+                ids, raw = self._indexed_vectors(s, touched - removed)
+                if ids.size:
+                    index.add(ids, self._final_vectors(raw, whitening))
+                if index.needs_rebuild(cfg):
+                    index = None
+            if not trusted or index is None:
+                index = self._rebuild(s, cfg, whitening)
+            n_db = s.scalar(select(func.count()).where(ImageRecord.status == INDEXED)) or 0
+        if len(index) != n_db:
+            log.warning("index holds %d vectors but the database %d indexed images: rebuilding", len(index), n_db)
+            with self._session() as s:
+                index = self._rebuild(s, cfg, whitening)
+        if not (trusted and state is not None and state.get("version") == version):
+            self._save_index(index, version)
+        self._index, self._index_version = index, version
+        report.index_kind = index.kind
+        report.total_indexed = len(index)
+
+    def _rebuild(self, s: Session, cfg: IndexConfig, whitening: Whitening | None) -> VectorIndex:
+        ids, raw = self._indexed_vectors(s)
+        dim = whitening.out_dim if whitening is not None else (raw.shape[1] if raw.size else self._model_dim(s))
+        log.info("building the %s index of %d vectors", cfg.resolve_kind(len(ids)), len(ids))
+        if ids.size == 0:
+            return VectorIndex.build(ids, np.zeros((0, dim), np.float32), cfg, dim=dim)
+        return VectorIndex.build(ids, self._final_vectors(raw, whitening), cfg, dim=dim)
+
+    def _model_dim(self, s: Session) -> int:
+        d = db.get_setting(s, "model_dim")
+        return int(d) if d else 1
+
+    def _save_index(self, index: VectorIndex, version: int) -> None:
+        index.save(self.home / INDEX_FILE)
+        self._write_state({"version": version, "kind": index.kind, "count": len(index), "dim": index.dim})
+
+    def _current_index(self) -> VectorIndex:
+        """The index for searching; rebuilt from the database if the file is missing or stale."""
+        version = self._vector_version()
+        if self._index is not None and self._index_version == version:
+            return self._index
+        index, state = self._load_index_file()
+        if index is None or state is None or state.get("version") != version:
+            log.warning("the index file is missing or older than the database; rebuilding it from the database")
+            with self._session() as s:
+                index = self._rebuild(s, self.index_config, self._whitening(s))
+            try:
+                with self._write_lock():
+                    self._save_index(index, version)
+            except CollectionBusyError:
+                log.info("collection busy; using the rebuilt index without saving it")
+        self._index, self._index_version = index, version
+        return index
+
+    # ------------------------------------------------------------------ search
+    def embed_paths(self, paths: Sequence[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+        """Embed query images with the collection's model and whitening: yields ``(position, vector, error)``."""
+        embedder = self._get_embedder()
+        with self._session() as s:
+            whitening = self._whitening(s)
+        for out in embed_files(list(paths), embedder, batch_size=self.runtime.batch_size,
+                               workers=min(self.runtime.workers, max(0, len(paths) // 8)), max_pixels=self.max_pixels):
+            if out.error is not None:
+                yield out.index, None, out.error
+            else:
+                assert out.vector is not None
+                yield out.index, self._final_vectors(out.vector[None], whitening)[0], None
+
+    def search(self, queries: Sequence[str | Path], k: int = 10, threshold: float | None = None) -> list[QueryResult]:
+        """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``."""
+        if self.model_config is None:
+            raise LookalikeError(f"the collection in {self.home} is empty; index a folder first (lookalike index DIR)")
+        paths = [str(Path(q).expanduser().resolve()) for q in queries]
+        results = [QueryResult(query=p) for p in paths]
+        index = self._current_index()
+        if len(index) == 0:
+            raise LookalikeError(f"the collection in {self.home} has no indexed images; index a folder first")
+        vecs: dict[int, np.ndarray] = {}
+        for pos, vec, error in self.embed_paths(paths):
+            if error is not None:
+                results[pos].error = error
+            else:
+                assert vec is not None
+                vecs[pos] = vec
+        if not vecs:
+            return results
+        order = sorted(vecs)
+        q = np.stack([vecs[i] for i in order]).astype(np.float32)
+        if q.shape[1] != index.dim:
+            raise LookalikeError(
+                f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair")
+        scores, ids = index.search(q, k)
+        wanted = {int(i) for i in ids.ravel() if i >= 0}
+        with self._session() as s:
+            rows = {}
+            for chunk in _chunks(sorted(wanted), 500):
+                for r in s.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height)
+                                   .where(ImageRecord.id.in_(chunk))):
+                    rows[r[0]] = r
+        for row_pos, pos in enumerate(order):
+            for score, i in zip(scores[row_pos], ids[row_pos]):
+                if i < 0 or int(i) not in rows or (threshold is not None and score < threshold):
+                    continue
+                r = rows[int(i)]
+                results[pos].hits.append(SearchHit(id=r[0], path=r[1], score=float(score), width=r[2], height=r[3]))
+        return results
+
+    # ------------------------------------------------------------------ maintenance
+    def remove(self, path: str | Path) -> int:
+        """Forget an image, or every image under a folder (files on disk are not touched). Returns the count."""
+        p = str(Path(path).expanduser().resolve())
+        with self._write_lock():
+            start_version = self._vector_version()
+            with self._session() as s, s.begin():
+                prefix = p.rstrip(os.sep) + os.sep
+                ids = list(s.scalars(select(ImageRecord.id).where(
+                    or_(ImageRecord.path == p, ImageRecord.path.startswith(prefix, autoescape=True)))))
+                for chunk in _chunks(ids, 500):
+                    s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
+                if ids:
+                    db.bump_vector_version(s)
+            if ids:
+                self._finish_index_update(start_version, set(), set(ids), IndexReport(folder=p))
+        return len(ids)
+
+    def stats(self) -> Stats:
+        with self._session() as s:
+            counts = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
+            whitening = self._whitening(s)
+        model = self.model_config
+        state = self._read_state()
+        return Stats(
+            home=str(self.home),
+            database=_redact(self.db_url),
+            model=model.describe() if model else None,
+            images=sum(counts.values()),
+            indexed=counts.get(INDEXED, 0),
+            pending=counts.get(PENDING, 0),
+            errors=counts.get(ERROR, 0),
+            index_kind=state.get("kind") if state else None,
+            index_vectors=state.get("count") if state else None,
+            dim=state.get("dim") if state else None,
+            whitening=f"PCA {whitening.in_dim} -> {whitening.out_dim}" if whitening else None,
+        )
+
+    def errors(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every image that could not be indexed."""
+        with self._session() as s:
+            return [(p, e or "") for p, e in s.execute(
+                select(ImageRecord.path, ImageRecord.error).where(ImageRecord.status == ERROR).order_by(ImageRecord.path))]
+
+    def doctor(self, repair: bool = False, prune_missing: bool = False) -> DoctorReport:
+        """Check that the index file, the database and the files on disk agree; optionally repair."""
+        report = DoctorReport()
+        with self._write_lock() if repair else contextlib.nullcontext():
+            version = self._vector_version()
+            index, state = self._load_index_file()
+            with self._session() as s:
+                whitening = self._whitening(s)
+                expected_dim = whitening.in_dim if whitening is not None else None
+                bad_vectors: list[int] = []
+                dims: set[int] = set()
+                db_ids: set[int] = set()
+                missing_ids: list[int] = []
+                for row_id, path, status, vec in s.execute(
+                        select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.vector)):
+                    if not os.path.exists(path):
+                        report.missing_files.append(path)
+                        missing_ids.append(row_id)
+                    if status != INDEXED:
+                        continue
+                    if vec is None or len(vec) % 4 or (expected_dim and len(vec) // 4 != expected_dim):
+                        bad_vectors.append(row_id)
+                        continue
+                    dims.add(len(vec) // 4)
+                    db_ids.add(row_id)
+            if len(dims) > 1:
+                report.problems.append(f"stored vectors have mixed dimensions {sorted(dims)}")
+            if bad_vectors:
+                report.problems.append(f"{len(bad_vectors)} indexed images have a missing or malformed vector")
+            if index is None:
+                report.problems.append("the index file is missing or unreadable")
+            else:
+                if state is None or state.get("version") != version:
+                    report.problems.append("the index file is older than the database")
+                index_ids = set(int(i) for i in index.ids())
+                if index_ids != db_ids:
+                    report.problems.append(
+                        f"index and database disagree: {len(index_ids - db_ids)} ids only in the index, "
+                        f"{len(db_ids - index_ids)} only in the database")
+            if report.missing_files:
+                report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
+            if not repair or report.ok:
+                return report
+            with self._session() as s, s.begin():
+                if bad_vectors or len(dims) > 1:
+                    for chunk in _chunks(bad_vectors, 500):
+                        s.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk))
+                                  .values(status=PENDING, vector=None, size=-1))
+                    if bad_vectors:
+                        report.repaired.append(f"{len(bad_vectors)} images marked for re-embedding on the next index run")
+                if prune_missing and missing_ids:
+                    for chunk in _chunks(missing_ids, 500):
+                        s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
+                    report.repaired.append(f"forgot {len(missing_ids)} images whose files are gone")
+                db.bump_vector_version(s)
+                version = int(db.get_setting(s, db.VECTOR_VERSION, 0))
+            with self._session() as s:
+                index = self._rebuild(s, self.index_config, self._whitening(s))
+            self._save_index(index, version)
+            self._index, self._index_version = index, version
+            report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
+        return report
+
+
+def _chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url

@@ -1,0 +1,140 @@
+"""Reading image files into RGB pixels a network can take, whatever the file holds.
+
+Handles EXIF orientation, palette / alpha / CMYK / greyscale / 16-bit modes, decompression bombs, and
+reduced-size JPEG decoding when the target size allows it. Errors are :class:`ImageLoadError` with a short
+reason a person can read ("truncated file", "not an image", ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: File name extensions scanned as images (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+#: Default refusal limit for decompression bombs (width x height); a 12,000 x 10,000 photo still passes.
+DEFAULT_MAX_PIXELS = 120_000_000
+#: Both sides of the resized image are rounded to a multiple of this (the backbone's stride), which also
+#: keeps the number of distinct shapes small so images batch well.
+SIZE_MULTIPLE = 32
+
+
+class ImageLoadError(Exception):
+    """An image file could not be used; ``reason`` is short and human-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class LoadedImage:
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, resized
+    width: int  # original, after EXIF rotation
+    height: int
+    content_hash: str
+
+
+def content_hash(data: bytes) -> str:
+    """Hex digest identifying a file's content (BLAKE2b, 128 bits)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def target_size(width: int, height: int, max_side: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Size ``(w, h)`` with the longest side ``max_side`` and the aspect ratio kept (sides rounded to ``multiple``)."""
+    scale = max_side / max(width, height)
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    return min(w, max_side), min(h, max_side)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / integer / float greyscale: scale the actual range to 0..255.
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as a viewer would show them on a page.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def decode_image(data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
+    """Decode encoded bytes to ``(H, W, 3)`` uint8 RGB resized to ``max_side`` (if given), plus original size.
+
+    Raises :class:`ImageLoadError` for empty, truncated, unidentifiable or oversized images.
+    """
+    if not data:
+        raise ImageLoadError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check decides
+            img = Image.open(io.BytesIO(data))
+            w0, h0 = img.size
+            if w0 * h0 > max_pixels:
+                raise ImageLoadError(f"too large: {w0}x{h0} pixels exceeds the limit of {max_pixels:,} (decompression bomb guard)")
+            getattr(img, "seek", lambda _: None)(0)  # first frame of animations / multi-page TIFF
+            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            swapped = orientation in (5, 6, 7, 8)
+            ow, oh = (h0, w0) if swapped else (w0, h0)
+            if max_side is not None and img.format == "JPEG":
+                tw, th = target_size(ow, oh, max_side)
+                img.draft("RGB", (th, tw) if swapped else (tw, th))  # decode at 1/2, 1/4, 1/8 when that suffices
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
+            if max_side is not None:
+                size = target_size(ow, oh, max_side)
+                if img.size != size:
+                    img = img.resize(size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"too large (decompression bomb guard): {exc}") from exc
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image, or a format Pillow cannot read") from None
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg or "broken data stream" in msg or "image file is truncated" in msg:
+            raise ImageLoadError(f"truncated or corrupt image data ({msg})") from exc
+        raise ImageLoadError(f"cannot decode image ({msg})") from exc
+    except (ValueError, SyntaxError, MemoryError, IndexError, TypeError) as exc:  # malformed headers surface as these
+        raise ImageLoadError(f"corrupt image ({exc.__class__.__name__}: {exc})") from exc
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ImageLoadError(f"unexpected pixel layout {pixels.shape}")
+    return pixels, ow, oh
+
+
+def load_image(path: str | Path, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read, hash and decode one file. Raises :class:`ImageLoadError` (including for unreadable files)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read file ({exc.strerror or exc})") from exc
+    pixels, w, h = decode_image(data, max_side, max_pixels)
+    return LoadedImage(pixels=pixels, width=w, height=h, content_hash=content_hash(data))

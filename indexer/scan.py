@@ -1,0 +1,136 @@
+"""Folder scanning and the plan of an incremental sync: what is new, changed, moved, removed or unchanged."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .imageio import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: list[ScannedFile]
+    #: Files skipped because their extension is not an image's (counted, not recorded).
+    ignored: int = 0
+    #: Directories that could not be listed: (path, reason).
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def scan_folder(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> ScanResult:
+    """List image files under ``root`` recursively (hidden files and folders skipped, symlinked dirs not followed)."""
+    root = Path(root).expanduser().resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    exts = {e.lower() for e in extensions}
+    result = ScanResult(files=[])
+    stack = [str(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as exc:
+            result.unreadable_dirs.append((d, exc.strerror or str(exc)))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                if not entry.is_file():
+                    continue
+                if os.path.splitext(entry.name)[1].lower() not in exts:
+                    result.ignored += 1
+                    continue
+                st = entry.stat()
+            except OSError as exc:  # vanished or unreadable while scanning
+                log.warning("cannot stat %s: %s", entry.path, exc)
+                continue
+            result.files.append(ScannedFile(entry.path, st.st_size, st.st_mtime_ns))
+    result.files.sort(key=lambda f: f.path)
+    return result
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the database knows of a file under the scanned folder."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    content_hash: str | None
+
+
+@dataclass
+class SyncPlan:
+    new: list[ScannedFile] = field(default_factory=list)
+    #: Known files whose size or mtime changed: (id, file). Their content is checked before re-embedding.
+    changed: list[tuple[int, ScannedFile]] = field(default_factory=list)
+    #: Known rows whose file moved: (id, new file). Path update only, no embedding.
+    moved: list[tuple[int, ScannedFile]] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    #: Known, unchanged, but never finished (a run was interrupted): embed them now.
+    resume: list[tuple[int, ScannedFile]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def plan_sync(
+    scanned: list[ScannedFile],
+    known: list[KnownFile],
+    hash_of: Callable[[str], str | None],
+    pending_status: str = "pending",
+) -> SyncPlan:
+    """Compare a scan with the database. ``hash_of(path)`` hashes a file (``None`` if unreadable); it is only
+    called for new files whose size equals that of a missing known file, to recognise moves cheaply."""
+    plan = SyncPlan()
+    by_path = {k.path: k for k in known}
+    seen: set[str] = set()
+    new_candidates: list[ScannedFile] = []
+    for f in scanned:
+        k = by_path.get(f.path)
+        if k is None:
+            new_candidates.append(f)
+            continue
+        seen.add(f.path)
+        if k.size != f.size or k.mtime_ns != f.mtime_ns:
+            plan.changed.append((k.id, f))
+        elif k.status == pending_status:
+            plan.resume.append((k.id, f))
+        else:
+            plan.unchanged += 1
+    missing = [k for k in known if k.path not in seen]
+    missing_by_size: dict[int, list[KnownFile]] = {}
+    for k in missing:
+        if k.content_hash:
+            missing_by_size.setdefault(k.size, []).append(k)
+    moved_ids: set[int] = set()
+    for f in new_candidates:
+        candidates = [k for k in missing_by_size.get(f.size, []) if k.id not in moved_ids]
+        if candidates:
+            h = hash_of(f.path)
+            match = next((k for k in candidates if k.content_hash == h), None)
+            if match is not None:
+                moved_ids.add(match.id)
+                plan.moved.append((match.id, f))
+                continue
+        plan.new.append(f)
+    plan.removed = [k.id for k in missing if k.id not in moved_ids]
+    return plan

@@ -1,0 +1,66 @@
+"""Typed configuration of the embedding model.
+
+A :class:`ModelConfig` says which vectors a model makes: two equal configs give interchangeable vectors.
+It is stored with every collection (and in checkpoints) so a collection always knows which model made
+its vectors. Run-time choices that do not change the vectors much (device, batch size, workers) live in
+:class:`RuntimeOptions` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    #: "imagenet" (pretrained), "random" (tests), or a path to a state-dict / checkpoint file.
+    weights: str = "imagenet"
+    pooling: str = "gem"
+    gem_p: float = 3.0
+    rmac_levels: int = 3
+    #: Images are resized so that their longest side is this many pixels (no centre crop).
+    image_size: int = 224
+    #: Relative scales of multi-scale extraction; descriptors of each scale are summed, then L2-normalised.
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive, got {self.scales}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**{**d, "scales": tuple(d.get("scales", (1.0,)))})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def describe(self) -> str:
+        scales = ",".join(f"{s:g}" for s in self.scales)
+        return f"{self.backbone}[{self.weights}] + {self.pooling} @ {self.image_size}px scales {scales}"
+
+
+@dataclass
+class RuntimeOptions:
+    #: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
+    device: str = "auto"
+    batch_size: int = 32
+    #: Processes decoding images in parallel; 0 decodes in the main process.
+    workers: int = 2
+    #: "fp32" or "bf16" (autocast; channels_last either way).
+    precision: str = "fp32"

@@ -1,0 +1,105 @@
+"""The embedding network: backbone -> pooling -> L2, with multi-scale extraction, and its CPU/GPU runner."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+from .config import ModelConfig, RuntimeOptions
+from .functional import l2n
+from .pooling import build_pooling
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingNet(nn.Module):
+    """Pixels ``(N, 3, H, W)`` in ``[0, 255]`` (uint8 or float) -> L2-normalised descriptors ``(N, D)``.
+
+    The network owns its input normalisation, so callers hand it plain RGB pixels.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        bb = build_backbone(config.backbone, config.weights)
+        self.backbone = bb.module
+        self.pool = build_pooling(config.pooling, config.gem_p, config.rmac_levels)
+        self.out_dim = bb.out_channels
+        self.register_buffer("mean", torch.tensor(bb.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(bb.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``(N, 3, H, W)`` -> feature map ``(N, C, h, w)``."""
+        return self.backbone(x)
+
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, 3, H, W)`` pixels, optional foreground ``mask (N, 1, H, W)`` -> ``(N, D)`` unit vectors."""
+        x = self.normalise(pixels)
+        total: torch.Tensor | None = None
+        for scale in self.config.scales:
+            xs, ms = x, mask
+            if scale != 1.0:
+                size = (max(32, round(x.shape[-2] * scale)), max(32, round(x.shape[-1] * scale)))
+                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                ms = None if mask is None else F.interpolate(mask.float(), size=size, mode="area")
+            desc = l2n(self.pool(self.features(xs), ms).float())
+            total = desc if total is None else total + desc
+        assert total is not None
+        return l2n(total)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+class Embedder:
+    """Runs an :class:`EmbeddingNet` on a device: numpy pixels in, numpy float32 vectors out.
+
+    ``embed_batch`` takes one batch of same-sized images ``(N, H, W, 3)`` uint8 and returns ``(N, D)``.
+    """
+
+    def __init__(self, config: ModelConfig, runtime: RuntimeOptions | None = None, net: EmbeddingNet | None = None) -> None:
+        self.config = config
+        self.runtime = runtime or RuntimeOptions()
+        if self.runtime.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.runtime.precision!r}")
+        self.device = resolve_device(self.runtime.device)
+        self.net = (net or EmbeddingNet(config)).eval().to(self.device, memory_format=torch.channels_last)
+        self.dim = self.net.out_dim
+        log.info("embedding with %s on %s (%s)", config.describe(), self.device, self.runtime.precision)
+
+    def _autocast(self):
+        if self.runtime.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def embed_batch(self, pixels: np.ndarray | torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 RGB -> ``(N, D)`` float32 unit vectors."""
+        t = torch.as_tensor(pixels)
+        if t.dim() != 4 or t.shape[-1] != 3:
+            raise ValueError(f"expected (N, H, W, 3) pixels, got {tuple(t.shape)}")
+        t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC storage == channels_last NCHW
+        m = None if mask is None else torch.as_tensor(mask, dtype=torch.float32, device=self.device)[:, None]
+        with self._autocast():
+            out = self.net(t, m)
+        return out.float().cpu().numpy().astype(np.float32, copy=False)
