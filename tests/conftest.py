@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 
 from retrieval.config import ModelConfig, RuntimeOptions
 
-# Random weights at a small size: real network code, fast enough for every test.
-SMALL_MODEL = ModelConfig(weights="random", image_size=64)
+# The bundled ImageNet weights at a small image size: the real network, fast enough for every test.
+SMALL_MODEL = ModelConfig(image_size=64)
 FAST_RUNTIME = RuntimeOptions(device="cpu", batch_size=8, workers=0)
 
 

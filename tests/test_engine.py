@@ -1,0 +1,246 @@
+"""The engine end to end on small synthetic folders, with a real (random-weight, small) network."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.engine import Collection, LookalikeError, ModelMismatchError, WhiteningSettings
+from retrieval.config import ModelConfig
+from retrieval.model import Embedder
+
+from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image, make_folder
+
+
+_EMBEDDERS: dict[ModelConfig, Embedder] = {}
+
+
+def shared_embedder(config: ModelConfig) -> Embedder:
+    """Build each model once for the whole module: the tests are about the engine, not model loading."""
+    if config not in _EMBEDDERS:
+        _EMBEDDERS[config] = Embedder(config, FAST_RUNTIME)
+    return _EMBEDDERS[config]
+
+
+class CountingEmbedder:
+    """A real embedder that counts the images it embeds, and can simulate an interruption."""
+
+    def __init__(self, config, runtime, counter: list[int], fail_after: int | None = None):
+        self.inner = shared_embedder(config)
+        self.config, self.dim = config, self.inner.dim
+        self.counter = counter
+        self.fail_after = fail_after
+
+    def embed_batch(self, pixels, mask=None):
+        if self.fail_after is not None and self.counter[0] + len(pixels) > self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.counter[0] += len(pixels)
+        return self.inner.embed_batch(pixels, mask)
+
+
+def open_collection(home: Path, counter: list[int] | None = None, fail_after: int | None = None,
+                    model: ModelConfig = SMALL_MODEL, commit_every: int = 4) -> Collection:
+    counter = counter if counter is not None else [0]
+    coll = Collection(home, runtime=FAST_RUNTIME, commit_every=commit_every,
+                      embedder_factory=lambda cfg, rt: CountingEmbedder(cfg, rt, counter, fail_after))
+    coll.configure(model=model)
+    return coll
+
+
+def test_index_then_search_finds_the_query_image_first(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    report = coll.index_folder(image_folder)
+    assert (report.scanned, report.new, report.embedded, report.skipped) == (16, 16, 16, [])
+    assert report.total_indexed == 16 and report.index_kind == "flat"
+    query = image_folder / "img_0003.png"
+    [result] = coll.search([query], k=5)
+    assert result.error is None and len(result.hits) == 5
+    assert result.hits[0].path == str(query.resolve())
+    assert result.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_results_match_brute_force_over_stored_vectors(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    query = tmp_path / "q.png"
+    draw_image(999).save(query)
+    [res] = coll.search([query], k=16)
+    _, qvec, _ = next(coll.embed_paths([str(query)]))
+    with coll._session() as s:
+        ids, raw = coll._indexed_vectors(s)
+    expected = ids[np.argsort(-(raw @ qvec))]
+    assert [h.id for h in res.hits] == list(expected)
+
+
+def test_threshold_drops_weak_results(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    [res] = coll.search([image_folder / "img_0001.png"], k=16, threshold=0.999)
+    assert [h.path for h in res.hits] == [str((image_folder / "img_0001.png").resolve())]
+
+
+def test_reindexing_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    calls = []
+    again = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=lambda c, r: calls.append(1))
+    report = again.index_folder(image_folder)
+    assert report.embedded == 0 and report.unchanged == 16 and calls == []
+
+
+def test_changed_file_is_reembedded_and_deleted_file_is_dropped(tmp_path, image_folder):
+    counter = [0]
+    coll = open_collection(tmp_path / "home", counter)
+    coll.index_folder(image_folder)
+    changed = image_folder / "img_0002.png"
+    draw_image(555).save(changed)
+    os.utime(changed, ns=(1, 1))
+    (image_folder / "img_0005.png").unlink()
+    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    assert (report.changed, report.removed, report.embedded) == (1, 1, 1)
+    assert counter[0] == 17
+    coll2 = open_collection(tmp_path / "home")
+    assert coll2.stats().indexed == 15
+    [res] = coll2.search([changed], k=20)
+    paths = [h.path for h in res.hits]
+    assert str((image_folder / "img_0005.png").resolve()) not in paths
+    assert res.hits[0].path == str(changed.resolve()) and res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_touched_but_identical_file_is_not_reembedded(tmp_path, image_folder):
+    counter = [0]
+    open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    os.utime(image_folder / "img_0001.png", ns=(10**18, 10**18))
+    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    assert report.embedded == 0 and counter[0] == 16
+
+
+def test_moved_file_keeps_its_id_and_vector_without_embedding(tmp_path, image_folder):
+    counter = [0]
+    coll = open_collection(tmp_path / "home", counter)
+    coll.index_folder(image_folder)
+    [before] = coll.search([image_folder / "img_0007.png"], k=1)
+    (image_folder / "moved").mkdir()
+    target = image_folder / "moved" / "renamed.png"
+    shutil.move(image_folder / "img_0007.png", target)
+    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    assert (report.moved, report.new, report.removed, report.embedded) == (1, 0, 0, 0)
+    [after] = open_collection(tmp_path / "home").search([target], k=1)
+    assert after.hits[0].id == before.hits[0].id and after.hits[0].path == str(target.resolve())
+
+
+def test_bad_files_are_skipped_recorded_and_the_rest_indexed(tmp_path, image_folder):
+    (image_folder / "empty.jpg").write_bytes(b"")
+    (image_folder / "text.png").write_text("not an image")
+    good = (image_folder / "img_0000.png").read_bytes()
+    (image_folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (image_folder / "readme.txt").write_text("ignored")
+    coll = open_collection(tmp_path / "home")
+    report = coll.index_folder(image_folder)
+    assert report.embedded == 16 and report.ignored == 1
+    reasons = dict((Path(p).name, r) for p, r in report.skipped)
+    assert set(reasons) == {"empty.jpg", "text.png", "truncated.png"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.png"]
+    st = coll.stats()
+    assert (st.indexed, st.errors) == (16, 3)
+    assert {Path(p).name for p, _ in coll.errors()} == set(reasons)
+    # Unchanged bad files are not retried on the next run.
+    assert open_collection(tmp_path / "home").index_folder(image_folder).skipped == []
+
+
+def test_interrupted_run_resumes_without_embedding_anything_twice(tmp_path):
+    folder = tmp_path / "photos"
+    make_folder(folder, 30)
+    counter = [0]
+    with pytest.raises(KeyboardInterrupt):
+        open_collection(tmp_path / "home", counter, fail_after=12).index_folder(folder)
+    committed = open_collection(tmp_path / "home").stats()
+    assert committed.indexed == 8 and committed.pending == 22  # two commits of 4 made it, the third batch was lost
+    first = counter[0]
+    report = open_collection(tmp_path / "home", counter).index_folder(folder)
+    assert report.resumed == 22 and report.embedded == 22
+    assert counter[0] - first == 22
+    coll = open_collection(tmp_path / "home")
+    assert coll.stats().indexed == 30 and coll.doctor().ok
+
+
+def test_a_different_model_is_refused_unless_reembedding(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    other = ModelConfig(image_size=64, pooling="mac")
+    with pytest.raises(ModelMismatchError, match="--reembed"):
+        coll.configure(model=other)
+    counter = [0]
+    coll2 = open_collection(tmp_path / "home", counter, model=SMALL_MODEL)
+    coll2.configure(model=other, reembed=True)
+    report = coll2.index_folder(image_folder)
+    assert report.embedded == 16 and coll2.model_config == other
+
+
+def test_whitening_is_learned_from_the_collection_and_applied_to_queries(tmp_path):
+    folder = tmp_path / "photos"
+    make_folder(folder, 40)
+    coll = open_collection(tmp_path / "home")
+    coll.configure(whitening=WhiteningSettings(enabled=True, dim=16))
+    report = coll.index_folder(folder)
+    st = coll.stats()
+    assert st.whitening == "PCA 1280 -> 16" and st.dim == 16 and report.total_indexed == 40
+    [res] = coll.search([folder / "img_0004.png"], k=3)
+    assert res.hits[0].path.endswith("img_0004.png") and res.hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_remove_forgets_files_and_folders(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    assert coll.remove(image_folder / "sub") == 4
+    assert coll.remove(image_folder / "img_0000.png") == 1
+    assert coll.stats().indexed == 11
+    [res] = coll.search([image_folder / "img_0000.png"], k=20)
+    assert len(res.hits) == 11 and all("sub" not in h.path and "img_0000" not in h.path for h in res.hits)
+    assert coll.doctor().ok
+
+
+def test_doctor_finds_a_lost_index_file_and_repairs_it(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    (tmp_path / "home" / "index.faiss").unlink()
+    fresh = open_collection(tmp_path / "home")
+    report = fresh.doctor()
+    assert not report.ok and any("missing" in p for p in report.problems)
+    repaired = fresh.doctor(repair=True)
+    assert repaired.repaired and open_collection(tmp_path / "home").doctor().ok
+
+
+def test_search_rebuilds_a_corrupt_index_file_from_the_database(tmp_path, image_folder):
+    open_collection(tmp_path / "home").index_folder(image_folder)
+    (tmp_path / "home" / "index.faiss").write_bytes(b"garbage")
+    [res] = open_collection(tmp_path / "home").search([image_folder / "img_0001.png"], k=3)
+    assert res.hits[0].path.endswith("img_0001.png")
+    assert open_collection(tmp_path / "home").doctor().ok
+
+
+def test_missing_folder_and_empty_collection_give_clear_errors(tmp_path):
+    coll = open_collection(tmp_path / "home")
+    with pytest.raises(LookalikeError, match="folder not found"):
+        coll.index_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    assert coll.index_folder(tmp_path / "empty").total_indexed == 0
+    q = tmp_path / "q.png"
+    draw_image(1).save(q)
+    with pytest.raises(LookalikeError, match="index a folder first"):
+        coll.search([q])
+
+
+def test_unreadable_query_is_reported_not_raised(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    bad_res, good_res = coll.search([bad, image_folder / "img_0001.png"], k=2)
+    assert bad_res.error and not bad_res.hits and good_res.hits
