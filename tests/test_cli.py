@@ -1,0 +1,163 @@
+"""The CLI through CliRunner; effects checked through the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import EXIT_SKIPPED, main
+from indexer.engine import Collection
+
+from .conftest import make_folder
+
+FAST = ["--workers", "0", "--batch-size", "8", "--device", "cpu"]
+
+
+def run(home: Path, *args: str):
+    return CliRunner().invoke(main, ["--home", str(home), *FAST, *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def indexed(tmp_path, image_folder):
+    home = tmp_path / "home"
+    res = run(home, "index", str(image_folder), "--image-size", "64")
+    assert res.exit_code == 0, res.output
+    return home, image_folder
+
+
+def test_index_reports_counts_and_a_second_run_embeds_nothing(indexed):
+    home, folder = indexed
+    assert Collection(home).stats().indexed == 16
+    res = run(home, "index", str(folder))
+    assert res.exit_code == 0
+    assert "0 embedded" in res.output and "16 unchanged" in res.output
+
+
+def test_search_json_gives_query_and_ranked_results(indexed):
+    home, folder = indexed
+    q = folder / "img_0002.png"
+    res = run(home, "search", str(q), "-k", "3", "--json")
+    assert res.exit_code == 0
+    [entry] = json.loads(res.output)
+    assert entry["query"] == str(q.resolve())
+    assert [r["rank"] for r in entry["results"]] == [1, 2, 3]
+    assert entry["results"][0]["path"] == str(q.resolve())
+    assert entry["results"][0]["score"] >= entry["results"][1]["score"] >= entry["results"][2]["score"]
+
+
+def test_search_by_a_folder_of_queries_answers_each(indexed):
+    home, folder = indexed
+    res = run(home, "search", str(folder / "sub"), "-k", "1", "--json")
+    out = json.loads(res.output)
+    assert len(out) == 4
+    assert all(e["results"][0]["path"] == e["query"] for e in out)
+
+
+def test_human_search_output_shows_score_and_path(indexed):
+    home, folder = indexed
+    res = run(home, "search", str(folder / "img_0001.png"), "-k", "2")
+    lines = res.output.splitlines()
+    assert lines[0].startswith("query: ")
+    assert lines[1].split()[0] == "1" and lines[1].split()[2].endswith("img_0001.png")
+    assert 0.99 <= float(lines[1].split()[1]) <= 1.0001
+
+
+def test_broken_files_are_listed_and_set_the_exit_status(tmp_path, image_folder):
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    res = run(tmp_path / "home", "index", str(image_folder), "--image-size", "64")
+    assert res.exit_code == EXIT_SKIPPED
+    assert "skipped 1 files" in res.output and "broken.jpg" in res.output
+    stats = json.loads(run(tmp_path / "home", "stats", "--json", "--errors").output)
+    assert stats["indexed"] == 16 and stats["errors"] == 1
+    assert stats["error_files"][0]["path"].endswith("broken.jpg")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["index", "/no/such/folder"], "folder not found"),
+    (["index", "{folder}", "--backbone", "alexnet"], "unknown backbone 'alexnet'; known:"),
+    (["search", "/no/such.jpg"], "query not found"),
+])
+def test_mistakes_get_one_clear_line_not_a_traceback(tmp_path, image_folder, args, message):
+    args = [a.replace("{folder}", str(image_folder)) for a in args]
+    res = run(tmp_path / "home", *args)
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_searching_an_empty_collection_says_what_to_do(tmp_path, image_folder):
+    res = run(tmp_path / "home", "search", str(image_folder / "img_0001.png"))
+    assert res.exit_code == 1 and "index a folder first" in res.output
+
+
+def test_another_model_on_an_existing_collection_is_refused(indexed):
+    home, folder = indexed
+    res = run(home, "index", str(folder), "--pooling", "mac")
+    assert res.exit_code == 1 and "--reembed" in res.output
+
+
+def test_remove_and_doctor(indexed):
+    home, folder = indexed
+    res = run(home, "remove", str(folder / "sub"))
+    assert res.exit_code == 0 and "removed 4 images" in res.output
+    assert Collection(home).stats().indexed == 12
+    assert run(home, "doctor").output.startswith("ok")
+    (home / "index.faiss").unlink()
+    bad = run(home, "doctor")
+    assert bad.exit_code == 1 and "problem" in bad.output
+    fixed = run(home, "doctor", "--repair")
+    assert "rebuilt" in fixed.output
+    assert run(home, "doctor").output.startswith("ok")
+
+
+def test_help_explains_each_command():
+    res = CliRunner().invoke(main, ["--help"])
+    for cmd in ("index", "search", "stats", "remove", "doctor"):
+        assert cmd in res.output
+    assert "--threshold" in CliRunner().invoke(main, ["search", "--help"]).output
+
+
+def test_kill_9_during_indexing_then_restart_finishes_with_a_consistent_index(tmp_path):
+    """A real ``kill -9`` of the CLI mid-run; the restarted run completes the job, embedding nothing twice."""
+    folder = tmp_path / "photos"
+    make_folder(folder, 160)
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "indexer.cli", "--home", str(home), "--workers", "0", "--batch-size", "4",
+           "--device", "cpu", "index", str(folder), "--image-size", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db_path = home / "lookalike.db"
+    deadline = time.time() + 120
+    indexed_at_kill = None
+    while time.time() < deadline and proc.poll() is None:
+        if db_path.exists():
+            try:
+                with sqlite3.connect(db_path, timeout=1) as con:
+                    n = con.execute("select count(*) from images where status='indexed'").fetchone()[0]
+            except sqlite3.Error:
+                n = 0
+            if n > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                indexed_at_kill = n
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert indexed_at_kill is not None, "the run ended before it could be killed"
+    with sqlite3.connect(db_path) as con:
+        done_before = con.execute("select count(*) from images where status='indexed'").fetchone()[0]
+    assert 0 < done_before < 160
+    res = run(home, "index", str(folder))
+    assert res.exit_code == 0, res.output
+    assert f"{160 - done_before} embedded" in res.output  # only what the killed run had not committed
+    coll = Collection(home)
+    st = coll.stats()
+    assert (st.indexed, st.pending, st.index_vectors) == (160, 0, 160)
+    assert coll.doctor().ok
