@@ -12,6 +12,7 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import ModelConfig, RuntimeOptions
+from .efficientnet_lite import cpu_has_fast_bf16
 from .functional import l2n
 from .pooling import build_pooling
 
@@ -83,7 +84,13 @@ class Embedder:
         if self.runtime.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.runtime.precision!r}")
         self.device = resolve_device(self.runtime.device)
-        self.net = (net or EmbeddingNet(config)).eval().to(self.device, memory_format=torch.channels_last)
+        self.net = (net or EmbeddingNet(config)).eval()
+        fuse = getattr(self.net.backbone, "fuse_bn_", None)
+        if fuse is not None:
+            fuse()  # fold BatchNorm into the convolutions: same outputs, about a third less CPU time
+        self.net = self.net.to(self.device, memory_format=torch.channels_last)
+        if self.runtime.precision == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("this CPU has no native bf16 support: bf16 will be much slower than fp32 here")
         self.dim = self.net.out_dim
         log.info("embedding with %s on %s (%s)", config.describe(), self.device, self.runtime.precision)
 

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from retrieval.backbones import BACKBONES, WeightsUnavailableError, build_backbone
+from retrieval.efficientnet_lite import cpu_has_fast_bf16
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import EmbeddingNet, Embedder, resolve_device
 from retrieval.registry import UnknownNameError
@@ -75,6 +76,7 @@ def test_multiscale_sums_the_scales():
     torch.testing.assert_close(both, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="bf16 is emulated (very slow) on CPUs without native bf16")
 def test_bf16_vectors_stay_close_to_fp32():
     rng = np.random.default_rng(1)
     pix = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
