@@ -18,9 +18,8 @@ import click
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.registry import UnknownNameError
 
-from .engine import Collection, LookalikeError, WhiteningSettings, default_home
+from .engine import Collection, LookalikeError, default_home
 from .scan import scan_folder
-from .vector_index import IndexConfig
 
 EXIT_SKIPPED = 3
 
