@@ -5,7 +5,7 @@ Nene, Nayar & Murase 1996, Columbia University). Each image is a query against t
 the same object is relevant. Vectors come from ``indexer.pipeline.embed_files`` (the path ``lookalike index``
 uses: decoding workers, resize of the longest side to ``image_size``, the network, pooling, L2). "whiten"
 rows apply the PCA-whitening the engine learns from the collection itself (``--whiten``), learned here on the
-1,440 vectors, as the engine would. Output: mAP, recall@1/5/10, precision@10, images/s per configuration.
+1,440 vectors as the engine would, with the engine's default shrinkage ("plain": none). Output: mAP, recall@1/5/10, precision@10, images/s per configuration.
 
     python benchmarks/bench_coil20.py                  # the default model and the variants below
     python benchmarks/bench_coil20.py --only default   # just the shipped default
@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, require_dataset, write_json
+from indexer.engine import WhiteningSettings
 from indexer.pipeline import embed_files
 from indexer.scan import scan_folder
 from retrieval.config import ModelConfig, RuntimeOptions
@@ -28,17 +29,19 @@ from retrieval.model import Embedder
 from retrieval.whitening import learn_pca_whitening
 
 MS = (1.0, 0.7071, 0.5)
-CONFIGS: dict[str, tuple[ModelConfig, int | None]] = {
-    # name: (model config, whitening dim or None)
-    "default": (ModelConfig(), None),
-    "mac": (ModelConfig(pooling="mac"), None),
-    "spoc": (ModelConfig(pooling="spoc"), None),
-    "rmac": (ModelConfig(pooling="rmac"), None),
-    "gem_multiscale": (ModelConfig(scales=MS), None),
-    "gem_whiten256": (ModelConfig(), 256),
-    "gem_whiten512": (ModelConfig(), 512),
-    "rmac_whiten256": (ModelConfig(pooling="rmac"), 256),
-    "gem_multiscale_whiten256": (ModelConfig(scales=MS), 256),
+DEFAULT_SHRINK = WhiteningSettings().shrinkage
+CONFIGS: dict[str, tuple[ModelConfig, int | None, float]] = {
+    # name: (model config, whitening dim or None, whitening shrinkage)
+    "default": (ModelConfig(), None, 0.0),
+    "mac": (ModelConfig(pooling="mac"), None, 0.0),
+    "spoc": (ModelConfig(pooling="spoc"), None, 0.0),
+    "rmac": (ModelConfig(pooling="rmac"), None, 0.0),
+    "gem_multiscale": (ModelConfig(scales=MS), None, 0.0),
+    "gem_plain_whiten256": (ModelConfig(), 256, 0.0),
+    "gem_whiten256": (ModelConfig(), 256, DEFAULT_SHRINK),
+    "gem_whiten512": (ModelConfig(), 512, DEFAULT_SHRINK),
+    "rmac_whiten256": (ModelConfig(pooling="rmac"), 256, DEFAULT_SHRINK),
+    "gem_multiscale_whiten256": (ModelConfig(scales=MS), 256, DEFAULT_SHRINK),
 }
 
 
@@ -55,7 +58,7 @@ def main() -> None:
     cache: dict[ModelConfig, tuple[np.ndarray, float]] = {}
     results = {}
     for name in args.only or list(CONFIGS):
-        model, wdim = CONFIGS[name]
+        model, wdim, shrink = CONFIGS[name]
         if model not in cache:
             embedder = Embedder(model, runtime)
             vecs = np.zeros((len(files), embedder.dim), np.float32)
@@ -66,9 +69,10 @@ def main() -> None:
             cache[model] = (vecs, len(files) / (time.perf_counter() - t0))
         vecs, speed = cache[model]
         if wdim:
-            vecs = learn_pca_whitening(vecs, wdim).apply(vecs)
+            vecs = learn_pca_whitening(vecs, wdim, shrinkage=shrink).apply(vecs)
         m = retrieval_metrics(vecs, labels)
-        results[name] = {"model": model.to_dict(), "whiten_dim": wdim, "images_per_s": round(speed, 1),
+        results[name] = {"model": model.to_dict(), "whiten_dim": wdim, "whiten_shrinkage": shrink if wdim else None,
+                         "images_per_s": round(speed, 1),
                          **{k: round(v, 4) for k, v in m.items()}}
         print(f"{name:28s} mAP {m['mAP']:.4f}  R@1 {m['recall@1']:.4f}  {speed:.1f} img/s", flush=True)
     write_json("coil20.json", {"benchmark": "coil20_leave_one_out", "images": len(files),

@@ -105,12 +105,14 @@ def _model_from_options(collection: Collection, overrides: dict[str, Any]) -> Mo
 @click.option("--scales", help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1).")
 @click.option("--whiten/--no-whiten", default=None, help="PCA-whiten vectors, learned from the collection itself.")
 @click.option("--whiten-dim", type=click.IntRange(1), help="Dimension kept by the whitening (default 256).")
+@click.option("--whiten-shrinkage", type=click.FloatRange(0, 1, max_open=True),
+              help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).")
 @click.option("--index-kind", help="auto (exact below 50,000 images, IVF above), flat, ivf, hnsw, or a FAISS factory string.")
 @click.option("--reembed", is_flag=True, help="Re-embed everything when the model options differ from the collection's.")
 @click.pass_context
 def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
           image_size: int | None, scales: str | None, whiten: bool | None, whiten_dim: int | None,
-          index_kind: str | None, reembed: bool) -> None:
+          whiten_shrinkage: float | None, index_kind: str | None, reembed: bool) -> None:
     """Index the images in FOLDER (recursively).
 
     Run it again after the folder changes: only new and changed images are embedded, deleted ones are
@@ -129,10 +131,11 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     if index_kind:
         idx_cfg = dataclasses.replace(coll.index_config, kind=index_kind)
     wcfg = None
-    if whiten is not None or whiten_dim is not None:
+    if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
         current = coll.whitening_settings
-        wcfg = dataclasses.replace(current, enabled=current.enabled if whiten is None else whiten,
-                                   dim=whiten_dim or current.dim)
+        wcfg = dataclasses.replace(
+            current, enabled=current.enabled if whiten is None else whiten, dim=whiten_dim or current.dim,
+            shrinkage=current.shrinkage if whiten_shrinkage is None else whiten_shrinkage)
     try:
         coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed)
         report = coll.index_folder(folder, progress=TqdmProgress())
