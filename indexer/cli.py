@@ -152,6 +152,9 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     click.echo(f"collection: {report.total_indexed} images searchable ({report.index_kind} index), in {coll.home}")
     if report.ignored:
         click.echo(f"ignored {report.ignored} files that are not images (by extension)")
+    if report.earlier_errors:
+        click.echo(f"{report.earlier_errors} files could not be read in an earlier run and are unchanged "
+                   "(lookalike stats --errors lists them)")
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)} files:", err=True)
         for path, reason in report.skipped[:50]:

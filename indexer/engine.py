@@ -113,6 +113,8 @@ class IndexReport:
     total_seconds: float = 0.0
     index_kind: str = ""
     total_indexed: int = 0
+    #: Files under the folder that could not be read in an earlier run and have not changed since.
+    earlier_errors: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -335,6 +337,9 @@ class Collection:
             report.new, report.moved, report.unchanged = len(plan.new), len(plan.moved), plan.unchanged
             report.resumed = len(plan.resume)
             known_by_id = {k.id: k for k in known}
+            stat_of = {f.path: (f.size, f.mtime_ns) for f in scan.files}
+            report.earlier_errors = sum(
+                1 for k in known if k.status == ERROR and stat_of.get(k.path) == (k.size, k.mtime_ns))
             vectors_changed = False
             for row_id, f in plan.moved:
                 s.execute(update(ImageRecord).where(ImageRecord.id == row_id)

@@ -115,7 +115,7 @@ def decode_image(data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MA
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"too large (decompression bomb guard): {exc}") from exc
+        raise ImageLoadError(f"too large: over {max_pixels:,} pixels (decompression bomb guard)") from exc
     except UnidentifiedImageError:
         raise ImageLoadError("not an image, or a format Pillow cannot read") from None
     except OSError as exc:

@@ -150,8 +150,9 @@ def test_bad_files_are_skipped_recorded_and_the_rest_indexed(tmp_path, image_fol
     st = coll.stats()
     assert (st.indexed, st.errors) == (16, 3)
     assert {Path(p).name for p, _ in coll.errors()} == set(reasons)
-    # Unchanged bad files are not retried on the next run.
-    assert open_collection(tmp_path / "home").index_folder(image_folder).skipped == []
+    # Unchanged bad files are not retried on the next run, but they are counted.
+    again = open_collection(tmp_path / "home").index_folder(image_folder)
+    assert again.skipped == [] and again.earlier_errors == 3
 
 
 def test_interrupted_run_resumes_without_embedding_anything_twice(tmp_path):
