@@ -249,6 +249,8 @@ class Collection:
             elif stored is None:
                 db.set_setting(s, "model", ModelConfig().to_dict())
             if index is not None:
+                if db.get_setting(s, "index") != index.to_dict():
+                    db.bump_vector_version(s)  # the index file no longer matches: rebuilt at the next update
                 db.set_setting(s, "index", index.to_dict())
             if whitening is not None:
                 if whitening != self.whitening_settings:

@@ -245,3 +245,15 @@ def test_unreadable_query_is_reported_not_raised(tmp_path, image_folder):
     bad.write_bytes(b"nope")
     bad_res, good_res = coll.search([bad, image_folder / "img_0001.png"], k=2)
     assert bad_res.error and not bad_res.hits and good_res.hits
+
+
+def test_changing_the_index_kind_rebuilds_the_index(tmp_path, image_folder):
+    from indexer.vector_index import IndexConfig
+
+    coll = open_collection(tmp_path / "home")
+    assert coll.index_folder(image_folder).index_kind == "flat"
+    coll.configure(index=IndexConfig(kind="hnsw"))
+    report = coll.index_folder(image_folder)
+    assert report.embedded == 0 and report.index_kind == "hnsw" and coll.stats().index_kind == "hnsw"
+    [res] = coll.search([image_folder / "img_0002.png"], k=1)
+    assert res.hits[0].path.endswith("img_0002.png")
