@@ -189,7 +189,7 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
     coll = _open(ctx)
     paths = _expand_queries(queries)
     try:
-        results = coll.search(paths, k=k, threshold=threshold)
+        results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
     except (LookalikeError, UnknownNameError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     if as_json:

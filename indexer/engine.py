@@ -583,8 +583,10 @@ class Collection:
                 assert out.vector is not None
                 yield out.index, self._final_vectors(out.vector[None], whitening)[0], None
 
-    def search(self, queries: Sequence[str | Path], k: int = 10, threshold: float | None = None) -> list[QueryResult]:
+    def search(self, queries: Sequence[str | Path], k: int = 10, threshold: float | None = None,
+               progress: Progress | None = None) -> list[QueryResult]:
         """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``."""
+        progress = progress or NullProgress()
         if self.model_config is None:
             raise LookalikeError(f"the collection in {self.home} is empty; index a folder first (lookalike index DIR)")
         paths = [str(Path(q).expanduser().resolve()) for q in queries]
@@ -593,12 +595,17 @@ class Collection:
         if len(index) == 0:
             raise LookalikeError(f"the collection in {self.home} has no indexed images; index a folder first")
         vecs: dict[int, np.ndarray] = {}
-        for pos, vec, error in self.embed_paths(paths):
-            if error is not None:
-                results[pos].error = error
-            else:
-                assert vec is not None
-                vecs[pos] = vec
+        progress.start(len(paths), "queries")
+        try:
+            for pos, vec, error in self.embed_paths(paths):
+                if error is not None:
+                    results[pos].error = error
+                else:
+                    assert vec is not None
+                    vecs[pos] = vec
+                progress.advance(1)
+        finally:
+            progress.finish()
         if not vecs:
             return results
         order = sorted(vecs)

@@ -13,9 +13,13 @@ Index kinds
     force (:func:`brute_force_search`). Removal is a real removal; the ids of
     the remaining vectors never change (that is what the id map is for).
 ``"ivf"``
-    ``IndexIVFFlat`` (inner product) with ``nlist`` chosen from the collection
-    size (about ``4 * sqrt(n)``, a power of two, at most ``n / 39``) and
-    trained on a seeded sample. IVF stores the ids natively (no id map: an id
+    Inverted file (inner product) with a flat coarse quantizer, vectors
+    stored as float16 (``IndexIVFScalarQuantizer``, ``QT_fp16``; the
+    default ``IndexConfig.ivf_storage="fp16"``) or float32 (``IndexIVFFlat``,
+    ``ivf_storage="flat"``). ``nlist`` is chosen from the collection size
+    (about ``4 * sqrt(n)``, a power of two, at most ``n / 39``: 1024 at
+    100k, 4096 at 1M) and k-means is trained on a seeded sample of
+    ``40 * nlist`` vectors. IVF stores the ids natively (no id map: an id
     map over IVF would break on removal). With too few vectors to train, the
     build falls back to ``"flat"`` and logs it. Vectors added later are
     assigned to the existing centroids; when the collection has grown or
@@ -49,8 +53,15 @@ index. The CPU index stays the master copy: additions go to both, a removal
 drops the replica and it is re-copied on the next search. Files always hold
 the CPU index. HNSW always runs on the CPU.
 
-Thread safety: every public method takes an internal lock, so one
-``VectorIndex`` may be shared between threads (calls are serialised).
+Which kind ``"auto"`` picks, and the search-time defaults, are measured
+choices: see :class:`IndexConfig`.
+
+Threads: a search with a single query runs FAISS with one OpenMP thread
+(the work is single-threaded anyway, and on a small busy machine the idle
+worker made flat queries several times slower); batches use FAISS's
+global setting (``faiss.omp_set_num_threads``). Every public method takes
+an internal lock, so one ``VectorIndex`` may be shared between threads
+(calls are serialised).
 """
 
 from __future__ import annotations
@@ -244,11 +255,21 @@ def _default_nlist(n: int) -> int:
 class IndexConfig:
     """How to build and search a :class:`VectorIndex`.
 
-    Defaults were measured with ``benchmarks/bench_search.py`` (2-core CPU,
-    dim 256, clustered data, see ``benchmarks/results/search.json``): IVF
-    with ``nprobe=32`` gives recall@10 >= 0.95 at 100k and 1M vectors with a
-    single-query p50 well under 5 ms, and builds 1M vectors in minutes where
-    HNSW needs far longer on 2 cores and cannot delete.
+    Defaults come from ``benchmarks/bench_search.py`` (2-core AMD EPYC VM,
+    dim 256, clustered L2-normalised data; ``benchmarks/results/search.json``).
+    At 1M vectors, single query, recall@10 >= 0.95 was reached by
+
+    * HNSW (M=32, efConstruction=64): ef_search 256-384, p50 about 0.8-1.6 ms;
+    * IVF4096 (fp16): nprobe 16-128 depending on the data, p50 about 0.6-3.2 ms;
+
+    and at 100k HNSW was 3-4x faster than IVF at equal recall. HNSW's
+    recall is also the one that does not depend on a training sample, and it
+    grows by ``add`` without retraining, so ``approx_kind="hnsw"``. Its costs:
+    a 1M build takes ~3.5-7 min on 2 cores (IVF ~2-3 min), ~1.3 KB per
+    vector of memory (IVF fp16 ~0.5 KB), and removal is by tombstones (see
+    the module docstring). ``ef_search=384`` holds recall@10 >= 0.95 at 1M
+    on the harder data set measured (20k clusters; p50 1.6 ms) and costs
+    ~1 ms at 100k; ``nprobe=128`` does the same for IVF (p50 3.2 ms).
 
     Attributes:
         kind: ``"auto"``, ``"flat"``, ``"ivf"``, ``"hnsw"`` or a raw
@@ -262,6 +283,9 @@ class IndexConfig:
         hnsw_m: HNSW graph degree (build time).
         ef_construction: HNSW candidate-list size while building.
         nlist: IVF list count; ``None`` picks it from the collection size.
+        ivf_storage: how IVF stores vectors: ``"fp16"`` (half precision:
+            half the memory and, search being memory-bound, about half the
+            scan time; scores are exact to ~1e-3) or ``"flat"`` (float32).
         train_points_per_list: IVF k-means sample size per list (the sample
             is capped at ``nlist * train_points_per_list`` vectors).
         max_tombstone_fraction: HNSW is compacted (rebuilt) when more than
@@ -272,12 +296,13 @@ class IndexConfig:
 
     kind: str = "auto"
     approx_threshold: int = 50_000
-    approx_kind: str = "ivf"
-    nprobe: int = 32
-    ef_search: int = 96
+    approx_kind: str = "hnsw"
+    nprobe: int = 128
+    ef_search: int = 384
     hnsw_m: int = 32
     ef_construction: int = 64
     nlist: int | None = None
+    ivf_storage: str = "fp16"
     train_points_per_list: int = 40
     max_tombstone_fraction: float = 0.3
     device: str = "auto"
@@ -288,6 +313,8 @@ class IndexConfig:
             raise ValueError("kind must be a non-empty string")
         if self.approx_kind not in ("ivf", "hnsw"):
             raise ValueError(f"approx_kind must be 'ivf' or 'hnsw', got {self.approx_kind!r}")
+        if self.ivf_storage not in ("fp16", "flat"):
+            raise ValueError(f"ivf_storage must be 'fp16' or 'flat', got {self.ivf_storage!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {self.device!r}")
         for name in ("approx_threshold", "nprobe", "ef_search", "hnsw_m", "ef_construction",
@@ -434,7 +461,15 @@ class VectorIndex:
                     nlist or "n/a",
                 )
                 return faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat"
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, metric)
+            quantizer = faiss.IndexFlatIP(d)
+            if config.ivf_storage == "fp16":
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, metric
+                )
+            else:
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+            index.own_fields = True
+            quantizer.this.disown()  # owned by the IVF index from now on
             VectorIndex._train(index, train, nlist * config.train_points_per_list, config.seed)
             return index, "ivf"
         # Raw factory string.
@@ -557,8 +592,12 @@ class VectorIndex:
                 return "flat"
             if type(inner) is faiss.IndexHNSWFlat:
                 return "hnsw"
-        elif type(index) is faiss.IndexIVFFlat and isinstance(
-            faiss.downcast_index(index.quantizer), faiss.IndexFlat
+        elif isinstance(faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat) and (
+            type(index) is faiss.IndexIVFFlat
+            or (
+                type(index) is faiss.IndexIVFScalarQuantizer
+                and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+            )
         ):
             return "ivf"
         elif cls._extract_ivf(index) is None:
