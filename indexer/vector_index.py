@@ -209,9 +209,7 @@ def brute_force_search(
     if queries.ndim == 1:
         queries = queries[None, :]
     if vectors.ndim != 2 or queries.ndim != 2 or vectors.shape[1] != queries.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: vectors {vectors.shape}, queries {queries.shape}"
-        )
+        raise ValueError(f"dimension mismatch: vectors {vectors.shape}, queries {queries.shape}")
     if ids.shape != (vectors.shape[0],):
         raise ValueError(f"ids shape {ids.shape} does not match {vectors.shape[0]} vectors")
     n, nq = vectors.shape[0], queries.shape[0]
@@ -241,7 +239,7 @@ def _default_nlist(n: int) -> int:
     if n <= 0:
         return 0
     target = 4.0 * math.sqrt(n)
-    nlist = 2 ** int(round(math.log2(max(target, 1.0))))
+    nlist = 2 ** round(math.log2(max(target, 1.0)))
     cap = n // _MIN_POINTS_PER_CENTROID
     while nlist > cap and nlist > 1:
         nlist //= 2
@@ -256,20 +254,30 @@ class IndexConfig:
     """How to build and search a :class:`VectorIndex`.
 
     Defaults come from ``benchmarks/bench_search.py`` (2-core AMD EPYC VM,
-    dim 256, clustered L2-normalised data; ``benchmarks/results/search.json``).
-    At 1M vectors, single query, recall@10 >= 0.95 was reached by
+    dim 256, clustered L2-normalised data; ``benchmarks/results/search.json``
+    and a harder 20k-cluster variant, ``--clusters 20000``). Single query,
+    fastest setting with recall@10 >= 0.95 (p50):
 
-    * HNSW (M=32, efConstruction=64): ef_search 256-384, p50 about 0.8-1.6 ms;
-    * IVF4096 (fp16): nprobe 16-128 depending on the data, p50 about 0.6-3.2 ms;
+    ========================  ======================  ======================
+    data set, n               HNSW (M=32, efC=64)     IVF fp16 (nlist 4*sqrt n)
+    ========================  ======================  ======================
+    3k clusters, 100k         ef 32: 0.13 ms          nprobe 48: 0.45 ms
+    20k clusters, 100k        ef 128: 0.64 ms         nprobe 128: 2.0 ms [1]_
+    3k clusters, 1M           ef 256: 0.68 ms         nprobe 16: 0.40 ms
+    20k clusters, 1M          ef 384: 1.64 ms         nprobe 128: 3.2 ms
+    ========================  ======================  ======================
 
-    and at 100k HNSW was 3-4x faster than IVF at equal recall. HNSW's
-    recall is also the one that does not depend on a training sample, and it
-    grows by ``add`` without retraining, so ``approx_kind="hnsw"``. Its costs:
-    a 1M build takes ~3.5-7 min on 2 cores (IVF ~2-3 min), ~1.3 KB per
-    vector of memory (IVF fp16 ~0.5 KB), and removal is by tombstones (see
-    the module docstring). ``ef_search=384`` holds recall@10 >= 0.95 at 1M
-    on the harder data set measured (20k clusters; p50 1.6 ms) and costs
-    ~1 ms at 100k; ``nprobe=128`` does the same for IVF (p50 3.2 ms).
+    .. [1] float32 storage; the fp16 variant was not run at this point.
+
+    HNSW is fastest in three of four cases and never far behind, needs no
+    training sample and grows by ``add`` without retraining, so
+    ``approx_kind="hnsw"``. Its costs: a 1M build takes 130-415 s on 2 cores
+    (IVF fp16: 60-120 s), ~1.3 KB of memory per 256-d vector (IVF fp16
+    ~0.5 KB), and removal is by tombstones (module docstring).
+    ``ef_search=384`` is the smallest value tried that keeps recall@10 >=
+    0.95 on both data sets at 1M (0.975 / 0.954; p50 1.0 / 1.6 ms) and
+    costs ~0.9 ms at 100k (recall 0.997). ``nprobe=128`` does the same for
+    IVF (0.994 / 0.956 at 1M; p50 2.6 / 3.2 ms).
 
     Attributes:
         kind: ``"auto"``, ``"flat"``, ``"ivf"``, ``"hnsw"`` or a raw
@@ -284,8 +292,9 @@ class IndexConfig:
         ef_construction: HNSW candidate-list size while building.
         nlist: IVF list count; ``None`` picks it from the collection size.
         ivf_storage: how IVF stores vectors: ``"fp16"`` (half precision:
-            half the memory and, search being memory-bound, about half the
-            scan time; scores are exact to ~1e-3) or ``"flat"`` (float32).
+            half the memory and, search being memory-bound, 1.3-2x faster
+            at the same recall; scores exact to ~1e-3) or ``"flat"``
+            (float32).
         train_points_per_list: IVF k-means sample size per list (the sample
             is capped at ``nlist * train_points_per_list`` vectors).
         max_tombstone_fraction: HNSW is compacted (rebuilt) when more than
@@ -317,8 +326,14 @@ class IndexConfig:
             raise ValueError(f"ivf_storage must be 'fp16' or 'flat', got {self.ivf_storage!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {self.device!r}")
-        for name in ("approx_threshold", "nprobe", "ef_search", "hnsw_m", "ef_construction",
-                     "train_points_per_list"):
+        for name in (
+            "approx_threshold",
+            "nprobe",
+            "ef_search",
+            "hnsw_m",
+            "ef_construction",
+            "train_points_per_list",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "approx_threshold" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -345,7 +360,9 @@ class IndexConfig:
             return False
         available = faiss_gpu_available()
         if self.device == "gpu" and not available:
-            raise RuntimeError("device='gpu' requested but FAISS has no GPU support or no GPU is visible")
+            raise RuntimeError(
+                "device='gpu' requested but FAISS has no GPU support or no GPU is visible"
+            )
         return available
 
     def to_dict(self) -> dict:
@@ -353,7 +370,7 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IndexConfig":
+    def from_dict(cls, d: dict) -> IndexConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (logged), missing ones default."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -396,7 +413,7 @@ class VectorIndex:
         vectors: np.ndarray,
         config: IndexConfig | None = None,
         dim: int | None = None,
-    ) -> "VectorIndex":
+    ) -> VectorIndex:
         """Build an index from scratch.
 
         Args:
@@ -553,7 +570,7 @@ class VectorIndex:
         logger.info("saved %s index (%d vectors) to %s", self._kind, len(self), path)
 
     @classmethod
-    def load(cls, path: Path | str, config: IndexConfig | None = None) -> "VectorIndex":
+    def load(cls, path: Path | str, config: IndexConfig | None = None) -> VectorIndex:
         """Read an index written by :meth:`save`.
 
         The kind is taken from the file; ``config`` supplies the search-time
@@ -579,7 +596,9 @@ class VectorIndex:
         if kind is None:
             raise ValueError(f"{path}: unsupported index layout {type(index).__name__}")
         self = cls(index, kind, index.d, config)
-        logger.info("loaded %s index (%d vectors, dim %d) from %s", kind, len(self), self._dim, path)
+        logger.info(
+            "loaded %s index (%d vectors, dim %d) from %s", kind, len(self), self._dim, path
+        )
         return self
 
     @classmethod
@@ -592,7 +611,9 @@ class VectorIndex:
                 return "flat"
             if type(inner) is faiss.IndexHNSWFlat:
                 return "hnsw"
-        elif isinstance(faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat) and (
+        elif isinstance(
+            faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat
+        ) and (
             type(index) is faiss.IndexIVFFlat
             or (
                 type(index) is faiss.IndexIVFScalarQuantizer
@@ -724,7 +745,10 @@ class VectorIndex:
             self._gpu_index = None  # re-copied lazily on the next search
             if removed != targets.size:  # pragma: no cover - would be a bug
                 logger.error("removed %d vectors, expected %d", removed, targets.size)
-            if self._tombstones and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal:
+            if (
+                self._tombstones
+                and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal
+            ):
                 self._compact_unlocked()
             return removed
 
@@ -764,13 +788,20 @@ class VectorIndex:
         view = self._id_map_view()
         live = np.flatnonzero(view >= 0)
         logger.info(
-            "compacting %s index: %d tombstones, %d live vectors", self._kind, self._tombstones, live.size
+            "compacting %s index: %d tombstones, %d live vectors",
+            self._kind,
+            self._tombstones,
+            live.size,
         )
         inner = self._index.index
-        vectors = inner.reconstruct_batch(live) if live.size else np.empty((0, self._dim), np.float32)
+        vectors = (
+            inner.reconstruct_batch(live) if live.size else np.empty((0, self._dim), np.float32)
+        )
         live_ids = view[live].copy()
         if self._kind == "hnsw":
-            new_inner = faiss.IndexHNSWFlat(self._dim, self._config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            new_inner = faiss.IndexHNSWFlat(
+                self._dim, self._config.hnsw_m, faiss.METRIC_INNER_PRODUCT
+            )
             new_inner.hnsw.efConstruction = self._config.ef_construction
         else:
             new_inner = faiss.clone_index(inner)
@@ -808,9 +839,7 @@ class VectorIndex:
             nq = q.shape[0]
             ntotal = int(self._index.ntotal)
             if nq == 0 or len(self) == 0:
-                return _pad_results(
-                    np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64), k
-                )
+                return _pad_results(np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64), k)
             k_search = min(k, ntotal)
             index, params = self._search_target(k_search)
             # A single query is processed by one thread anyway, but FAISS still
@@ -854,7 +883,9 @@ class VectorIndex:
                     elif hasattr(self._gpu_index, "nprobe"):
                         self._gpu_index.nprobe = self._config.nprobe
                 except RuntimeError:
-                    logger.warning("could not copy the index to the GPU; using the CPU", exc_info=True)
+                    logger.warning(
+                        "could not copy the index to the GPU; using the CPU", exc_info=True
+                    )
                     self._use_gpu = False
                     return self._index, None
             return self._gpu_index, None
@@ -908,7 +939,11 @@ class VectorIndex:
         ivf = self._ivf()
         if ivf is not None:
             ivf.nprobe = self._config.nprobe
-        inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else None
+        inner = (
+            faiss.downcast_index(self._index.index)
+            if isinstance(self._index, faiss.IndexIDMap2)
+            else None
+        )
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = self._config.ef_search
 

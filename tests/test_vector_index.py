@@ -18,6 +18,13 @@ DIM = 32
 CPU = {"device": "cpu"}
 
 
+def cfg_for(kind: str, **kw) -> IndexConfig:
+    """Test config: CPU, and a light HNSW graph to keep the tests fast."""
+    if kind == "hnsw":
+        kw = {"hnsw_m": 16, "ef_construction": 40, **kw}
+    return IndexConfig(kind=kind, **CPU, **kw)
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -36,7 +43,9 @@ def clustered(n: int, n_queries: int, dim: int = DIM, clusters: int = 40, seed: 
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([np.intersect1d(f, t).size for f, t in zip(found, truth)]) / truth.shape[1])
+    return float(
+        np.mean([np.intersect1d(f, t).size for f, t in zip(found, truth)]) / truth.shape[1]
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -55,7 +64,7 @@ def test_flat_equals_brute_force():
     np.testing.assert_array_equal(found, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
     # one query given as a 1-D vector, and one query per call (FAISS's non-BLAS path)
-    s1, i1 = index.search(queries[3], 10)
+    _, i1 = index.search(queries[3], 10)
     assert i1.shape == (1, 10)
     np.testing.assert_array_equal(i1[0], ref_ids[3])
 
@@ -84,7 +93,7 @@ def test_float64_input_is_converted():
 def test_add_remove_keep_ids_stable(kind):
     x, _ = clustered(2000, 0, seed=5)
     ids = np.arange(2000, dtype=np.int64) * 10 + 1  # sparse, like SQLite keys after deletions
-    cfg = IndexConfig(kind=kind, nprobe=64, **CPU)
+    cfg = cfg_for(kind, nprobe=64)
     index = VectorIndex.build(ids[:1500], x[:1500], cfg)
     assert index.kind == kind
     index.add(ids[1500:], x[1500:])
@@ -103,7 +112,7 @@ def test_add_remove_keep_ids_stable(kind):
     assert not np.isin(found, gone).any()
     # every remaining vector is still found under its own (un-renumbered) id
     np.testing.assert_array_equal(found[:, 0], ids[probe])
-    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-3)  # IVF stores fp16 by default
 
     # a removed id can be added again; a present id cannot
     index.add(gone[:1], x[:1])
@@ -115,7 +124,7 @@ def test_add_remove_keep_ids_stable(kind):
 def test_hnsw_removal_compacts_after_many_tombstones():
     x = random_vectors(400, seed=6)
     ids = np.arange(400, dtype=np.int64)
-    index = VectorIndex.build(ids, x, IndexConfig(kind="hnsw", max_tombstone_fraction=0.3, **CPU))
+    index = VectorIndex.build(ids, x, cfg_for("hnsw", max_tombstone_fraction=0.3))
     index.remove(ids[:100])  # 25%: tombstones only
     assert index.faiss_index.ntotal == 400 and len(index) == 300
     index.remove(ids[100:150])  # 37.5% > 30%: rebuilt without them
@@ -127,11 +136,13 @@ def test_hnsw_removal_compacts_after_many_tombstones():
 # --------------------------------------------------------------------------- #
 # persistence
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_save_load_round_trip(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind, storage", [("flat", "fp16"), ("ivf", "fp16"), ("ivf", "flat"), ("hnsw", "fp16")]
+)
+def test_save_load_round_trip(tmp_path, kind, storage):
     x, q = clustered(2000, 20, seed=7)
     ids = np.arange(2000, dtype=np.int64) + 100
-    cfg = IndexConfig(kind=kind, **CPU)
+    cfg = cfg_for(kind, ivf_storage=storage)
     index = VectorIndex.build(ids, x, cfg)
     index.remove(ids[:10])  # HNSW: tombstones must survive the round trip
     before = index.search(q, 10)
@@ -160,7 +171,9 @@ def test_load_missing_file(tmp_path):
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("approx_kind", ["ivf", "hnsw"])
 def test_auto_picks_flat_below_threshold_and_approx_at_or_above(approx_kind):
-    cfg = IndexConfig(approx_threshold=1000, approx_kind=approx_kind, **CPU)
+    cfg = IndexConfig(
+        approx_threshold=1000, approx_kind=approx_kind, hnsw_m=16, ef_construction=40, **CPU
+    )
     assert cfg.resolve_kind(999) == "flat"
     assert cfg.resolve_kind(1000) == approx_kind
     x, _ = clustered(1000, 0, seed=8)
@@ -182,11 +195,13 @@ def test_ivf_with_too_few_vectors_falls_back_to_flat(caplog):
 
 
 def test_empty_build_needs_dim():
-    index = VectorIndex.build(np.empty(0, np.int64), np.empty((0, DIM), np.float32), IndexConfig(**CPU))
+    index = VectorIndex.build(
+        np.empty(0, np.int64), np.empty((0, DIM), np.float32), IndexConfig(**CPU)
+    )
     assert len(index) == 0 and index.dim == DIM
     scores, found = index.search(random_vectors(2, seed=10), 3)
     assert (found == -1).all() and np.isneginf(scores).all()
-    index = VectorIndex.build([], [], IndexConfig(kind="hnsw", **CPU), dim=DIM)
+    index = VectorIndex.build([], [], cfg_for("hnsw"), dim=DIM)
     assert index.kind == "hnsw" and len(index) == 0
     index.add(np.array([5]), random_vectors(1, seed=11))
     assert index.search(random_vectors(1, seed=11), 1)[1][0, 0] == 5
@@ -207,9 +222,9 @@ def test_config_round_trip():
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_recall_on_clustered_data(kind):
-    x, q = clustered(5000, 100, seed=12)
-    ids = np.arange(5000, dtype=np.int64)
-    index = VectorIndex.build(ids, x, IndexConfig(kind=kind, **CPU))
+    x, q = clustered(4000, 100, seed=12)
+    ids = np.arange(4000, dtype=np.int64)
+    index = VectorIndex.build(ids, x, cfg_for(kind))
     assert index.kind == kind
     _, found = index.search(q, 10)
     _, truth = brute_force_search(x, ids, q, 10)
@@ -222,7 +237,7 @@ def test_approximate_recall_on_clustered_data(kind):
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_k_larger_than_n_pads(kind):
     x = random_vectors(5, seed=13)
-    index = VectorIndex.build(np.arange(10, 15), x, IndexConfig(kind=kind, **CPU))
+    index = VectorIndex.build(np.arange(10, 15), x, cfg_for(kind))
     scores, found = index.search(x[:2], 8)
     assert found.shape == scores.shape == (2, 8)
     assert (found[:, :5] >= 10).all() and (found[:, 5:] == -1).all()
@@ -264,4 +279,6 @@ def test_gpu_probe():
     assert isinstance(faiss_gpu_available(), bool)
     if not faiss_gpu_available():
         with pytest.raises(RuntimeError):
-            VectorIndex.build(np.arange(3), random_vectors(3), IndexConfig(kind="flat", device="gpu"))
+            VectorIndex.build(
+                np.arange(3), random_vectors(3), IndexConfig(kind="flat", device="gpu")
+            )
