@@ -6,8 +6,9 @@ weizmann_horse_db/rgb, Borenstein & Ullman; varied sizes and aspect ratios), the
    the pipeline groups them, and only ``Embedder.embed_batch`` is timed.
 2. pipeline: ``Collection.index_folder`` into a fresh collection — scanning, reading, hashing, decoding in
    worker processes, the network, SQLite writes and the FAISS index, as ``lookalike index`` runs it.
-The two alternate ``--rounds`` times in one process and the best of each is kept (the machine is shared and
-noisy); the ratio pipeline/bare is the figure of merit.
+The two run back to back, ``--rounds`` times, in one process. The machine is shared and its speed drifts by
+tens of percent over seconds, so the figure of merit is the median over rounds of each round's ratio
+pipeline/bare; the per-round speeds are in the JSON too.
 
     python -m benchmarks.bench_pipeline [--folder DIR] [--rounds 2] [--workers 2] [--precision fp32]
 """
@@ -40,7 +41,7 @@ def bare_forward(embedder: Embedder, batches: list[np.ndarray]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -68,13 +69,16 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             assert report.embedded == len(files), report.skipped
             pipe.append(len(files) / elapsed)
+    ratios = [p / b for p, b in zip(pipe, bare)]
     result = {
         "benchmark": "pipeline_vs_bare_forward", "folder": str(folder), "images": len(files),
         "shapes": len(by_shape), "model": model.describe(), "precision": args.precision,
         "workers": args.workers, "batch_size": args.batch_size,
-        "bare_forward_images_per_s": round(max(bare), 1), "pipeline_images_per_s": round(max(pipe), 1),
-        "ratio": round(max(pipe) / max(bare), 3), "rounds": {"bare": [round(x, 1) for x in bare],
-                                                              "pipeline": [round(x, 1) for x in pipe]},
+        "bare_forward_images_per_s": round(float(np.median(bare)), 1),
+        "pipeline_images_per_s": round(float(np.median(pipe)), 1),
+        "ratio_median": round(float(np.median(ratios)), 3),
+        "rounds": {"bare": [round(x, 1) for x in bare], "pipeline": [round(x, 1) for x in pipe],
+                   "ratio": [round(x, 3) for x in ratios]},
         "machine": machine(),
     }
     write_json(f"pipeline_{args.precision}.json", result)

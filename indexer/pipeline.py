@@ -1,24 +1,31 @@
-"""The embedding pipeline over files: parallel decoding workers, shape-bucketed batches, the network.
+"""The embedding pipeline over files: parallel decoding, shape-bucketed batches, the network.
 
 Images are resized so their longest side is the model's ``image_size`` (sides rounded to the backbone
 stride), so a folder of mixed photos falls into a handful of shapes; each shape fills its own batch, and
 no pixel is spent on padding.
+
+Decoding runs in a pool of threads: Pillow releases the GIL while it decodes and resizes, so threads decode
+in parallel without the pickling and copying that worker processes need to hand pixels back. On Linux the
+decoding threads run at the lowest priority, so on a small CPU the network's threads keep the cores and
+decoding fills the gaps (an OpenMP thread pre-empted by a decoder stalls the whole batch).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from retrieval.model import Embedder
 
-from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, load_image
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +42,44 @@ class Embedded:
     error: str | None = None
 
 
-class _FileDataset(Dataset):
-    def __init__(self, paths: Sequence[str], max_side: int, max_pixels: int) -> None:
-        self.paths = paths
-        self.max_side = max_side
-        self.max_pixels = max_pixels
+def _lower_thread_priority() -> None:
+    try:  # Linux: niceness is per thread, set through the thread's native id
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
-    def __len__(self) -> int:
-        return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, object]:
+def _load(path: str, max_side: int, max_pixels: int) -> LoadedImage | str:
+    """Decode one file; an unusable file gives its reason as a string instead of raising."""
+    try:
+        return load_image(path, max_side, max_pixels)
+    except ImageLoadError as exc:
+        return exc.reason
+    except Exception as exc:  # never let one odd file kill a long run; report it instead
+        log.exception("unexpected error reading %s", path)
+        return f"unexpected error: {exc.__class__.__name__}: {exc}"
+
+
+def decoded(paths: Sequence[str], max_side: int, *, workers: int = 2, prefetch: int = 64,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[int, LoadedImage | str]]:
+    """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead."""
+    if workers <= 0:
+        for i, p in enumerate(paths):
+            yield i, _load(p, max_side, max_pixels)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode", initializer=_lower_thread_priority) as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        next_i = 0
         try:
-            return i, load_image(self.paths[i], self.max_side, self.max_pixels)
-        except ImageLoadError as exc:
-            return i, exc.reason
-        except Exception as exc:  # never let one odd file kill a long run; report it instead
-            log.exception("unexpected error reading %s", self.paths[i])
-            return i, f"unexpected error: {exc.__class__.__name__}: {exc}"
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def _identity(x: object) -> object:
-    return x
+            while next_i < len(paths) or pending:
+                while next_i < len(paths) and len(pending) < prefetch:
+                    pending.append((next_i, pool.submit(_load, paths[next_i], max_side, max_pixels)))
+                    next_i += 1
+                i, fut = pending.popleft()
+                yield i, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
 def embed_files(
@@ -71,24 +91,16 @@ def embed_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Embedded]:
     """Embed ``paths``; yields one :class:`Embedded` per path, in completion order (not input order)."""
-    if not paths:
-        return
-    ds = _FileDataset(paths, embedder.config.image_size, max_pixels)
-    loader_kwargs: dict = {}
-    if workers > 0:
-        loader_kwargs = dict(worker_init_fn=_worker_init, prefetch_factor=max(2, batch_size), persistent_workers=False)
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity, **loader_kwargs)
-    buckets: dict[tuple[int, int], list[tuple[int, object]]] = {}
+    buckets: dict[tuple[int, int], list[tuple[int, LoadedImage]]] = {}
 
-    def run(items: list[tuple[int, object]]) -> list[Embedded]:
+    def run(items: list[tuple[int, LoadedImage]]) -> list[Embedded]:
         t0 = time.perf_counter()
         vecs = embedder.embed_batch(np.stack([img.pixels for _, img in items]))
         log.debug("batch of %d %s in %.3fs", len(items), items[0][1].pixels.shape, time.perf_counter() - t0)
-        return [
-            Embedded(i, v, img.width, img.height, img.content_hash) for (i, img), v in zip(items, vecs)
-        ]
+        return [Embedded(i, v, img.width, img.height, img.content_hash) for (i, img), v in zip(items, vecs)]
 
-    for i, item in loader:
+    for i, item in decoded(paths, embedder.config.image_size, workers=workers,
+                           prefetch=max(2 * batch_size, 8), max_pixels=max_pixels):
         if isinstance(item, str):
             yield Embedded(i, error=item)
             continue
