@@ -5,7 +5,7 @@ weizmann_horse_db/rgb, Borenstein & Ullman; varied sizes and aspect ratios), the
 1. bare: every image is decoded and resized beforehand (not timed), grouped into batches by shape exactly as
    the pipeline groups them, and only ``Embedder.embed_batch`` is timed.
 2. pipeline: ``Collection.index_folder`` into a fresh collection — scanning, reading, hashing, decoding in
-   worker processes, the network, SQLite writes and the FAISS index, as ``lookalike index`` runs it.
+   parallel threads, the network, SQLite writes and the FAISS index, as ``lookalike index`` runs it.
 The two run back to back, ``--rounds`` times, in one process. The machine is shared and its speed drifts by
 tens of percent over seconds, so the figure of merit is the median over rounds of each round's ratio
 pipeline/bare; the per-round speeds are in the JSON too.

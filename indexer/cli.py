@@ -57,7 +57,7 @@ def _fail(message: str) -> click.ClickException:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per network batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
-              help="Processes decoding images in parallel (0: in the main process).")
+              help="Threads decoding images in parallel (0: decode between batches).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")

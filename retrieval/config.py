@@ -60,7 +60,7 @@ class RuntimeOptions:
     #: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
     device: str = "auto"
     batch_size: int = 32
-    #: Processes decoding images in parallel; 0 decodes in the main process.
+    #: Threads decoding images in parallel; 0 decodes in the calling thread between batches.
     workers: int = 2
     #: "fp32" or "bf16" (autocast; channels_last either way).
     precision: str = "fp32"
