@@ -89,6 +89,8 @@ def _model_from_options(collection: Collection, overrides: dict[str, Any]) -> Mo
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return None
+    if given.get("weights") not in (None, "imagenet", "random"):
+        given["weights"] = str(Path(given["weights"]).expanduser().resolve())  # the collection outlives the cwd
     base = collection.model_config or ModelConfig()
     try:
         return dataclasses.replace(base, **given)
@@ -107,7 +109,7 @@ def _model_from_options(collection: Collection, overrides: dict[str, Any]) -> Mo
 @click.option("--whiten-dim", type=click.IntRange(1), help="Dimension kept by the whitening (default 256).")
 @click.option("--whiten-shrinkage", type=click.FloatRange(0, 1, max_open=True),
               help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).")
-@click.option("--index-kind", help="auto (exact below 50,000 images, IVF above), flat, ivf, hnsw, or a FAISS factory string.")
+@click.option("--index-kind", help="auto (exact below 50,000 images, HNSW above), flat, ivf, hnsw, or a FAISS factory string.")
 @click.option("--reembed", is_flag=True, help="Re-embed everything when the model options differ from the collection's.")
 @click.pass_context
 def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
