@@ -85,26 +85,46 @@ def _open(ctx: click.Context) -> Collection:
         raise _fail(f"cannot open the collection: {exc}") from None
 
 
-def _model_from_options(collection: Collection, overrides: dict[str, Any]) -> ModelConfig | None:
+def _model_from_options(base: ModelConfig | None, overrides: dict[str, Any]) -> ModelConfig | None:
+    """``base`` (or the default model) with the options given; ``None`` when no option was given."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return None
     if given.get("weights") not in (None, "imagenet", "random"):
         given["weights"] = str(Path(given["weights"]).expanduser().resolve())  # the collection outlives the cwd
-    base = collection.model_config or ModelConfig()
+    base = base or ModelConfig()
     try:
         return dataclasses.replace(base, **given)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
 
+def model_options(fn: Any) -> Any:
+    """The options that choose the embedding model, shared by the commands that embed."""
+    for opt in reversed([
+        click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`."),
+        click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).'),
+        click.option("--pooling", type=click.Choice(["gem", "mac", "spoc", "rmac"]),
+                     help="Pooling of the feature map (default gem)."),
+        click.option("--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224)."),
+        click.option("--scales", help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _parse_scales(scales: str | None) -> tuple[float, ...] | None:
+    if not scales:
+        return None
+    try:
+        return tuple(float(s) for s in scales.split(","))
+    except ValueError:
+        raise _fail(f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {scales!r}") from None
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`.")
-@click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).')
-@click.option("--pooling", type=click.Choice(["gem", "mac", "spoc", "rmac"]), help="Pooling of the feature map (default gem).")
-@click.option("--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224).")
-@click.option("--scales", help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1).")
+@model_options
 @click.option("--whiten/--no-whiten", default=None, help="PCA-whiten vectors, learned from the collection itself.")
 @click.option("--whiten-dim", type=click.IntRange(1), help="Dimension kept by the whitening (default 256).")
 @click.option("--whiten-shrinkage", type=click.FloatRange(0, 1, max_open=True),
@@ -121,14 +141,8 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     dropped and moved ones are recognised by their content. An interrupted run resumes where it stopped.
     """
     coll = _open(ctx)
-    scale_tuple = None
-    if scales:
-        try:
-            scale_tuple = tuple(float(s) for s in scales.split(","))
-        except ValueError:
-            raise _fail(f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {scales!r}") from None
-    model = _model_from_options(coll, dict(backbone=backbone, weights=weights, pooling=pooling,
-                                           image_size=image_size, scales=scale_tuple))
+    model = _model_from_options(coll.model_config, dict(backbone=backbone, weights=weights, pooling=pooling,
+                                                        image_size=image_size, scales=_parse_scales(scales)))
     idx_cfg = None
     if index_kind:
         idx_cfg = dataclasses.replace(coll.index_config, kind=index_kind)
@@ -281,6 +295,50 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
     if not repair:
         click.echo("run `lookalike doctor --repair` to rebuild the index from the database")
         ctx.exit(1)
+
+
+@main.command(name="eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@model_options
+@click.option("--queries", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A labelled folder of queries searched against FOLDER (default: each image of FOLDER against the rest).")
+@click.option("--label-regex", metavar="REGEX",
+              help=r"Labels from file names (first group), e.g. 'obj(\d+)__'; default: one sub-folder per class.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
+             image_size: int | None, scales: str | None, queries: Path | None, label_regex: str | None,
+             as_json: bool) -> None:
+    """Measure retrieval quality on a labelled FOLDER: mAP, recall@1/5/10, precision@k.
+
+    Same label = relevant. Needs no collection: the images are embedded with the model options given.
+    """
+    from retrieval.model import Embedder
+
+    from .evaluate import LabelError, evaluate_folder
+
+    runtime: RuntimeOptions = ctx.obj["runtime"]
+    model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
+                                           image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
+    try:
+        embedder = Embedder(model, runtime)
+        rep = evaluate_folder(folder, embedder, queries=queries, label_regex=label_regex,
+                              batch_size=runtime.batch_size, workers=runtime.workers)
+    except (LabelError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"model": model.to_dict(), "images": rep.images, "classes": rep.classes,
+                               "metrics": rep.metrics, "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]},
+                              indent=2))
+    else:
+        click.echo(f"{rep.images} images, {rep.classes} classes, {model.describe()}")
+        for name, value in rep.metrics.items():
+            if name != "queries":
+                click.echo(f"  {name:<13} {value:.4f}")
+        for path, reason in rep.skipped:
+            click.echo(f"  skipped {path}: {reason}", err=True)
+    if rep.skipped:
+        ctx.exit(EXIT_SKIPPED)
 
 
 @main.command()

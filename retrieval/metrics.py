@@ -43,7 +43,23 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray | list, ks: tuple[
     """
     labels = np.asarray(labels)
     ranking = leave_one_out_ranking(vectors)
-    rel = labels[ranking] == labels[:, None]  # (N, N-1)
+    return ranking_metrics(labels[ranking] == labels[:, None], ks)
+
+
+def query_database_metrics(
+    queries: np.ndarray, query_labels: np.ndarray | list, database: np.ndarray, database_labels: np.ndarray | list,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, float]:
+    """The same metrics with separate query ``(Q, D)`` and database ``(M, D)`` sets (no item is left out)."""
+    qlab, dlab = np.asarray(query_labels), np.asarray(database_labels)
+    sims = np.asarray(queries, np.float32) @ np.asarray(database, np.float32).T
+    ranking = np.argsort(-sims, axis=1, kind="stable")
+    return ranking_metrics(dlab[ranking] == qlab[:, None], ks)
+
+
+def ranking_metrics(rel: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Metrics of ranked lists given their relevance ``(Q, R)`` bool, best first; queries with none relevant skipped."""
+    rel = np.asarray(rel, dtype=bool)
     has_any = rel.any(axis=1)
     aps = [average_precision(r) for r in rel[has_any]]
     out: dict[str, float] = {"mAP": float(np.mean(aps)) if aps else 0.0, "queries": float(has_any.sum())}

@@ -61,3 +61,15 @@ def test_metrics_are_perfect_on_separated_clusters_and_lower_on_noise(rng):
     assert m["mAP"] == pytest.approx(1.0) and m["recall@1"] == 1.0 and m["precision@5"] == 1.0
     noisy = retrieval_metrics(l2n_np(rng.normal(size=(40, 32))), labels)
     assert noisy["mAP"] < 0.6
+
+
+def test_query_database_metrics_rank_the_database_for_each_query(rng):
+    from retrieval.metrics import query_database_metrics
+
+    db = l2n_np(np.eye(4, 8, dtype=np.float32) + 0.01)
+    labels = np.array([0, 1, 2, 3])
+    queries = db[[2, 0]] + 0.001
+    m = query_database_metrics(queries, [2, 0], db, labels)
+    assert m["mAP"] == pytest.approx(1.0) and m["recall@1"] == 1.0
+    wrong = query_database_metrics(queries, [1, 3], db, labels)
+    assert wrong["recall@1"] == 0.0 and wrong["mAP"] < 0.6

@@ -1,0 +1,103 @@
+"""Evaluation of a model on a labelled folder: every image a query against the rest, or queries vs a database.
+
+Labels come from the layout most datasets use, one sub-folder per class (``DIR/<label>/...``), or from a
+regular expression on the file name (its first group, e.g. ``obj(\\d+)__`` for COIL-20).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.metrics import query_database_metrics, retrieval_metrics
+from retrieval.model import Embedder
+
+from .pipeline import embed_files
+from .scan import scan_folder
+
+log = logging.getLogger(__name__)
+
+
+class LabelError(ValueError):
+    """The folder's labels cannot be worked out; the message says why and what to do."""
+
+
+def labelled_files(folder: str | Path, label_regex: str | None = None) -> tuple[list[str], list[str]]:
+    """Image paths under ``folder`` and their labels (sub-folder name, or ``label_regex``'s first group)."""
+    root = Path(folder).expanduser().resolve()
+    files = [f.path for f in scan_folder(root).files]
+    if not files:
+        raise LabelError(f"no images found in {root}")
+    labels: list[str] = []
+    if label_regex:
+        pattern = re.compile(label_regex)
+        for p in files:
+            m = pattern.search(Path(p).name)
+            if m is None:
+                raise LabelError(f"--label-regex {label_regex!r} does not match {Path(p).name}")
+            labels.append(m.group(1) if m.groups() else m.group(0))
+    else:
+        for p in files:
+            rel = Path(p).relative_to(root)
+            if len(rel.parts) < 2:
+                raise LabelError(
+                    f"{rel} is not in a class sub-folder: use one sub-folder per class (DIR/<label>/image.jpg) "
+                    "or give --label-regex")
+            labels.append(rel.parts[0])
+    return files, labels
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, float]
+    images: int
+    classes: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+
+def _embed(paths: list[str], embedder: Embedder, batch_size: int, workers: int) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
+    vecs = np.zeros((len(paths), embedder.dim), np.float32)
+    ok = [False] * len(paths)
+    skipped: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    for out in embed_files(paths, embedder, batch_size=batch_size, workers=workers):
+        if out.error is not None:
+            skipped.append((paths[out.index], out.error))
+        else:
+            assert out.vector is not None
+            vecs[out.index], ok[out.index] = out.vector, True
+    return vecs, ok, skipped, len(paths) / max(time.perf_counter() - t0, 1e-9)
+
+
+def evaluate_folder(
+    folder: str | Path,
+    embedder: Embedder,
+    *,
+    queries: str | Path | None = None,
+    label_regex: str | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+) -> EvalReport:
+    """mAP, recall@k and precision@k of ``embedder`` on a labelled folder (unreadable images are left out)."""
+    paths, labels = labelled_files(folder, label_regex)
+    vecs, ok, skipped, speed = _embed(paths, embedder, batch_size, workers)
+    keep = np.array(ok)
+    db_vecs, db_labels = vecs[keep], np.array(labels)[keep]
+    if queries is None:
+        metrics = retrieval_metrics(db_vecs, db_labels)
+        n_images = int(keep.sum())
+    else:
+        q_paths, q_labels = labelled_files(queries, label_regex)
+        q_vecs, q_ok, q_skipped, _ = _embed(q_paths, embedder, batch_size, workers)
+        skipped += q_skipped
+        q_keep = np.array(q_ok)
+        metrics = query_database_metrics(q_vecs[q_keep], np.array(q_labels)[q_keep], db_vecs, db_labels)
+        n_images = int(keep.sum() + q_keep.sum())
+    return EvalReport(metrics=metrics, images=n_images, classes=len(set(db_labels.tolist())),
+                      skipped=skipped, images_per_second=speed)
