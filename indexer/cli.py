@@ -300,6 +300,8 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
 @main.command(name="eval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_options
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A pairs file in the LFW format (images under FOLDER): verification accuracy, ROC AUC, TAR@FAR.")
 @click.option("--queries", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A labelled folder of queries searched against FOLDER (default: each image of FOLDER against the rest).")
 @click.option("--label-regex", metavar="REGEX",
@@ -307,19 +309,43 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
-             image_size: int | None, scales: str | None, queries: Path | None, label_regex: str | None,
-             as_json: bool) -> None:
+             image_size: int | None, scales: str | None, pairs: Path | None, queries: Path | None,
+             label_regex: str | None, as_json: bool) -> None:
     """Measure retrieval quality on a labelled FOLDER: mAP, recall@1/5/10, precision@k.
 
     Same label = relevant. Needs no collection: the images are embedded with the model options given.
+    With --pairs, measure verification instead (LFW protocol: the threshold of each fold is chosen on the
+    other folds).
     """
     from retrieval.model import Embedder
 
-    from .evaluate import LabelError, evaluate_folder
+    from .evaluate import LabelError, evaluate_folder, evaluate_pairs
 
     runtime: RuntimeOptions = ctx.obj["runtime"]
     model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
                                            image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
+    if pairs is not None:
+        try:
+            prep = evaluate_pairs(pairs, folder, Embedder(model, runtime), batch_size=runtime.batch_size,
+                                  workers=runtime.workers)
+        except (UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise _fail(str(exc)) from None
+        m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prep.metrics.items()}
+        if as_json:
+            click.echo(json.dumps({"model": model.to_dict(), "pairs": prep.pairs, "images": prep.images,
+                                   "metrics": m, "skipped": [{"path": p, "reason": r} for p, r in prep.skipped]},
+                                  indent=2))
+        else:
+            click.echo(f"{prep.pairs} pairs, {prep.images} images, {model.describe()}")
+            click.echo(f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (over {len(m['fold_ids'])} folds)")
+            click.echo(f"  ROC AUC       {m['auc']:.4f}")
+            click.echo(f"  TAR@FAR=1e-3  {m['tar@far=1e-3']:.4f}")
+            click.echo(f"  TAR@FAR=1e-2  {m['tar@far=1e-2']:.4f}")
+            for path, reason in prep.skipped:
+                click.echo(f"  skipped {path}: {reason}", err=True)
+        if prep.skipped:
+            ctx.exit(EXIT_SKIPPED)
+        return
     try:
         embedder = Embedder(model, runtime)
         rep = evaluate_folder(folder, embedder, queries=queries, label_regex=label_regex,

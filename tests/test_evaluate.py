@@ -59,3 +59,24 @@ def test_eval_with_a_query_folder_searches_the_database(tmp_path):
                                     "--image-size", "64", "--json"])
     m = json.loads(res.output)["metrics"]
     assert m["queries"] == 1 and m["recall@1"] == 1.0
+
+
+def test_eval_pairs_scores_verification_with_the_kfold_protocol(tmp_path):
+    people = tmp_path / "faces"
+    for name, seed in [("Ann", 1), ("Bob", 2), ("Cid", 3), ("Dee", 4)]:
+        (people / name).mkdir(parents=True)
+        base = draw_image(seed, (96, 96))
+        for i in (1, 2):  # the same picture twice: "same" pairs score the maximum, 1.0
+            base.save(people / name / f"{name}_{i:04d}.jpg")
+    lines = ["2\t2", "Ann\t1\t2", "Bob\t1\t2", "Ann\t1\tBob\t1", "Ann\t2\tBob\t2",
+             "Cid\t1\t2", "Dee\t1\t2", "Cid\t1\tDee\t1", "Cid\t2\tDee\t2"]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(main, ["--workers", "0", "eval", str(people), "--pairs", str(pairs),
+                                    "--image-size", "64", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["pairs"] == 8 and out["images"] == 8
+    m = out["metrics"]
+    assert len(m["fold_accuracies"]) == 2 and 0.0 <= m["accuracy"] <= 1.0
+    assert m["auc"] == 1.0 and m["accuracy"] == 1.0
