@@ -14,7 +14,8 @@ from .backbones import build_backbone
 from .config import ModelConfig, RuntimeOptions
 from .efficientnet_lite import cpu_has_fast_bf16
 from .functional import l2n
-from .pooling import build_pooling
+from .checkpoint import is_checkpoint_file, load_checkpoint
+from .pooling import RMAC, build_pooling
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,25 @@ class EmbeddingNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        bb = build_backbone(config.backbone, config.weights)
+        checkpoint = None
+        if config.weights not in ("imagenet", "random") and is_checkpoint_file(config.weights):
+            checkpoint = load_checkpoint(config.weights)  # a network trained by lookalike: load all of it below
+        bb = build_backbone(config.backbone, "random" if checkpoint is not None else config.weights)
         self.backbone = bb.module
         self.pool = build_pooling(config.pooling, config.gem_p, config.rmac_levels)
         self.out_dim = bb.out_channels
         self.register_buffer("mean", torch.tensor(bb.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(bb.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        if checkpoint is not None:
+            trained = ModelConfig.from_dict(checkpoint["model_config"])
+            if (trained.backbone, trained.pooling) != (config.backbone, config.pooling):
+                raise ValueError(
+                    f"{config.weights} holds a {trained.backbone} + {trained.pooling} network; "
+                    f"use --backbone {trained.backbone} --pooling {trained.pooling}")
+            state = checkpoint["state_dict"]
+            if "pool.region_proj" in state and isinstance(self.pool, RMAC):
+                self.pool.set_region_whitening(state["pool.region_shift"], state["pool.region_proj"])
+            self.load_state_dict(state)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() - self.mean) / self.std

@@ -1,0 +1,274 @@
+"""Training the embedding network end to end: triplet (online mining) or contrastive (offline hard negatives).
+
+The trainer knows nothing of files: it takes :class:`LabelledImages` (anything that can give an image's
+pixels and everyone's labels), so tests hand it synthetic images and the CLI a folder.
+
+- ``loss="triplet"``: batches of P classes x K images; the loss mines triplets inside each batch
+  (``semihard`` as FaceNet, ``hard`` = batch-hard, or ``all``).
+- ``loss="contrastive"``: at the start of every epoch the training images are embedded with the current
+  network, each query gets a random positive and its hardest negatives (at most one per class), as
+  Radenović et al. do; the loss is contrastive over the (query, positive) and (query, negative) pairs.
+
+The whole network trains: backbone, pooling (GeM's ``p``; R-MAC's regional whitening when set), with the
+backbone's BatchNorm statistics frozen (small retrieval batches estimate them badly). Every epoch the
+validation images (held-out classes) are scored by leave-one-out mAP; the best checkpoint is kept at
+``out`` and a resumable one at ``out`` + ``.last``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig
+from .losses import batch_triplet_loss_with_stats, contrastive_loss
+from .metrics import retrieval_metrics
+from .mining import make_contrastive_tuples, tuple_pairs
+from .model import EmbeddingNet, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class LabelledImages(Protocol):
+    """A labelled image set: ``labels`` ``(N,)`` and ``load(i)`` -> ``(H, W, 3)`` uint8 RGB pixels."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+    def load(self, i: int) -> np.ndarray: ...
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "triplet"  # "triplet" | "contrastive"
+    margin: float | None = None  # default: 0.2 for triplet, 0.7 for contrastive
+    triplet_strategy: str = "semihard"  # "semihard" | "hard" | "all"
+    epochs: int = 10
+    batch_size: int = 32  # images per step (triplet: classes_per_batch x images_per_class)
+    images_per_class: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    #: contrastive: queries per epoch and hard negatives per query (negatives mined among a pool of images).
+    queries_per_epoch: int = 500
+    negatives_per_query: int = 5
+    mining_pool: int | None = 2000
+    #: augmentation: random resized crop (scale range), horizontal flip, colour jitter strength (0: off).
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    flip: bool = True
+    color_jitter: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+
+    def resolved_margin(self) -> float:
+        return self.margin if self.margin is not None else (0.2 if self.loss == "triplet" else 0.7)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["crop_scale"] = list(self.crop_scale)
+        return d
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    loss: float
+    val_map: float | None
+    seconds: float
+    active: float = 0.0  # triplet: fraction of mined triplets with a positive loss
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_map: float | None
+    initial_val_map: float | None
+    history: list[EpochReport] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _freeze_batchnorm(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class _Augment:
+    """Random resized crop to ``size x size``, flip, colour jitter: ``(H, W, 3)`` uint8 -> ``(3, size, size)`` uint8."""
+
+    def __init__(self, size: int, cfg: TrainConfig) -> None:
+        from torchvision.transforms import v2
+
+        ops: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), antialias=True)]
+        if cfg.flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if cfg.color_jitter > 0:
+            j = cfg.color_jitter
+            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
+        self.transform = v2.Compose(ops)
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        return self.transform(torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1))
+
+
+def _centre(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """Deterministic view for embedding without augmentation: resize to ``size x size``. ``-> (3, size, size)``."""
+    t = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
+    return torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.inference_mode()
+def embed_all(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64) -> np.ndarray:
+    """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32."""
+    was_training = net.training
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.stack([_centre(images.load(j), size) for j in range(i, min(i + batch, len(images)))]).to(device)
+        out.append(net(x).float().cpu().numpy())
+    net.train(was_training)
+    if was_training:
+        _freeze_batchnorm(net)
+    return np.concatenate(out) if out else np.zeros((0, net.out_dim), np.float32)
+
+
+def _pk_batches(labels: np.ndarray, per_class: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of P x K batches: classes shuffled, ``per_class`` images each (with replacement if fewer)."""
+    classes = {c: np.nonzero(labels == c)[0] for c in np.unique(labels)}
+    usable = [c for c, idx in classes.items() if len(idx) >= 2]
+    p = max(2, batch_size // per_class)
+    if len(usable) < 2:
+        raise ValueError("triplet training needs at least two classes with two or more images each")
+    steps = max(1, len(labels) // (p * per_class))
+    batches = []
+    for _ in range(steps):
+        chosen = rng.choice(len(usable), size=min(p, len(usable)), replace=False)
+        idx = []
+        for c in chosen:
+            members = classes[usable[c]]
+            idx.extend(rng.choice(members, size=per_class, replace=len(members) < per_class))
+        batches.append(np.array(idx))
+    return batches
+
+
+class Trainer:
+    """Trains ``model_config``'s network on ``train`` and validates on ``val``, writing checkpoints to ``out``."""
+
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, out: str | Path,
+                 on_epoch: Callable[[EpochReport], None] | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> None:
+        if config.loss not in ("triplet", "contrastive"):
+            raise ValueError(f"unknown loss {config.loss!r}; known: contrastive, triplet")
+        self.model_config = model_config
+        self.config = config
+        self.out = Path(out)
+        self.last = self.out.with_name(self.out.name + ".last")
+        self.on_epoch = on_epoch or (lambda r: None)
+        self.on_step = on_step or (lambda i, n: None)
+        self.device = resolve_device(config.device)
+
+    def _state(self, net: EmbeddingNet, opt: torch.optim.Optimizer, epoch: int, history: list[EpochReport],
+               best: tuple[int, float | None], initial: float | None, resumable: bool) -> dict[str, Any]:
+        train = {"config": self.config.to_dict(), "epoch": epoch, "best_epoch": best[0], "best_val_map": best[1],
+                 "initial_val_map": initial, "history": [dataclasses.asdict(h) for h in history]}
+        if resumable:
+            train["optimizer"] = opt.state_dict()
+            train["rng"] = {"torch": torch.get_rng_state(), "numpy_seed": int(np.random.default_rng(
+                self.config.seed + epoch).integers(2**31))}
+        return train
+
+    def fit(self, train: LabelledImages, val: LabelledImages | None = None, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        net = EmbeddingNet(self.model_config).to(self.device)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        size = self.model_config.image_size
+        history: list[EpochReport] = []
+        start_epoch = 1
+        initial = None
+        best: tuple[int, float | None] = (0, None)
+        if resume and self.last.exists():
+            ck = load_checkpoint(self.last)
+            net.load_state_dict(ck["state_dict"])
+            opt.load_state_dict(ck["train"]["optimizer"])
+            torch.set_rng_state(ck["train"]["rng"]["torch"])
+            start_epoch = int(ck["train"]["epoch"]) + 1
+            history = [EpochReport(**h) for h in ck["train"]["history"]]
+            best = (int(ck["train"]["best_epoch"]), ck["train"]["best_val_map"])
+            initial = ck["train"]["initial_val_map"]
+            log.info("resuming after epoch %d", start_epoch - 1)
+        elif val is not None:
+            initial = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
+            best = (0, initial)
+            log.info("validation mAP before training: %.4f", initial)
+            save_checkpoint(self.out, self.model_config.to_dict(), net.state_dict(),
+                            self._state(net, opt, 0, history, best, initial, resumable=False))
+        augment = _Augment(size, cfg)
+        labels = np.asarray(train.labels)
+        label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)  # any label type -> 0..C-1
+        margin = cfg.resolved_margin()
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+            if cfg.loss == "triplet":
+                batches = _pk_batches(label_ids, cfg.images_per_class, cfg.batch_size, rng)
+            else:
+                tuples = make_contrastive_tuples(embed_all(net, train, size, self.device), labels,
+                                                 cfg.queries_per_epoch, cfg.negatives_per_query, rng=rng,
+                                                 pool=cfg.mining_pool)
+                per_batch = max(1, cfg.batch_size // (2 + cfg.negatives_per_query))
+                batches = [tuples[i:i + per_batch] for i in range(0, len(tuples), per_batch)]
+            net.train()
+            _freeze_batchnorm(net)
+            losses, actives = [], []
+            for step, batch in enumerate(batches):
+                if cfg.loss == "triplet":
+                    x = torch.stack([augment(train.load(int(i))) for i in batch]).to(self.device)
+                    out = batch_triplet_loss_with_stats(net(x), torch.as_tensor(label_ids[batch], device=self.device),
+                                                        margin, cfg.triplet_strategy)
+                    loss = out.loss
+                    actives.append(float(out.active_fraction))
+                else:
+                    uniq = np.unique(batch.reshape(-1))
+                    pos = {int(j): k for k, j in enumerate(uniq)}
+                    vecs = net(torch.stack([augment(train.load(int(j))) for j in uniq]).to(self.device))
+                    left, right, same = tuple_pairs(batch)
+                    a = vecs[[pos[int(j)] for j in left]]
+                    b = vecs[[pos[int(j)] for j in right]]
+                    loss = contrastive_loss(a, b, torch.as_tensor(same, device=self.device), margin)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                self.on_step(step + 1, len(batches))
+            val_map = None
+            if val is not None:
+                val_map = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
+            report = EpochReport(epoch, float(np.mean(losses)) if losses else 0.0, val_map,
+                                 time.perf_counter() - t0, float(np.mean(actives)) if actives else 0.0)
+            history.append(report)
+            improved = val_map is None or best[1] is None or val_map > best[1]
+            if improved:
+                best = (epoch, val_map)
+                save_checkpoint(self.out, self.model_config.to_dict(), net.state_dict(),
+                                self._state(net, opt, epoch, history, best, initial, resumable=False))
+            save_checkpoint(self.last, self.model_config.to_dict(), net.state_dict(),
+                            self._state(net, opt, epoch, history, best, initial, resumable=True))
+            self.on_epoch(report)
+        return TrainResult(best_epoch=best[0], best_val_map=best[1], initial_val_map=initial, history=history)
