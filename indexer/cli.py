@@ -92,6 +92,13 @@ def _model_from_options(base: ModelConfig | None, overrides: dict[str, Any]) -> 
         return None
     if given.get("weights") not in (None, "imagenet", "random"):
         given["weights"] = str(Path(given["weights"]).expanduser().resolve())  # the collection outlives the cwd
+        from retrieval.checkpoint import is_checkpoint_file, load_checkpoint
+
+        if is_checkpoint_file(given["weights"]):
+            # A network trained by `lookalike train`: its architecture comes with it unless overridden.
+            trained = load_checkpoint(given["weights"])["model_config"]
+            for key in ("backbone", "pooling", "gem_p", "rmac_levels", "image_size"):
+                given.setdefault(key, trained[key])
     base = base or ModelConfig()
     try:
         return dataclasses.replace(base, **given)
@@ -365,6 +372,98 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
             click.echo(f"  skipped {path}: {reason}", err=True)
     if rep.skipped:
         ctx.exit(EXIT_SKIPPED)
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (the best on validation); OUT.last is the resumable latest.")
+@click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
+@click.option("--margin", type=float, help="Loss margin (default 0.2 triplet, 0.7 contrastive).")
+@click.option("--strategy", type=click.Choice(["semihard", "hard", "all"]), default="semihard", show_default=True,
+              help="Triplet mining inside each batch.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate.")
+@click.option("--images-per-class", type=click.IntRange(2), default=4, show_default=True,
+              help="Triplet batches: this many images of each class.")
+@click.option("--negatives", type=click.IntRange(1), default=5, show_default=True,
+              help="Contrastive: hard negatives mined per query (refreshed every epoch).")
+@click.option("--queries-per-epoch", type=click.IntRange(1), default=500, show_default=True,
+              help="Contrastive: training queries per epoch.")
+@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A labelled folder of validation classes (default: hold out --val-fraction of DATA's classes).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--label-regex", metavar="REGEX", help="Labels from file names (first group); default: sub-folders.")
+@click.option("--no-flip", is_flag=True, help="No horizontal flips in augmentation (e.g. text, logos).")
+@click.option("--color-jitter", type=click.FloatRange(0), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT.last after an interruption.")
+@model_options
+@click.pass_context
+def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | None, strategy: str, epochs: int,
+          lr: float, images_per_class: int, negatives: int, queries_per_epoch: int, val_dir: Path | None,
+          val_fraction: float, label_regex: str | None, no_flip: bool, color_jitter: float, seed: int,
+          resume: bool, backbone: str | None, weights: str | None, pooling: str | None, image_size: int | None,
+          scales: str | None) -> None:
+    """Train the embedding network on DATA (one sub-folder per class, or --label-regex).
+
+    Images of a class are pulled together and other classes pushed apart. Validation mAP on held-out classes
+    is printed every epoch; the best checkpoint is kept. Use it with `lookalike index DIR --weights OUT`.
+    """
+    from tqdm import tqdm
+
+    from retrieval.training import TrainConfig, Trainer
+
+    from .evaluate import LabelError, labelled_files
+    from .train_data import FolderImages, Subset, split_classes
+
+    runtime: RuntimeOptions = ctx.obj["runtime"]
+    model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
+                                           image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
+    cfg = TrainConfig(loss=loss, margin=margin, triplet_strategy=strategy, epochs=epochs,
+                      batch_size=runtime.batch_size, images_per_class=images_per_class, lr=lr,
+                      queries_per_epoch=queries_per_epoch, negatives_per_query=negatives, flip=not no_flip,
+                      color_jitter=color_jitter, seed=seed, device=runtime.device)
+    try:
+        paths, labels = labelled_files(data, label_regex)
+        with tqdm(total=len(paths), desc="reading", unit="img", file=sys.stderr, disable=None) as bar:
+            images = FolderImages(paths, labels, model.image_size, runtime.workers, bar.update)
+        if val_dir is not None:
+            train_set, val_set = images, None
+            vpaths, vlabels = labelled_files(val_dir, label_regex)
+            val_set = FolderImages(vpaths, vlabels, model.image_size, runtime.workers)
+        else:
+            tr_idx, va_idx = split_classes(images.labels, val_fraction, seed)
+            train_set = Subset(images, tr_idx)
+            val_set = Subset(images, va_idx) if len(va_idx) else None
+        click.echo(f"training on {len(train_set)} images of {len(set(train_set.labels.tolist()))} classes"
+                   + (f", validating on {len(val_set)} images of {len(set(val_set.labels.tolist()))} other classes"
+                      if val_set is not None else ", no validation"))
+        for path, reason in images.skipped:
+            click.echo(f"  skipped {path}: {reason}", err=True)
+        bar = None
+
+        def on_step(i: int, n: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=n, desc="training", unit="step", file=sys.stderr, disable=None, leave=False)
+            bar.update(1)
+            if i == n:
+                bar.close()
+                bar = None
+
+        def on_epoch(r: Any) -> None:
+            val = f", validation mAP {r.val_map:.4f}" if r.val_map is not None else ""
+            click.echo(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}{val} ({r.seconds:.0f}s)")
+
+        result = Trainer(model, cfg, out, on_epoch=on_epoch, on_step=on_step).fit(train_set, val_set, resume=resume)
+    except (LabelError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    if result.initial_val_map is not None:
+        click.echo(f"validation mAP: {result.initial_val_map:.4f} before training, {result.best_val_map:.4f} "
+                   f"at the best epoch ({result.best_epoch}); checkpoint: {out}")
+    else:
+        click.echo(f"checkpoint: {out}")
 
 
 @main.command()

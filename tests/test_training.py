@@ -1,0 +1,117 @@
+"""Training: checkpoints, resume, both losses, and the CLI from training to indexing with the result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from indexer.cli import main
+from retrieval.config import ModelConfig
+from retrieval.metrics import retrieval_metrics
+from retrieval.model import EmbeddingNet
+from retrieval.training import TrainConfig, Trainer, embed_all
+
+from .conftest import draw_image
+
+SIZE = 32
+
+
+class Synthetic:
+    """``classes`` pictures, each seen ``per_class`` times under rotations."""
+
+    def __init__(self, classes: range, per_class: int = 4) -> None:
+        self.images, labels = [], []
+        for c in classes:
+            base = draw_image(700 + c, (64, 64))
+            for j in range(per_class):
+                self.images.append(np.asarray(base.rotate(20 * j)))
+                labels.append(c)
+        self.labels = np.array(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+
+def quick(loss: str = "triplet", epochs: int = 1, **kw) -> TrainConfig:
+    return TrainConfig(loss=loss, epochs=epochs, batch_size=8, images_per_class=4, queries_per_epoch=8,
+                       negatives_per_query=2, mining_pool=None, device="cpu", **kw)
+
+
+def test_checkpoints_load_safely_and_reproduce_the_trained_vectors(tmp_path):
+    model = ModelConfig(image_size=SIZE)
+    out = tmp_path / "net.pt"
+    result = Trainer(model, quick(), out).fit(Synthetic(range(4)), Synthetic(range(4, 6)))
+    assert [h.epoch for h in result.history] == [1] and result.initial_val_map is not None
+    ck = torch.load(out, map_location="cpu", weights_only=True)
+    assert ck["model_config"]["image_size"] == SIZE and ck["train"]["config"]["loss"] == "triplet"
+    last = torch.load(tmp_path / "net.pt.last", map_location="cpu", weights_only=True)
+    assert "optimizer" in last["train"]
+    # The checkpoint used as weights rebuilds the same network.
+    trained = EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(tmp_path / "net.pt.last"))).eval()
+    reference = EmbeddingNet(model).eval()
+    reference.load_state_dict(last["state_dict"])
+    data = Synthetic(range(2))
+    np.testing.assert_allclose(embed_all(trained, data, SIZE, torch.device("cpu")),
+                               embed_all(reference, data, SIZE, torch.device("cpu")), atol=1e-5)
+
+
+def test_resume_continues_after_the_last_finished_epoch(tmp_path):
+    model = ModelConfig(image_size=SIZE)
+    out = tmp_path / "net.pt"
+    first = Trainer(model, quick(epochs=1), out).fit(Synthetic(range(4)), Synthetic(range(4, 6)))
+    resumed = Trainer(model, quick(epochs=2), out).fit(Synthetic(range(4)), Synthetic(range(4, 6)), resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert resumed.history[0] == first.history[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster and steadier on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("loss", ["triplet", "contrastive"])
+def test_training_pulls_the_training_classes_together(tmp_path, loss, one_thread):
+    data = Synthetic(range(4))
+    model = ModelConfig(image_size=SIZE)
+    before = retrieval_metrics(embed_all(EmbeddingNet(model), data, SIZE, torch.device("cpu")), data.labels)["mAP"]
+    cfg = quick(loss, epochs=4, lr=1e-3, color_jitter=0.0)
+    Trainer(model, cfg, tmp_path / "net.pt").fit(data)
+    trained = EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(tmp_path / "net.pt"))).eval()
+    after = retrieval_metrics(embed_all(trained, data, SIZE, torch.device("cpu")), data.labels)["mAP"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="known: contrastive, triplet"):
+        Trainer(ModelConfig(image_size=SIZE), TrainConfig(loss="arcface"), "x.pt")
+
+
+def test_train_command_then_index_with_the_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    for c in range(6):
+        (data / f"c{c}").mkdir(parents=True)
+        base = draw_image(900 + c, (64, 64))
+        for j in range(4):
+            base.rotate(15 * j).save(data / f"c{c}" / f"{j}.png")
+    out = tmp_path / "net.pt"
+    runner = CliRunner()
+    res = runner.invoke(main, ["--workers", "0", "--batch-size", "8", "--device", "cpu", "train", str(data),
+                               "--out", str(out), "--epochs", "1", "--image-size", str(SIZE), "--val-fraction", "0.34"])
+    assert res.exit_code == 0, res.output
+    assert "validating on 8 images of 2 other classes" in res.output and "epoch 1/1" in res.output
+    home = tmp_path / "home"
+    res = runner.invoke(main, ["--home", str(home), "--workers", "0", "index", str(data), "--weights", str(out)])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(runner.invoke(main, ["--home", str(home), "stats", "--json"]).output)
+    assert str(out) in stats["model"] and f"@ {SIZE}px" in stats["model"] and stats["indexed"] == 24
