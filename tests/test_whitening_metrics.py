@@ -73,3 +73,18 @@ def test_query_database_metrics_rank_the_database_for_each_query(rng):
     assert m["mAP"] == pytest.approx(1.0) and m["recall@1"] == 1.0
     wrong = query_database_metrics(queries, [1, 3], db, labels)
     assert wrong["recall@1"] == 0.0 and wrong["mAP"] < 0.6
+
+
+def test_baselines_are_unit_vectors_that_rank_a_copy_first():
+    from retrieval.baselines import colour_histogram, perceptual_hash
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for fn in (colour_histogram, perceptual_hash):
+        va, vb, va2 = fn(a), fn(b), fn(a.copy())
+        assert abs(np.linalg.norm(va) - 1) < 1e-5
+        assert va @ va2 == pytest.approx(1.0, abs=1e-5) and va @ vb < 0.999
+    # pHash of an image and its slightly brightened copy differ in few bits
+    brighter = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert perceptual_hash(a) @ perceptual_hash(brighter) > 0.7
