@@ -272,14 +272,6 @@ def test_contrastive_tuples_hold_a_query_its_positive_and_hard_negatives(collect
 # --------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_training_a_linear_embedding_with_batch_triplet_loss_improves_map(one_thread):
     rng = np.random.default_rng(0)

@@ -71,15 +71,6 @@ def test_resume_continues_after_the_last_finished_epoch(tmp_path):
     assert resumed.history[0] == first.history[0]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is faster and steadier on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("loss", ["triplet", "contrastive"])
 def test_training_pulls_the_training_classes_together(tmp_path, loss, one_thread):
     data = Synthetic(range(4))
