@@ -188,8 +188,7 @@ class Trainer:
                  "initial_val_map": initial, "history": [dataclasses.asdict(h) for h in history]}
         if resumable:
             train["optimizer"] = opt.state_dict()
-            train["rng"] = {"torch": torch.get_rng_state(), "numpy_seed": int(np.random.default_rng(
-                self.config.seed + epoch).integers(2**31))}
+            train["rng"] = {"torch": torch.get_rng_state()}  # numpy draws are seeded per epoch
         return train
 
     def fit(self, train: LabelledImages, val: LabelledImages | None = None, resume: bool = False) -> TrainResult:
