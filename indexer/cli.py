@@ -213,7 +213,7 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
     paths = _expand_queries(queries)
     try:
         results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
-    except (LookalikeError, UnknownNameError, ValueError, RuntimeError) as exc:
+    except (LookalikeError, UnknownNameError, OSError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         payload = [
