@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 
 import numpy as np
 
 from benchmarks.common import machine, require_dataset, write_json
 from indexer.engine import WhiteningSettings
-from indexer.pipeline import embed_files
+from indexer.evaluate import embed_paths
 from indexer.scan import scan_folder
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.metrics import retrieval_metrics
@@ -60,13 +59,9 @@ def main() -> None:
     for name in args.only or list(CONFIGS):
         model, wdim, shrink = CONFIGS[name]
         if model not in cache:
-            embedder = Embedder(model, runtime)
-            vecs = np.zeros((len(files), embedder.dim), np.float32)
-            t0 = time.perf_counter()
-            for out in embed_files(files, embedder, batch_size=runtime.batch_size, workers=runtime.workers):
-                assert out.vector is not None, out.error
-                vecs[out.index] = out.vector
-            cache[model] = (vecs, len(files) / (time.perf_counter() - t0))
+            vecs, _, skipped, speed = embed_paths(files, Embedder(model, runtime), runtime.batch_size, runtime.workers)
+            assert not skipped, skipped
+            cache[model] = (vecs, speed)
         vecs, speed = cache[model]
         if wdim:
             vecs = learn_pca_whitening(vecs, wdim, shrinkage=shrink).apply(vecs)

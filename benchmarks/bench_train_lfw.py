@@ -23,26 +23,23 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, require_dataset, write_json
+from indexer.evaluate import score_pairs
 from indexer.train_data import FolderImages, Subset, split_classes
 from retrieval.config import ModelConfig
 from retrieval.model import EmbeddingNet
 from retrieval.training import TrainConfig, Trainer, embed_all
-from retrieval.verification import kfold_verification, read_pairs_file
+from retrieval.verification import read_pairs_file
 
 ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
 
 
-def score_pairs(net: EmbeddingNet, pairs: list, size: int) -> dict:
+def score_half(net: EmbeddingNet, pairs: list, size: int) -> dict:
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
     images = FolderImages(paths, paths, size)
-    index = {p: i for i, p in enumerate(images.paths)}
     vecs = embed_all(net, images, size, torch.device("cpu"))
-    usable = [p for p in pairs if p.a in index and p.b in index]
-    scores = np.array([vecs[index[p.a]] @ vecs[index[p.b]] for p in usable])
-    m = kfold_verification(scores, np.array([p.same for p in usable]), np.array([p.fold for p in usable]))
+    m, n = score_pairs(pairs, dict(zip(images.paths, vecs)))
     return {"accuracy": round(float(m["accuracy"]), 4), "accuracy_std": round(float(m["accuracy_std"]), 4),
-            "auc": round(float(m["auc"]), 4), "tar@far=1e-2": round(float(m["tar@far=1e-2"]), 4),
-            "pairs": len(usable)}
+            "auc": round(float(m["auc"]), 4), "tar@far=1e-2": round(float(m["tar@far=1e-2"]), 4), "pairs": n}
 
 
 def main() -> None:
@@ -72,7 +69,7 @@ def main() -> None:
         images = FolderImages(files, labels, size)
         tr, va = split_classes(images.labels, 0.2, seed=0)
         model = ModelConfig(image_size=size)
-        before = score_pairs(EmbeddingNet(model), test_pairs, size)
+        before = score_half(EmbeddingNet(model), test_pairs, size)
         print("untrained", before, flush=True)
         out = Path(tempfile.mkdtemp()) / "lfw.pt"
         cfg = TrainConfig(loss=args.loss, triplet_strategy=args.strategy, epochs=args.epochs, lr=args.lr,
@@ -81,7 +78,7 @@ def main() -> None:
         result = Trainer(model, cfg, out, on_epoch=lambda r: print(r, flush=True)).fit(Subset(images, tr),
                                                                                         Subset(images, va))
         seconds = time.perf_counter() - t0
-        after = score_pairs(EmbeddingNet(ModelConfig(image_size=size, weights=str(out))), test_pairs, size)
+        after = score_half(EmbeddingNet(ModelConfig(image_size=size, weights=str(out))), test_pairs, size)
         print("trained", after, flush=True)
         runs.append({"train_folds": [f + 1 for f in train_half], "test_folds": [f + 1 for f in test_half],
                      "train_people": len(set(labels)), "train_images": len(files), "untrained": before,

@@ -61,7 +61,10 @@ class EvalReport:
     images_per_second: float = 0.0
 
 
-def _embed(paths: list[str], embedder: Embedder, batch_size: int, workers: int) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
+def embed_paths(paths: list[str], embedder: Embedder, batch_size: int = 32,
+                workers: int = 2) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
+    """Embed files through the indexing pipeline: ``(N, D)`` vectors (zeros where unreadable), which are
+    readable, ``(path, reason)`` of the others, and images/s."""
     vecs = np.zeros((len(paths), embedder.dim), np.float32)
     ok = [False] * len(paths)
     skipped: list[tuple[str, str]] = []
@@ -86,7 +89,7 @@ def evaluate_folder(
 ) -> EvalReport:
     """mAP, recall@k and precision@k of ``embedder`` on a labelled folder (unreadable images are left out)."""
     paths, labels = labelled_files(folder, label_regex)
-    vecs, ok, skipped, speed = _embed(paths, embedder, batch_size, workers)
+    vecs, ok, skipped, speed = embed_paths(paths, embedder, batch_size, workers)
     keep = np.array(ok)
     db_vecs, db_labels = vecs[keep], np.array(labels)[keep]
     if queries is None:
@@ -94,7 +97,7 @@ def evaluate_folder(
         n_images = int(keep.sum())
     else:
         q_paths, q_labels = labelled_files(queries, label_regex)
-        q_vecs, q_ok, q_skipped, _ = _embed(q_paths, embedder, batch_size, workers)
+        q_vecs, q_ok, q_skipped, _ = embed_paths(q_paths, embedder, batch_size, workers)
         skipped += q_skipped
         q_keep = np.array(q_ok)
         metrics = query_database_metrics(q_vecs[q_keep], np.array(q_labels)[q_keep], db_vecs, db_labels)
@@ -125,19 +128,25 @@ def evaluate_pairs(
 
     Pairs with an unreadable image are left out and listed in ``skipped``.
     """
-    from retrieval.verification import kfold_verification, read_pairs_file
+    from retrieval.verification import read_pairs_file
 
     pairs = read_pairs_file(pairs_file, image_root)
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    vecs, ok, skipped, _ = _embed(paths, embedder, batch_size, workers)
-    index = {p: i for i, p in enumerate(paths)}
-    usable = [p for p in pairs if ok[index[p.a]] and ok[index[p.b]]]
+    vecs, ok, skipped, _ = embed_paths(paths, embedder, batch_size, workers)
+    metrics, n_pairs = score_pairs(pairs, {p: v for p, v, good in zip(paths, vecs, ok) if good})
+    return PairsReport(metrics=metrics, pairs=n_pairs, images=int(sum(ok)), skipped=skipped)
+
+
+def score_pairs(pairs: list, vectors: dict[str, np.ndarray]) -> tuple[dict[str, object], int]:
+    """LFW k-fold verification of ``pairs`` (``retrieval.verification.Pair``) by the cosine similarity of
+    their images' vectors (``path -> (D,)`` unit vector). Pairs with an image missing from ``vectors`` are
+    left out. Returns the metrics and the number of pairs scored."""
+    from retrieval.verification import kfold_verification
+
+    usable = [p for p in pairs if p.a in vectors and p.b in vectors]
     if not usable:
-        raise ValueError(f"no pair of {pairs_file} has two readable images under {image_root}")
-    a = vecs[[index[p.a] for p in usable]]
-    b = vecs[[index[p.b] for p in usable]]
-    scores = (a * b).sum(axis=1)
+        raise ValueError("no pair has two readable images")
+    scores = np.array([float(vectors[p.a] @ vectors[p.b]) for p in usable])
     same = np.array([p.same for p in usable])
     folds = np.array([p.fold for p in usable])
-    metrics = kfold_verification(scores, same, folds)
-    return PairsReport(metrics=metrics, pairs=len(usable), images=int(sum(ok)), skipped=skipped)
+    return kfold_verification(scores, same, folds), len(usable)
