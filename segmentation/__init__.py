@@ -1,6 +1,8 @@
-"""Foreground masks, so that queries match objects rather than their surroundings (not built yet).
+"""Foreground masks: an image in, a boolean mask of the object out, so that queries match objects, not backgrounds.
 
-The engine is ready for it: every pooling function in :mod:`retrieval.functional` and
-``Embedder.embed_batch`` take an optional foreground mask ``(N, 1, H, W)`` and pool only over it
-(an empty mask falls back to the whole image).
+``build_segmenter("grabcut")`` returns a callable ``(H, W, 3) uint8 -> (H, W) bool``; see :mod:`segmentation.base`.
 """
+
+from .base import SEGMENTERS, MaskCheck, Segmenter, build_segmenter, check_mask, iou, parse_spec
+
+__all__ = ["SEGMENTERS", "MaskCheck", "Segmenter", "build_segmenter", "check_mask", "iou", "parse_spec"]
