@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from retrieval.resize import SIZE_MULTIPLE, target_size
+
 #: File name extensions scanned as images (lower case).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 #: Default refusal limit for decompression bombs (width x height); a 12,000 x 10,000 photo still passes.
 DEFAULT_MAX_PIXELS = 120_000_000
-#: Both sides of the resized image are rounded to a multiple of this (the backbone's stride), which also
-#: keeps the number of distinct shapes small so images batch well.
-SIZE_MULTIPLE = 32
 
 
 class ImageLoadError(Exception):
@@ -54,14 +53,6 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def target_size(width: int, height: int, max_side: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """Size ``(w, h)`` with the longest side ``max_side`` and the aspect ratio kept (sides rounded to ``multiple``)."""
-    scale = max_side / max(width, height)
-    w = max(multiple, int(round(width * scale / multiple)) * multiple)
-    h = max(multiple, int(round(height * scale / multiple)) * multiple)
-    return min(w, max_side), min(h, max_side)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -35,6 +35,7 @@ from .losses import batch_triplet_loss_with_stats, contrastive_loss
 from .metrics import retrieval_metrics
 from .mining import make_contrastive_tuples, tuple_pairs
 from .model import EmbeddingNet, resolve_device
+from .resize import resize_longest
 
 log = logging.getLogger(__name__)
 
@@ -125,26 +126,34 @@ class _Augment:
         return self.transform(torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1))
 
 
-def _centre(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """Deterministic view for embedding without augmentation: resize to ``size x size``. ``-> (3, size, size)``."""
-    t = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
-    return torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear",
-                                           antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-
-
 @torch.inference_mode()
 def embed_all(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64) -> np.ndarray:
-    """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32."""
+    """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32.
+
+    Images are resized exactly as indexing resizes them (:func:`retrieval.resize.resize_longest`: aspect
+    ratio kept, longest side ``size``) and batched by shape, so validation scores what a collection will hold.
+    """
     was_training = net.training
     net.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = torch.stack([_centre(images.load(j), size) for j in range(i, min(i + batch, len(images)))]).to(device)
-        out.append(net(x).float().cpu().numpy())
+    out = np.zeros((len(images), net.out_dim), np.float32)
+    pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}  # shape -> images waiting for a batch
+
+    def flush(items: list[tuple[int, np.ndarray]]) -> None:
+        x = torch.from_numpy(np.stack([p for _, p in items])).permute(0, 3, 1, 2).to(device)
+        out[[j for j, _ in items]] = net(x).float().cpu().numpy()
+
+    for i in range(len(images)):
+        pixels = resize_longest(images.load(i), size)
+        group = pending.setdefault(pixels.shape, [])
+        group.append((i, pixels))
+        if len(group) == batch:
+            flush(pending.pop(pixels.shape))
+    for group in pending.values():
+        flush(group)
     net.train(was_training)
     if was_training:
         _freeze_batchnorm(net)
-    return np.concatenate(out) if out else np.zeros((0, net.out_dim), np.float32)
+    return out
 
 
 def _pk_batches(labels: np.ndarray, per_class: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

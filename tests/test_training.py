@@ -106,3 +106,34 @@ def test_train_command_then_index_with_the_checkpoint(tmp_path):
     assert res.exit_code == 0, res.output
     stats = json.loads(runner.invoke(main, ["--home", str(home), "stats", "--json"]).output)
     assert str(out) in stats["model"] and f"@ {SIZE}px" in stats["model"] and stats["indexed"] == 24
+
+
+def test_validation_embeds_images_the_way_indexing_does():
+    """Non-square images keep their aspect ratio in validation, exactly as the indexer decodes them."""
+    import io
+
+    from indexer.imageio import decode_image
+    from retrieval.config import RuntimeOptions
+    from retrieval.model import Embedder
+
+    model = ModelConfig(image_size=64)
+    images = [draw_image(s, size) for s, size in ((1, (150, 90)), (2, (60, 140)), (3, (150, 90)))]
+
+    class Pictures:
+        labels = np.arange(3)
+
+        def __len__(self) -> int:
+            return 3
+
+        def load(self, i: int) -> np.ndarray:
+            return np.asarray(images[i])
+
+    net = EmbeddingNet(model).eval()
+    got = embed_all(net, Pictures(), 64, torch.device("cpu"), batch=2)
+    embedder = Embedder(model, RuntimeOptions(device="cpu"), net=EmbeddingNet(model))
+    for i, im in enumerate(images):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        pixels, _, _ = decode_image(buf.getvalue(), 64)
+        assert pixels.shape[0] != pixels.shape[1]
+        np.testing.assert_allclose(got[i], embedder.embed_batch(pixels[None])[0], atol=1e-4)
