@@ -94,11 +94,15 @@ def _model_from_options(base: ModelConfig | None, overrides: dict[str, Any]) -> 
         given["weights"] = str(Path(given["weights"]).expanduser().resolve())  # the collection outlives the cwd
         from retrieval.checkpoint import is_checkpoint_file, load_checkpoint
 
+        given["whitening_layer"] = 0
         if is_checkpoint_file(given["weights"]):
             # A network trained by `lookalike train`: its architecture comes with it unless overridden.
             trained = load_checkpoint(given["weights"])["model_config"]
             for key in ("backbone", "pooling", "gem_p", "rmac_levels", "image_size"):
                 given.setdefault(key, trained[key])
+            given["whitening_layer"] = trained.get("whitening_layer", 0)  # part of the trained network
+    elif "weights" in given:
+        given["whitening_layer"] = 0
     base = base or ModelConfig()
     try:
         return dataclasses.replace(base, **given)
@@ -396,14 +400,18 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
 @click.option("--label-regex", metavar="REGEX", help="Labels from file names (first group); default: sub-folders.")
 @click.option("--no-flip", is_flag=True, help="No horizontal flips in augmentation (e.g. text, logos).")
 @click.option("--color-jitter", type=click.FloatRange(0), default=0.2, show_default=True)
+@click.option("--whitening", type=click.Choice(["none", "layer", "supervised"]), default="none", show_default=True,
+              help="layer: a whitening layer after pooling, PCA-initialised and trained with the network; "
+                   "supervised: Radenović's whitening learned from matching training pairs after training.")
+@click.option("--whitening-dim", type=click.IntRange(1), help="Output size of the whitening (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT.last after an interruption.")
 @model_options
 @click.pass_context
 def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | None, strategy: str, epochs: int,
           lr: float, images_per_class: int, negatives: int, queries_per_epoch: int, val_dir: Path | None,
-          val_fraction: float, label_regex: str | None, no_flip: bool, color_jitter: float, seed: int,
-          resume: bool, backbone: str | None, weights: str | None, pooling: str | None, image_size: int | None,
+          val_fraction: float, label_regex: str | None, no_flip: bool, color_jitter: float, whitening: str,
+          whitening_dim: int | None, seed: int, resume: bool, backbone: str | None, weights: str | None, pooling: str | None, image_size: int | None,
           scales: str | None) -> None:
     """Train the embedding network on DATA (one sub-folder per class, or --label-regex).
 
@@ -423,7 +431,8 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
     cfg = TrainConfig(loss=loss, margin=margin, triplet_strategy=strategy, epochs=epochs,
                       batch_size=runtime.batch_size, images_per_class=images_per_class, lr=lr,
                       queries_per_epoch=queries_per_epoch, negatives_per_query=negatives, flip=not no_flip,
-                      color_jitter=color_jitter, seed=seed, device=runtime.device)
+                      color_jitter=color_jitter, seed=seed, device=runtime.device, whitening=whitening,
+                      whitening_dim=whitening_dim)
     try:
         paths, labels = labelled_files(data, label_regex)
         with tqdm(total=len(paths), desc="reading", unit="img", file=sys.stderr, disable=None) as bar:
@@ -462,6 +471,8 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
     if result.initial_val_map is not None:
         click.echo(f"validation mAP: {result.initial_val_map:.4f} before training, {result.best_val_map:.4f} "
                    f"at the best epoch ({result.best_epoch}); checkpoint: {out}")
+        if result.whitened_val_map is not None:
+            click.echo(f"validation mAP with supervised whitening: {result.whitened_val_map:.4f} (kept in the checkpoint)")
     else:
         click.echo(f"checkpoint: {out}")
 

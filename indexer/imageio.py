@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from retrieval.resize import SIZE_MULTIPLE, target_size
+from retrieval.resize import target_size
 
 #: File name extensions scanned as images (lower case).
 IMAGE_EXTENSIONS = frozenset(

@@ -26,6 +26,9 @@ class ModelConfig:
     image_size: int = 224
     #: Relative scales of multi-scale extraction; descriptors of each scale are summed, then L2-normalised.
     scales: tuple[float, ...] = (1.0,)
+    #: Output size of the network's own whitening layer (a linear map + L2 after pooling, trained with the
+    #: network or learned from matching pairs after training); 0: no such layer. Set by trained checkpoints.
+    whitening_layer: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -33,6 +36,8 @@ class ModelConfig:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
+        if self.whitening_layer < 0:
+            raise ValueError(f"whitening_layer must be 0 (none) or a dimension, got {self.whitening_layer}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -52,7 +57,8 @@ class ModelConfig:
 
     def describe(self) -> str:
         scales = ",".join(f"{s:g}" for s in self.scales)
-        return f"{self.backbone}[{self.weights}] + {self.pooling} @ {self.image_size}px scales {scales}"
+        whiten = f" + whitening to {self.whitening_layer}" if self.whitening_layer else ""
+        return f"{self.backbone}[{self.weights}] + {self.pooling}{whiten} @ {self.image_size}px scales {scales}"
 
 
 @dataclass

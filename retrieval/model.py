@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import nullcontext
 
@@ -36,18 +37,48 @@ class EmbeddingNet(nn.Module):
         self.backbone = bb.module
         self.pool = build_pooling(config.pooling, config.gem_p, config.rmac_levels)
         self.out_dim = bb.out_channels
+        self.whiten: nn.Linear | None = None
+        if config.whitening_layer:
+            self.whiten = nn.Linear(bb.out_channels, config.whitening_layer)
+            self.out_dim = config.whitening_layer
         self.register_buffer("mean", torch.tensor(bb.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(bb.std).view(1, 3, 1, 1) * 255.0, persistent=False)
         if checkpoint is not None:
+            kind = checkpoint["model_config"].get("kind")
+            if kind is not None:  # e.g. "unet": a segmentation network from `lookalike train-seg`
+                raise ValueError(f"{config.weights} holds a {kind} segmentation network, not an embedding network; "
+                                 "pass a checkpoint written by `lookalike train` (or imagenet)")
             trained = ModelConfig.from_dict(checkpoint["model_config"])
             if (trained.backbone, trained.pooling) != (config.backbone, config.pooling):
                 raise ValueError(
                     f"{config.weights} holds a {trained.backbone} + {trained.pooling} network; "
                     f"use --backbone {trained.backbone} --pooling {trained.pooling}")
-            state = checkpoint["state_dict"]
-            if "pool.region_proj" in state and isinstance(self.pool, RMAC):
-                self.pool.set_region_whitening(state["pool.region_shift"], state["pool.region_proj"])
-            self.load_state_dict(state)
+            if trained.whitening_layer != config.whitening_layer:
+                raise ValueError(f"{config.weights} has a whitening layer of {trained.whitening_layer} dimensions, "
+                                 f"the configuration asks for {config.whitening_layer}")
+            self.load_trained_state(checkpoint["state_dict"])
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a trained state dict, including R-MAC's regional whitening when it has one."""
+        if "pool.region_proj" in state and isinstance(self.pool, RMAC):
+            self.pool.set_region_whitening(state["pool.region_shift"], state["pool.region_proj"])
+        if "whiten.weight" in state and (self.whiten is None or self.whiten.weight.shape != state["whiten.weight"].shape):
+            out_dim, in_dim = state["whiten.weight"].shape
+            self.set_whitening(np.zeros(in_dim, np.float32), np.zeros((out_dim, in_dim), np.float32))
+        self.load_state_dict(state)
+
+    def set_whitening(self, shift: torch.Tensor | np.ndarray, proj: torch.Tensor | np.ndarray) -> None:
+        """Make the whitening layer ``l2n(proj @ (x - shift))``: ``shift (C,)``, ``proj (d, C)``; the output
+        dimension becomes ``d`` and ``config.whitening_layer`` says so."""
+        shift_t = torch.as_tensor(np.asarray(shift), dtype=torch.float32)
+        proj_t = torch.as_tensor(np.asarray(proj), dtype=torch.float32)
+        layer = nn.Linear(proj_t.shape[1], proj_t.shape[0]).to(self.mean.device)
+        with torch.no_grad():
+            layer.weight.copy_(proj_t)
+            layer.bias.copy_(-(proj_t @ shift_t))
+        self.whiten = layer
+        self.out_dim = int(proj_t.shape[0])
+        self.config = dataclasses.replace(self.config, whitening_layer=self.out_dim)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() - self.mean) / self.std
@@ -56,8 +87,11 @@ class EmbeddingNet(nn.Module):
         """Normalised images ``(N, 3, H, W)`` -> feature map ``(N, C, h, w)``."""
         return self.backbone(x)
 
-    def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(N, 3, H, W)`` pixels, optional foreground ``mask (N, 1, H, W)`` -> ``(N, D)`` unit vectors."""
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None, whiten: bool = True) -> torch.Tensor:
+        """``(N, 3, H, W)`` pixels, optional foreground ``mask (N, 1, H, W)`` -> ``(N, D)`` unit vectors.
+
+        ``whiten=False`` stops before the whitening layer: ``-> (N, C)``, the pooled descriptors.
+        """
         x = self.normalise(pixels)
         total: torch.Tensor | None = None
         for scale in self.config.scales:
@@ -69,7 +103,11 @@ class EmbeddingNet(nn.Module):
             desc = l2n(self.pool(self.features(xs), ms).float())
             total = desc if total is None else total + desc
         assert total is not None
-        return l2n(total)
+        total = l2n(total)
+        if whiten and self.whiten is not None:
+            total = l2n(self.whiten(total))
+        return total
+
 
 
 def resolve_device(device: str) -> torch.device:

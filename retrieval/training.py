@@ -33,9 +33,12 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .losses import batch_triplet_loss_with_stats, contrastive_loss
 from .metrics import retrieval_metrics
-from .mining import make_contrastive_tuples, tuple_pairs
+from .functional import rmac_region_descriptors
+from .mining import make_contrastive_tuples, positive_pairs, tuple_pairs
 from .model import EmbeddingNet, resolve_device
+from .pooling import RMAC
 from .resize import resize_longest
+from .whitening import learn_pca_whitening, learn_supervised_whitening
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,11 @@ class LabelledImages(Protocol):
 
     def __len__(self) -> int: ...
     def load(self, i: int) -> np.ndarray: ...
+
+
+WHITENINGS = ("none", "layer", "supervised")
+#: Radenović's whitening: matching pairs drawn per class (all of them in smaller classes).
+WHITENING_PAIRS_PER_CLASS = 50
 
 
 @dataclass
@@ -69,6 +77,16 @@ class TrainConfig:
     color_jitter: float = 0.2
     seed: int = 0
     device: str = "auto"
+    #: "none"; "layer": a whitening layer after pooling, PCA-initialised on the training images and trained
+    #: with the network; "supervised": Radenović's whitening learned from matching training pairs after
+    #: training, stored as the best checkpoint's whitening layer.
+    whitening: str = "none"
+    whitening_dim: int | None = None  # default: the pooled dimension (capped by the number of images - 1)
+    #: R-MAC only: learn the regional PCA-whitening from the training images first, then train it.
+    region_whitening: bool = True
+    #: PCA shrinkage of the initial whitenings (0: plain PCA-whitening; see learn_pca_whitening).
+    whitening_shrinkage: float = 0.95
+    whitening_sample: int = 5000  # images the whitenings are learned from, at most
 
     def resolved_margin(self) -> float:
         return self.margin if self.margin is not None else (0.2 if self.loss == "triplet" else 0.7)
@@ -94,6 +112,8 @@ class TrainResult:
     best_val_map: float | None
     initial_val_map: float | None
     history: list[EpochReport] = field(default_factory=list)
+    #: validation mAP after Radenović's supervised whitening was learned (``whitening="supervised"``).
+    whitened_val_map: float | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -127,20 +147,23 @@ class _Augment:
 
 
 @torch.inference_mode()
-def embed_all(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64) -> np.ndarray:
-    """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32.
+def embed_all(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64,
+              whiten: bool = True) -> np.ndarray:
+    """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32
+    (``whiten=False``: the pooled descriptors before the network's whitening layer, ``(N, C)``).
 
     Images are resized exactly as indexing resizes them (:func:`retrieval.resize.resize_longest`: aspect
     ratio kept, longest side ``size``) and batched by shape, so validation scores what a collection will hold.
     """
     was_training = net.training
     net.eval()
-    out = np.zeros((len(images), net.out_dim), np.float32)
+    dim = net.out_dim if whiten or net.whiten is None else net.whiten.in_features
+    out = np.zeros((len(images), dim), np.float32)
     pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}  # shape -> images waiting for a batch
 
     def flush(items: list[tuple[int, np.ndarray]]) -> None:
         x = torch.from_numpy(np.stack([p for _, p in items])).permute(0, 3, 1, 2).to(device)
-        out[[j for j, _ in items]] = net(x).float().cpu().numpy()
+        out[[j for j, _ in items]] = net(x, whiten=whiten).float().cpu().numpy()
 
     for i in range(len(images)):
         pixels = resize_longest(images.load(i), size)
@@ -183,6 +206,11 @@ class Trainer:
                  on_step: Callable[[int, int], None] | None = None) -> None:
         if config.loss not in ("triplet", "contrastive"):
             raise ValueError(f"unknown loss {config.loss!r}; known: contrastive, triplet")
+        if config.whitening not in WHITENINGS:
+            raise ValueError(f"unknown whitening {config.whitening!r}; known: {', '.join(WHITENINGS)}")
+        if model_config.whitening_layer:
+            raise ValueError("training starts from a network without a whitening layer; "
+                             "start from the checkpoint it was trained from, or without --weights")
         self.model_config = model_config
         self.config = config
         self.out = Path(out)
@@ -204,16 +232,19 @@ class Trainer:
         cfg = self.config
         seed_everything(cfg.seed)
         net = EmbeddingNet(self.model_config).to(self.device)
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
         size = self.model_config.image_size
         history: list[EpochReport] = []
         start_epoch = 1
         initial = None
         best: tuple[int, float | None] = (0, None)
-        if resume and self.last.exists():
-            ck = load_checkpoint(self.last)
-            net.load_state_dict(ck["state_dict"])
+        ck = load_checkpoint(self.last) if resume and self.last.exists() else None
+        if ck is not None:
+            net.load_trained_state(ck["state_dict"])
+        else:
+            self._init_whitening(net, train)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        if ck is not None:
             opt.load_state_dict(ck["train"]["optimizer"])
             torch.set_rng_state(ck["train"]["rng"]["torch"])
             start_epoch = int(ck["train"]["epoch"]) + 1
@@ -225,7 +256,7 @@ class Trainer:
             initial = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
             best = (0, initial)
             log.info("validation mAP before training: %.4f", initial)
-            save_checkpoint(self.out, self.model_config.to_dict(), net.state_dict(),
+            save_checkpoint(self.out, net.config.to_dict(), net.state_dict(),
                             self._state(net, opt, 0, history, best, initial, resumable=False))
         augment = _Augment(size, cfg)
         labels = np.asarray(train.labels)
@@ -274,9 +305,91 @@ class Trainer:
             improved = val_map is None or best[1] is None or val_map > best[1]
             if improved:
                 best = (epoch, val_map)
-                save_checkpoint(self.out, self.model_config.to_dict(), net.state_dict(),
+                save_checkpoint(self.out, net.config.to_dict(), net.state_dict(),
                                 self._state(net, opt, epoch, history, best, initial, resumable=False))
-            save_checkpoint(self.last, self.model_config.to_dict(), net.state_dict(),
+            save_checkpoint(self.last, net.config.to_dict(), net.state_dict(),
                             self._state(net, opt, epoch, history, best, initial, resumable=True))
             self.on_epoch(report)
-        return TrainResult(best_epoch=best[0], best_val_map=best[1], initial_val_map=initial, history=history)
+        whitened = self._supervised_whitening(net, train, val) if cfg.whitening == "supervised" else None
+        return TrainResult(best_epoch=best[0], best_val_map=best[1], initial_val_map=initial, history=history,
+                           whitened_val_map=whitened)
+
+    def _init_whitening(self, net: EmbeddingNet, train: LabelledImages) -> None:
+        """Before training: R-MAC's regional whitening and/or the whitening layer, PCA-learned on ``train``;
+        both then train with the rest of the network (Gordo et al.)."""
+        cfg = self.config
+        sample = _Sample(train, cfg.whitening_sample, cfg.seed)
+        if isinstance(net.pool, RMAC) and cfg.region_whitening and net.pool.region_proj is None:
+            regions = region_descriptors(net, sample, self.model_config.image_size, self.device)
+            channels = regions.shape[1]
+            if len(regions) <= channels:
+                log.warning("only %d regions to learn R-MAC's %d-d regional whitening from: left out",
+                            len(regions), channels)
+            else:
+                w = learn_pca_whitening(regions, channels, shrinkage=cfg.whitening_shrinkage)
+                net.pool.set_region_whitening(torch.from_numpy(w.shift), torch.from_numpy(w.proj))
+                net.pool.to(self.device)
+                log.info("R-MAC regional whitening learned from %d regions", len(regions))
+        if cfg.whitening == "layer":
+            x = embed_all(net, sample, self.model_config.image_size, self.device, whiten=False)
+            dim = min(cfg.whitening_dim or x.shape[1], x.shape[1], len(x) - 1)
+            w = learn_pca_whitening(x, dim, shrinkage=cfg.whitening_shrinkage)
+            net.set_whitening(w.shift, w.proj)
+            log.info("whitening layer to %d dimensions, initialised by PCA on %d images", dim, len(x))
+
+    def _supervised_whitening(self, net: EmbeddingNet, train: LabelledImages,
+                              val: LabelledImages | None) -> float | None:
+        """After training: Radenović's whitening learned from matching pairs of ``train`` on the best network,
+        stored in the best checkpoint as its whitening layer. Returns the validation mAP with it."""
+        cfg = self.config
+        best = load_checkpoint(self.out)
+        net.load_trained_state(best["state_dict"])
+        size = self.model_config.image_size
+        sample = _Sample(train, cfg.whitening_sample, cfg.seed)
+        x = embed_all(net, sample, size, self.device, whiten=False)
+        pairs = positive_pairs(sample.labels, rng=cfg.seed, per_class=WHITENING_PAIRS_PER_CLASS)
+        dim = min(cfg.whitening_dim or x.shape[1], x.shape[1], len(x) - 1)
+        w = learn_supervised_whitening(x, pairs, dim)
+        net.set_whitening(w.shift, w.proj)
+        val_map = None
+        if val is not None:
+            val_map = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
+            log.info("validation mAP with supervised whitening: %.4f (without: %s)", val_map, best["train"]["best_val_map"])
+        train_state = {**best["train"], "supervised_whitening": {"pairs": int(len(pairs)), "images": len(x),
+                                                                 "dim": dim, "val_map": val_map}}
+        save_checkpoint(self.out, net.config.to_dict(), net.state_dict(), train_state)
+        return val_map
+
+
+class _Sample:
+    """At most ``limit`` items of a ``LabelledImages`` (seeded, sorted), to learn whitenings from."""
+
+    def __init__(self, base: LabelledImages, limit: int, seed: int) -> None:
+        n = len(base)
+        self.base = base
+        self.idx = np.arange(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+        self.labels = np.asarray(base.labels)[self.idx]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def load(self, i: int) -> np.ndarray:
+        return self.base.load(int(self.idx[i]))
+
+
+@torch.inference_mode()
+def region_descriptors(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device) -> np.ndarray:
+    """R-MAC's L2-normalised regional MAC vectors of every image, before any regional whitening:
+    ``-> (sum of regions, C)`` float32."""
+    was_training = net.training
+    net.eval()
+    out = []
+    for i in range(len(images)):
+        pixels = resize_longest(images.load(i), size)
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device)
+        fmap = net.features(net.normalise(x))
+        out.append(rmac_region_descriptors(fmap, net.pool.levels)[0].float().cpu().numpy())
+    net.train(was_training)
+    if was_training:
+        _freeze_batchnorm(net)
+    return np.concatenate(out)

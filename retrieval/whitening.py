@@ -79,3 +79,40 @@ def learn_pca_whitening(x: np.ndarray, dim: int | None = None, shrinkage: float 
     eigval = np.maximum(eigval, 1e-9 * max(float(eigval[0]), 1e-12))
     proj = (eigvec / np.sqrt(eigval)).T  # (dim, D)
     return Whitening(shift=mean.astype(np.float32), proj=proj.astype(np.float32))
+
+
+def _inverse_sqrt(cov: np.ndarray, ridge: float) -> np.ndarray:
+    """``C^{-1/2}`` of a symmetric PSD matrix, with ``ridge * mean eigenvalue`` added for stability."""
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.maximum(eigval, 0.0) + ridge * max(float(eigval.mean()), 1e-12)
+    return (eigvec / np.sqrt(eigval)) @ eigvec.T
+
+
+def learn_supervised_whitening(x: np.ndarray, pairs: np.ndarray, dim: int | None = None,
+                               ridge: float = 1e-3) -> Whitening:
+    """Radenović et al.'s learned whitening ("Lw") from matching pairs: ``(N, D)`` descriptors and
+    ``pairs (P, 2)`` of indices of images that show the same thing -> :class:`Whitening` to ``dim``.
+
+    First whiten the *intra-class* covariance ``Cs = mean (x_i - x_j)(x_i - x_j)^T`` over matching pairs
+    (so the differences that do not matter shrink), then rotate onto the principal axes of all the
+    descriptors in that whitened space and keep the ``dim`` strongest (so what separates images stays).
+    ``ridge`` regularises ``Cs``, which is singular when there are fewer pairs than dimensions.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if x.ndim != 2:
+        raise ValueError(f"expected (N, D) descriptors, got {x.shape}")
+    n, d = x.shape
+    if len(pairs) == 0:
+        raise ValueError("supervised whitening needs at least one matching pair")
+    dim = min(d, n - 1) if dim is None else dim
+    if not 1 <= dim <= min(d, n - 1):
+        raise ValueError(f"cannot keep {dim} components from {n} descriptors of dimension {d}")
+    diff = x[pairs[:, 0]] - x[pairs[:, 1]]
+    whiten_intra = _inverse_sqrt(diff.T @ diff / len(pairs), ridge)  # (D, D), symmetric
+    mean = x.mean(axis=0)
+    y = (x - mean) @ whiten_intra
+    eigval, eigvec = np.linalg.eigh(y.T @ y / max(1, n - 1))
+    order = np.argsort(eigval)[::-1][:dim]
+    proj = eigvec[:, order].T @ whiten_intra  # (dim, D)
+    return Whitening(shift=mean.astype(np.float32), proj=proj.astype(np.float32))

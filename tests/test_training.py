@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,3 +138,66 @@ def test_validation_embeds_images_the_way_indexing_does():
         pixels, _, _ = decode_image(buf.getvalue(), 64)
         assert pixels.shape[0] != pixels.shape[1]
         np.testing.assert_allclose(got[i], embedder.embed_batch(pixels[None])[0], atol=1e-4)
+
+
+def test_whitening_layer_is_initialised_trained_and_carried_by_the_checkpoint(tmp_path):
+    model = ModelConfig(image_size=SIZE)
+    out = tmp_path / "net.pt"
+    cfg = quick(epochs=1, whitening="layer", whitening_dim=8)
+    Trainer(model, cfg, out).fit(Synthetic(range(4)), Synthetic(range(4, 6)))
+    ck = torch.load(out, map_location="cpu", weights_only=True)
+    assert ck["model_config"]["whitening_layer"] == 8 and ck["state_dict"]["whiten.weight"].shape == (8, 1280)
+    trained = EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(out), whitening_layer=8)).eval()
+    vecs = embed_all(trained, Synthetic(range(2)), SIZE, torch.device("cpu"))
+    assert vecs.shape == (8, 8)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="whitening layer of 8"):
+        EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(out)))
+    # Resuming rebuilds the layer from the resumable checkpoint before loading the optimiser state.
+    resumed = Trainer(model, quick(epochs=2, whitening="layer", whitening_dim=8), out).fit(
+        Synthetic(range(4)), Synthetic(range(4, 6)), resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+
+
+def test_supervised_whitening_is_learned_after_training_and_scored(tmp_path):
+    out = tmp_path / "net.pt"
+    result = Trainer(ModelConfig(image_size=SIZE), quick(epochs=1, whitening="supervised"), out).fit(
+        Synthetic(range(6)), Synthetic(range(6, 8)))
+    assert result.whitened_val_map is not None and 0.0 < result.whitened_val_map <= 1.0
+    ck = torch.load(out, map_location="cpu", weights_only=True)
+    lw = ck["train"]["supervised_whitening"]
+    assert lw["val_map"] == result.whitened_val_map and lw["images"] == 24 and lw["pairs"] == 6 * 6
+    assert ck["model_config"]["whitening_layer"] == lw["dim"] == 23  # at most images - 1 components
+
+
+def test_rmac_regional_whitening_is_learned_from_the_training_images(tmp_path):
+    out = tmp_path / "net.pt"
+    cfg = quick(epochs=1, whitening_sample=200)
+    model = ModelConfig(image_size=96, pooling="rmac", rmac_levels=3)  # 3 x 3 maps: 14 regions x 96 images
+    Trainer(model, cfg, out).fit(Synthetic(range(12), per_class=8), Synthetic(range(12, 14)))
+    ck = torch.load(out, map_location="cpu", weights_only=True)
+    assert ck["state_dict"]["pool.region_proj"].shape == (1280, 1280)
+    trained = EmbeddingNet(dataclasses.replace(model, weights=str(out))).eval()
+    assert trained.pool.region_proj is not None
+    np.testing.assert_allclose(trained.pool.region_proj.detach().numpy(), ck["state_dict"]["pool.region_proj"].numpy())
+
+
+def test_train_command_whitening_then_index_uses_the_whitened_vectors(tmp_path):
+    data = tmp_path / "data"
+    for c in range(6):
+        (data / f"c{c}").mkdir(parents=True)
+        for j in range(3):
+            draw_image(950 + c, (64, 64)).rotate(15 * j).save(data / f"c{c}" / f"{j}.png")
+    out = tmp_path / "net.pt"
+    runner = CliRunner()
+    res = runner.invoke(main, ["--workers", "0", "--device", "cpu", "train", str(data), "--out", str(out),
+                               "--epochs", "1", "--image-size", str(SIZE), "--val-fraction", "0.34",
+                               "--whitening", "supervised"])
+    assert res.exit_code == 0, res.output
+    assert "supervised whitening" in res.output
+    home = tmp_path / "home"
+    res = runner.invoke(main, ["--home", str(home), "--workers", "0", "index", str(data), "--weights", str(out)])
+    assert res.exit_code == 0, res.output
+    from indexer.engine import Collection
+
+    assert Collection(home).stats().dim == 11  # 12 training images - 1

@@ -88,3 +88,24 @@ def test_baselines_are_unit_vectors_that_rank_a_copy_first():
     # pHash of an image and its slightly brightened copy differ in few bits
     brighter = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
     assert perceptual_hash(a) @ perceptual_hash(brighter) > 0.7
+
+
+def test_supervised_whitening_suppresses_what_varies_within_a_class():
+    """Classes differ in 4 quiet dimensions; 28 loud dimensions are noise within each class. PCA keeps the
+    loud ones, Radenović's learned whitening (from matching pairs) keeps the ones that separate classes."""
+    from retrieval.metrics import retrieval_metrics
+    from retrieval.mining import positive_pairs
+    from retrieval.whitening import learn_pca_whitening, learn_supervised_whitening
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 8)
+    centres = rng.normal(size=(12, 4))
+    x = np.concatenate([centres[labels] + 0.05 * rng.normal(size=(len(labels), 4)),
+                        3.0 * rng.normal(size=(len(labels), 28))], axis=1).astype(np.float32)
+    pairs = positive_pairs(labels)
+    lw = learn_supervised_whitening(x, pairs, dim=4)
+    assert lw.proj.shape == (4, 32) and lw.apply(x).shape == (len(x), 4)
+    assert retrieval_metrics(lw.apply(x), labels)["mAP"] > 0.95
+    assert retrieval_metrics(learn_pca_whitening(x, dim=4).apply(x), labels)["mAP"] < 0.5
+    with pytest.raises(ValueError, match="pair"):
+        learn_supervised_whitening(x, np.zeros((0, 2), int))

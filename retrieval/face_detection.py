@@ -1,0 +1,328 @@
+"""Face detection: RGB pixels in, a list of :class:`Face` (box, score, eye landmarks) out.
+
+Every detector takes one ``(H, W, 3) uint8`` RGB image (``(H, W)`` grey is accepted too) and returns the
+faces it finds, largest first (ties: highest score first). An image without faces gives ``[]``, never an
+error. Boxes and landmarks are in the input image's pixel coordinates (pixel centres at integer
+coordinates, as OpenCV and dlib use them).
+
+Landmarks are a ``(K, 2)`` float32 array of ``(x, y)`` rows in the order of :data:`LANDMARK_NAMES`; every
+detector gives at least the two eye centres (``K >= 2``), image-left eye first (that is the subject's
+right eye). When a detector could not locate the eyes and guessed them from the box,
+``Face.landmarks_estimated`` is ``True``.
+
+Detectors (the :data:`DETECTORS` registry; :func:`build_detector` builds one by name):
+
+- ``haar`` (default, no extra dependency): OpenCV's Viola-Jones cascade ``haarcascade_frontalface_alt2``
+  on a downscaled grey copy, then the eye cascade inside the upper part of each box. Measured on 1,000 LFW
+  photos against dlib's landmarks, ``alt2`` found the centred face as often as ``default`` (99.1-99.4% vs
+  99.7-99.9%) with fewer spurious boxes (6% vs 14%) and boxes that predict the eye positions better (the
+  spread of the eye position within the box is ~25% smaller), so it is the default.
+- ``dlib-hog`` and ``dlib-cnn`` (``pip install -e ".[dlib]"``): dlib's HOG + linear SVM frontal detector
+  or its MMOD CNN detector, with dlib's 5-point shape predictor for the eyes and the base of the nose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: Row names of ``Face.landmarks``; a detector fills the first ``K`` of them. "left"/"right" are as seen in
+#: the image (the image-left eye is the subject's right eye). ``nose_base`` is the point under the nose tip
+#: (dlib's 5-point model), not the tip itself.
+LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_base", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face.
+
+    ``x0, y0, x1, y1``: the box in input pixels (``x1``/``y1`` exclusive, as ``x0 + width``).
+    ``score``: the detector's confidence (its own scale: neighbour count for Haar, SVM margin for dlib HOG,
+    CNN confidence for dlib CNN); only comparable within one detector.
+    ``landmarks``: ``(K, 2)`` float32 ``(x, y)`` rows named by :data:`LANDMARK_NAMES`, or ``None``.
+    ``landmarks_estimated``: the landmarks were guessed from the box, not found in the pixels.
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float = 0.0
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    landmarks_estimated: bool = False
+    detector: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"empty face box ({self.x0}, {self.y0}, {self.x1}, {self.y1})")
+        if self.landmarks is not None:
+            pts = np.array(self.landmarks, dtype=np.float32)  # a private copy, made read-only below
+            if pts.ndim != 2 or pts.shape[1] != 2 or not 2 <= pts.shape[0] <= len(LANDMARK_NAMES):
+                raise ValueError(f"landmarks must be (K, 2) with 2 <= K <= {len(LANDMARK_NAMES)}, got {pts.shape}")
+            pts.setflags(write=False)
+            object.__setattr__(self, "landmarks", pts)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
+
+    @property
+    def eyes(self) -> np.ndarray | None:
+        """``(2, 2)`` eye centres (image-left first), or ``None`` without landmarks."""
+        return None if self.landmarks is None else self.landmarks[:2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready)."""
+        return {"box": [float(v) for v in self.box], "score": float(self.score),
+                "landmarks": None if self.landmarks is None else self.landmarks.tolist(),
+                "landmarks_estimated": self.landmarks_estimated, "detector": self.detector}
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """``detect((H, W, 3) uint8 RGB) -> list[Face]``, largest first; ``[]`` when there is no face."""
+
+    name: str
+
+    def detect(self, pixels: np.ndarray) -> list[Face]: ...
+
+
+DETECTORS: Registry[Callable[..., FaceDetector]] = Registry("face detector")
+
+
+def build_detector(name: str = "haar", **options: Any) -> FaceDetector:
+    """Build a registered detector (``options`` go to its constructor); raises ``UnknownNameError`` naming
+    the known ones."""
+    return DETECTORS.get(name)(**options)
+
+
+def detect_faces(pixels: np.ndarray, detector: str | FaceDetector = "haar") -> list[Face]:
+    """One-call convenience: ``(H, W, 3) uint8 -> list[Face]`` with a detector or a detector's name."""
+    det = build_detector(detector) if isinstance(detector, str) else detector
+    return det.detect(pixels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def check_pixels(pixels: np.ndarray) -> np.ndarray:
+    """Validate an image: ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` grey, returned as is). Raises ``ValueError``."""
+    a = np.asarray(pixels)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {a.dtype}")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ValueError(f"expected (H, W, 3) RGB or (H, W) grey pixels, got shape {a.shape}")
+    return a
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` RGB or ``(H, W)`` uint8 -> ``(H, W)`` uint8 grey."""
+    a = check_pixels(pixels)
+    return a if a.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+
+
+def working_scale(height: int, width: int, max_side: int | None) -> float:
+    """Factor (<= 1) that brings the longest side down to ``max_side`` (1.0 when ``None`` or already small)."""
+    longest = max(height, width)
+    if not max_side or longest <= max_side:
+        return 1.0
+    return max_side / longest
+
+
+def sort_faces(faces: list[Face]) -> list[Face]:
+    """Largest box first; equal sizes by decreasing score."""
+    return sorted(faces, key=lambda f: (-f.area, -f.score))
+
+
+def nearest_to(faces: list[Face], x: float, y: float) -> Face | None:
+    """The face whose box centre is nearest ``(x, y)`` (``None`` for no faces)."""
+    if not faces:
+        return None
+    return min(faces, key=lambda f: (f.centre[0] - x) ** 2 + (f.centre[1] - y) ** 2)
+
+
+# Where the two eye centres fall inside a Haar ``alt2`` box, as fractions of its width and height: the mean
+# over 1,000 LFW photos of dlib's 5-point eye centres (spread ~0.02 of the box per coordinate).
+HAAR_EYES_IN_BOX = np.array([[0.314, 0.405], [0.674, 0.397]], dtype=np.float32)
+
+
+def eyes_from_box(box: tuple[float, float, float, float],
+                  eyes_in_box: np.ndarray = HAAR_EYES_IN_BOX) -> np.ndarray:
+    """The usual eye centres of a frontal face box: ``(2, 2)`` float32, image-left eye first."""
+    x0, y0, x1, y1 = box
+    return (np.array([x0, y0], np.float32) + eyes_in_box * np.array([x1 - x0, y1 - y0], np.float32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenCV Haar cascades
+# --------------------------------------------------------------------------------------------------
+
+
+def _cascade_path(filename: str) -> str:
+    return str(cv2.data.haarcascades) + filename  # type: ignore[attr-defined]
+
+
+def _load_cascade(filename: str) -> cv2.CascadeClassifier:
+    cascade = cv2.CascadeClassifier(_cascade_path(filename))
+    if cascade.empty():
+        raise RuntimeError(f"OpenCV could not load {_cascade_path(filename)}; "
+                           "opencv-python(-headless) 4.x ships it (5.x dropped the cascades)")
+    return cascade
+
+
+@dataclass(frozen=True)
+class HaarConfig:
+    """Settings of :class:`HaarDetector`.
+
+    ``cascade``: ``"alt2"``, ``"default"``, ``"alt"`` (``haarcascade_frontalface_<cascade>.xml``).
+    ``max_side``: detection runs on a grey copy whose longest side is at most this (boxes are mapped back).
+    ``min_face``: smallest face looked for, as a fraction of the working copy's shorter side (and at
+    least ``min_face_px`` pixels there). ``scale_factor`` / ``min_neighbors``: OpenCV's pyramid step and
+    the number of overlapping hits a box needs. ``find_eyes``: run the eye cascade in each box (else eyes
+    are estimated from the box). ``equalize``: histogram-equalise the grey copy first (on LFW it lost
+    ~0.5% of faces, so it is off).
+    """
+
+    cascade: str = "alt2"
+    max_side: int | None = 640
+    min_face: float = 0.1
+    min_face_px: int = 24
+    scale_factor: float = 1.1
+    min_neighbors: int = 3
+    find_eyes: bool = True
+    equalize: bool = False
+
+
+class HaarDetector:
+    """OpenCV Haar cascade face detector with the eye cascade for landmarks.
+
+    ``detect((H, W, 3) uint8 RGB) -> list[Face]`` with ``landmarks (2, 2)`` = eye centres. When the eye
+    cascade finds both eyes where eyes can be (near their usual place in the box, one each side), those are
+    used; when it finds one, the other is placed at the usual eye distance beside it; when it finds none,
+    both come from the box (:data:`HAAR_EYES_IN_BOX`). The last two cases set ``landmarks_estimated``.
+
+    One instance is not safe to share between threads (OpenCV's cascades hold scratch state); make one per
+    thread.
+    """
+
+    name = "haar"
+
+    def __init__(self, config: HaarConfig | None = None, **overrides: Any) -> None:
+        cfg = config or HaarConfig()
+        if overrides:
+            cfg = HaarConfig(**{**cfg.__dict__, **overrides})
+        self.config = cfg
+        self._faces = _load_cascade(f"haarcascade_frontalface_{cfg.cascade}.xml")
+        self._eyes = _load_cascade("haarcascade_eye.xml") if cfg.find_eyes else None
+
+    def detect(self, pixels: np.ndarray) -> list[Face]:
+        """``(H, W, 3)`` uint8 RGB -> faces, largest first."""
+        cfg = self.config
+        grey = to_grey(pixels)
+        h, w = grey.shape
+        s = working_scale(h, w, cfg.max_side)
+        small = grey if s == 1.0 else cv2.resize(grey, (max(1, round(w * s)), max(1, round(h * s))),
+                                                 interpolation=cv2.INTER_AREA)
+        if cfg.equalize and small.size:
+            small = cv2.equalizeHist(small)
+        min_px = max(cfg.min_face_px, int(cfg.min_face * min(small.shape)))
+        if min(small.shape) < min_px:
+            return []
+        boxes, neighbours = self._faces.detectMultiScale2(
+            small, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_px, min_px))
+        faces = []
+        for (bx, by, bw, bh), n in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).reshape(-1)):
+            box = (max(0.0, bx / s), max(0.0, by / s), min(float(w), (bx + bw) / s), min(float(h), (by + bh) / s))
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
+            eyes, estimated = self._find_eyes(grey, box)
+            faces.append(Face(*box, score=float(n), landmarks=eyes, landmarks_estimated=estimated,
+                              detector=self.name))
+        return sort_faces(faces)
+
+    # Eye search in a copy of the face box rescaled to this width: eyes are then ~20-30 px wide, where the
+    # 20x20 eye cascade works well, whatever the face's size in the photo.
+    _EYE_BOX_WIDTH = 120
+
+    def _find_eyes(self, grey: np.ndarray, box: tuple[float, float, float, float]) -> tuple[np.ndarray, bool]:
+        """Eye centres ``(2, 2)`` in image pixels for one face box, and whether they were estimated."""
+        expected = eyes_from_box(box)
+        if self._eyes is None:
+            return expected, True
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        # The band of the box where eyes can be: 20% to 60% of its height.
+        top, bottom = int(y0 + 0.2 * bh), int(np.ceil(y0 + 0.6 * bh))
+        left, right = int(x0), int(np.ceil(x1))
+        band = grey[top:bottom, left:right]
+        if band.shape[0] < 4 or band.shape[1] < 8:
+            return expected, True
+        k = self._EYE_BOX_WIDTH / band.shape[1]
+        band = cv2.resize(band, (self._EYE_BOX_WIDTH, max(1, round(band.shape[0] * k))),
+                          interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+        lo, hi = int(0.12 * self._EYE_BOX_WIDTH), int(0.4 * self._EYE_BOX_WIDTH)
+        if min(band.shape) < lo:
+            return expected, True
+        found = self._eyes.detectMultiScale(band, scaleFactor=1.1, minNeighbors=3, minSize=(lo, lo),
+                                            maxSize=(hi, hi))
+        centres = [np.array([left + (ex + ew / 2) / k, top + (ey + eh / 2) / k], np.float32)
+                   for ex, ey, ew, eh in np.asarray(found).reshape(-1, 4)]
+        # A candidate counts for an eye only if it lies within 12% of the box width of where that eye usually is.
+        reach = 0.12 * bw
+        picked: list[np.ndarray | None] = []
+        for eye in expected:
+            near = [c for c in centres if np.hypot(*(c - eye)) < reach]
+            picked.append(min(near, key=lambda c: float(np.hypot(*(c - eye)))) if near else None)
+        left_eye, right_eye = picked
+        if left_eye is not None and right_eye is not None and right_eye[0] - left_eye[0] > 0.2 * bw:
+            return np.stack([left_eye, right_eye]), False
+        if left_eye is not None:
+            return np.stack([left_eye, left_eye + (expected[1] - expected[0])]), True
+        if right_eye is not None:
+            return np.stack([right_eye - (expected[1] - expected[0]), right_eye]), True
+        return expected, True
+
+
+@DETECTORS.register("haar")
+def _haar(**options: Any) -> HaarDetector:
+    return HaarDetector(**options)
+
+
+@DETECTORS.register("dlib-hog")
+def _dlib_hog(**options: Any) -> FaceDetector:
+    from .dlib_backend import DlibDetector
+
+    return DlibDetector(kind="hog", **options)
+
+
+@DETECTORS.register("dlib-cnn")
+def _dlib_cnn(**options: Any) -> FaceDetector:
+    from .dlib_backend import DlibDetector
+
+    return DlibDetector(kind="cnn", **options)
