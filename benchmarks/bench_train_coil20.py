@@ -30,6 +30,7 @@ from benchmarks.common import machine, require_dataset, write_json
 from indexer.scan import scan_folder
 from indexer.train_data import FolderImages, Subset
 from retrieval.baselines import colour_histogram, perceptual_hash
+from retrieval.checkpoint import load_checkpoint
 from retrieval.config import ModelConfig
 from retrieval.metrics import retrieval_metrics
 from retrieval.model import EmbeddingNet
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="where to keep the trained checkpoint (default: a temp file)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--swap", action="store_true", help="train on objects 11-20, test on 1-10")
+    ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
+                    help="supervised: also score the trained network with Radenović's whitening learned after training")
     args = ap.parse_args()
     folder = require_dataset("coil-20/coil-20-proc")
     files = [f.path for f in scan_folder(folder).files]
@@ -74,14 +77,20 @@ def main() -> None:
         score(name, embed_all(net, test, args.image_size, device or torch.device("cpu")))
     out = args.out or Path(tempfile.mkdtemp()) / "coil20.pt"
     tcfg = TrainConfig(loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       device=args.device, queries_per_epoch=400, negatives_per_query=5)
+                       device=args.device, queries_per_epoch=400, negatives_per_query=5, whitening=args.whitening)
     t0 = time.perf_counter()
     result = Trainer(base, tcfg, out, on_epoch=lambda r: print(r, flush=True)).fit(
         Subset(images, train_idx), Subset(images, val_idx))
     train_seconds = time.perf_counter() - t0
-    trained = EmbeddingNet(ModelConfig(image_size=args.image_size, weights=str(out)))
-    score(f"trained_{args.loss}", embed_all(trained, test, args.image_size, torch.device("cpu")))
-    write_json(f"train_coil20_{args.loss}{'_swap' if args.swap else ''}.json", {
+    trained = EmbeddingNet(ModelConfig.from_dict({**load_checkpoint(out)["model_config"], "weights": str(out)}))
+    if args.whitening == "supervised":
+        score(f"trained_{args.loss}", embed_all(trained, test, args.image_size, torch.device("cpu"), whiten=False))
+        score(f"trained_{args.loss}_supervised_whitening", embed_all(trained, test, args.image_size, torch.device("cpu")))
+    else:
+        score(f"trained_{args.loss}" + ("" if args.whitening == "none" else f"_{args.whitening}_whitening"),
+              embed_all(trained, test, args.image_size, torch.device("cpu")))
+    suffix = ("_swap" if args.swap else "") + ("" if args.whitening == "none" else f"_{args.whitening}")
+    write_json(f"train_coil20_{args.loss}{suffix}.json", {
         "benchmark": "coil20_train_seen_test_unseen",
         "train_objects": "11-18 (+19-20 validation)" if args.swap else "1-8 (+9-10 validation)",
         "test_objects": "1-10" if args.swap else "11-20", "test_images": len(test), "image_size": args.image_size,

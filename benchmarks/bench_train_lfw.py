@@ -25,6 +25,7 @@ import torch
 from benchmarks.common import machine, require_dataset, write_json
 from indexer.evaluate import score_pairs
 from indexer.train_data import FolderImages, Subset, split_classes
+from retrieval.checkpoint import load_checkpoint
 from retrieval.config import ModelConfig
 from retrieval.model import EmbeddingNet
 from retrieval.training import TrainConfig, Trainer, embed_all
@@ -33,10 +34,10 @@ from retrieval.verification import read_pairs_file
 ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
 
 
-def score_half(net: EmbeddingNet, pairs: list, size: int) -> dict:
+def score_half(net: EmbeddingNet, pairs: list, size: int, whiten: bool = True) -> dict:
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
     images = FolderImages(paths, paths, size)
-    vecs = embed_all(net, images, size, torch.device("cpu"))
+    vecs = embed_all(net, images, size, torch.device("cpu"), whiten=whiten)
     m, n = score_pairs(pairs, dict(zip(images.paths, vecs)))
     return {"accuracy": round(float(m["accuracy"]), 4), "accuracy_std": round(float(m["accuracy_std"]), 4),
             "auc": round(float(m["auc"]), 4), "tar@far=1e-2": round(float(m["tar@far=1e-2"]), 4), "pairs": n}
@@ -49,10 +50,14 @@ def main() -> None:
     ap.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"])
     ap.add_argument("--strategy", default="semihard", choices=["semihard", "hard", "all"])
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
+                    help="supervised: also score with Radenović's whitening learned from training pairs after training")
+    ap.add_argument("--data", type=Path, help="LFW images in NAME/NAME_0001.jpg layout (default: the shared "
+                                              "deep-funneled photos; e.g. aligned face crops)")
     ap.add_argument("--halves", choices=["AB", "BA", "both"], default="AB",
                     help="AB: train on half A, score half B; BA: the reverse; both: one after the other")
     args = ap.parse_args()
-    root = require_dataset("lfw/lfw-deepfunneled")
+    root = args.data or require_dataset("lfw/lfw-deepfunneled")
     pairs = read_pairs_file(require_dataset("lfw/pairs.txt"), root)
     size = args.image_size
     runs = []
@@ -73,21 +78,29 @@ def main() -> None:
         print("untrained", before, flush=True)
         out = Path(tempfile.mkdtemp()) / "lfw.pt"
         cfg = TrainConfig(loss=args.loss, triplet_strategy=args.strategy, epochs=args.epochs, lr=args.lr,
-                          device="cpu", color_jitter=0.1)
+                          device="cpu", color_jitter=0.1, whitening=args.whitening)
         t0 = time.perf_counter()
         result = Trainer(model, cfg, out, on_epoch=lambda r: print(r, flush=True)).fit(Subset(images, tr),
                                                                                         Subset(images, va))
         seconds = time.perf_counter() - t0
-        after = score_half(EmbeddingNet(ModelConfig(image_size=size, weights=str(out))), test_pairs, size)
+        trained = EmbeddingNet(ModelConfig.from_dict({**load_checkpoint(out)["model_config"], "weights": str(out)}))
+        after = score_half(trained, test_pairs, size, whiten=args.whitening != "supervised")
         print("trained", after, flush=True)
+        whitened = score_half(trained, test_pairs, size) if args.whitening == "supervised" else None
+        if whitened is not None:
+            print("trained + supervised whitening", whitened, flush=True)
         runs.append({"train_folds": [f + 1 for f in train_half], "test_folds": [f + 1 for f in test_half],
                      "train_people": len(set(labels)), "train_images": len(files), "untrained": before,
-                     "trained": after, "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
+                     "trained": after, "trained_supervised_whitening": whitened, "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
                      "history": [vars(h) for h in result.history]})
-    write_json(f"train_lfw_{args.loss}_{args.halves}.json", {
+    tag = ("" if args.data is None else f"_{args.data.name}") + ("" if args.whitening == "none" else f"_{args.whitening}")
+    write_json(f"train_lfw_{args.loss}_{args.halves}{tag}.json", {
         "benchmark": "lfw_view2_train_half_test_other_half", "image_size": size, "train_config": cfg.to_dict(),
         "runs": runs, "mean_accuracy_untrained": float(np.mean([r["untrained"]["accuracy"] for r in runs])),
         "mean_accuracy_trained": float(np.mean([r["trained"]["accuracy"] for r in runs])),
+        "mean_accuracy_trained_supervised_whitening": (
+            float(np.mean([r["trained_supervised_whitening"]["accuracy"] for r in runs]))
+            if args.whitening == "supervised" else None),
         "anchors": ANCHORS, "machine": machine()})
 
 

@@ -19,6 +19,7 @@ from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.registry import UnknownNameError
 
 from .engine import Collection, LookalikeError, default_home
+from .masking import Masker, MaskSettings
 from .scan import scan_folder
 
 EXIT_SKIPPED = 3
@@ -124,6 +125,37 @@ def model_options(fn: Any) -> Any:
     return fn
 
 
+def mask_options(fn: Any) -> Any:
+    """The options that choose how images are masked before embedding."""
+    fn = click.option("--mask-apply", type=click.Choice(["pool", "pixels", "both"]),
+                      help="Use the mask inside pooling (default), on the pixels, or both.")(fn)
+    return click.option("--mask", "mask_spec", metavar="SEGMENTER",
+                        help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
+                             "(see `lookalike models`); none: whole images.")(fn)
+
+
+def _mask_from_options(base: MaskSettings, spec: str | None, apply: str | None) -> MaskSettings | None:
+    """``base`` with the options given; ``None`` when none was given."""
+    if spec is None and apply is None:
+        return None
+    segmenter = base.segmenter if spec is None else (None if spec.lower() == "none" else spec)
+    if segmenter and segmenter.startswith("unet:"):  # the collection outlives the cwd
+        segmenter = "unet:" + str(Path(segmenter[5:]).expanduser().resolve())
+    try:
+        return dataclasses.replace(base, segmenter=segmenter, apply=apply or base.apply)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _masker(settings: MaskSettings | None) -> Masker | None:
+    if settings is None or not settings.enabled:
+        return None
+    try:
+        return Masker(settings)
+    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
+        raise _fail(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+
+
 def _parse_scales(scales: str | None) -> tuple[float, ...] | None:
     if not scales:
         return None
@@ -141,17 +173,22 @@ def _parse_scales(scales: str | None) -> tuple[float, ...] | None:
 @click.option("--whiten-shrinkage", type=click.FloatRange(0, 1, max_open=True),
               help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).")
 @click.option("--index-kind", help="auto (exact below 50,000 images, HNSW above), flat, ivf, hnsw, or a FAISS factory string.")
-@click.option("--reembed", is_flag=True, help="Re-embed everything when the model options differ from the collection's.")
+@mask_options
+@click.option("--reembed", is_flag=True,
+              help="Re-embed everything when the model or mask options differ from the collection's.")
 @click.pass_context
 def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
           image_size: int | None, scales: str | None, whiten: bool | None, whiten_dim: int | None,
-          whiten_shrinkage: float | None, index_kind: str | None, reembed: bool) -> None:
+          whiten_shrinkage: float | None, index_kind: str | None, mask_spec: str | None, mask_apply: str | None,
+          reembed: bool) -> None:
     """Index the images in FOLDER (recursively).
 
     Run it again after the folder changes: only new and changed images are embedded, deleted ones are
     dropped and moved ones are recognised by their content. An interrupted run resumes where it stopped.
+    With --mask, the background is masked out first, and queries are masked the same way.
     """
     coll = _open(ctx)
+    mask = _mask_from_options(coll.mask_settings, mask_spec, mask_apply)
     model = _model_from_options(coll.model_config, dict(backbone=backbone, weights=weights, pooling=pooling,
                                                         image_size=image_size, scales=_parse_scales(scales)))
     idx_cfg = None
@@ -164,7 +201,7 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
             current, enabled=current.enabled if whiten is None else whiten, dim=whiten_dim or current.dim,
             shrinkage=current.shrinkage if whiten_shrinkage is None else whiten_shrinkage)
     try:
-        coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed)
+        coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
         report = coll.index_folder(folder, progress=TqdmProgress())
     except (LookalikeError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
@@ -176,6 +213,9 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     click.echo(", ".join(parts))
     if report.embedded:
         click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s")
+    if report.mask_fallbacks:
+        click.echo(f"{report.mask_fallbacks} images had no usable mask (empty or covering everything) and were "
+                   "embedded whole")
     click.echo(f"collection: {report.total_indexed} images searchable ({report.index_kind} index), in {coll.home}")
     if report.ignored:
         click.echo(f"ignored {report.ignored} files that are not images (by extension)")
@@ -264,6 +304,8 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     click.echo(f"images:    {st.images} ({st.indexed} indexed, {st.pending} pending, {st.errors} could not be read)")
     click.echo(f"index:     {st.index_kind or '(none)'}, {st.index_vectors or 0} vectors of dimension {st.dim or '-'}")
     click.echo(f"whitening: {st.whitening or 'off'}")
+    click.echo(f"masking:   {st.mask}" + (f" ({st.mask_fallbacks} images embedded whole: no usable mask)"
+                                          if st.mask_fallbacks else ""))
     for path, reason in errors:
         click.echo(f"  {path}: {reason}")
 
@@ -317,11 +359,12 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
               help="A labelled folder of queries searched against FOLDER (default: each image of FOLDER against the rest).")
 @click.option("--label-regex", metavar="REGEX",
               help=r"Labels from file names (first group), e.g. 'obj(\d+)__'; default: one sub-folder per class.")
+@mask_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
              image_size: int | None, scales: str | None, pairs: Path | None, queries: Path | None,
-             label_regex: str | None, as_json: bool) -> None:
+             label_regex: str | None, mask_spec: str | None, mask_apply: str | None, as_json: bool) -> None:
     """Measure retrieval quality on a labelled FOLDER: mAP, recall@1/5/10, precision@k.
 
     Same label = relevant. Needs no collection: the images are embedded with the model options given.
@@ -335,10 +378,12 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
     runtime: RuntimeOptions = ctx.obj["runtime"]
     model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
                                            image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
+    mask = _mask_from_options(MaskSettings(), mask_spec, mask_apply) or MaskSettings()
+    masker = _masker(mask)
     if pairs is not None:
         try:
             prep = evaluate_pairs(pairs, folder, Embedder(model, runtime), batch_size=runtime.batch_size,
-                                  workers=runtime.workers)
+                                  workers=runtime.workers, masker=masker)
         except (UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
             raise _fail(str(exc)) from None
         m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prep.metrics.items()}
@@ -360,15 +405,15 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
     try:
         embedder = Embedder(model, runtime)
         rep = evaluate_folder(folder, embedder, queries=queries, label_regex=label_regex,
-                              batch_size=runtime.batch_size, workers=runtime.workers)
+                              batch_size=runtime.batch_size, workers=runtime.workers, masker=masker)
     except (LabelError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"model": model.to_dict(), "images": rep.images, "classes": rep.classes,
+        click.echo(json.dumps({"model": model.to_dict(), "mask": mask.to_dict(), "images": rep.images, "classes": rep.classes,
                                "metrics": rep.metrics, "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]},
                               indent=2))
     else:
-        click.echo(f"{rep.images} images, {rep.classes} classes, {model.describe()}")
+        click.echo(f"{rep.images} images, {rep.classes} classes, {model.describe()}, {mask.describe()}")
         for name, value in rep.metrics.items():
             if name != "queries":
                 click.echo(f"  {name:<13} {value:.4f}")
@@ -479,12 +524,14 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
 
 @main.command()
 def models() -> None:
-    """List the backbones and poolings that can be used."""
+    """List the backbones, poolings and segmenters that can be used."""
     from retrieval.backbones import BACKBONES
     from retrieval.pooling import POOLINGS
+    from segmentation import SEGMENTERS, _register_all  # noqa: F401  (registers the segmenters)
 
     click.echo("backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)")
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")
+    click.echo("segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)")
 
 
 if __name__ == "__main__":

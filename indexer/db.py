@@ -21,7 +21,9 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -54,6 +56,10 @@ class ImageRecord(Base):
     #: Raw (un-whitened) float32 descriptor bytes.
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     embed_seconds: Mapped[float | None] = mapped_column(Float)
+    #: Masked collections: share of the image the foreground mask covered, and why the whole image was
+    #: embedded instead when the mask was unusable (empty, covering everything, segmenter failure).
+    mask_fraction: Mapped[float | None] = mapped_column(Float)
+    mask_fallback: Mapped[str | None] = mapped_column(Text)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
@@ -92,7 +98,27 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an older version up to date: add the nullable columns it lacks.
+
+    Every column added after the first release is nullable, so ``ALTER TABLE ... ADD COLUMN`` is all a
+    migration needs; existing rows read ``NULL`` there.
+    """
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"the database lacks the required column {table.name}.{column.name}")
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
 
 def get_setting(session: Session, key: str, default: Any = None) -> Any:

@@ -29,6 +29,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 from . import db
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
+from .masking import Masker, MaskSettings
 from .pipeline import embed_files
 from .scan import KnownFile, ScanResult, plan_sync, scan_folder
 from .vector_index import IndexConfig, VectorIndex
@@ -115,6 +116,8 @@ class IndexReport:
     total_indexed: int = 0
     #: Files under the folder that could not be read in an earlier run and have not changed since.
     earlier_errors: int = 0
+    #: Masked collections: images embedded whole because their mask was unusable (empty, full, failed).
+    mask_fallbacks: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -150,6 +153,9 @@ class Stats:
     index_vectors: int | None
     dim: int | None
     whitening: str | None
+    mask: str = "whole images"
+    #: images embedded whole in a masked collection because their mask was unusable
+    mask_fallbacks: int = 0
 
 
 @dataclass
@@ -164,6 +170,7 @@ class DoctorReport:
 
 
 EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], Embedder]
+MaskerFactory = Callable[[MaskSettings], Masker]
 
 
 class Collection:
@@ -179,6 +186,7 @@ class Collection:
         db_url: str | None = None,
         runtime: RuntimeOptions | None = None,
         embedder_factory: EmbedderFactory = Embedder,
+        masker_factory: MaskerFactory = Masker,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,
     ) -> None:
@@ -190,6 +198,8 @@ class Collection:
         self.commit_every = commit_every
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
+        self._masker_factory = masker_factory
+        self._masker: Masker | None = None
         self._engine = db.make_engine(self.db_url)
         self._index: VectorIndex | None = None
         self._index_version: int | None = None
@@ -203,6 +213,12 @@ class Collection:
         with self._session() as s:
             d = db.get_setting(s, "model")
         return None if d is None else ModelConfig.from_dict(d)
+
+    @property
+    def mask_settings(self) -> MaskSettings:
+        with self._session() as s:
+            d = db.get_setting(s, "mask")
+        return MaskSettings() if d is None else MaskSettings.from_dict(d)
 
     @property
     def index_config(self) -> IndexConfig:
@@ -226,13 +242,25 @@ class Collection:
         index: IndexConfig | None = None,
         whitening: WhiteningSettings | None = None,
         reembed: bool = False,
+        mask: MaskSettings | None = None,
     ) -> None:
-        """Set the collection's model / index / whitening settings.
+        """Set the collection's model / index / whitening / mask settings.
 
-        A model different from the one that made the stored vectors is refused with
+        A model or masking different from the one that made the stored vectors is refused with
         :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
         """
         with self._session() as s, s.begin():
+            stored_mask = db.get_setting(s, "mask")
+            if mask is not None and (MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()) != mask:
+                has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
+                if has_vectors and not reembed:
+                    before = MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()
+                    raise ModelMismatchError(
+                        f"this collection was embedded with {before.describe()}, not {mask.describe()}; re-run "
+                        f"with --reembed to re-embed all {has_vectors} images, or use another --home")
+                if has_vectors:
+                    self._reset_vectors(s)
+                db.set_setting(s, "mask", mask.to_dict())
             stored = db.get_setting(s, "model")
             if model is not None:
                 if stored is not None and ModelConfig.from_dict(stored) != model:
@@ -258,12 +286,25 @@ class Collection:
                     db.bump_vector_version(s)
                 db.set_setting(s, "whitening", whitening.__dict__)
         self._embedder = None
+        self._masker = None
         self._index = None
 
     def _reset_vectors(self, s: Session) -> None:
-        s.execute(update(ImageRecord).values(vector=None, status=PENDING, size=-1))
+        s.execute(update(ImageRecord).values(vector=None, status=PENDING, size=-1, mask_fraction=None,
+                                             mask_fallback=None))
         db.set_blob(s, "whitening", None)
         db.bump_vector_version(s)
+
+    def _get_masker(self) -> Masker | None:
+        settings = self.mask_settings
+        if not settings.enabled:
+            return None
+        if self._masker is None or self._masker.settings != settings:
+            try:
+                self._masker = self._masker_factory(settings)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise LookalikeError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+        return self._masker
 
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
@@ -380,6 +421,7 @@ class Collection:
 
     def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, touched: set[int], progress: Progress) -> None:
         embedder = self._get_embedder()
+        masker = self._get_masker()
         with self._session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
         ids = [row_id for row_id, _ in todo]
@@ -398,7 +440,7 @@ class Collection:
 
         try:
             for out in embed_files(paths, embedder, batch_size=self.runtime.batch_size,
-                                   workers=self.runtime.workers, max_pixels=self.max_pixels):
+                                   workers=self.runtime.workers, max_pixels=self.max_pixels, masker=masker):
                 row_id = ids[out.index]
                 if out.error is not None:
                     pending_updates.append(dict(id=row_id, status=ERROR, error=out.error, vector=None))
@@ -407,8 +449,11 @@ class Collection:
                     assert out.vector is not None
                     pending_updates.append(dict(
                         id=row_id, status=INDEXED, error=None, vector=out.vector.astype(np.float32).tobytes(),
-                        width=out.width, height=out.height, content_hash=out.content_hash))
+                        width=out.width, height=out.height, content_hash=out.content_hash,
+                        mask_fraction=out.mask_fraction, mask_fallback=out.mask_fallback))
                     report.embedded += 1
+                    if out.mask_fallback is not None:
+                        report.mask_fallbacks += 1
                     touched.add(row_id)
                 progress.advance(1)
                 if len(pending_updates) >= self.commit_every:
@@ -573,10 +618,12 @@ class Collection:
     def embed_paths(self, paths: Sequence[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Embed query images with the collection's model and whitening: yields ``(position, vector, error)``."""
         embedder = self._get_embedder()
+        masker = self._get_masker()
         with self._session() as s:
             whitening = self._whitening(s)
         for out in embed_files(list(paths), embedder, batch_size=self.runtime.batch_size,
-                               workers=min(self.runtime.workers, max(0, len(paths) // 8)), max_pixels=self.max_pixels):
+                               workers=min(self.runtime.workers, max(0, len(paths) // 8)), max_pixels=self.max_pixels,
+                               masker=masker):
             if out.error is not None:
                 yield out.index, None, out.error
             else:
@@ -651,6 +698,7 @@ class Collection:
         with self._session() as s:
             counts = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
             whitening = self._whitening(s)
+            fallbacks = s.scalar(select(func.count()).where(ImageRecord.mask_fallback.is_not(None))) or 0
         model = self.model_config
         state = self._read_state()
         return Stats(
@@ -665,6 +713,8 @@ class Collection:
             index_vectors=state.get("count") if state else None,
             dim=state.get("dim") if state else None,
             whitening=f"PCA {whitening.in_dim} -> {whitening.out_dim}" if whitening else None,
+            mask=self.mask_settings.describe(),
+            mask_fallbacks=fallbacks,
         )
 
     def errors(self) -> list[tuple[str, str]]:

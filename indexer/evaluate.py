@@ -17,6 +17,7 @@ import numpy as np
 from retrieval.metrics import query_database_metrics, retrieval_metrics
 from retrieval.model import Embedder
 
+from .masking import Masker
 from .pipeline import embed_files
 from .scan import scan_folder
 
@@ -61,15 +62,15 @@ class EvalReport:
     images_per_second: float = 0.0
 
 
-def embed_paths(paths: list[str], embedder: Embedder, batch_size: int = 32,
-                workers: int = 2) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
-    """Embed files through the indexing pipeline: ``(N, D)`` vectors (zeros where unreadable), which are
-    readable, ``(path, reason)`` of the others, and images/s."""
+def embed_paths(paths: list[str], embedder: Embedder, batch_size: int = 32, workers: int = 2,
+                masker: Masker | None = None) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
+    """Embed files through the indexing pipeline (masked by ``masker`` when given): ``(N, D)`` vectors (zeros
+    where unreadable), which are readable, ``(path, reason)`` of the others, and images/s."""
     vecs = np.zeros((len(paths), embedder.dim), np.float32)
     ok = [False] * len(paths)
     skipped: list[tuple[str, str]] = []
     t0 = time.perf_counter()
-    for out in embed_files(paths, embedder, batch_size=batch_size, workers=workers):
+    for out in embed_files(paths, embedder, batch_size=batch_size, workers=workers, masker=masker):
         if out.error is not None:
             skipped.append((paths[out.index], out.error))
         else:
@@ -86,10 +87,11 @@ def evaluate_folder(
     label_regex: str | None = None,
     batch_size: int = 32,
     workers: int = 2,
+    masker: Masker | None = None,
 ) -> EvalReport:
     """mAP, recall@k and precision@k of ``embedder`` on a labelled folder (unreadable images are left out)."""
     paths, labels = labelled_files(folder, label_regex)
-    vecs, ok, skipped, speed = embed_paths(paths, embedder, batch_size, workers)
+    vecs, ok, skipped, speed = embed_paths(paths, embedder, batch_size, workers, masker)
     keep = np.array(ok)
     db_vecs, db_labels = vecs[keep], np.array(labels)[keep]
     if queries is None:
@@ -97,7 +99,7 @@ def evaluate_folder(
         n_images = int(keep.sum())
     else:
         q_paths, q_labels = labelled_files(queries, label_regex)
-        q_vecs, q_ok, q_skipped, _ = embed_paths(q_paths, embedder, batch_size, workers)
+        q_vecs, q_ok, q_skipped, _ = embed_paths(q_paths, embedder, batch_size, workers, masker)
         skipped += q_skipped
         q_keep = np.array(q_ok)
         metrics = query_database_metrics(q_vecs[q_keep], np.array(q_labels)[q_keep], db_vecs, db_labels)
@@ -122,6 +124,7 @@ def evaluate_pairs(
     *,
     batch_size: int = 32,
     workers: int = 2,
+    masker: Masker | None = None,
 ) -> PairsReport:
     """Verification on a pairs file in the LFW format: cosine similarity of the two images' vectors,
     scored with the k-fold protocol (each fold's threshold chosen on the other folds).
@@ -132,7 +135,7 @@ def evaluate_pairs(
 
     pairs = read_pairs_file(pairs_file, image_root)
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    vecs, ok, skipped, _ = embed_paths(paths, embedder, batch_size, workers)
+    vecs, ok, skipped, _ = embed_paths(paths, embedder, batch_size, workers, masker)
     metrics, n_pairs = score_pairs(pairs, {p: v for p, v, good in zip(paths, vecs, ok) if good})
     return PairsReport(metrics=metrics, pairs=n_pairs, images=int(sum(ok)), skipped=skipped)
 

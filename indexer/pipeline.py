@@ -26,6 +26,7 @@ import numpy as np
 from retrieval.model import Embedder
 
 from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, load_image
+from .masking import Masker, MaskOutcome
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Embedded:
     height: int | None = None
     content_hash: str | None = None
     error: str | None = None
+    mask_fraction: float | None = None  # share of the image the foreground mask covers (masked collections)
+    mask_fallback: str | None = None  # why the whole image was embedded instead of the mask
 
 
 def _lower_thread_priority() -> None:
@@ -49,23 +52,33 @@ def _lower_thread_priority() -> None:
         pass
 
 
-def _load(path: str, max_side: int, max_pixels: int) -> LoadedImage | str:
-    """Decode one file; an unusable file gives its reason as a string instead of raising."""
+@dataclass
+class Decoded:
+    """A decoded image and, in a masked collection, its mask outcome (computed in the decoding thread)."""
+
+    image: LoadedImage
+    mask: MaskOutcome | None = None
+
+
+def _load(path: str, max_side: int, max_pixels: int, masker: Masker | None = None) -> Decoded | str:
+    """Decode (and mask) one file; an unusable file gives its reason as a string instead of raising."""
     try:
-        return load_image(path, max_side, max_pixels)
+        image = load_image(path, max_side, max_pixels)
     except ImageLoadError as exc:
         return exc.reason
     except Exception as exc:  # never let one odd file kill a long run; report it instead
         log.exception("unexpected error reading %s", path)
         return f"unexpected error: {exc.__class__.__name__}: {exc}"
+    return Decoded(image, masker(image.pixels) if masker is not None else None)
 
 
 def decoded(paths: Sequence[str], max_side: int, *, workers: int = 2, prefetch: int = 64,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[int, LoadedImage | str]]:
-    """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead."""
+            max_pixels: int = DEFAULT_MAX_PIXELS, masker: Masker | None = None) -> Iterator[tuple[int, Decoded | str]]:
+    """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead;
+    with a ``masker``, each image's mask is computed in the same thread, right after decoding."""
     if workers <= 0:
         for i, p in enumerate(paths):
-            yield i, _load(p, max_side, max_pixels)
+            yield i, _load(p, max_side, max_pixels, masker)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode", initializer=_lower_thread_priority) as pool:
         pending: deque[tuple[int, Future]] = deque()
@@ -73,7 +86,7 @@ def decoded(paths: Sequence[str], max_side: int, *, workers: int = 2, prefetch: 
         try:
             while next_i < len(paths) or pending:
                 while next_i < len(paths) and len(pending) < prefetch:
-                    pending.append((next_i, pool.submit(_load, paths[next_i], max_side, max_pixels)))
+                    pending.append((next_i, pool.submit(_load, paths[next_i], max_side, max_pixels, masker)))
                     next_i += 1
                 i, fut = pending.popleft()
                 yield i, fut.result()
@@ -89,22 +102,29 @@ def embed_files(
     batch_size: int = 32,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    masker: Masker | None = None,
 ) -> Iterator[Embedded]:
-    """Embed ``paths``; yields one :class:`Embedded` per path, in completion order (not input order)."""
-    buckets: dict[tuple[int, int], list[tuple[int, LoadedImage]]] = {}
+    """Embed ``paths`` (masked by ``masker`` when given); yields one :class:`Embedded` per path, in completion
+    order (not input order)."""
+    buckets: dict[tuple[int, int], list[tuple[int, Decoded]]] = {}
 
-    def run(items: list[tuple[int, LoadedImage]]) -> list[Embedded]:
+    def run(items: list[tuple[int, Decoded]]) -> list[Embedded]:
         t0 = time.perf_counter()
-        vecs = embedder.embed_batch(np.stack([img.pixels for _, img in items]))
-        log.debug("batch of %d %s in %.3fs", len(items), items[0][1].pixels.shape, time.perf_counter() - t0)
-        return [Embedded(i, v, img.width, img.height, img.content_hash) for (i, img), v in zip(items, vecs)]
+        pixels, masks = np.stack([d.image.pixels for _, d in items]), None
+        if masker is not None:
+            pixels, masks = masker.network_inputs(pixels, [d.mask.mask if d.mask else None for _, d in items])
+        vecs = embedder.embed_batch(pixels, masks)
+        log.debug("batch of %d %s in %.3fs", len(items), pixels.shape, time.perf_counter() - t0)
+        return [Embedded(i, v, d.image.width, d.image.height, d.image.content_hash,
+                         mask_fraction=d.mask.fraction if d.mask else None,
+                         mask_fallback=d.mask.fallback if d.mask else None) for (i, d), v in zip(items, vecs)]
 
     for i, item in decoded(paths, embedder.config.image_size, workers=workers,
-                           prefetch=max(2 * batch_size, 8), max_pixels=max_pixels):
+                           prefetch=max(2 * batch_size, 8), max_pixels=max_pixels, masker=masker):
         if isinstance(item, str):
             yield Embedded(i, error=item)
             continue
-        key = item.pixels.shape[:2]
+        key = item.image.pixels.shape[:2]
         bucket = buckets.setdefault(key, [])
         bucket.append((i, item))
         if len(bucket) >= batch_size:

@@ -32,7 +32,7 @@ class FolderImages:
                 self.skipped.append((paths[i], item))
             else:
                 self.paths.append(paths[i])
-                self._pixels.append(item.pixels)
+                self._pixels.append(item.image.pixels)
                 kept_labels.append(labels[i])
             if on_progress is not None:
                 on_progress(1)

@@ -28,7 +28,7 @@ def test_threaded_decoding_gives_the_same_images_in_order(tmp_path):
         if isinstance(a, str):
             assert a == b
         else:
-            np.testing.assert_array_equal(a.pixels, b.pixels)
+            np.testing.assert_array_equal(a.image.pixels, b.image.pixels)
 
 
 def test_embed_files_buckets_shapes_and_reports_every_file_once(tmp_path):
