@@ -98,7 +98,14 @@ def _model_from_options(base: ModelConfig | None, overrides: dict[str, Any]) -> 
         given["whitening_layer"] = 0
         if is_checkpoint_file(given["weights"]):
             # A network trained by `lookalike train`: its architecture comes with it unless overridden.
-            trained = load_checkpoint(given["weights"])["model_config"]
+            from retrieval.model import check_embedding_checkpoint
+
+            checkpoint = load_checkpoint(given["weights"])
+            try:
+                check_embedding_checkpoint(checkpoint, given["weights"])
+            except ValueError as exc:
+                raise _fail(str(exc)) from None
+            trained = checkpoint["model_config"]
             for key in ("backbone", "pooling", "gem_p", "rmac_levels", "image_size"):
                 given.setdefault(key, trained[key])
             given["whitening_layer"] = trained.get("whitening_layer", 0)  # part of the trained network
@@ -533,6 +540,14 @@ def models() -> None:
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")
     click.echo("segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)")
 
+
+def _register_subcommands() -> None:
+    from .cli_segmentation import train_seg
+
+    main.add_command(train_seg)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -216,7 +216,10 @@ class EfficientNetLite(nn.Module):
         self.stem = ConvBNAct(3, STEM_CHANNELS, 3, stride=2)
         blocks: list[nn.Module] = []
         in_ch = STEM_CHANNELS
+        pyramid_channels: list[int] = []
         for st in stages:
+            if st.stride == 2:
+                pyramid_channels.append(in_ch)  # the last map at the previous stride
             for i in range(st.repeats):
                 blocks.append(
                     MBConv(in_ch, st.out_ch, st.kernel, st.stride if i == 0 else 1, st.expand)
@@ -226,6 +229,8 @@ class EfficientNetLite(nn.Module):
         self.head = ConvBNAct(in_ch, HEAD_CHANNELS, 1)
         self.fc = nn.Linear(HEAD_CHANNELS, num_classes)
         self.out_channels = HEAD_CHANNELS
+        #: Channels of the :meth:`pyramid` maps, finest (stride 2) first; Lite0: (16, 24, 40, 112, 1280).
+        self.pyramid_channels: tuple[int, ...] = (*pyramid_channels, HEAD_CHANNELS)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -243,6 +248,23 @@ class EfficientNetLite(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Feature map: (N, 3, H, W) -> (N, 1280, ceil(H/32), ceil(W/32))."""
         return self.head(self.blocks(self.stem(x)))
+
+    def pyramid(self, x: Tensor) -> list[Tensor]:
+        """Feature maps at strides 2, 4, 8, 16, 32 (for U-Net style decoders), finest first.
+
+        Each is the last map computed at its stride (the output of the block before the next stride-2
+        block); the coarsest is the head's output, i.e. ``forward(x)``. Lite0, input (N, 3, H, W):
+        ``[(N, 16, H/2, W/2), (N, 24, H/4, W/4), (N, 40, H/8, W/8), (N, 112, H/16, W/16),
+        (N, 1280, H/32, W/32)]`` (sides rounded up); channels in :attr:`pyramid_channels`.
+        """
+        maps: list[Tensor] = []
+        x = self.stem(x)
+        for block in self.blocks:
+            if block.dw.stride == 2:
+                maps.append(x)
+            x = block(x)
+        maps.append(self.head(x))
+        return maps
 
     def classify(self, x: Tensor) -> Tensor:
         """ImageNet logits: (N, 3, H, W) -> (N, num_classes). Global average pool + linear."""

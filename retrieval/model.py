@@ -21,6 +21,15 @@ from .pooling import RMAC, build_pooling
 log = logging.getLogger(__name__)
 
 
+def check_embedding_checkpoint(checkpoint: dict, path: object) -> None:
+    """Raise ``ValueError`` (naming ``path``) when a lookalike checkpoint holds another kind of network, e.g. a
+    U-Net from ``lookalike train-seg`` (its ``model_config`` has a ``kind``; embedding networks' has none)."""
+    kind = checkpoint["model_config"].get("kind")
+    if kind is not None:
+        raise ValueError(f"{path} holds a {kind} segmentation network, not an embedding network; "
+                         "pass a checkpoint written by `lookalike train` (or imagenet)")
+
+
 class EmbeddingNet(nn.Module):
     """Pixels ``(N, 3, H, W)`` in ``[0, 255]`` (uint8 or float) -> L2-normalised descriptors ``(N, D)``.
 
@@ -44,10 +53,7 @@ class EmbeddingNet(nn.Module):
         self.register_buffer("mean", torch.tensor(bb.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(bb.std).view(1, 3, 1, 1) * 255.0, persistent=False)
         if checkpoint is not None:
-            kind = checkpoint["model_config"].get("kind")
-            if kind is not None:  # e.g. "unet": a segmentation network from `lookalike train-seg`
-                raise ValueError(f"{config.weights} holds a {kind} segmentation network, not an embedding network; "
-                                 "pass a checkpoint written by `lookalike train` (or imagenet)")
+            check_embedding_checkpoint(checkpoint, config.weights)
             trained = ModelConfig.from_dict(checkpoint["model_config"])
             if (trained.backbone, trained.pooling) != (config.backbone, config.pooling):
                 raise ValueError(

@@ -128,7 +128,7 @@ def _freeze_batchnorm(net: nn.Module) -> None:
             m.eval()
 
 
-class _Augment:
+class Augment:
     """Random resized crop to ``size x size``, flip, colour jitter: ``(H, W, 3)`` uint8 -> ``(3, size, size)`` uint8."""
 
     def __init__(self, size: int, cfg: TrainConfig) -> None:
@@ -258,7 +258,7 @@ class Trainer:
             log.info("validation mAP before training: %.4f", initial)
             save_checkpoint(self.out, net.config.to_dict(), net.state_dict(),
                             self._state(net, opt, 0, history, best, initial, resumable=False))
-        augment = _Augment(size, cfg)
+        augment = Augment(size, cfg)
         labels = np.asarray(train.labels)
         label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)  # any label type -> 0..C-1
         margin = cfg.resolved_margin()
