@@ -1,0 +1,133 @@
+"""Does masking make queries match objects rather than backgrounds? mAP with and without masks, in one run.
+
+Protocol: the cluttered composites of ``benchmarks/composites.py`` (COIL-20 objects pasted onto shared real
+backgrounds; a query's true matches are in other poses on other backgrounds, while 16 distractors share its
+exact background). Queries (``images/queries``) are searched against the database (``images/database``),
+relevance = same object; mAP and recall@1 through the engine's own embedding path
+(:func:`indexer.evaluate.evaluate_folder`, i.e. ``lookalike eval DB --queries Q --mask SEG --mask-apply A``),
+default model (Lite0 + GeM, 224 px). Rows:
+
+- ``whole``: no mask;
+- for each segmenter (``grabcut``, and ``unet:CHECKPOINT`` when given) and each way of applying the mask
+  (``pool``: inside GeM; ``pixels``: background set to the mean colour; ``both``);
+- ``truth``: the true masks (an upper bound for any segmenter), applied the same three ways.
+
+Also per segmenter: mean IoU against the true masks on all composites, and images/s of the whole embedding
+pass (decode + segment + embed; the first apply mode's pass, with segmentation) against ``whole``'s.
+
+    python -m benchmarks.composites benchmarks/results/composites     # build the set first (seconds)
+    python -m benchmarks.bench_masked_retrieval [--composites DIR] [--segmenter unet:CKPT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.common import RESULTS, machine, write_json
+from indexer.evaluate import evaluate_folder
+from indexer.imageio import load_image
+from indexer.masking import MASK_APPLY, Masker, MaskSettings
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.model import Embedder
+from segmentation import build_segmenter, iou
+
+
+class Cached:
+    """Runs a segmenter once per distinct image (keyed by its pixels), so the apply modes share one pass."""
+
+    def __init__(self, segmenter, spec: str) -> None:
+        self.segmenter, self.spec = segmenter, spec
+        self.masks: dict[str, np.ndarray] = {}
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+        if key not in self.masks:
+            self.masks[key] = self.segmenter(pixels)
+        return self.masks[key]
+
+
+class TrueMasks:
+    """The composites' true masks, found by the pixels of the (resized) image they belong to."""
+
+    spec = "truth"
+
+    def __init__(self, root: Path, max_side: int) -> None:
+        self.by_key: dict[str, np.ndarray] = {}
+        for image in sorted((root / "images").rglob("*.jpg")):
+            mask_path = root / "masks" / image.relative_to(root / "images").with_suffix(".png")
+            pixels = load_image(image, max_side).pixels  # exactly what the pipeline hands the segmenter
+            with Image.open(mask_path) as m:
+                mask = np.asarray(m.convert("L").resize((pixels.shape[1], pixels.shape[0]), Image.Resampling.BILINEAR)) > 127
+            self.by_key[hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()] = mask
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.by_key[hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()]
+
+
+def mean_iou(segmenter, root: Path) -> float:
+    scores = []
+    for image in sorted((root / "images").rglob("*.jpg")):
+        with Image.open(image) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        with Image.open(root / "masks" / image.relative_to(root / "images").with_suffix(".png")) as m:
+            truth = np.asarray(m.convert("L")) > 127
+        scores.append(iou(np.asarray(segmenter(pixels), bool), truth))
+    return float(np.mean(scores))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--composites", type=Path, default=RESULTS / "composites")
+    ap.add_argument("--segmenter", action="append", default=None, help="segmenter spec (repeatable; default grabcut)")
+    ap.add_argument("--apply", action="append", choices=MASK_APPLY, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    root = args.composites
+    if not (root / "images" / "database").is_dir():
+        raise SystemExit(f"no composites in {root}; build them: python -m benchmarks.composites {root}")
+    torch.set_num_threads(args.threads)
+    model = ModelConfig()
+    runtime = RuntimeOptions(device="cpu", workers=2)
+    embedder = Embedder(model, runtime)
+    db, queries = root / "images" / "database", root / "images" / "queries"
+    rows: dict[str, dict] = {}
+
+    def run(name: str, masker: Masker | None) -> float:
+        t0 = time.perf_counter()
+        rep = evaluate_folder(db, embedder, queries=queries, batch_size=runtime.batch_size,
+                              workers=runtime.workers, masker=masker)
+        seconds = time.perf_counter() - t0
+        rows[name] = {"mAP": round(rep.metrics["mAP"], 4), "recall@1": round(rep.metrics["recall@1"], 4),
+                      "images_per_second": round(rep.images / seconds, 1)}
+        print(name, rows[name], flush=True)
+        return rep.metrics["mAP"]
+
+    run("whole", None)
+    applies = args.apply or list(MASK_APPLY)
+    ious: dict[str, float] = {}
+    for spec in args.segmenter or ["grabcut"]:
+        cached = Cached(build_segmenter(spec), spec)
+        for i, apply in enumerate(applies):
+            run(f"{spec}/{apply}", Masker(MaskSettings(segmenter=spec, apply=apply), segmenter=cached))
+            if i:
+                rows[f"{spec}/{apply}"].pop("images_per_second")  # masks came from the cache
+        ious[spec] = round(mean_iou(build_segmenter(spec), root), 4)
+        print(spec, "IoU", ious[spec], flush=True)
+    truth = TrueMasks(root, model.image_size)
+    for apply in applies:
+        run(f"truth/{apply}", Masker(MaskSettings(segmenter="truth", apply=apply), segmenter=truth))
+        rows[f"truth/{apply}"].pop("images_per_second")
+    write_json("masked_retrieval.json", {
+        "benchmark": "composites_query_vs_database", "composites": str(root), "model": model.to_dict(),
+        "results": rows, "segmenter_iou_on_composites": ious, "machine": machine()})
+
+
+if __name__ == "__main__":
+    main()
