@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="where to keep the trained checkpoint (default: a temp file)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--swap", action="store_true", help="train on objects 11-20, test on 1-10")
+    ap.add_argument("--queries-per-epoch", type=int, default=400, help="contrastive: mined tuples per epoch")
     ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
                     help="supervised: also score the trained network with Radenović's whitening learned after training")
     args = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
         score(name, embed_all(net, test, args.image_size, device or torch.device("cpu")))
     out = args.out or Path(tempfile.mkdtemp()) / "coil20.pt"
     tcfg = TrainConfig(loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       device=args.device, queries_per_epoch=400, negatives_per_query=5, whitening=args.whitening)
+                       device=args.device, queries_per_epoch=args.queries_per_epoch, negatives_per_query=5, whitening=args.whitening)
     t0 = time.perf_counter()
     result = Trainer(base, tcfg, out, on_epoch=lambda r: print(r, flush=True)).fit(
         Subset(images, train_idx), Subset(images, val_idx))
