@@ -542,9 +542,11 @@ def models() -> None:
 
 
 def _register_subcommands() -> None:
+    from .cli_faces import faces
     from .cli_segmentation import train_seg
 
     main.add_command(train_seg)
+    main.add_command(faces)
 
 
 _register_subcommands()

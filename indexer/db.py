@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -82,6 +83,64 @@ class Blob(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Identity(Base):
+    """A person enrolled in the face gallery."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class FacePhoto(Base):
+    """A photo seen by ``lookalike faces index``: how many faces it held, or why it could not be read.
+
+    Its faces are the :class:`FaceRecord` rows with this ``photo_id``; a photo without faces has none.
+    """
+
+    __tablename__ = "face_photos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    faces: Mapped[int | None] = mapped_column(Integer)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class FaceRecord(Base):
+    """One face: where it is (photo, box, landmarks in the photo's original pixels), its vector, and either
+    the identity it was enrolled for (``source == "enrol"``) or the indexed photo it was found in
+    (``source == "index"``). ``id`` is the id the face indexes use."""
+
+    __tablename__ = "faces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(8), index=True)
+    identity_id: Mapped[int | None] = mapped_column(ForeignKey("identities.id"), index=True)
+    photo_id: Mapped[int | None] = mapped_column(ForeignKey("face_photos.id"), index=True)
+    path: Mapped[str] = mapped_column(String(4096))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    #: JSON list of ``[x, y]`` rows (``retrieval.face_detection.LANDMARK_NAMES`` order), or null.
+    landmarks: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    #: Unit-length float32 descriptor bytes.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
 
 def make_engine(url: str) -> Engine:
@@ -154,14 +213,15 @@ def set_blob(session: Session, name: str, data: bytes | None) -> None:
 VECTOR_VERSION = "vector_version"
 
 
-def bump_vector_version(session: Session) -> int:
-    """Increment, in the caller's transaction, the counter that changes whenever indexed vectors change."""
-    version = int(get_setting(session, VECTOR_VERSION, 0)) + 1
-    set_setting(session, VECTOR_VERSION, version)
+def bump_vector_version(session: Session, key: str = VECTOR_VERSION) -> int:
+    """Increment, in the caller's transaction, the counter that changes whenever indexed vectors change
+    (``key``: the image index's counter by default; the face indexes keep their own)."""
+    version = int(get_setting(session, key, 0)) + 1
+    set_setting(session, key, version)
     return version
 
 
 __all__ = [
-    "Base", "ImageRecord", "Setting", "Blob", "make_engine", "get_setting", "set_setting", "get_blob",
+    "Base", "ImageRecord", "Setting", "Blob", "Identity", "FacePhoto", "FaceRecord", "make_engine", "get_setting", "set_setting", "get_blob",
     "set_blob", "bump_vector_version", "VECTOR_VERSION", "PENDING", "INDEXED", "ERROR", "select",
 ]

@@ -203,6 +203,7 @@ class Collection:
         self._engine = db.make_engine(self.db_url)
         self._index: VectorIndex | None = None
         self._index_version: int | None = None
+        self._files = IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE)
 
     # ------------------------------------------------------------------ settings
     def _session(self) -> Session:
@@ -313,20 +314,8 @@ class Collection:
         return self._embedder
 
     # ------------------------------------------------------------------ locking
-    @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """One writer at a time per home folder (an advisory lock, released if the process dies)."""
-        with open(self.home / LOCK_FILE, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CollectionBusyError(
-                    f"another lookalike process is writing to {self.home}; wait for it to finish"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _write_lock(self) -> contextlib.AbstractContextManager[None]:
+        return write_lock(self.home)
 
     # ------------------------------------------------------------------ indexing
     def index_folder(self, folder: str | Path, progress: Progress | None = None) -> IndexReport:
@@ -469,29 +458,10 @@ class Collection:
             return int(db.get_setting(s, db.VECTOR_VERSION, 0))
 
     def _read_state(self) -> dict | None:
-        try:
-            return json.loads((self.home / INDEX_STATE_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _write_state(self, state: dict) -> None:
-        tmp = self.home / (INDEX_STATE_FILE + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.home / INDEX_STATE_FILE)
+        return self._files.read_state()
 
     def _load_index_file(self) -> tuple[VectorIndex | None, dict | None]:
-        state = self._read_state()
-        path = self.home / INDEX_FILE
-        if state is None or not path.exists():
-            return None, state
-        try:
-            return VectorIndex.load(path, self.index_config), state
-        except Exception as exc:  # a damaged file is just a stale cache: rebuild it
-            log.warning("index file %s is unreadable (%s); it will be rebuilt", path, exc)
-            return None, state
+        return self._files.load(self.index_config)
 
     def _indexed_vectors(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw vectors of indexed rows: ``(N,)`` int64 ids, ``(N, D)`` float32."""
@@ -502,12 +472,7 @@ class Collection:
         else:
             for chunk in _chunks(sorted(ids), 500):
                 rows.extend(s.execute(q.where(ImageRecord.id.in_(chunk))))
-        rows = [r for r in rows if r[1] is not None]
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-        return out_ids, vecs
+        return vectors_from_rows(rows)
 
     def _maybe_learn_whitening(self, s: Session) -> bool:
         """(Re)learn the PCA-whitening from the collection when due. Returns whether it changed."""
@@ -593,8 +558,7 @@ class Collection:
         return int(d) if d else 1
 
     def _save_index(self, index: VectorIndex, version: int) -> None:
-        index.save(self.home / INDEX_FILE)
-        self._write_state({"version": version, "kind": index.kind, "count": len(index), "dim": index.dim})
+        self._files.save(index, version)
 
     def _current_index(self) -> VectorIndex:
         """The index for searching; rebuilt from the database if the file is missing or stale."""
@@ -785,6 +749,69 @@ class Collection:
             self._index, self._index_version = index, version
             report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
         return report
+
+
+@contextlib.contextmanager
+def write_lock(home: Path) -> Iterator[None]:
+    """One writer at a time per home folder (an advisory lock, released if the process dies)."""
+    with open(home / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionBusyError(f"another lookalike process is writing to {home}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class IndexFile:
+    """A FAISS index file in ``home`` and the JSON state beside it (the database version it was saved at).
+
+    Both are written atomically (temp file + rename); an unreadable or missing file loads as ``None``: it is
+    a cache, rebuilt from the database by the caller.
+    """
+
+    def __init__(self, home: Path, index_name: str, state_name: str) -> None:
+        self.index_path = home / index_name
+        self.state_path = home / state_name
+
+    def read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state: dict) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
+
+    def load(self, config: IndexConfig) -> tuple[VectorIndex | None, dict | None]:
+        state = self.read_state()
+        if state is None or not self.index_path.exists():
+            return None, state
+        try:
+            return VectorIndex.load(self.index_path, config), state
+        except Exception as exc:  # a damaged file is just a stale cache: rebuild it
+            log.warning("index file %s is unreadable (%s); it will be rebuilt", self.index_path, exc)
+            return None, state
+
+    def save(self, index: VectorIndex, version: int) -> None:
+        index.save(self.index_path)
+        self.write_state({"version": version, "kind": index.kind, "count": len(index), "dim": index.dim})
+
+
+def vectors_from_rows(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """``(id, float32 bytes or None)`` rows -> ``(N,)`` int64 ids and ``(N, D)`` float32 vectors (``None`` left out)."""
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
 
 def _chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:

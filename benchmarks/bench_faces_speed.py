@@ -1,0 +1,144 @@
+"""Speed of face enrolment, verification (1:1) and identification (1:N) on the CPU, per backend, side by side.
+
+Protocol
+--------
+- Data: LFW deep-funneled photos (250x250, one person centred), ``$LOOKALIKE_SHARED_DATA/lfw/lfw-deepfunneled``.
+- People: the first ``--gallery`` people (sorted by name) with at least 3 photos. Photos 1 and 2 of each are
+  enrolled under their name (the gallery: ``2 x --gallery`` faces); photo 3 of the first ``--probes`` of
+  them is the probe.
+- Each configuration (``haar`` detector + lookalike network on 160 px aligned crops, and ``dlib-hog`` +
+  dlib's ResNet descriptor when dlib is installed) runs in a fresh home with the same photos, in one process.
+- Timed, through the public :class:`indexer.faces.FaceGallery` API (so every figure includes decoding,
+  detection, alignment, embedding and the database / FAISS work):
+  * enrol: ``enroll(name, [photo1, photo2])`` per person -> enrolled faces/s;
+  * verify: ``verify(probe, own name)`` and ``verify(probe, another person)`` -> verifications/s (one
+    probe face each);
+  * identify: ``identify(probe, k=5)`` against the whole gallery -> probe faces/s.
+  The model is loaded (and warmed up on one photo) before timing.
+- Quality figures from the same calls (small samples; for the LFW protocol use ``lookalike faces eval``):
+  rank-1 identification rate; the genuine vs impostor verification scores -> the accuracy of the best
+  threshold on them, that threshold, and the same with the ``mean`` instead of ``max`` over a person's
+  enrolled faces; faces missed by the detector.
+
+Run: ``python -m benchmarks.bench_faces_speed [--gallery 300] [--probes 100]``; JSON in
+``benchmarks/results/faces_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, require_dataset, write_json
+from indexer.faces import UNKNOWN, FaceGallery
+from retrieval.config import RuntimeOptions
+from retrieval.dlib_backend import dlib_available
+from retrieval.verification import accuracy, best_threshold
+
+
+def people_with_three(root: Path, n: int) -> list[tuple[str, list[Path]]]:
+    out = []
+    for d in sorted(root.iterdir()):
+        photos = [d / f"{d.name}_{i:04d}.jpg" for i in (1, 2, 3)]
+        if all(p.exists() for p in photos):
+            out.append((d.name, photos))
+            if len(out) == n:
+                break
+    return out
+
+
+def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]], n_probes: int,
+               runtime: RuntimeOptions) -> dict:
+    with tempfile.TemporaryDirectory() as home:
+        g = FaceGallery(home, runtime=runtime)
+        g.configure(detector=detector, backend=backend)
+        g.verify_pair(people[0][1][0], people[0][1][1])  # load the models, warm up
+        t0 = time.perf_counter()
+        enrolled = no_face = 0
+        for name, photos in people:
+            rep = g.enroll(name, photos[:2])
+            enrolled += len(rep.enrolled)
+            no_face += len(rep.no_face)
+        t_enrol = time.perf_counter() - t0
+        known = {p.name for p in g.identities()}
+        probes = [(name, photos[2]) for name, photos in people[:n_probes] if name in known]
+        rng = random.Random(0)
+        others = [rng.choice([n for n in known if n != name]) for name, _ in probes]
+        genuine, impostor, genuine_mean, impostor_mean = [], [], [], []
+        t_verify = 0.0
+        n_verify = 0
+        for (name, probe), other in zip(probes, others):
+            t = time.perf_counter()
+            d_own, d_other = g.verify(probe, name), g.verify(probe, other)
+            t_verify += time.perf_counter() - t
+            n_verify += 2
+            if d_own.score is None:
+                continue
+            genuine.append(d_own.score)
+            impostor.append(d_other.score)
+            genuine_mean.append(g.verify(probe, name, aggregate="mean").score)
+            impostor_mean.append(g.verify(probe, other, aggregate="mean").score)
+        t0 = time.perf_counter()
+        rank1 = unknown = probe_no_face = 0
+        for name, probe in probes:
+            matches = g.identify(probe, k=5)
+            if not matches:
+                probe_no_face += 1
+                continue
+            top = matches[0]  # the largest face: LFW centres the named person
+            rank1 += bool(top.candidates) and top.candidates[0].name == name
+            unknown += top.identity == UNKNOWN
+        t_identify = time.perf_counter() - t0
+        settings = g.settings
+
+    def quality(gen: list[float], imp: list[float]) -> dict:
+        scores = np.array(gen + imp)
+        same = np.array([True] * len(gen) + [False] * len(imp))
+        thr = best_threshold(scores, same)
+        return {"best_threshold": round(thr, 4), "accuracy_at_best": round(accuracy(scores, same, thr), 4),
+                "accuracy_at_default": round(accuracy(scores, same, settings.threshold), 4),
+                "genuine_mean_score": round(float(np.mean(gen)), 4), "impostor_mean_score": round(float(np.mean(imp)), 4)}
+
+    return {
+        "detector": detector, "backend": backend, "model": settings.describe(),
+        "default_threshold": settings.threshold,
+        "gallery_people": len(known), "gallery_faces": enrolled, "enrol_photos_without_face": no_face,
+        "enrol_faces_per_s": round(enrolled / t_enrol, 2),
+        "verify_per_s": round(n_verify / t_verify, 2), "verify_ms": round(1000 * t_verify / n_verify, 1),
+        "identify_faces_per_s": round(len(probes) / t_identify, 2),
+        "identify_ms": round(1000 * t_identify / len(probes), 1),
+        "probes": len(probes), "probe_photos_without_face": probe_no_face,
+        "rank1": round(rank1 / len(probes), 4), "identified_as_unknown": round(unknown / len(probes), 4),
+        "verification_max": quality(genuine, impostor), "verification_mean": quality(genuine_mean, impostor_mean),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gallery", type=int, default=300, help="people enrolled (2 photos each)")
+    ap.add_argument("--probes", type=int, default=100, help="people probed (their 3rd photo)")
+    ap.add_argument("--configs", default="haar:lookalike,dlib-hog:dlib",
+                    help="detector:backend pairs, comma separated (dlib ones skipped when dlib is missing)")
+    args = ap.parse_args()
+    root = require_dataset("lfw/lfw-deepfunneled")
+    people = people_with_three(root, args.gallery)
+    runtime = RuntimeOptions(device="cpu", batch_size=32, workers=int(os.environ.get("LOOKALIKE_WORKERS", "2")))
+    results = []
+    for spec in args.configs.split(","):
+        detector, backend = spec.split(":")
+        if "dlib" in spec and not dlib_available():
+            results.append({"detector": detector, "backend": backend, "skipped": "dlib is not installed"})
+            continue
+        results.append(run_config(detector, backend, people, args.probes, runtime))
+    write_json("faces_speed.json", {"benchmark": "faces_speed", "machine": machine(), "gallery": args.gallery,
+                                    "probes": args.probes, "results": results})
+
+
+if __name__ == "__main__":
+    main()

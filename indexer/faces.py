@@ -1,0 +1,992 @@
+"""Face galleries on the collection's machinery: enrol people, verify 1:1, identify 1:N, index faces in photos.
+
+A :class:`FaceGallery` lives in the same home folder and database as the image :class:`~indexer.engine.Collection`
+(tables ``identities``, ``face_photos`` and ``faces``, see :mod:`indexer.db`). Every face is a row holding its
+photo, box, landmarks, detector score and unit vector; the database is the source of truth. Two FAISS indexes
+are caches of it, each with its own file and version counter, written atomically and rebuilt from the
+database when stale or missing: the *gallery* (enrolled faces, ``faces_enrolled.faiss``) and the *photo
+faces* (every face found by :meth:`FaceGallery.index_folder`, ``faces_photos.faiss``).
+
+Pipeline for every photo: decode (EXIF, any mode, bomb guard) -> detector (``haar``, ``dlib-hog``,
+``dlib-cnn``) -> per face either landmarks-based alignment to a ``crop_size`` square and the lookalike
+network (``backend="lookalike"``), or dlib's 128-d ResNet descriptor (``backend="dlib"``) -> unit vector.
+Two faces are the same person when the cosine similarity of their vectors is at least the gallery's
+threshold. The threshold is either a default per backend (*uncalibrated*; every decision says so) or
+calibrated by :meth:`FaceGallery.calibrate` on a labelled pairs file at a chosen false-accept rate.
+
+A photo without a face is a result (reported), not an error; an unreadable file is skipped and reported
+when indexing, and an error (:class:`~indexer.engine.LookalikeError`) when it is the one probe asked about.
+Boxes and landmarks are stored and returned in the photo's original pixel coordinates (after EXIF rotation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import cv2
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.face_alignment import align_face
+from retrieval.face_detection import Face, FaceDetector, build_detector
+from retrieval.registry import UnknownNameError
+
+from . import db
+from .db import ERROR, INDEXED, PENDING, FacePhoto, FaceRecord, Identity
+from .engine import (
+    DB_FILE,
+    IndexFile,
+    IndexReport,
+    LookalikeError,
+    ModelMismatchError,
+    NullProgress,
+    Progress,
+    _chunks,
+    default_home,
+    vectors_from_rows,
+    write_lock,
+)
+from .evaluate import PairsReport, score_pairs
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, file_hash, load_image
+from .pipeline import decoded
+from .scan import KnownFile, ScanResult, plan_sync, scan_folder
+from .vector_index import IndexConfig, VectorIndex
+
+log = logging.getLogger(__name__)
+
+ENROL, INDEX = "enrol", "index"
+UNKNOWN = "unknown"
+#: Photos are decoded at most this large (longest side) for detection and alignment.
+FACE_MAX_SIDE = 1280
+
+#: Uncalibrated cosine-similarity thresholds per backend: about the best-accuracy threshold of genuine vs
+#: impostor verifications of 100 LFW people against 2 enrolled photos each (benchmarks/bench_faces_speed.py:
+#: 0.648 for haar + ImageNet Lite0 on 160 px crops, 76% accuracy; 0.925 for dlib-hog + dlib, 98.5%).
+#: A small sample, for a default only: calibrate for real use (`lookalike faces calibrate`).
+DEFAULT_THRESHOLDS = {"lookalike": 0.65, "dlib": 0.92}
+BACKENDS = ("lookalike", "dlib")
+
+_SETTINGS_KEY = "faces"
+_DIM_KEY = "faces_dim"
+# source -> (index file, state file, version counter)
+_INDEX_FILES = {ENROL: ("faces_enrolled.faiss", "faces_enrolled.json", "faces_enrolled_version"),
+                INDEX: ("faces_photos.faiss", "faces_photos.json", "faces_photos_version")}
+
+Box = tuple[float, float, float, float]
+
+
+def default_face_model(crop_size: int = 160) -> ModelConfig:
+    """The lookalike face model by default: the ImageNet EfficientNet-Lite0 + GeM on ``crop_size`` aligned crops."""
+    return ModelConfig(image_size=crop_size)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Calibration:
+    """How a threshold was chosen: on ``pairs_file`` for a false-accept rate of at most ``far_target``; the
+    ``tar`` / ``far`` it achieved there, over ``same`` + ``different`` usable pairs."""
+
+    pairs_file: str
+    far_target: float
+    threshold: float
+    tar: float
+    far: float
+    same: int
+    different: int
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """What makes a gallery's vectors (detector, backend, model, crop size) and how it decides.
+
+    ``model`` is the lookalike network (``None`` with the dlib backend); its ``image_size`` is the crop
+    size. ``threshold``: cosine similarity at or above which two faces are the same person; ``None`` takes
+    the backend's uncalibrated default. ``calibration`` says how a calibrated threshold was set.
+    """
+
+    detector: str = "haar"
+    backend: str = "lookalike"
+    model: ModelConfig | None = None
+    crop_size: int = 160
+    threshold: float | None = None
+    calibration: Calibration | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown face backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+        if self.crop_size < 32:
+            raise ValueError(f"crop_size must be at least 32, got {self.crop_size}")
+        if self.backend == "dlib":
+            object.__setattr__(self, "model", None)
+        else:
+            model = self.model or default_face_model(self.crop_size)
+            if model.image_size != self.crop_size:  # the aligned crop is the network's input
+                model = dataclasses.replace(model, image_size=self.crop_size)
+            object.__setattr__(self, "model", model)
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.backend])
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    def embedding_key(self) -> tuple:
+        """Equal keys give interchangeable vectors."""
+        return (self.detector, self.backend, self.model, self.crop_size if self.backend == "lookalike" else None)
+
+    def uncalibrated(self) -> "FaceSettings":
+        return dataclasses.replace(self, threshold=None, calibration=None)
+
+    def describe(self) -> str:
+        if self.backend == "dlib":
+            return f"{self.detector} detector + dlib ResNet 128-d descriptor"
+        assert self.model is not None
+        return f"{self.detector} detector + {self.crop_size} px aligned crops + {self.model.describe()}"
+
+    def describe_threshold(self) -> str:
+        c = self.calibration
+        if c is None:
+            return (f"threshold {self.threshold:.4f} is the uncalibrated default of the {self.backend} backend; "
+                    "run `lookalike faces calibrate PAIRS --root DIR` to set one for a chosen false-accept rate")
+        return (f"threshold {self.threshold:.4f} calibrated on {c.pairs_file} for FAR <= {c.far_target:g} "
+                f"(TAR {c.tar:.4f} at FAR {c.far:.4f} over {c.same} same / {c.different} different pairs)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detector": self.detector, "backend": self.backend,
+                "model": None if self.model is None else self.model.to_dict(), "crop_size": self.crop_size,
+                "threshold": self.threshold,
+                "calibration": None if self.calibration is None else dataclasses.asdict(self.calibration)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FaceSettings":
+        return cls(detector=d["detector"], backend=d["backend"],
+                   model=None if d.get("model") is None else ModelConfig.from_dict(d["model"]),
+                   crop_size=d["crop_size"], threshold=d.get("threshold"),
+                   calibration=None if d.get("calibration") is None else Calibration(**d["calibration"]))
+
+
+# ---------------------------------------------------------------------------------------------- embedders
+class FaceEmbedder(Protocol):
+    """``embed((H, W, 3) uint8 RGB, faces) -> (len(faces), dim)`` float32 unit vectors."""
+
+    dim: int
+
+    def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
+
+
+class AlignedFaceEmbedder:
+    """The lookalike network on aligned face crops: each face is aligned (:func:`align_face`) into a
+    ``crop_size`` square and the crops of one photo are embedded as one batch."""
+
+    def __init__(self, embedder: Any, crop_size: int) -> None:
+        self.embedder, self.crop_size = embedder, crop_size
+        self.dim = embedder.dim
+
+    def crops(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(len(faces), S, S, 3)`` uint8 aligned crops."""
+        return np.stack([align_face(pixels, f, self.crop_size) for f in faces])
+
+    def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        if not faces:
+            return np.zeros((0, self.dim), np.float32)
+        return _unit(self.embedder.embed_batch(self.crops(pixels, faces)))
+
+
+DetectorFactory = Callable[[str], FaceDetector]
+FaceEmbedderFactory = Callable[[FaceSettings, RuntimeOptions], FaceEmbedder]
+
+
+def default_face_embedder(settings: FaceSettings, runtime: RuntimeOptions) -> FaceEmbedder:
+    """The embedder ``settings`` name: :class:`AlignedFaceEmbedder` over the lookalike network, or dlib's."""
+    if settings.backend == "dlib":
+        from retrieval.dlib_backend import DlibFaceEncoder
+
+        return DlibFaceEncoder()
+    from retrieval.model import Embedder
+
+    assert settings.model is not None
+    return AlignedFaceEmbedder(Embedder(settings.model, runtime), settings.crop_size)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class Decision:
+    """A 1:1 verdict. ``score``: cosine similarity (``None`` when a photo held no face: ``same`` is then
+    false and ``reason`` says why). ``box``: the probe face used (original pixels); ``other_box``: the
+    second photo's face (:meth:`FaceGallery.verify_pair`). ``note``: how the threshold was set."""
+
+    same: bool
+    score: float | None
+    threshold: float
+    calibrated: bool
+    box: Box | None = None
+    other_box: Box | None = None
+    name: str | None = None
+    faces: int = 0
+    reason: str | None = None
+    note: str = ""
+
+
+@dataclass
+class EnrollReport:
+    name: str
+    enrolled: list[tuple[str, Box]] = field(default_factory=list)
+    #: photos in which no face was found
+    no_face: list[str] = field(default_factory=list)
+    #: photos with several faces: (path, count); the largest was enrolled
+    several_faces: list[tuple[str, int]] = field(default_factory=list)
+    #: photos already enrolled for this person (same content)
+    duplicates: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total_faces: int = 0
+
+
+@dataclass
+class Candidate:
+    name: str
+    score: float
+
+
+@dataclass
+class FaceMatch:
+    """One face of an identification probe: its box, the best identities (best first) and the verdict:
+    the best identity's name when its score reaches the threshold, else ``"unknown"``."""
+
+    box: Box
+    identity: str
+    score: float | None
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass
+class FaceHit:
+    id: int
+    path: str
+    box: Box
+    score: float
+    identity: str | None = None
+
+
+@dataclass
+class FaceQuery:
+    """One face of a :meth:`FaceGallery.search_faces` query and the most similar indexed faces."""
+
+    box: Box
+    hits: list[FaceHit] = field(default_factory=list)
+
+
+@dataclass
+class FaceIndexReport(IndexReport):
+    """:class:`~indexer.engine.IndexReport` of a face indexing run; ``embedded`` counts photos processed."""
+
+    faces: int = 0
+    without_faces: int = 0
+
+    @property
+    def faces_per_second(self) -> float:
+        return self.faces / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+@dataclass
+class CalibrationReport:
+    settings: FaceSettings
+    pairs: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: set when the pairs are too few to measure the FAR asked for
+    warning: str | None = None
+
+
+@dataclass
+class IdentitySummary:
+    name: str
+    faces: int
+    added_at: Any = None
+
+
+@dataclass
+class _Probe:
+    """A decoded photo's faces: boxes in original pixels, ``(N, D)`` vectors."""
+
+    faces: list[Face]
+    boxes: list[Box]
+    vectors: np.ndarray
+    content_hash: str
+    width: int
+    height: int
+    #: original pixels per detection pixel
+    scale: float = 1.0
+    #: faces the detector found (``faces`` may keep only the largest)
+    detected: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+class FaceGallery:
+    """Faces of people (enrolled by name) and faces found in photos, kept with a collection.
+
+    ``detector_factory(name)`` builds the face detector, ``face_embedder_factory(settings, runtime)`` the
+    face embedder; both are built lazily, and tests pass fakes.
+    """
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        db_url: str | None = None,
+        runtime: RuntimeOptions | None = None,
+        detector_factory: DetectorFactory = build_detector,
+        face_embedder_factory: FaceEmbedderFactory = default_face_embedder,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        commit_every: int = 64,
+    ) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
+        self.runtime = runtime or RuntimeOptions()
+        self.max_pixels = max_pixels
+        self.commit_every = commit_every
+        self._detector_factory = detector_factory
+        self._embedder_factory = face_embedder_factory
+        self._detector: tuple[str, FaceDetector] | None = None
+        self._embedder: tuple[tuple, FaceEmbedder] | None = None
+        self._engine = db.make_engine(self.db_url)
+        self._files = {src: IndexFile(self.home, f, st) for src, (f, st, _) in _INDEX_FILES.items()}
+        self._indexes: dict[str, tuple[int, VectorIndex]] = {}
+        self._dim_known: int | None = None
+
+    # ------------------------------------------------------------------ settings
+    def _session(self) -> Session:
+        return Session(self._engine, expire_on_commit=False)
+
+    @property
+    def settings(self) -> FaceSettings:
+        with self._session() as s:
+            d = db.get_setting(s, _SETTINGS_KEY)
+        return FaceSettings() if d is None else FaceSettings.from_dict(d)
+
+    def configure(self, detector: str | None = None, backend: str | None = None, model: ModelConfig | None = None,
+                  crop_size: int | None = None, reembed: bool = False) -> list[tuple[str, str]]:
+        """Change the detector / backend / model / crop size (``None``: keep). A change that alters the vectors
+        while faces are stored is refused with :class:`ModelMismatchError` unless ``reembed``: then enrolled
+        faces are re-embedded from their photos and indexed photos are re-processed at the next
+        :meth:`index_folder`. Any such change drops the calibration. Returns ``(path, reason)`` of enrolled
+        faces that could not be re-embedded (and were dropped)."""
+        current = self.settings
+        changes: dict[str, Any] = {k: v for k, v in dict(detector=detector, backend=backend, model=model,
+                                                          crop_size=crop_size).items() if v is not None}
+        if model is not None and crop_size is None:
+            changes["crop_size"] = model.image_size  # the model's input size is the crop's
+        if backend is not None and backend != current.backend and model is None:
+            changes["model"] = None  # the new backend's default
+        from retrieval.face_detection import DETECTORS
+
+        if detector is not None and detector not in DETECTORS:
+            raise LookalikeError(f"unknown face detector {detector!r}; known: {', '.join(DETECTORS.names())}")
+        try:
+            new = dataclasses.replace(current, **changes)
+        except ValueError as exc:
+            raise LookalikeError(str(exc)) from None
+        if new.embedding_key() == current.embedding_key():
+            self._store_settings(new)
+            return []
+        new = new.uncalibrated()
+        lost: list[tuple[str, str]] = []
+        with write_lock(self.home):
+            with self._session() as s:
+                stored = s.scalar(select(func.count()).select_from(FaceRecord)) or 0
+            if stored and not reembed:
+                raise ModelMismatchError(
+                    f"the face gallery in {self.home} was embedded with {current.describe()}, not {new.describe()}; "
+                    f"re-run with --reembed to re-embed its {stored} faces, or use another --home")
+            self._store_settings(new)
+            if stored:
+                lost = self._reembed_all()
+        return lost
+
+    def _store_settings(self, settings: FaceSettings) -> None:
+        with self._session() as s, s.begin():
+            db.set_setting(s, _SETTINGS_KEY, settings.to_dict())
+
+    def _ensure_settings(self) -> FaceSettings:
+        with self._session() as s, s.begin():
+            d = db.get_setting(s, _SETTINGS_KEY)
+            if d is None:
+                db.set_setting(s, _SETTINGS_KEY, FaceSettings().to_dict())
+                return FaceSettings()
+        return FaceSettings.from_dict(d)
+
+    def _get_detector(self, settings: FaceSettings) -> FaceDetector:
+        if self._detector is None or self._detector[0] != settings.detector:
+            try:
+                self._detector = (settings.detector, self._detector_factory(settings.detector))
+            except (UnknownNameError, RuntimeError, OSError, ValueError) as exc:
+                raise LookalikeError(f"cannot build the face detector {settings.detector!r}: {exc}") from None
+        return self._detector[1]
+
+    def _get_embedder(self, settings: FaceSettings) -> FaceEmbedder:
+        key = settings.embedding_key()
+        if self._embedder is None or self._embedder[0] != key:
+            try:
+                self._embedder = (key, self._embedder_factory(settings, self.runtime))
+            except (UnknownNameError, RuntimeError, OSError, ValueError) as exc:
+                raise LookalikeError(f"cannot build the {settings.backend} face embedder: {exc}") from None
+        return self._embedder[1]
+
+    # ------------------------------------------------------------------ photos -> faces
+    def _read(self, path: str) -> np.ndarray | str:
+        try:
+            return load_image(path, None, self.max_pixels)
+        except ImageLoadError as exc:
+            return exc.reason
+
+    def _probe(self, loaded: Any, settings: FaceSettings, largest_only: bool = False) -> _Probe:
+        """Detect and embed the faces of a decoded photo (``LoadedImage``)."""
+        pixels = loaded.pixels
+        h, w = pixels.shape[:2]
+        scale = min(1.0, FACE_MAX_SIDE / max(h, w))
+        if scale < 1.0:
+            pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        faces = list(self._get_detector(settings).detect(pixels))
+        detected = len(faces)
+        if largest_only and faces:
+            faces = [max(faces, key=lambda f: (f.area, f.score))]
+        vecs = self._get_embedder(settings).embed(pixels, faces) if faces else np.zeros((0, 0), np.float32)
+        back = loaded.width / pixels.shape[1]
+        boxes = [tuple(float(v) * back for v in f.box) for f in faces]
+        self._remember_dim(vecs)
+        return _Probe(faces, boxes, _unit(vecs) if len(faces) else vecs, loaded.content_hash, loaded.width,
+                      loaded.height, back, detected)
+
+    def _remember_dim(self, vecs: np.ndarray) -> None:
+        if vecs.size and self._dim_known != vecs.shape[1]:
+            with self._session() as s, s.begin():
+                db.set_setting(s, _DIM_KEY, int(vecs.shape[1]))
+            self._dim_known = vecs.shape[1]
+
+    def _probe_path(self, image: str | Path, settings: FaceSettings, largest_only: bool = False) -> _Probe:
+        path = str(Path(image).expanduser())
+        loaded = self._read(path)
+        if isinstance(loaded, str):
+            raise LookalikeError(f"cannot read {path}: {loaded}")
+        return self._probe(loaded, settings, largest_only)
+
+    @staticmethod
+    def _face_row(probe: _Probe, i: int, path: str, source: str, **extra: Any) -> FaceRecord:
+        face = probe.faces[i]
+        marks = None if face.landmarks is None else json.dumps((face.landmarks * probe.scale).round(2).tolist())
+        return FaceRecord(source=source, path=path, content_hash=probe.content_hash,
+                          x0=probe.boxes[i][0], y0=probe.boxes[i][1], x1=probe.boxes[i][2], y1=probe.boxes[i][3],
+                          landmarks=marks, score=float(face.score),
+                          vector=probe.vectors[i].astype(np.float32).tobytes(), **extra)
+
+    # ------------------------------------------------------------------ enrolment
+    def enroll(self, name: str, images: Iterable[str | Path]) -> EnrollReport:
+        """Enrol ``name`` from photos (the largest face of each). Photos without a face, unreadable ones and
+        photos already enrolled for ``name`` are reported, not errors. Creates the identity when new."""
+        name = name.strip()
+        if not name:
+            raise LookalikeError("an identity needs a non-empty name")
+        if name == UNKNOWN:
+            raise LookalikeError(f"{UNKNOWN!r} is reserved for faces that match nobody; choose another name")
+        report = EnrollReport(name=name)
+        settings = self._ensure_settings()
+        with write_lock(self.home):
+            start = self._version(ENROL)
+            with self._session() as s, s.begin():
+                ident = s.scalar(select(Identity).where(Identity.name == name))
+                if ident is None:
+                    ident = Identity(name=name)
+                    s.add(ident)
+                    s.flush()
+                known = set(s.scalars(select(FaceRecord.content_hash).where(FaceRecord.identity_id == ident.id)))
+                ident_id = ident.id
+            added: set[int] = set()
+            for image in images:
+                path = str(Path(image).expanduser().resolve())
+                loaded = self._read(path)
+                if isinstance(loaded, str):
+                    report.skipped.append((path, loaded))
+                    continue
+                if loaded.content_hash in known:
+                    report.duplicates.append(path)
+                    continue
+                probe = self._probe(loaded, settings)
+                if not probe.faces:
+                    report.no_face.append(path)
+                    continue
+                if len(probe.faces) > 1:
+                    report.several_faces.append((path, len(probe.faces)))
+                best = max(range(len(probe.faces)), key=lambda i: (probe.faces[i].area, probe.faces[i].score))
+                with self._session() as s, s.begin():
+                    row = self._face_row(probe, best, path, ENROL, identity_id=ident_id)
+                    s.add(row)
+                    s.flush()
+                    added.add(row.id)
+                    db.bump_vector_version(s, _INDEX_FILES[ENROL][2])
+                known.add(loaded.content_hash)
+                report.enrolled.append((path, probe.boxes[best]))
+            with self._session() as s, s.begin():
+                report.total_faces = s.scalar(select(func.count()).where(FaceRecord.identity_id == ident_id)) or 0
+                if report.total_faces == 0:  # nothing usable: do not keep an empty identity
+                    s.execute(delete(Identity).where(Identity.id == ident_id))
+            self._update_index(ENROL, start, added, set())
+        return report
+
+    def forget(self, name: str) -> int:
+        """Remove an identity and its enrolled faces. Returns the number of faces removed."""
+        with write_lock(self.home):
+            start = self._version(ENROL)
+            with self._session() as s, s.begin():
+                ident = s.scalar(select(Identity).where(Identity.name == name))
+                if ident is None:
+                    raise LookalikeError(self._unknown_name(s, name))
+                ids = set(s.scalars(select(FaceRecord.id).where(FaceRecord.identity_id == ident.id)))
+                s.execute(delete(FaceRecord).where(FaceRecord.identity_id == ident.id))
+                s.execute(delete(Identity).where(Identity.id == ident.id))
+                db.bump_vector_version(s, _INDEX_FILES[ENROL][2])
+            self._update_index(ENROL, start, set(), ids)
+        return len(ids)
+
+    def identities(self) -> list[IdentitySummary]:
+        with self._session() as s:
+            rows = s.execute(select(Identity.name, func.count(FaceRecord.id), Identity.added_at)
+                             .outerjoin(FaceRecord, FaceRecord.identity_id == Identity.id)
+                             .group_by(Identity.id).order_by(Identity.name)).all()
+        return [IdentitySummary(n, c, a) for n, c, a in rows]
+
+    def _unknown_name(self, s: Session, name: str) -> str:
+        names = list(s.scalars(select(Identity.name).order_by(Identity.name).limit(10)))
+        known = f"; enrolled: {', '.join(names)}" if names else "; nobody is enrolled yet (lookalike faces enroll NAME IMAGE...)"
+        return f"no identity named {name!r}{known}"
+
+    # ------------------------------------------------------------------ 1:1
+    def _decision(self, settings: FaceSettings, score: float | None, **kw: Any) -> Decision:
+        same = score is not None and score >= settings.threshold
+        return Decision(same=same, score=score, threshold=float(settings.threshold), calibrated=settings.calibrated,
+                        note=settings.describe_threshold(), **kw)
+
+    def verify(self, image: str | Path, name: str, aggregate: str = "max") -> Decision:
+        """Is the person in ``image`` (its largest face) ``name``? The score is the ``max`` (default) or
+        ``mean`` cosine similarity to ``name``'s enrolled faces."""
+        if aggregate not in ("max", "mean"):
+            raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+        settings = self.settings
+        with self._session() as s:
+            ident = s.scalar(select(Identity).where(Identity.name == name))
+            if ident is None:
+                raise LookalikeError(self._unknown_name(s, name))
+            _, gallery = vectors_from_rows(list(s.execute(
+                select(FaceRecord.id, FaceRecord.vector).where(FaceRecord.identity_id == ident.id))))
+        probe = self._probe_path(image, settings, largest_only=True)
+        if not probe.faces:
+            return self._decision(settings, None, name=name, reason=f"no face found in {image}")
+        if gallery.shape[0] == 0:
+            raise LookalikeError(f"{name!r} has no enrolled faces; enrol photos first")
+        if gallery.shape[1] != probe.vectors.shape[1]:
+            raise LookalikeError("the enrolled faces were made by another model; re-embed (faces index --reembed)")
+        sims = gallery @ probe.vectors[0]
+        score = float(sims.max() if aggregate == "max" else sims.mean())
+        return self._decision(settings, score, name=name, box=probe.boxes[0], faces=probe.detected)
+
+    def verify_pair(self, a: str | Path, b: str | Path) -> Decision:
+        """Are the largest faces of photos ``a`` and ``b`` the same person?"""
+        settings = self.settings
+        pa, pb = self._probe_path(a, settings, True), self._probe_path(b, settings, True)
+        missing = [str(p) for p, probe in ((a, pa), (b, pb)) if not probe.faces]
+        boxes = dict(box=pa.boxes[0] if pa.faces else None, other_box=pb.boxes[0] if pb.faces else None,
+                     faces=pa.detected)
+        if missing:
+            return self._decision(settings, None, reason="no face found in " + " and ".join(missing), **boxes)
+        return self._decision(settings, float(pa.vectors[0] @ pb.vectors[0]), **boxes)
+
+    # ------------------------------------------------------------------ 1:N
+    def identify(self, image: str | Path, k: int = 5) -> list[FaceMatch]:
+        """For every face in ``image`` (largest first): the ``k`` enrolled identities most like it (an
+        identity scores its best enrolled face), and the verdict (``"unknown"`` below the threshold).
+        A photo without faces gives ``[]``."""
+        settings = self.settings
+        probe = self._probe_path(image, settings)
+        if not probe.faces:
+            return []
+        per_face = self._search(ENROL, probe.vectors, max(8 * k, 64))  # several faces per identity
+        with self._session() as s:
+            owner = self._owners(s, {i for r in per_face for i, _ in r})
+        out: list[FaceMatch] = []
+        for box, results in zip(probe.boxes, per_face):
+            best: dict[str, float] = {}
+            for face_id, score in results:
+                who = owner.get(face_id)
+                if who is not None and score > best.get(who, -2.0):
+                    best[who] = score
+            ranked = sorted(best.items(), key=lambda t: -t[1])[:k]
+            cands = [Candidate(n, sc) for n, sc in ranked]
+            top = cands[0] if cands else None
+            verdict = top.name if top is not None and top.score >= settings.threshold else UNKNOWN
+            out.append(FaceMatch(box=box, identity=verdict, score=top.score if top else None, candidates=cands))
+        return out
+
+    def _owners(self, s: Session, face_ids: set[int]) -> dict[int, str]:
+        owner: dict[int, str] = {}
+        for chunk in _chunks(sorted(face_ids), 500):
+            owner.update((r[0], r[1]) for r in s.execute(
+                select(FaceRecord.id, Identity.name).join(Identity, FaceRecord.identity_id == Identity.id)
+                .where(FaceRecord.id.in_(chunk))))
+        return owner
+
+    def search_faces(self, image: str | Path, k: int = 10) -> list[FaceQuery]:
+        """For every face in ``image``: the ``k`` faces of indexed photos most like it, best first."""
+        settings = self.settings
+        probe = self._probe_path(image, settings)
+        if not probe.faces:
+            return []
+        per_face = self._search(INDEX, probe.vectors, k)
+        wanted = sorted({i for r in per_face for i, _ in r})
+        rows: dict[int, Any] = {}
+        with self._session() as s:
+            for chunk in _chunks(wanted, 500):
+                for r in s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
+                                          FaceRecord.y1).where(FaceRecord.id.in_(chunk))):
+                    rows[r[0]] = r
+        return [FaceQuery(box=box, hits=[FaceHit(i, rows[i][1], tuple(rows[i][2:6]), sc)
+                                         for i, sc in results if i in rows])
+                for box, results in zip(probe.boxes, per_face)]
+
+    def _search(self, source: str, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        index = self._current_index(source)
+        if len(index) == 0:
+            return [[] for _ in range(len(vectors))]
+        if index.dim != vectors.shape[1]:
+            raise LookalikeError(f"the face index holds {index.dim}-d vectors but the face model makes "
+                                 f"{vectors.shape[1]}-d ones; re-embed with --reembed")
+        scores, ids = index.search(np.ascontiguousarray(vectors, np.float32), min(k, len(index)))
+        return [[(int(i), float(sc)) for sc, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+    # ------------------------------------------------------------------ folders
+    def index_folder(self, folder: str | Path, progress: Progress | None = None) -> FaceIndexReport:
+        """Find and embed every face of every photo under ``folder``. Incremental, as
+        :meth:`Collection.index_folder <indexer.engine.Collection.index_folder>`: unchanged photos are not
+        read again, moved ones are followed, deleted ones dropped; corrupt files are skipped and reported."""
+        progress = progress or NullProgress()
+        t0 = time.perf_counter()
+        root = Path(folder).expanduser()
+        try:
+            scan = scan_folder(root, IMAGE_EXTENSIONS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise LookalikeError(str(exc)) from None
+        root = root.resolve()
+        report = FaceIndexReport(folder=str(root), scanned=len(scan.files), ignored=scan.ignored)
+        report.skipped.extend((d, f"cannot list folder ({why})") for d, why in scan.unreadable_dirs)
+        settings = self._ensure_settings()
+        with write_lock(self.home):
+            start = self._version(INDEX)
+            added: set[int] = set()
+            removed: set[int] = set()
+            todo = self._sync_photos(root, scan, report, removed)
+            if todo:
+                self._process_photos(todo, settings, report, added, progress)
+            total = self._update_index(INDEX, start, added, removed)
+        report.total_indexed = total
+        report.index_kind = self._indexes[INDEX][1].kind
+        report.total_seconds = time.perf_counter() - t0
+        return report
+
+    def _sync_photos(self, root: Path, scan: ScanResult, report: FaceIndexReport, removed: set[int]) -> list[tuple[int, str]]:
+        """Apply the scan to ``face_photos``; return the ``(photo id, path)`` to (re)process. Face ids of
+        photos that changed or went away are added to ``removed``."""
+        prefix = str(root).rstrip(os.sep) + os.sep
+        with self._session() as s, s.begin():
+            known = [KnownFile(*r) for r in s.execute(
+                select(FacePhoto.id, FacePhoto.path, FacePhoto.size, FacePhoto.mtime_ns, FacePhoto.status,
+                       FacePhoto.content_hash).where(FacePhoto.path.startswith(prefix, autoescape=True)))]
+            plan = plan_sync(scan.files, known, _hash_or_none, PENDING)
+            by_id = {k.id: k for k in known}
+            stat = {f.path: (f.size, f.mtime_ns) for f in scan.files}
+            report.new, report.moved, report.resumed = len(plan.new), len(plan.moved), len(plan.resume)
+            report.unchanged = plan.unchanged
+            report.earlier_errors = sum(1 for k in known if k.status == ERROR and stat.get(k.path) == (k.size, k.mtime_ns))
+            drop_faces: list[int] = [pid for pid, _ in plan.resume]
+            for pid, f in plan.moved:
+                s.execute(update(FacePhoto).where(FacePhoto.id == pid).values(path=f.path, size=f.size, mtime_ns=f.mtime_ns))
+                s.execute(update(FaceRecord).where(FaceRecord.photo_id == pid).values(path=f.path))
+            todo = [(pid, f.path) for pid, f in plan.resume]
+            for pid, f in plan.changed:
+                same_content = by_id[pid].status != PENDING and by_id[pid].content_hash == _hash_or_none(f.path)
+                values: dict[str, Any] = dict(size=f.size, mtime_ns=f.mtime_ns)
+                if same_content:
+                    report.unchanged += 1
+                else:
+                    values.update(status=PENDING, error=None)
+                    drop_faces.append(pid)
+                    todo.append((pid, f.path))
+                    report.changed += 1
+                s.execute(update(FacePhoto).where(FacePhoto.id == pid).values(**values))
+            drop_faces.extend(plan.removed)
+            for chunk in _chunks(drop_faces, 500):
+                removed.update(s.scalars(select(FaceRecord.id).where(FaceRecord.photo_id.in_(chunk))))
+                s.execute(delete(FaceRecord).where(FaceRecord.photo_id.in_(chunk)))
+            for chunk in _chunks(plan.removed, 500):
+                s.execute(delete(FacePhoto).where(FacePhoto.id.in_(chunk)))
+            report.removed = len(plan.removed)
+            rows = [FacePhoto(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
+            s.add_all(rows)
+            s.flush()
+            todo.extend((r.id, r.path) for r in rows)
+            if removed:
+                db.bump_vector_version(s, _INDEX_FILES[INDEX][2])
+        return todo
+
+    def _process_photos(self, todo: list[tuple[int, str]], settings: FaceSettings, report: FaceIndexReport,
+                        added: set[int], progress: Progress) -> None:
+        self._get_detector(settings), self._get_embedder(settings)  # fail before reading anything
+        progress.start(len(todo), "faces")
+        batch: list[tuple[dict, list[FaceRecord]]] = []
+        t0 = time.perf_counter()
+
+        def flush() -> None:
+            if not batch:
+                return
+            with self._session() as s, s.begin():
+                s.execute(update(FacePhoto), [u for u, _ in batch])
+                rows = [r for _, rs in batch for r in rs]
+                s.add_all(rows)
+                s.flush()
+                added.update(r.id for r in rows)
+                db.bump_vector_version(s, _INDEX_FILES[INDEX][2])
+            batch.clear()
+
+        try:
+            # max_side None: decoded at full size; _probe shrinks large photos to FACE_MAX_SIDE.
+            for i, item in decoded([p for _, p in todo], None, workers=self.runtime.workers,  # type: ignore[arg-type]
+                                   max_pixels=self.max_pixels):
+                pid, path = todo[i]
+                if isinstance(item, str):
+                    batch.append((dict(id=pid, status=ERROR, error=item, faces=None), []))
+                    report.skipped.append((path, item))
+                else:
+                    try:
+                        probe: _Probe | None = self._probe(item.image, settings)
+                    except (ValueError, cv2.error) as exc:  # a photo the detector cannot take: report it
+                        probe, reason = None, f"face detection failed ({exc})"
+                        batch.append((dict(id=pid, status=ERROR, error=reason, faces=None), []))
+                        report.skipped.append((path, reason))
+                    if probe is not None:
+                        rows = [self._face_row(probe, j, path, INDEX, photo_id=pid) for j in range(len(probe.faces))]
+                        batch.append((dict(id=pid, status=INDEXED, error=None, faces=len(rows),
+                                           content_hash=probe.content_hash, width=probe.width, height=probe.height), rows))
+                        report.embedded += 1
+                        report.faces += len(rows)
+                        report.without_faces += not rows
+                progress.advance(1)
+                if len(batch) >= self.commit_every:
+                    flush()
+            flush()
+        finally:
+            progress.finish()
+            report.embed_seconds = time.perf_counter() - t0
+
+    def _reembed_all(self) -> list[tuple[str, str]]:
+        """After a model change: re-embed enrolled faces from their photos (the face nearest the stored box),
+        drop the indexed photos' faces and mark those photos for the next :meth:`index_folder`."""
+        settings = self.settings
+        lost: list[tuple[str, str]] = []
+        with self._session() as s:
+            enrolled = list(s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
+                                             FaceRecord.y1).where(FaceRecord.source == ENROL)))
+        updates, gone = [], []
+        for face_id, path, *box in enrolled:
+            loaded = self._read(path)
+            if isinstance(loaded, str):
+                lost.append((path, loaded))
+                gone.append(face_id)
+                continue
+            probe = self._probe(loaded, settings)
+            if not probe.faces:
+                lost.append((path, f"the {settings.detector} detector finds no face there"))
+                gone.append(face_id)
+                continue
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            j = min(range(len(probe.boxes)), key=lambda i: ((probe.boxes[i][0] + probe.boxes[i][2]) / 2 - cx) ** 2
+                    + ((probe.boxes[i][1] + probe.boxes[i][3]) / 2 - cy) ** 2)
+            row = self._face_row(probe, j, path, ENROL)
+            updates.append(dict(id=face_id, x0=row.x0, y0=row.y0, x1=row.x1, y1=row.y1, landmarks=row.landmarks,
+                                score=row.score, vector=row.vector, content_hash=row.content_hash))
+        with self._session() as s, s.begin():
+            if updates:
+                s.execute(update(FaceRecord), updates)
+            for chunk in _chunks(gone, 500):
+                s.execute(delete(FaceRecord).where(FaceRecord.id.in_(chunk)))
+            s.execute(delete(FaceRecord).where(FaceRecord.source == INDEX))
+            s.execute(update(FacePhoto).values(status=PENDING, size=-1, faces=None))
+            db.set_setting(s, _DIM_KEY, None)
+            for src in (ENROL, INDEX):
+                db.bump_vector_version(s, _INDEX_FILES[src][2])
+        self._indexes.clear()
+        self._dim_known = None
+        for src in (ENROL, INDEX):
+            self._update_index(src, 0, set(), set(), rebuild=True)
+        return lost
+
+    # ------------------------------------------------------------------ pairs files
+    def _embed_pairs(self, pairs_file: str | Path, image_root: str | Path) -> tuple[list, dict[str, np.ndarray], list[tuple[str, str]]]:
+        """The largest face of every image of a pairs file: ``(pairs, path -> vector, skipped)``."""
+        from retrieval.verification import read_pairs_file
+
+        try:
+            pairs = read_pairs_file(pairs_file, image_root)
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(f"cannot read the pairs file: {exc}") from None
+        settings = self.settings
+        paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+        vectors: dict[str, np.ndarray] = {}
+        skipped: list[tuple[str, str]] = []
+        for i, item in decoded(paths, None, workers=self.runtime.workers, max_pixels=self.max_pixels):  # type: ignore[arg-type]
+            if isinstance(item, str):
+                skipped.append((paths[i], item))
+                continue
+            probe = self._probe(item.image, settings, largest_only=True)
+            if probe.faces:
+                vectors[paths[i]] = probe.vectors[0]
+            else:
+                skipped.append((paths[i], "no face found"))
+        return pairs, vectors, skipped
+
+    def calibrate(self, pairs_file: str | Path, image_root: str | Path, far: float = 1e-3) -> CalibrationReport:
+        """Set the threshold to the lowest score whose false-accept rate on the pairs file's different-person
+        pairs is at most ``far`` (the highest TAR there), and store it with the TAR / FAR it achieved.
+        Pairs with an unreadable image or no face are left out and reported."""
+        from retrieval.verification import tar_at_far
+
+        if not 0.0 < far < 1.0:
+            raise LookalikeError(f"the false-accept rate must lie between 0 and 1, got {far}")
+        pairs, vectors, skipped = self._embed_pairs(pairs_file, image_root)
+        usable = [p for p in pairs if p.a in vectors and p.b in vectors]
+        same = np.array([p.same for p in usable], bool)
+        if same.all() or not same.any():
+            raise LookalikeError(f"calibration needs both same-person and different-person pairs with a face in "
+                                 f"each photo; {pairs_file} has {int(same.sum())} and {int((~same).sum())}")
+        scores = np.array([float(vectors[p.a] @ vectors[p.b]) for p in usable])
+        tar, threshold = tar_at_far(scores, same, far)
+        if not np.isfinite(threshold):
+            raise LookalikeError(f"no threshold keeps the false-accept rate at or below {far:g} on these pairs "
+                                 "(a different-person pair scores above every same-person pair); use more pairs")
+        achieved = float(np.mean(scores[~same] >= threshold))
+        n_diff = int((~same).sum())
+        warning = None
+        if n_diff * far < 1.0:
+            warning = (f"only {n_diff} different-person pairs: a FAR of {far:g} cannot be measured below "
+                       f"1/{n_diff} = {1 / n_diff:.2g}; the threshold is the strictest these pairs support")
+        cal = Calibration(pairs_file=str(Path(pairs_file).expanduser().resolve()), far_target=float(far),
+                          threshold=float(threshold), tar=float(tar), far=achieved, same=int(same.sum()),
+                          different=n_diff)
+        new = dataclasses.replace(self.settings, threshold=float(threshold), calibration=cal)
+        self._store_settings(new)
+        return CalibrationReport(settings=new, pairs=len(usable), skipped=skipped, warning=warning)
+
+    def evaluate(self, pairs_file: str | Path, image_root: str | Path) -> PairsReport:
+        """The LFW protocol on a pairs file with the gallery's face pipeline: k-fold accuracy, ROC AUC,
+        TAR@FAR (:func:`indexer.evaluate.score_pairs`, as ``lookalike eval --pairs``). Images that cannot
+        be read or hold no face are left out, with their pairs, and listed in ``skipped``."""
+        pairs, vectors, skipped = self._embed_pairs(pairs_file, image_root)
+        try:
+            metrics, n = score_pairs(pairs, vectors)
+        except ValueError as exc:
+            raise LookalikeError(f"cannot score {pairs_file}: {exc}") from None
+        return PairsReport(metrics=metrics, pairs=n, images=len(vectors), skipped=skipped)
+
+    # ------------------------------------------------------------------ face indexes
+    def _version(self, source: str) -> int:
+        with self._session() as s:
+            return int(db.get_setting(s, _INDEX_FILES[source][2], 0))
+
+    def _rows(self, s: Session, source: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = select(FaceRecord.id, FaceRecord.vector).where(FaceRecord.source == source)
+        if ids is None:
+            return vectors_from_rows(list(s.execute(q.order_by(FaceRecord.id))))
+        rows: list = []
+        for chunk in _chunks(sorted(ids), 500):
+            rows.extend(s.execute(q.where(FaceRecord.id.in_(chunk))))
+        return vectors_from_rows(rows)
+
+    def _build(self, source: str) -> VectorIndex:
+        with self._session() as s:
+            ids, vecs = self._rows(s, source)
+            dim = vecs.shape[1] if ids.size else int(db.get_setting(s, _DIM_KEY) or 1)
+        log.info("building the %s face index of %d vectors", source, len(ids))
+        return VectorIndex.build(ids, vecs if ids.size else np.zeros((0, dim), np.float32), IndexConfig(), dim=dim)
+
+    def _update_index(self, source: str, start_version: int, added: set[int], removed: set[int],
+                      rebuild: bool = False) -> int:
+        """Under the write lock, after the database changed: bring ``source``'s index file up to date
+        (apply the changes when the file was current at ``start_version``, else rebuild). Returns its size."""
+        version = self._version(source)
+        files = self._files[source]
+        index, state = files.load(IndexConfig())
+        with self._session() as s:
+            expected = s.scalar(select(func.count()).where(FaceRecord.source == source, FaceRecord.vector.is_not(None))) or 0
+            trusted = not rebuild and index is not None and state is not None and state.get("version") == start_version
+            if trusted and version != start_version:
+                assert index is not None
+                if removed:
+                    index.remove(np.fromiter(removed, np.int64))
+                ids, vecs = self._rows(s, source, added - removed)
+                if ids.size:
+                    if vecs.shape[1] != index.dim:
+                        trusted = False
+                    else:
+                        index.add(ids, vecs)
+        rebuilt = not trusted or index is None or len(index) != expected
+        if rebuilt:
+            index = self._build(source)
+        if rebuilt or state is None or state.get("version") != version or not files.index_path.exists():
+            files.save(index, version)
+        self._indexes[source] = (version, index)
+        return len(index)
+
+    def _current_index(self, source: str) -> VectorIndex:
+        """``source``'s index for searching, rebuilt from the database when its file is missing or stale."""
+        version = self._version(source)
+        cached = self._indexes.get(source)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        index, state = self._files[source].load(IndexConfig())
+        if index is None or state is None or state.get("version") != version:
+            log.warning("the %s face index file is missing or older than the database; rebuilding it", source)
+            index = self._build(source)
+            try:
+                with write_lock(self.home):
+                    self._files[source].save(index, version)
+            except LookalikeError:
+                log.info("collection busy; using the rebuilt face index without saving it")
+        self._indexes[source] = (version, index)
+        return index
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and settings, JSON-ready."""
+        settings = self.settings
+        with self._session() as s:
+            counts = {r[0]: r[1] for r in s.execute(select(FaceRecord.source, func.count()).group_by(FaceRecord.source))}
+            photos = {r[0]: r[1] for r in s.execute(select(FacePhoto.status, func.count()).group_by(FacePhoto.status))}
+            people = s.scalar(select(func.count()).select_from(Identity)) or 0
+        return {"home": str(self.home), "model": settings.describe(), "threshold": settings.threshold,
+                "calibrated": settings.calibrated, "threshold_note": settings.describe_threshold(),
+                "identities": people, "enrolled_faces": counts.get(ENROL, 0), "indexed_faces": counts.get(INDEX, 0),
+                "photos": sum(photos.values()), "photos_unreadable": photos.get(ERROR, 0)}
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return file_hash(path)
+    except OSError:
+        return None
