@@ -135,7 +135,7 @@ def model_options(fn: Any) -> Any:
 def mask_options(fn: Any) -> Any:
     """The options that choose how images are masked before embedding."""
     fn = click.option("--mask-apply", type=click.Choice(["pool", "pixels", "both"]),
-                      help="Use the mask inside pooling (default), on the pixels, or both.")(fn)
+                      help="Use the mask inside pooling, on the pixels (background set to the mean colour), or both (default).")(fn)
     return click.option("--mask", "mask_spec", metavar="SEGMENTER",
                         help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
                              "(see `lookalike models`); none: whole images.")(fn)

@@ -34,7 +34,9 @@ FILL_COLOUR = np.array([124, 116, 104], dtype=np.uint8)
 class MaskSettings:
     #: Segmenter spec (``grabcut``, ``unet:model.pt``, ``deeplab``, ...); ``None``: embed whole images.
     segmenter: str | None = None
-    apply: str = "pool"
+    #: "both" measured best with imperfect masks, "pixels" with perfect ones, "pool" worst
+    #: (benchmarks/bench_masked_retrieval.py; README).
+    apply: str = "both"
     #: Masks covering less than this share of the image, or more than 1 minus it, fall back to the whole image.
     min_fraction: float = DEFAULT_MIN_FRACTION
 

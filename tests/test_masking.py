@@ -184,7 +184,7 @@ def test_cli_index_with_a_mask_then_a_different_mask_needs_reembed(tmp_path):
     base = ["--home", str(home), "--workers", "0", "--device", "cpu"]
     res = runner.invoke(main, [*base, "index", str(folder), "--image-size", "64", "--mask", "grabcut"])
     assert res.exit_code == 0, res.output
-    assert "masking:   grabcut masks (pool)" in runner.invoke(main, [*base, "stats"]).output
+    assert "masking:   grabcut masks (both)" in runner.invoke(main, [*base, "stats"]).output
     res = runner.invoke(main, [*base, "index", str(folder), "--mask", "none"])
     assert res.exit_code == 1 and "--reembed" in res.output
     res = runner.invoke(main, [*base, "index", str(folder), "--mask", "no-such-segmenter", "--reembed"])
