@@ -19,10 +19,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,7 +66,7 @@ def models_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise DlibUnavailableError(f"the face-recognition-models package is not installed: {INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 def model_path(filename: str) -> Path:
@@ -87,22 +88,25 @@ def dlib_available() -> bool:
 
 
 # Loaded models are shared by every instance (the ResNet alone is 22 MB).
-@lru_cache(maxsize=None)
+@cache
 def _shape_predictor() -> Any:
+    log.debug("loading %s", model_path(SHAPE_5))
     return import_dlib().shape_predictor(str(model_path(SHAPE_5)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _resnet() -> Any:
+    log.debug("loading %s", model_path(RESNET))
     return import_dlib().face_recognition_model_v1(str(model_path(RESNET)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mmod() -> Any:
+    log.debug("loading %s", model_path(MMOD))
     return import_dlib().cnn_face_detection_model_v1(str(model_path(MMOD)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hog() -> Any:
     return import_dlib().get_frontal_face_detector()
 
@@ -118,7 +122,7 @@ def _rgb(pixels: np.ndarray) -> np.ndarray:
 def _rectangle(box: Sequence[float]) -> Any:
     """``(x0, y0, x1, y1)`` with exclusive ``x1, y1`` -> ``dlib.rectangle`` (inclusive corners)."""
     x0, y0, x1, y1 = box
-    return import_dlib().rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+    return import_dlib().rectangle(round(x0), round(y0), round(x1) - 1, round(y1) - 1)
 
 
 def shape_to_landmarks(shape: Any) -> np.ndarray:
@@ -163,6 +167,10 @@ class DlibDetector:
         s = working_scale(h, w, self.max_side)
         small = img if s == 1.0 else cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
                                                 interpolation=cv2.INTER_AREA)
+        # Smaller than the detection window (HOG 80 px, CNN ~40 px) even after upsampling: no face can be
+        # there, and dlib's CNN raises on inputs under ~7 px.
+        if min(small.shape[:2]) * 2 ** self.upsample < (80 if self.kind == "hog" else 40):
+            return []
         if self.kind == "hog":
             rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
         else:

@@ -12,14 +12,10 @@ bottom-right; a crop of side ``S`` with ``margin m`` shows that square plus ``m`
 
 from __future__ import annotations
 
-import logging
-
 import cv2
 import numpy as np
 
 from .face_detection import Face, check_pixels
-
-log = logging.getLogger(__name__)
 
 #: The canonical face in a unit square, rows in ``LANDMARK_NAMES`` order: eye centres, nose base, mouth
 #: corners. Measured with dlib's 68-point model on 599 random LFW photos, after putting the eyes at
@@ -35,7 +31,9 @@ CANONICAL_FACE = np.array(
     dtype=np.float64)
 
 #: Default margin: 20% of the face square on each side, so the 160 px crop shows the forehead and chin,
-#: with the eyes ~48 px apart.
+#: with the eyes ~48 px apart. (For the *untrained* ImageNet model on LFW folds 1-3, margins 0 / 0.2 / 0.5
+#: / 0.8 gave 67.6 / 70.7 / 71.5 / 70.9% accuracy: it leans on hair and background; a trained face
+#: network is expected to prefer the face itself.)
 DEFAULT_MARGIN = 0.2
 
 

@@ -1,0 +1,265 @@
+"""LFW face verification with a real face front end: dlib's descriptor beside the ImageNet baseline.
+
+Protocol. Data: LFW deep-funneled (Huang et al. 2007; Huang, Mattar, Lee & Learned-Miller 2012), 13,233
+photos of 5,749 people, 250x250, the labelled person centred. Pairs: View 2 ``pairs.txt``, 10 folds of 300
+"same" + 300 "different" pairs, folds disjoint in people. Score of a pair: cosine similarity of the two
+images' L2-normalised vectors. Accuracy: the LFW "unrestricted, labelled outside data" protocol - for each
+fold, the threshold that maximises accuracy on the other 9 folds is applied to it; the mean and standard
+deviation of the 10 fold accuracies are reported (``retrieval.verification.kfold_verification`` via
+``indexer.evaluate.score_pairs``, the code behind ``lookalike eval --pairs``; lookalike models embed through
+``indexer.evaluate.embed_paths``), with ROC AUC and TAR at FAR 1e-3 / 1e-2 over all 6,000 pairs. No pair is dropped: an image where no face is found is still scored, from a fallback crop.
+
+Rows:
+
+- ``dlib``: dlib's own pipeline - HOG detector (no upsampling: LFW faces are ~110 px), the face nearest the
+  centre, its 5-point shape predictor and ``compute_face_descriptor`` (150 px chip, padding 0.25, no
+  jitter), the 128-d vectors L2-normalised. Fallback when no face is found: the median dlib box on LFW,
+  (77, 89)-(183, 183).
+- ``imagenet-aligned``: the untrained lookalike model (EfficientNet-Lite0 ImageNet + GeM) on the aligned
+  crops written by ``python -m benchmarks.prepare_lfw_faces`` (Haar detector + eye cascade, similarity
+  alignment, 160 px), embedded at 160 px.
+- ``imagenet-whole``: the same model on the whole 250x250 photos at its default 224 px (no face
+  detection), the figure in the README.
+- ``trained`` (with ``--weights CKPT``): a trained lookalike checkpoint (``retrieval.model.Embedder``) on the
+  same aligned crops; its model configuration is read from the checkpoint.
+
+Speed (same machine, same run, ``--speed-images`` photos decoded in memory, one thread): faces/s of
+detection alone (Haar at the LFW settings and at the defaults, dlib HOG), and of the whole front end per
+photo - detection + alignment + embedding - for Haar + ImageNet model and for dlib.
+
+Published anchors (10 folds): FaceNet 99.63% (Schroff et al. 2015), dlib ResNet 99.38% (dlib.net).
+
+Each row's vectors are cached in ``benchmarks/results/lfw_faces_cache/`` (reused while the image list and
+model configuration match), so adding a row later costs only that row:
+``--rows "" --weights CKPT --speed-images 0``.
+
+    python -m benchmarks.prepare_lfw_faces                     # once: the aligned crops
+    python -m benchmarks.bench_faces_lfw [--rows dlib,imagenet-aligned,imagenet-whole] [--weights CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.common import RESULTS, machine, require_dataset, write_json
+from benchmarks.prepare_lfw_faces import lfw_detector, pick_face
+from indexer.evaluate import embed_paths, score_pairs
+from retrieval.checkpoint import load_checkpoint
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.face_alignment import align_face
+from retrieval.face_detection import Face, build_detector
+from retrieval.model import Embedder
+from retrieval.verification import read_pairs_file
+
+ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
+ROWS = ("dlib", "imagenet-aligned", "imagenet-whole")
+#: Median dlib HOG box over 300 random LFW deep-funneled photos (x1, y1 exclusive).
+LFW_DLIB_BOX = (77.0, 89.0, 183.0, 183.0)
+
+
+def load_rgb(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def summarise(metrics: dict[str, Any], pairs: int, **extra: Any) -> dict[str, Any]:
+    out = {k: round(float(metrics[k]), 4) for k in ("accuracy", "accuracy_std", "auc", "tar@far=1e-3", "tar@far=1e-2")}
+    out["fold_accuracies"] = [round(float(a), 4) for a in metrics["fold_accuracies"]]
+    return {**out, "pairs": pairs, **extra}
+
+
+def dlib_vectors(paths: list[str], cache: Path | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """dlib descriptors of ``paths`` (face nearest the centre, else the fallback box); cached in ``cache``."""
+    from retrieval.dlib_backend import DlibFaceEncoder
+
+    if cache is not None and cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        if list(data["paths"]) == paths:
+            info = json.loads(str(data["info"]))
+            print(f"dlib vectors read from {cache}", flush=True)
+            return dict(zip(paths, data["vectors"])), info
+    det = lfw_detector("dlib-hog", max_side=250)
+    enc = DlibFaceEncoder()
+    vecs = np.zeros((len(paths), 128), np.float32)
+    fallback = 0
+    t0 = time.perf_counter()
+    for i, p in enumerate(tqdm(paths, unit="img", desc="dlib")):
+        img = load_rgb(p)
+        face = pick_face(det.detect(img), img.shape[1], img.shape[0])
+        if face is None:
+            fallback += 1
+            face = Face(*LFW_DLIB_BOX)
+        vecs[i] = enc.embed(img, [face])[0]
+    seconds = time.perf_counter() - t0
+    info = {"images": len(paths), "fallback": fallback, "seconds": round(seconds, 1),
+            "images_per_second": round(len(paths) / seconds, 2)}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, paths=np.array(paths), vectors=vecs, info=json.dumps(info))
+    return dict(zip(paths, vecs)), info
+
+
+def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelConfig, workers: int,
+                 cache: Path | None) -> dict[str, Any]:
+    """The lookalike embedding pipeline (``indexer.evaluate.embed_paths``) on a folder in LFW layout, scored
+    on the pairs with ``score_pairs``; the vectors are cached in ``cache`` (reused when the model
+    configuration and the image list match)."""
+    rel = sorted({os.path.relpath(p, lfw_root) for pr in pairs for p in (pr.a, pr.b)})
+    paths = [str(image_root / r) for r in rel]
+    key = json.dumps({"config": config.to_dict(), "root": str(image_root)}, sort_keys=True)
+    if cache is not None and cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        if str(data["key"]) == key and list(data["paths"]) == paths:
+            print(f"vectors read from {cache}", flush=True)
+            vecs, ok, info = data["vectors"], data["ok"], json.loads(str(data["info"]))
+            return _score_rel(pairs, lfw_root, rel, vecs, ok, info)
+    embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, workers=workers))
+    t0 = time.perf_counter()
+    vecs, ok_list, skipped, _ = embed_paths(paths, embedder, batch_size=32, workers=workers)
+    seconds = time.perf_counter() - t0
+    ok = np.array(ok_list)
+    info = {"images": int(ok.sum()), "skipped": len(skipped), "model": config.describe(), "seconds": round(seconds, 1),
+            "images_per_second": round(len(paths) / seconds, 2)}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, key=key, paths=np.array(paths), vectors=vecs, ok=ok, info=json.dumps(info))
+    return _score_rel(pairs, lfw_root, rel, vecs, ok, info)
+
+
+def _score_rel(pairs: list, lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray,
+               info: dict[str, Any]) -> dict[str, Any]:
+    """Score ``pairs`` (paths under ``lfw_root``) with vectors of the same relative paths in another folder."""
+    vectors = {str(lfw_root / r): v for r, v, good in zip(rel, vecs, ok) if good}
+    metrics, n = score_pairs(pairs, vectors)
+    return summarise(metrics, n, **info)
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else float("inf")
+
+
+def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
+    """faces/s (photos/s; LFW has one target face per photo) of detection alone and of the whole front end."""
+    images = [load_rgb(p) for p in paths]
+    out: dict[str, Any] = {"photos": len(images), "photo_size": list(images[0].shape[:2])}
+    detectors = {"haar (LFW settings: 160 px copy, faces >= 1/4)": lfw_detector("haar", 160),
+                 "haar (defaults)": build_detector("haar")}
+    if with_dlib:
+        detectors["dlib-hog (upsample 0)"] = lfw_detector("dlib-hog", 250)
+        detectors["dlib-hog (upsample 1)"] = build_detector("dlib-hog", upsample=1)
+    detect_rates = {}
+    for name, det in detectors.items():
+        t0 = time.perf_counter()
+        for img in images:
+            det.detect(img)
+        detect_rates[name] = rate(len(images), time.perf_counter() - t0)
+    out["detection_faces_per_second"] = detect_rates
+
+    full = {}
+    haar = lfw_detector("haar", 160)
+    embedder = Embedder(ModelConfig(image_size=size), RuntimeOptions(device="cpu", batch_size=32, workers=0))
+    t0 = time.perf_counter()
+    crops = []
+    for img in images:
+        face = pick_face(haar.detect(img), img.shape[1], img.shape[0])
+        if face is not None:
+            crops.append(align_face(img, face, size))
+    t_align = time.perf_counter() - t0
+    for i in range(0, len(crops), 32):
+        embedder.embed_batch(np.stack(crops[i:i + 32]))
+    full["haar + align + imagenet lite0 (batches of 32)"] = rate(len(images), time.perf_counter() - t0)
+    full["haar + align only"] = rate(len(images), t_align)
+    if with_dlib:
+        from retrieval.dlib_backend import DlibFaceEncoder
+
+        det, enc = lfw_detector("dlib-hog", 250), DlibFaceEncoder()
+        t0 = time.perf_counter()
+        for img in images:
+            face = pick_face(det.detect(img), img.shape[1], img.shape[0])
+            if face is not None:
+                enc.embed(img, [face])
+        full["dlib-hog + 5-point + resnet descriptor"] = rate(len(images), time.perf_counter() - t0)
+    out["detect_align_embed_faces_per_second"] = full
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} ('' for none)")
+    ap.add_argument("--aligned", type=Path, default=RESULTS / "lfw-aligned-haar",
+                    help="aligned crops from benchmarks.prepare_lfw_faces")
+    ap.add_argument("--weights", default=None, help="a trained lookalike checkpoint: adds a 'trained' row on the aligned crops")
+    ap.add_argument("--size", type=int, default=160, help="embedding size of the aligned crops")
+    ap.add_argument("--speed-images", type=int, default=200, help="photos timed for the speed figures (0: skip)")
+    ap.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
+    ap.add_argument("--workers", type=int, default=1, help="decoding threads of the lookalike pipeline")
+    ap.add_argument("--out", default="faces_lfw.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+
+    root = require_dataset("lfw/lfw-deepfunneled")
+    pairs_file = require_dataset("lfw/pairs.txt")
+    pairs = read_pairs_file(pairs_file, root)
+    paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        ap.error(f"unknown rows {sorted(unknown)}; known: {', '.join(ROWS)}")
+    needs_aligned = "imagenet-aligned" in rows or args.weights
+    if needs_aligned and not args.aligned.is_dir():
+        ap.error(f"{args.aligned} does not exist: run python -m benchmarks.prepare_lfw_faces first")
+
+    results: dict[str, Any] = {}
+    cache = RESULTS / "lfw_faces_cache"  # vectors of each row, so that a later run (e.g. --weights) only adds rows
+    if "dlib" in rows:
+        vectors, info = dlib_vectors(paths, cache / "dlib_hog.npz")
+        metrics, n = score_pairs(pairs, vectors)
+        results["dlib"] = summarise(metrics, n, **info, pipeline="dlib-hog (upsample 0) + 5-point + resnet v1, L2n")
+        print("dlib", results["dlib"], flush=True)
+    if "imagenet-aligned" in rows:
+        results["imagenet-aligned"] = pipeline_row(pairs, args.aligned, root, ModelConfig(image_size=args.size),
+                                                   args.workers, cache / "imagenet_aligned.npz")
+        results["imagenet-aligned"]["crops"] = str(args.aligned)
+        print("imagenet-aligned", results["imagenet-aligned"], flush=True)
+    if "imagenet-whole" in rows:
+        results["imagenet-whole"] = pipeline_row(pairs, root, root, ModelConfig(), args.workers,
+                                                 cache / "imagenet_whole.npz")
+        print("imagenet-whole", results["imagenet-whole"], flush=True)
+    if args.weights:
+        trained = ModelConfig.from_dict(load_checkpoint(args.weights)["model_config"])
+        config = ModelConfig.from_dict({**trained.to_dict(), "weights": str(args.weights), "image_size": args.size})
+        results["trained"] = pipeline_row(pairs, args.aligned, root, config, args.workers, None)
+        results["trained"]["crops"] = str(args.aligned)
+        print("trained", results["trained"], flush=True)
+
+    payload: dict[str, Any] = {"benchmark": "lfw_view2_faces", "pairs_file": str(pairs_file), "rows": results,
+                               "anchors": ANCHORS}
+    prepared = RESULTS / "prepare_lfw_faces_haar.json"
+    if needs_aligned and prepared.exists():
+        p = json.loads(prepared.read_text())
+        payload["aligned_crops"] = {k: p.get(k) for k in ("images", "detected", "fallback", "several_faces",
+                                                          "eyes_estimated", "size", "margin")}
+    if args.speed_images:
+        from retrieval.dlib_backend import dlib_available
+
+        rng = np.random.default_rng(0)
+        sample = [paths[i] for i in sorted(rng.choice(len(paths), min(args.speed_images, len(paths)), replace=False))]
+        payload["speed"] = speed(sample, dlib_available(), args.size)
+    payload["machine"] = machine()
+    write_json(args.out, payload)
+
+
+if __name__ == "__main__":
+    main()
