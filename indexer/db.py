@@ -42,18 +42,25 @@ class Base(DeclarativeBase):
     pass
 
 
-class ImageRecord(Base):
+class TrackedFile:
+    """The columns of a file on disk that incremental sync follows (``indexer/scan.py: plan_sync``):
+    where it is, its size and mtime, its content hash, and whether it was processed or why it could not be.
+    (``sort_order``: these come first in the tables.)"""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+    path: Mapped[str] = mapped_column(String(4096), unique=True, sort_order=-1)
+    size: Mapped[int] = mapped_column(BigInteger, sort_order=-1)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, sort_order=-1)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True, sort_order=-1)
+    width: Mapped[int | None] = mapped_column(Integer, sort_order=-1)
+    height: Mapped[int | None] = mapped_column(Integer, sort_order=-1)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True, sort_order=-1)
+    error: Mapped[str | None] = mapped_column(Text, sort_order=-1)
+
+
+class ImageRecord(TrackedFile, Base):
     __tablename__ = "images"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String(4096), unique=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
-    error: Mapped[str | None] = mapped_column(Text)
     #: Raw (un-whitened) float32 descriptor bytes.
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     embed_seconds: Mapped[float | None] = mapped_column(Float)
@@ -95,7 +102,7 @@ class Identity(Base):
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-class FacePhoto(Base):
+class FacePhoto(TrackedFile, Base):
     """A photo seen by ``lookalike faces index``: how many faces it held, or why it could not be read.
 
     Its faces are the :class:`FaceRecord` rows with this ``photo_id``; a photo without faces has none.
@@ -103,15 +110,6 @@ class FacePhoto(Base):
 
     __tablename__ = "face_photos"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String(4096), unique=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
-    error: Mapped[str | None] = mapped_column(Text)
     faces: Mapped[int | None] = mapped_column(Integer)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)

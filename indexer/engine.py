@@ -173,7 +173,24 @@ EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], Embedder]
 MaskerFactory = Callable[[MaskSettings], Masker]
 
 
-class Collection:
+class Store:
+    """What a collection and a face gallery share: the home folder, the metadata database, run-time options."""
+
+    def __init__(self, home: str | Path | None, db_url: str | None, runtime: RuntimeOptions | None,
+                 max_pixels: int, commit_every: int) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
+        self.runtime = runtime or RuntimeOptions()
+        self.max_pixels = max_pixels
+        self.commit_every = commit_every
+        self._engine = db.make_engine(self.db_url)
+
+    def _session(self) -> Session:
+        return Session(self._engine, expire_on_commit=False)
+
+
+class Collection(Store):
     """A searchable image collection kept in ``home`` (or in the database at ``db_url``).
 
     Dependencies come in through the constructor: ``embedder_factory`` builds the network lazily (a rescan
@@ -190,25 +207,16 @@ class Collection:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,
     ) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
-        self.runtime = runtime or RuntimeOptions()
-        self.max_pixels = max_pixels
-        self.commit_every = commit_every
+        super().__init__(home, db_url, runtime, max_pixels, commit_every)
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
         self._masker_factory = masker_factory
         self._masker: Masker | None = None
-        self._engine = db.make_engine(self.db_url)
         self._index: VectorIndex | None = None
         self._index_version: int | None = None
         self._files = IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE)
 
     # ------------------------------------------------------------------ settings
-    def _session(self) -> Session:
-        return Session(self._engine, expire_on_commit=False)
-
     @property
     def model_config(self) -> ModelConfig | None:
         with self._session() as s:

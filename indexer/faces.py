@@ -43,15 +43,14 @@ from retrieval.registry import UnknownNameError
 from . import db
 from .db import ERROR, INDEXED, PENDING, FacePhoto, FaceRecord, Identity
 from .engine import (
-    DB_FILE,
     IndexFile,
     IndexReport,
     LookalikeError,
     ModelMismatchError,
     NullProgress,
     Progress,
+    Store,
     _chunks,
-    default_home,
     vectors_from_rows,
     write_lock,
 )
@@ -334,7 +333,7 @@ class _Probe:
 
 
 # ---------------------------------------------------------------------------------------------- gallery
-class FaceGallery:
+class FaceGallery(Store):
     """Faces of people (enrolled by name) and faces found in photos, kept with a collection.
 
     ``detector_factory(name)`` builds the face detector, ``face_embedder_factory(settings, runtime)`` the
@@ -351,25 +350,16 @@ class FaceGallery:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,
     ) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
-        self.runtime = runtime or RuntimeOptions()
-        self.max_pixels = max_pixels
-        self.commit_every = commit_every
+        super().__init__(home, db_url, runtime, max_pixels, commit_every)
         self._detector_factory = detector_factory
         self._embedder_factory = face_embedder_factory
         self._detector: tuple[str, FaceDetector] | None = None
         self._embedder: tuple[tuple, FaceEmbedder] | None = None
-        self._engine = db.make_engine(self.db_url)
         self._files = {src: IndexFile(self.home, f, st) for src, (f, st, _) in _INDEX_FILES.items()}
         self._indexes: dict[str, tuple[int, VectorIndex]] = {}
         self._dim_known: int | None = None
 
     # ------------------------------------------------------------------ settings
-    def _session(self) -> Session:
-        return Session(self._engine, expire_on_commit=False)
-
     @property
     def settings(self) -> FaceSettings:
         with self._session() as s:
