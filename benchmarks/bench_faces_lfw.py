@@ -22,6 +22,11 @@ Rows:
   detection), the figure in the README.
 - ``trained`` (with ``--weights CKPT``): a trained lookalike checkpoint (``retrieval.model.Embedder``) on the
   same aligned crops; its model configuration is read from the checkpoint.
+- ``trained-halves`` (with ``--trained-halves CKPT_1_5 CKPT_6_10``): our face network as the protocol wants it,
+  no fold scored by a network that saw its people: the checkpoint trained on the people of folds 1-5 scores
+  the pairs of folds 6-10 and the other the pairs of folds 1-5 (each half with the 5-fold protocol inside it);
+  train them with ``python -m benchmarks.bench_train_lfw --data benchmarks/results/lfw-aligned-haar --halves
+  both --keep``. Every row also reports its two halves scored the same way, and their mean, to compare with it.
 
 Speed (same machine, same run, ``--speed-images`` photos decoded in memory, one thread): faces/s of
 detection alone (Haar at the LFW settings and at the defaults, dlib HOG), and of the whole front end per
@@ -140,9 +145,25 @@ def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelCon
 def _score_rel(pairs: list, lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray,
                info: dict[str, Any]) -> dict[str, Any]:
     """Score ``pairs`` (paths under ``lfw_root``) with vectors of the same relative paths in another folder."""
-    vectors = {str(lfw_root / r): v for r, v, good in zip(rel, vecs, ok) if good}
+    return score_all(pairs, relative_vectors(lfw_root, rel, vecs, ok), info)
+
+
+def relative_vectors(lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
+    return {str(lfw_root / r): v for r, v, good in zip(rel, vecs, ok) if good}
+
+
+HALVES = {"folds 1-5": range(0, 5), "folds 6-10": range(5, 10)}
+
+
+def score_all(pairs: list, vectors: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
+    """All 10 folds, and each half on its own (5-fold protocol within the half), so that a row can be
+    compared with the ``trained`` row, whose halves come from two networks."""
     metrics, n = score_pairs(pairs, vectors)
-    return summarise(metrics, n, **info)
+    out = summarise(metrics, n, **info)
+    out["halves"] = {name: summarise(*score_pairs([p for p in pairs if p.fold in folds], vectors))
+                     for name, folds in HALVES.items()}
+    out["mean_of_halves"] = round(float(np.mean([h["accuracy"] for h in out["halves"].values()])), 4)
+    return out
 
 
 def rate(n: int, seconds: float) -> float:
@@ -200,6 +221,9 @@ def main() -> None:
     ap.add_argument("--aligned", type=Path, default=RESULTS / "lfw-aligned-haar",
                     help="aligned crops from benchmarks.prepare_lfw_faces")
     ap.add_argument("--weights", default=None, help="a trained lookalike checkpoint: adds a 'trained' row on the aligned crops")
+    ap.add_argument("--trained-halves", nargs=2, metavar=("CKPT_1_5", "CKPT_6_10"),
+                    help="two checkpoints trained on the people of folds 1-5 and of folds 6-10 (bench_train_lfw "
+                         "--halves both --keep): each half is scored by the one that never saw its people")
     ap.add_argument("--size", type=int, default=160, help="embedding size of the aligned crops")
     ap.add_argument("--speed-images", type=int, default=200, help="photos timed for the speed figures (0: skip)")
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
@@ -217,7 +241,7 @@ def main() -> None:
     unknown = set(rows) - set(ROWS)
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; known: {', '.join(ROWS)}")
-    needs_aligned = "imagenet-aligned" in rows or args.weights
+    needs_aligned = "imagenet-aligned" in rows or args.weights or args.trained_halves
     if needs_aligned and not args.aligned.is_dir():
         ap.error(f"{args.aligned} does not exist: run python -m benchmarks.prepare_lfw_faces first")
 
@@ -225,8 +249,7 @@ def main() -> None:
     cache = RESULTS / "lfw_faces_cache"  # vectors of each row, so that a later run (e.g. --weights) only adds rows
     if "dlib" in rows:
         vectors, info = dlib_vectors(paths, cache / "dlib_hog.npz")
-        metrics, n = score_pairs(pairs, vectors)
-        results["dlib"] = summarise(metrics, n, **info, pipeline="dlib-hog (upsample 0) + 5-point + resnet v1, L2n")
+        results["dlib"] = score_all(pairs, vectors, {**info, "pipeline": "dlib-hog (upsample 0) + 5-point + resnet v1, L2n"})
         print("dlib", results["dlib"], flush=True)
     if "imagenet-aligned" in rows:
         results["imagenet-aligned"] = pipeline_row(pairs, args.aligned, root, ModelConfig(image_size=args.size),
@@ -243,6 +266,22 @@ def main() -> None:
         results["trained"] = pipeline_row(pairs, args.aligned, root, config, args.workers, None)
         results["trained"]["crops"] = str(args.aligned)
         print("trained", results["trained"], flush=True)
+
+    if args.trained_halves:
+        rel = sorted({os.path.relpath(p, root) for pr in pairs for p in (pr.a, pr.b)})
+        halves = {}
+        # the network trained on folds 1-5 scores folds 6-10, and the other way round
+        for ckpt, (name, folds) in zip(reversed(args.trained_halves), HALVES.items()):
+            trained = ModelConfig.from_dict(load_checkpoint(ckpt)["model_config"])
+            config = ModelConfig.from_dict({**trained.to_dict(), "weights": str(ckpt), "image_size": args.size})
+            embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, workers=args.workers))
+            vecs, ok, _, _ = embed_paths([str(args.aligned / r) for r in rel], embedder, 32, args.workers)
+            half_pairs = [p for p in pairs if p.fold in folds]
+            halves[name] = {**summarise(*score_pairs(half_pairs, relative_vectors(root, rel, vecs, np.array(ok)))),
+                            "checkpoint": str(ckpt), "model": config.describe()}
+            print("trained", name, halves[name], flush=True)
+        results["trained-halves"] = {"halves": halves, "mean_of_halves": round(float(np.mean(
+            [h["accuracy"] for h in halves.values()])), 4), "crops": str(args.aligned)}
 
     payload: dict[str, Any] = {"benchmark": "lfw_view2_faces", "pairs_file": str(pairs_file), "rows": results,
                                "anchors": ANCHORS}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import RESULTS, machine, require_dataset, write_json
 from indexer.evaluate import score_pairs
 from indexer.train_data import FolderImages, Subset, split_classes
 from retrieval.checkpoint import load_checkpoint
@@ -54,6 +54,8 @@ def main() -> None:
                     help="supervised: also score with Radenović's whitening learned from training pairs after training")
     ap.add_argument("--data", type=Path, help="LFW images in NAME/NAME_0001.jpg layout (default: the shared "
                                               "deep-funneled photos; e.g. aligned face crops)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the checkpoints as benchmarks/results/lfw_trained_on_<folds>[_<data>].pt")
     ap.add_argument("--halves", choices=["AB", "BA", "both"], default="AB",
                     help="AB: train on half A, score half B; BA: the reverse; both: one after the other")
     args = ap.parse_args()
@@ -77,6 +79,9 @@ def main() -> None:
         before = score_half(EmbeddingNet(model), test_pairs, size)
         print("untrained", before, flush=True)
         out = Path(tempfile.mkdtemp()) / "lfw.pt"
+        if args.keep:
+            out = RESULTS / (f"lfw_trained_on_{train_half.start + 1}-{train_half.stop}"
+                             + ("" if args.data is None else f"_{args.data.name}") + ".pt")
         cfg = TrainConfig(loss=args.loss, triplet_strategy=args.strategy, epochs=args.epochs, lr=args.lr,
                           device="cpu", color_jitter=0.1, whitening=args.whitening)
         t0 = time.perf_counter()
