@@ -160,6 +160,8 @@ class Embedder:
     @torch.inference_mode()
     def embed_batch(self, pixels: np.ndarray | torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 RGB -> ``(N, D)`` float32 unit vectors."""
+        if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+            pixels = pixels.copy()  # e.g. a view of a decoded PIL image; torch wants memory it may write
         t = torch.as_tensor(pixels)
         if t.dim() != 4 or t.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) pixels, got {tuple(t.shape)}")
