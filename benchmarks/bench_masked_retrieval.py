@@ -17,6 +17,7 @@ pass (decode + segment + embed; the first apply mode's pass, with segmentation) 
 
     python -m benchmarks.composites benchmarks/results/composites     # build the set first (seconds)
     python -m benchmarks.bench_masked_retrieval [--composites DIR] [--segmenter unet:CKPT ...]
+    python -m benchmarks.bench_masked_retrieval --speed-only 160 --segmenter grabcut --segmenter unet:CKPT
 """
 
 from __future__ import annotations
@@ -82,12 +83,34 @@ def mean_iou(segmenter, root: Path) -> float:
     return float(np.mean(scores))
 
 
+def speed_only(db: Path, embedder: Embedder, runtime: RuntimeOptions, specs: list[str], n: int) -> None:
+    """Images/s of the embedding pipeline (decode + segment + embed) on the same ``n`` images, whole vs each
+    segmenter, interleaved over 3 rounds (median), so that a drifting machine affects all alike."""
+    from indexer.evaluate import embed_paths
+
+    paths = sorted(str(p) for p in db.rglob("*.jpg"))[:n]
+    maskers: dict[str, Masker | None] = {"whole": None}
+    maskers.update({spec: Masker(MaskSettings(segmenter=spec)) for spec in specs})
+    rates: dict[str, list[float]] = {name: [] for name in maskers}
+    embed_paths(paths[:8], embedder, runtime.batch_size, runtime.workers)  # warm-up
+    for _ in range(3):
+        for name, masker in maskers.items():
+            rates[name].append(embed_paths(paths, embedder, runtime.batch_size, runtime.workers, masker)[3])
+    medians = {name: round(float(np.median(r)), 2) for name, r in rates.items()}
+    write_json("masked_indexing_speed.json", {
+        "benchmark": "indexing_speed_with_masks", "images": len(paths), "images_per_second_median": medians,
+        "ratio_to_whole": {k: round(v / medians["whole"], 3) for k, v in medians.items()},
+        "rounds": rates, "machine": machine()})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--composites", type=Path, default=RESULTS / "composites")
     ap.add_argument("--segmenter", action="append", default=None, help="segmenter spec (repeatable; default grabcut)")
     ap.add_argument("--apply", action="append", choices=MASK_APPLY, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed-only", type=int, metavar="N", default=0,
+                    help="only time indexing of N database images: whole vs each segmenter, 3 interleaved rounds")
     args = ap.parse_args()
     root = args.composites
     if not (root / "images" / "database").is_dir():
@@ -109,6 +132,9 @@ def main() -> None:
         print(name, rows[name], flush=True)
         return rep.metrics["mAP"]
 
+    if args.speed_only:
+        speed_only(db, embedder, runtime, args.segmenter or ["grabcut"], args.speed_only)
+        return
     run("whole", None)
     applies = args.apply or list(MASK_APPLY)
     ious: dict[str, float] = {}
