@@ -82,6 +82,10 @@ class TrainConfig:
     #: training, stored as the best checkpoint's whitening layer.
     whitening: str = "none"
     whitening_dim: int | None = None  # default: the pooled dimension (capped by the number of images - 1)
+    #: "supervised": regularisation of the within-class covariance (``learn_supervised_whitening``'s ridge).
+    #: Measured on LFW (aligned faces, network trained on folds 1-5, pairs of folds 6-10): ridge 1e-3 -> 78.7%,
+    #: 0.1 -> 82.0%, 1.0 -> 84.3% (256-d: 84.8%) against 84.7% without whitening; so the default is 1.0.
+    whitening_ridge: float = 1.0
     #: R-MAC only: learn the regional PCA-whitening from the training images first, then train it.
     region_whitening: bool = True
     #: PCA shrinkage of the initial whitenings (0: plain PCA-whitening; see learn_pca_whitening).
@@ -349,7 +353,7 @@ class Trainer:
         x = embed_all(net, sample, size, self.device, whiten=False)
         pairs = positive_pairs(sample.labels, rng=cfg.seed, per_class=WHITENING_PAIRS_PER_CLASS)
         dim = min(cfg.whitening_dim or x.shape[1], x.shape[1], len(x) - 1)
-        w = learn_supervised_whitening(x, pairs, dim)
+        w = learn_supervised_whitening(x, pairs, dim, ridge=cfg.whitening_ridge)
         net.set_whitening(w.shift, w.proj)
         val_map = None
         if val is not None:
