@@ -268,16 +268,16 @@ def main() -> None:
         print("trained", results["trained"], flush=True)
 
     if args.trained_halves:
-        rel = sorted({os.path.relpath(p, root) for pr in pairs for p in (pr.a, pr.b)})
         halves = {}
         # the network trained on folds 1-5 scores folds 6-10, and the other way round
         for ckpt, (name, folds) in zip(reversed(args.trained_halves), HALVES.items()):
             trained = ModelConfig.from_dict(load_checkpoint(ckpt)["model_config"])
             config = ModelConfig.from_dict({**trained.to_dict(), "weights": str(ckpt), "image_size": args.size})
             embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, workers=args.workers))
-            vecs, ok, _, _ = embed_paths([str(args.aligned / r) for r in rel], embedder, 32, args.workers)
             half_pairs = [p for p in pairs if p.fold in folds]
-            halves[name] = {**summarise(*score_pairs(half_pairs, relative_vectors(root, rel, vecs, np.array(ok)))),
+            half_rel = sorted({os.path.relpath(p, root) for pr in half_pairs for p in (pr.a, pr.b)})
+            vecs, ok, _, _ = embed_paths([str(args.aligned / r) for r in half_rel], embedder, 32, args.workers)
+            halves[name] = {**summarise(*score_pairs(half_pairs, relative_vectors(root, half_rel, vecs, np.array(ok)))),
                             "checkpoint": str(ckpt), "model": config.describe()}
             print("trained", name, halves[name], flush=True)
         results["trained-halves"] = {"halves": halves, "mean_of_halves": round(float(np.mean(
