@@ -299,14 +299,23 @@ def _run_grabcut(small: np.ndarray, config: GrabCutConfig) -> np.ndarray:
     return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
 
-def grabcut_mask(pixels: np.ndarray, config: GrabCutConfig = GrabCutConfig()) -> np.ndarray:
-    """GrabCut foreground. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
+def segment_at_working_size(pixels: np.ndarray, max_side: int, keep_largest: int,
+                            segment: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+    """Run ``segment`` on a copy whose longest side is ``max_side``, clean its mask and scale it back:
+    ``(H, W, 3) -> (H, W) bool``. A plain image, or ``segment`` returning ``None``, gives the whole image."""
     rgb = as_rgb_uint8(pixels)
     shape = rgb.shape[:2]
-    small = downscale(rgb, config.max_side)
-    if too_plain(small):
+    small = downscale(rgb, max_side)
+    mask = None if too_plain(small) else segment(small)
+    if mask is None:
         return whole_image(shape)
-    return upscale_mask(clean_mask(_run_grabcut(small, config), config.keep_largest), shape)
+    return upscale_mask(clean_mask(mask, keep_largest), shape)
+
+
+def grabcut_mask(pixels: np.ndarray, config: GrabCutConfig = GrabCutConfig()) -> np.ndarray:
+    """GrabCut foreground. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
+    return segment_at_working_size(pixels, config.max_side, config.keep_largest,
+                                   lambda small: _run_grabcut(small, config))
 
 
 def _mean_field_smooth(unary: np.ndarray, config: LabKMeansConfig) -> np.ndarray:
@@ -323,11 +332,11 @@ def _mean_field_smooth(unary: np.ndarray, config: LabKMeansConfig) -> np.ndarray
 
 def lab_kmeans_mask(pixels: np.ndarray, config: LabKMeansConfig = LabKMeansConfig()) -> np.ndarray:
     """Colour clustering with a border background model. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
-    rgb = as_rgb_uint8(pixels)
-    shape = rgb.shape[:2]
-    small = downscale(rgb, config.max_side)
-    if too_plain(small):
-        return whole_image(shape)
+    return segment_at_working_size(pixels, config.max_side, config.keep_largest,
+                                   lambda small: _lab_kmeans_small(small, config))
+
+
+def _lab_kmeans_small(small: np.ndarray, config: LabKMeansConfig) -> np.ndarray | None:
     h, w = small.shape[:2]
     lab = to_lab(small).reshape(-1, 3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -339,20 +348,18 @@ def lab_kmeans_mask(pixels: np.ndarray, config: LabKMeansConfig = LabKMeansConfi
     affinity = (on_border / np.maximum(counts, 1)) / max(strip.mean(), 1e-6)
     unary = (affinity < config.border_affinity)[labels].reshape(h, w).astype(np.float32)
     if not unary.any():  # every colour touches the border
-        return whole_image(shape)
-    mask = _mean_field_smooth(unary, config) > 0.5
-    return upscale_mask(clean_mask(mask, config.keep_largest), shape)
+        return None
+    return _mean_field_smooth(unary, config) > 0.5
 
 
 def saliency_mask(pixels: np.ndarray, config: SaliencyConfig = SaliencyConfig()) -> np.ndarray:
     """The border-colour/centre prior thresholded by Otsu. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
-    rgb = as_rgb_uint8(pixels)
-    shape = rgb.shape[:2]
-    small = downscale(rgb, config.max_side)
-    if too_plain(small):
-        return whole_image(shape)
-    score = cv2.GaussianBlur(prior_score(small, config.prior, config.seed), (0, 0), 1.0)
-    return upscale_mask(clean_mask(score > otsu_threshold(score), config.keep_largest), shape)
+
+    def segment(small: np.ndarray) -> np.ndarray:
+        score = cv2.GaussianBlur(prior_score(small, config.prior, config.seed), (0, 0), 1.0)
+        return score > otsu_threshold(score)
+
+    return segment_at_working_size(pixels, config.max_side, config.keep_largest, segment)
 
 
 # ----------------------------------------------------------------------------------------------------------------
