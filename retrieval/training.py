@@ -390,7 +390,7 @@ def region_descriptors(net: EmbeddingNet, images: LabelledImages, size: int, dev
     out = []
     for i in range(len(images)):
         pixels = resize_longest(images.load(i), size)
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device)
+        x = torch.tensor(pixels).permute(2, 0, 1)[None].to(device)  # a copy: the pixels may be read-only
         fmap = net.features(net.normalise(x))
         out.append(rmac_region_descriptors(fmap, net.pool.levels)[0].float().cpu().numpy())
     net.train(was_training)
