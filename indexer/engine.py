@@ -28,6 +28,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
 from . import db
 from .db import ERROR, INDEXED, PENDING, ImageRecord
+from .errors import CollectionBusyError, LookalikeError, ModelMismatchError
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
@@ -40,18 +41,6 @@ DB_FILE = "lookalike.db"
 INDEX_FILE = "index.faiss"
 INDEX_STATE_FILE = "index.json"
 LOCK_FILE = "lock"
-
-
-class LookalikeError(Exception):
-    """An error whose message a person can act on (the CLI prints it as one line)."""
-
-
-class ModelMismatchError(LookalikeError):
-    pass
-
-
-class CollectionBusyError(LookalikeError):
-    pass
 
 
 def default_home() -> Path:
