@@ -9,14 +9,12 @@ database's vector version beside it, and rebuilt from the database whenever the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
@@ -29,6 +27,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 from . import db
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError
+from .store import IndexFile, NullProgress, Progress, Store, chunks, redact_url, write_lock
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
@@ -37,38 +36,8 @@ from .vector_index import IndexConfig, VectorIndex
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "lookalike.db"
 INDEX_FILE = "index.faiss"
 INDEX_STATE_FILE = "index.json"
-LOCK_FILE = "lock"
-
-
-def default_home() -> Path:
-    """``$LOOKALIKE_HOME``, else ``$XDG_DATA_HOME/lookalike``, else ``~/.local/share/lookalike``."""
-    env = os.environ.get("LOOKALIKE_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "lookalike"
-
-
-class Progress(Protocol):
-    """Progress reporting hooks; the CLI passes a progress bar, the library default does nothing."""
-
-    def start(self, total: int, description: str) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def finish(self) -> None: ...
-
-
-class NullProgress:
-    def start(self, total: int, description: str) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 @dataclass
@@ -160,23 +129,6 @@ class DoctorReport:
 
 EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], Embedder]
 MaskerFactory = Callable[[MaskSettings], Masker]
-
-
-class Store:
-    """What a collection and a face gallery share: the home folder, the metadata database, run-time options."""
-
-    def __init__(self, home: str | Path | None, db_url: str | None, runtime: RuntimeOptions | None,
-                 max_pixels: int, commit_every: int) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
-        self.runtime = runtime or RuntimeOptions()
-        self.max_pixels = max_pixels
-        self.commit_every = commit_every
-        self._engine = db.make_engine(self.db_url)
-
-    def _session(self) -> Session:
-        return Session(self._engine, expire_on_commit=False)
 
 
 class Collection(Store):
@@ -389,7 +341,7 @@ class Collection(Store):
                 report.changed += 1
                 vectors_changed = True
             if plan.removed:
-                for chunk in _chunks(plan.removed, 500):
+                for chunk in chunks(plan.removed, 500):
                     s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                 removed.update(plan.removed)
                 report.removed = len(plan.removed)
@@ -467,7 +419,7 @@ class Collection(Store):
         if ids is None:
             rows = list(s.execute(q.order_by(ImageRecord.id)))
         else:
-            for chunk in _chunks(sorted(ids), 500):
+            for chunk in chunks(sorted(ids), 500):
                 rows.extend(s.execute(q.where(ImageRecord.id.in_(chunk))))
         return vectors_from_rows(rows)
 
@@ -625,7 +577,7 @@ class Collection(Store):
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self._session() as s:
             rows = {}
-            for chunk in _chunks(sorted(wanted), 500):
+            for chunk in chunks(sorted(wanted), 500):
                 for r in s.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height)
                                    .where(ImageRecord.id.in_(chunk))):
                     rows[r[0]] = r
@@ -647,7 +599,7 @@ class Collection(Store):
                 prefix = p.rstrip(os.sep) + os.sep
                 ids = list(s.scalars(select(ImageRecord.id).where(
                     or_(ImageRecord.path == p, ImageRecord.path.startswith(prefix, autoescape=True)))))
-                for chunk in _chunks(ids, 500):
+                for chunk in chunks(ids, 500):
                     s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                 if ids:
                     db.bump_vector_version(s)
@@ -664,7 +616,7 @@ class Collection(Store):
         state = self._read_state()
         return Stats(
             home=str(self.home),
-            database=_redact(self.db_url),
+            database=redact_url(self.db_url),
             model=model.describe() if model else None,
             images=sum(counts.values()),
             indexed=counts.get(INDEXED, 0),
@@ -729,13 +681,13 @@ class Collection(Store):
                 return report
             with self._session() as s, s.begin():
                 if bad_vectors or len(dims) > 1:
-                    for chunk in _chunks(bad_vectors, 500):
+                    for chunk in chunks(bad_vectors, 500):
                         s.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk))
                                   .values(status=PENDING, vector=None, size=-1))
                     if bad_vectors:
                         report.repaired.append(f"{len(bad_vectors)} images marked for re-embedding on the next index run")
                 if prune_missing and missing_ids:
-                    for chunk in _chunks(missing_ids, 500):
+                    for chunk in chunks(missing_ids, 500):
                         s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                     report.repaired.append(f"forgot {len(missing_ids)} images whose files are gone")
                 db.bump_vector_version(s)
@@ -748,80 +700,3 @@ class Collection(Store):
         return report
 
 
-@contextlib.contextmanager
-def write_lock(home: Path) -> Iterator[None]:
-    """One writer at a time per home folder (an advisory lock, released if the process dies)."""
-    with open(home / LOCK_FILE, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CollectionBusyError(f"another lookalike process is writing to {home}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class IndexFile:
-    """A FAISS index file in ``home`` and the JSON state beside it (the database version it was saved at).
-
-    Both are written atomically (temp file + rename); an unreadable or missing file loads as ``None``: it is
-    a cache, rebuilt from the database by the caller.
-    """
-
-    def __init__(self, home: Path, index_name: str, state_name: str) -> None:
-        self.index_path = home / index_name
-        self.state_path = home / state_name
-
-    def read_state(self) -> dict | None:
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def write_state(self, state: dict) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
-
-    def load(self, config: IndexConfig) -> tuple[VectorIndex | None, dict | None]:
-        state = self.read_state()
-        if state is None or not self.index_path.exists():
-            return None, state
-        try:
-            return VectorIndex.load(self.index_path, config), state
-        except Exception as exc:  # a damaged file is just a stale cache: rebuild it
-            log.warning("index file %s is unreadable (%s); it will be rebuilt", self.index_path, exc)
-            return None, state
-
-    def save(self, index: VectorIndex, version: int) -> None:
-        index.save(self.index_path)
-        self.write_state({"version": version, "kind": index.kind, "count": len(index), "dim": index.dim})
-
-
-def vectors_from_rows(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """``(id, float32 bytes or None)`` rows -> ``(N,)`` int64 ids and ``(N, D)`` float32 vectors (``None`` left out)."""
-    rows = [r for r in rows if r[1] is not None]
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-
-
-def _chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:
-    items = list(items)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

@@ -42,18 +42,9 @@ from retrieval.registry import UnknownNameError
 
 from . import db
 from .db import ERROR, INDEXED, PENDING, FacePhoto, FaceRecord, Identity
-from .engine import (
-    IndexFile,
-    IndexReport,
-    LookalikeError,
-    ModelMismatchError,
-    NullProgress,
-    Progress,
-    Store,
-    _chunks,
-    vectors_from_rows,
-    write_lock,
-)
+from .engine import IndexReport
+from .errors import LookalikeError, ModelMismatchError
+from .store import IndexFile, NullProgress, Progress, Store, chunks, vectors_from_rows, write_lock
 from .evaluate import PairsReport, score_pairs
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, file_hash, load_image
 from .pipeline import decoded
@@ -629,7 +620,7 @@ class FaceGallery(Store):
 
     def _owners(self, s: Session, face_ids: set[int]) -> dict[int, str]:
         owner: dict[int, str] = {}
-        for chunk in _chunks(sorted(face_ids), 500):
+        for chunk in chunks(sorted(face_ids), 500):
             owner.update((r[0], r[1]) for r in s.execute(
                 select(FaceRecord.id, Identity.name).join(Identity, FaceRecord.identity_id == Identity.id)
                 .where(FaceRecord.id.in_(chunk))))
@@ -645,7 +636,7 @@ class FaceGallery(Store):
         wanted = sorted({i for r in per_face for i, _ in r})
         rows: dict[int, Any] = {}
         with self._session() as s:
-            for chunk in _chunks(wanted, 500):
+            for chunk in chunks(wanted, 500):
                 for r in s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
                                           FaceRecord.y1).where(FaceRecord.id.in_(chunk))):
                     rows[r[0]] = r
@@ -723,10 +714,10 @@ class FaceGallery(Store):
                     report.changed += 1
                 s.execute(update(FacePhoto).where(FacePhoto.id == pid).values(**values))
             drop_faces.extend(plan.removed)
-            for chunk in _chunks(drop_faces, 500):
+            for chunk in chunks(drop_faces, 500):
                 removed.update(s.scalars(select(FaceRecord.id).where(FaceRecord.photo_id.in_(chunk))))
                 s.execute(delete(FaceRecord).where(FaceRecord.photo_id.in_(chunk)))
-            for chunk in _chunks(plan.removed, 500):
+            for chunk in chunks(plan.removed, 500):
                 s.execute(delete(FacePhoto).where(FacePhoto.id.in_(chunk)))
             report.removed = len(plan.removed)
             rows = [FacePhoto(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
@@ -815,7 +806,7 @@ class FaceGallery(Store):
         with self._session() as s, s.begin():
             if updates:
                 s.execute(update(FaceRecord), updates)
-            for chunk in _chunks(gone, 500):
+            for chunk in chunks(gone, 500):
                 s.execute(delete(FaceRecord).where(FaceRecord.id.in_(chunk)))
             s.execute(delete(FaceRecord).where(FaceRecord.source == INDEX))
             s.execute(update(FacePhoto).values(status=PENDING, size=-1, faces=None))
@@ -905,7 +896,7 @@ class FaceGallery(Store):
         if ids is None:
             return vectors_from_rows(list(s.execute(q.order_by(FaceRecord.id))))
         rows: list = []
-        for chunk in _chunks(sorted(ids), 500):
+        for chunk in chunks(sorted(ids), 500):
             rows.extend(s.execute(q.where(FaceRecord.id.in_(chunk))))
         return vectors_from_rows(rows)
 

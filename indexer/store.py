@@ -1,0 +1,153 @@
+"""What every kind of tracked collection shares: the home folder and its metadata database, the write lock,
+FAISS index files kept as caches of the database, progress hooks, and small helpers.
+
+:class:`~indexer.engine.Collection` (images) and :class:`~indexer.faces.FaceGallery` (faces) both build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from retrieval.config import RuntimeOptions
+
+from . import db
+from .errors import CollectionBusyError
+from .vector_index import IndexConfig, VectorIndex
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "lookalike.db"
+LOCK_FILE = "lock"
+
+
+def default_home() -> Path:
+    """``$LOOKALIKE_HOME``, else ``$XDG_DATA_HOME/lookalike``, else ``~/.local/share/lookalike``."""
+    env = os.environ.get("LOOKALIKE_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "lookalike"
+
+
+class Progress(Protocol):
+    """Progress reporting hooks; the CLI passes a progress bar, the library default does nothing."""
+
+    def start(self, total: int, description: str) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class Store:
+    """What a collection and a face gallery share: the home folder, the metadata database, run-time options."""
+
+    def __init__(self, home: str | Path | None, db_url: str | None, runtime: RuntimeOptions | None,
+                 max_pixels: int, commit_every: int) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
+        self.runtime = runtime or RuntimeOptions()
+        self.max_pixels = max_pixels
+        self.commit_every = commit_every
+        self._engine = db.make_engine(self.db_url)
+
+    def _session(self) -> Session:
+        return Session(self._engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def write_lock(home: Path) -> Iterator[None]:
+    """One writer at a time per home folder (an advisory lock, released if the process dies)."""
+    with open(home / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionBusyError(f"another lookalike process is writing to {home}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class IndexFile:
+    """A FAISS index file in ``home`` and the JSON state beside it (the database version it was saved at).
+
+    Both are written atomically (temp file + rename); an unreadable or missing file loads as ``None``: it is
+    a cache, rebuilt from the database by the caller.
+    """
+
+    def __init__(self, home: Path, index_name: str, state_name: str) -> None:
+        self.index_path = home / index_name
+        self.state_path = home / state_name
+
+    def read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state: dict) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
+
+    def load(self, config: IndexConfig) -> tuple[VectorIndex | None, dict | None]:
+        state = self.read_state()
+        if state is None or not self.index_path.exists():
+            return None, state
+        try:
+            return VectorIndex.load(self.index_path, config), state
+        except Exception as exc:  # a damaged file is just a stale cache: rebuild it
+            log.warning("index file %s is unreadable (%s); it will be rebuilt", self.index_path, exc)
+            return None, state
+
+    def save(self, index: VectorIndex, version: int) -> None:
+        index.save(self.index_path)
+        self.write_state({"version": version, "kind": index.kind, "count": len(index), "dim": index.dim})
+
+
+def vectors_from_rows(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """``(id, float32 bytes or None)`` rows -> ``(N,)`` int64 ids and ``(N, D)`` float32 vectors (``None`` left out)."""
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+
+def chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
