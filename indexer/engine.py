@@ -27,7 +27,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 from . import db
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError
-from .store import IndexFile, NullProgress, Progress, Store, chunks, redact_url, write_lock
+from .store import IndexFile, NullProgress, Progress, Store, chunks, redact_url, vectors_from_rows, write_lock
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
