@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -36,8 +36,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.face_alignment import align_face
-from retrieval.face_detection import Face, FaceDetector, build_detector
+from retrieval.faces import AlignedFaceEmbedder, Face, FaceDetector, FaceEmbedder, build_detector
+from retrieval.faces import unit_vectors as _unit
 from retrieval.registry import UnknownNameError
 
 from . import db
@@ -165,32 +165,6 @@ class FaceSettings:
 
 
 # ---------------------------------------------------------------------------------------------- embedders
-class FaceEmbedder(Protocol):
-    """``embed((H, W, 3) uint8 RGB, faces) -> (len(faces), dim)`` float32 unit vectors."""
-
-    dim: int
-
-    def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
-
-
-class AlignedFaceEmbedder:
-    """The lookalike network on aligned face crops: each face is aligned (:func:`align_face`) into a
-    ``crop_size`` square and the crops of one photo are embedded as one batch."""
-
-    def __init__(self, embedder: Any, crop_size: int) -> None:
-        self.embedder, self.crop_size = embedder, crop_size
-        self.dim = embedder.dim
-
-    def crops(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(len(faces), S, S, 3)`` uint8 aligned crops."""
-        return np.stack([align_face(pixels, f, self.crop_size) for f in faces])
-
-    def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
-        return _unit(self.embedder.embed_batch(self.crops(pixels, faces)))
-
-
 DetectorFactory = Callable[[str], FaceDetector]
 FaceEmbedderFactory = Callable[[FaceSettings, RuntimeOptions], FaceEmbedder]
 
@@ -198,18 +172,13 @@ FaceEmbedderFactory = Callable[[FaceSettings, RuntimeOptions], FaceEmbedder]
 def default_face_embedder(settings: FaceSettings, runtime: RuntimeOptions) -> FaceEmbedder:
     """The embedder ``settings`` name: :class:`AlignedFaceEmbedder` over the lookalike network, or dlib's."""
     if settings.backend == "dlib":
-        from retrieval.dlib_backend import DlibFaceEncoder
+        from retrieval.faces import DlibFaceEncoder
 
         return DlibFaceEncoder()
     from retrieval.model import Embedder
 
     assert settings.model is not None
     return AlignedFaceEmbedder(Embedder(settings.model, runtime), settings.crop_size)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -371,7 +340,7 @@ class FaceGallery(Store):
             changes["crop_size"] = model.image_size  # the model's input size is the crop's
         if backend is not None and backend != current.backend and model is None:
             changes["model"] = None  # the new backend's default
-        from retrieval.face_detection import DETECTORS
+        from retrieval.faces import DETECTORS
 
         if detector is not None and detector not in DETECTORS:
             raise LookalikeError(f"unknown face detector {detector!r}; known: {', '.join(DETECTORS.names())}")
