@@ -534,7 +534,7 @@ def models() -> None:
     """List the backbones, poolings and segmenters that can be used."""
     from retrieval.backbones import BACKBONES
     from retrieval.pooling import POOLINGS
-    from segmentation import SEGMENTERS, _register_all  # noqa: F401  (registers the segmenters)
+    from segmentation import SEGMENTERS  # importing the package registers the segmenters
 
     click.echo("backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)")
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")

@@ -37,9 +37,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def build_segmenter(spec: str) -> Segmenter:
-    """Build the segmenter a spec names; unknown names raise :class:`retrieval.registry.UnknownNameError`."""
-    from . import _register_all  # noqa: F401  (importing registers the built-in segmenters)
+    """Build the segmenter a spec names; unknown names raise :class:`retrieval.registry.UnknownNameError`.
 
+    The built-in segmenters are registered by the package's ``__init__``, which imports their modules.
+    """
     name, arg = parse_spec(spec)
     return SEGMENTERS.get(name)(arg)
 
