@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
@@ -24,15 +23,19 @@ from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder
 from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
-from . import db
+from . import db, sync
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError
-from .store import IndexFile, NullProgress, Progress, Store, chunks, redact_url, vectors_from_rows, write_lock
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, file_hash
+from .imageio import DEFAULT_MAX_PIXELS
+from .index_cache import IndexCache, RowVectors
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
-from .scan import KnownFile, ScanResult, plan_sync, scan_folder
-from .vector_index import IndexConfig, VectorIndex
+from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
+from .sync import BatchWriter, FileSync, IndexReport
+from .vector_index import IndexConfig
+
+__all__ = ["Collection", "IndexReport", "SearchHit", "QueryResult", "Stats", "DoctorReport", "WhiteningSettings",
+           "LookalikeError", "ModelMismatchError", "CollectionBusyError", "default_home"]
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +56,6 @@ class WhiteningSettings:
     min_vectors_per_dim: float = 2.0
     #: Re-learn when the collection has grown or shrunk by this factor since the last learning.
     relearn_factor: float = 2.0
-
-
-@dataclass
-class IndexReport:
-    folder: str
-    scanned: int = 0
-    new: int = 0
-    changed: int = 0
-    moved: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    resumed: int = 0
-    embedded: int = 0
-    ignored: int = 0  # files with a non-image extension
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    embed_seconds: float = 0.0
-    total_seconds: float = 0.0
-    index_kind: str = ""
-    total_indexed: int = 0
-    #: Files under the folder that could not be read in an earlier run and have not changed since.
-    earlier_errors: int = 0
-    #: Masked collections: images embedded whole because their mask was unusable (empty, full, failed).
-    mask_fallbacks: int = 0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 @dataclass
@@ -153,9 +129,12 @@ class Collection(Store):
         self._embedder: Embedder | None = None
         self._masker_factory = masker_factory
         self._masker: Masker | None = None
-        self._index: VectorIndex | None = None
-        self._index_version: int | None = None
         self._files = IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE)
+        self._sync = FileSync(ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None))
+        self._cache = IndexCache(self, self._files, db.VECTOR_VERSION,
+                                 RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "model_dim", self._transform),
+                                 config=lambda: self.index_config, name="image index",
+                                 learn=self._maybe_learn_whitening)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -237,7 +216,7 @@ class Collection(Store):
                 db.set_setting(s, "whitening", whitening.__dict__)
         self._embedder = None
         self._masker = None
-        self._index = None
+        self._cache.forget()
 
     def _reset_vectors(self, s: Session) -> None:
         s.execute(update(ImageRecord).values(vector=None, status=PENDING, size=-1, mask_fraction=None,
@@ -262,166 +241,48 @@ class Collection(Store):
             self._embedder = self._embedder_factory(cfg, self.runtime)
         return self._embedder
 
-    # ------------------------------------------------------------------ locking
-    def _write_lock(self) -> contextlib.AbstractContextManager[None]:
-        return write_lock(self.home)
-
     # ------------------------------------------------------------------ indexing
     def index_folder(self, folder: str | Path, progress: Progress | None = None) -> IndexReport:
         """Sync the collection with ``folder``: embed new and changed images, drop deleted ones, follow moves."""
-        progress = progress or NullProgress()
-        t_start = time.perf_counter()
-        root = Path(folder).expanduser()
-        try:
-            scan: ScanResult = scan_folder(root, IMAGE_EXTENSIONS)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise LookalikeError(str(exc)) from None
-        root = root.resolve()
-        report = IndexReport(folder=str(root), scanned=len(scan.files), ignored=scan.ignored)
-        for d, reason in scan.unreadable_dirs:
-            report.skipped.append((d, f"cannot list folder ({reason})"))
-        with self._write_lock():
+
+        def prepare() -> None:
             if self.model_config is None:
                 self.configure()
-            start_version = self._vector_version()
-            touched: set[int] = set()
-            removed: set[int] = set()
-            todo = self._apply_plan(root, scan, report, touched, removed)
-            if todo:
-                self._embed_rows(todo, report, touched, progress)
-            self._finish_index_update(start_version, touched, removed, report)
-        report.total_seconds = time.perf_counter() - t_start
+
+        report = IndexReport(folder=str(folder))
+        sync.index_folder(self, folder, report, self._sync, self._cache, self._embed_rows, progress,
+                          description="embedding", prepare=prepare)
         return report
 
-    def _known_under(self, s: Session, root: Path) -> list[KnownFile]:
-        prefix = str(root).rstrip(os.sep) + os.sep
-        rows = s.execute(
-            select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.status,
-                   ImageRecord.content_hash).where(ImageRecord.path.startswith(prefix, autoescape=True))
-        ).all()
-        return [KnownFile(*r) for r in rows]
-
-    def _apply_plan(
-        self, root: Path, scan: ScanResult, report: IndexReport, touched: set[int], removed: set[int]
-    ) -> list[tuple[int, str]]:
-        """Record the scan in the database; return the ``(id, path)`` rows that need embedding."""
-
-        def safe_hash(path: str) -> str | None:
-            try:
-                return file_hash(path)
-            except OSError:
-                return None
-
-        with self._session() as s, s.begin():
-            known = self._known_under(s, root)
-            plan = plan_sync(scan.files, known, safe_hash, PENDING)
-            report.new, report.moved, report.unchanged = len(plan.new), len(plan.moved), plan.unchanged
-            report.resumed = len(plan.resume)
-            known_by_id = {k.id: k for k in known}
-            stat_of = {f.path: (f.size, f.mtime_ns) for f in scan.files}
-            report.earlier_errors = sum(
-                1 for k in known if k.status == ERROR and stat_of.get(k.path) == (k.size, k.mtime_ns))
-            vectors_changed = False
-            for row_id, f in plan.moved:
-                s.execute(update(ImageRecord).where(ImageRecord.id == row_id)
-                          .values(path=f.path, size=f.size, mtime_ns=f.mtime_ns))
-            todo: list[tuple[int, str]] = [(row_id, f.path) for row_id, f in plan.resume]
-            for row_id, f in plan.changed:
-                old = known_by_id[row_id]
-                if old.status == INDEXED and old.content_hash and safe_hash(f.path) == old.content_hash:
-                    # Touched but identical (e.g. copied with a new mtime): nothing to embed.
-                    s.execute(update(ImageRecord).where(ImageRecord.id == row_id)
-                              .values(size=f.size, mtime_ns=f.mtime_ns))
-                    report.unchanged += 1
-                    continue
-                s.execute(update(ImageRecord).where(ImageRecord.id == row_id).values(
-                    size=f.size, mtime_ns=f.mtime_ns, status=PENDING, vector=None, error=None))
-                todo.append((row_id, f.path))
-                touched.add(row_id)
-                report.changed += 1
-                vectors_changed = True
-            if plan.removed:
-                for chunk in chunks(plan.removed, 500):
-                    s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
-                removed.update(plan.removed)
-                report.removed = len(plan.removed)
-                vectors_changed = True
-            if plan.new:
-                records = [ImageRecord(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
-                s.add_all(records)
-                s.flush()
-                todo.extend((r.id, r.path) for r in records)
-            if vectors_changed:
-                db.bump_vector_version(s)
-        log.info("scan of %s: %d new, %d changed, %d moved, %d removed, %d unchanged, %d resumed",
-                 root, report.new, report.changed, report.moved, report.removed, report.unchanged, report.resumed)
-        return todo
-
-    def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, touched: set[int], progress: Progress) -> None:
+    def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
         embedder = self._get_embedder()
         masker = self._get_masker()
         with self._session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
-        ids = [row_id for row_id, _ in todo]
         paths = [p for _, p in todo]
-        progress.start(len(todo), "embedding")
-        pending_updates: list[dict] = []
-        t0 = time.perf_counter()
-
-        def flush() -> None:
-            if not pending_updates:
-                return
-            with self._session() as s, s.begin():
-                s.execute(update(ImageRecord), pending_updates)
-                db.bump_vector_version(s)
-            pending_updates.clear()
-
-        try:
-            for out in embed_files(paths, embedder, batch_size=self.runtime.batch_size,
-                                   workers=self.runtime.workers, max_pixels=self.max_pixels, masker=masker):
-                row_id = ids[out.index]
-                if out.error is not None:
-                    pending_updates.append(dict(id=row_id, status=ERROR, error=out.error, vector=None))
-                    report.skipped.append((paths[out.index], out.error))
-                else:
-                    assert out.vector is not None
-                    pending_updates.append(dict(
-                        id=row_id, status=INDEXED, error=None, vector=out.vector.astype(np.float32).tobytes(),
-                        width=out.width, height=out.height, content_hash=out.content_hash,
-                        mask_fraction=out.mask_fraction, mask_fallback=out.mask_fallback))
-                    report.embedded += 1
-                    if out.mask_fallback is not None:
-                        report.mask_fallbacks += 1
-                    touched.add(row_id)
-                progress.advance(1)
-                if len(pending_updates) >= self.commit_every:
-                    flush()
-            flush()
-        finally:
-            progress.finish()
-            report.embed_seconds = time.perf_counter() - t0
+        for out in embed_files(paths, embedder, batch_size=self.runtime.batch_size,
+                               workers=self.runtime.workers, max_pixels=self.max_pixels, masker=masker):
+            row_id = todo[out.index][0]
+            if out.error is not None:
+                writer.put(dict(id=row_id, status=ERROR, error=out.error, vector=None))
+                report.skipped.append((paths[out.index], out.error))
+                continue
+            assert out.vector is not None
+            writer.put(dict(id=row_id, status=INDEXED, error=None, vector=out.vector.astype(np.float32).tobytes(),
+                            width=out.width, height=out.height, content_hash=out.content_hash,
+                            mask_fraction=out.mask_fraction, mask_fallback=out.mask_fallback), indexed=True)
+            report.embedded += 1
+            if out.mask_fallback is not None:
+                report.mask_fallbacks += 1
 
     # ------------------------------------------------------------------ FAISS index upkeep
     def _vector_version(self) -> int:
-        with self._session() as s:
-            return int(db.get_setting(s, db.VECTOR_VERSION, 0))
+        return self._cache.version()
 
-    def _read_state(self) -> dict | None:
-        return self._files.read_state()
-
-    def _load_index_file(self) -> tuple[VectorIndex | None, dict | None]:
-        return self._files.load(self.index_config)
-
-    def _indexed_vectors(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw vectors of indexed rows: ``(N,)`` int64 ids, ``(N, D)`` float32."""
-        q = select(ImageRecord.id, ImageRecord.vector).where(ImageRecord.status == INDEXED)
-        rows: list = []
-        if ids is None:
-            rows = list(s.execute(q.order_by(ImageRecord.id)))
-        else:
-            for chunk in chunks(sorted(ids), 500):
-                rows.extend(s.execute(q.where(ImageRecord.id.in_(chunk))))
-        return vectors_from_rows(rows)
+    def _transform(self, s: Session) -> tuple[Callable[[np.ndarray], np.ndarray], int | None]:
+        """Stored raw vectors -> indexed ones: the collection's whitening when learned, else L2 normalisation."""
+        whitening = self._whitening(s)
+        return (whitening.apply, whitening.out_dim) if whitening is not None else (l2n_np, None)
 
     def _maybe_learn_whitening(self, s: Session) -> bool:
         """(Re)learn the PCA-whitening from the collection when due. Returns whether it changed."""
@@ -432,12 +293,12 @@ class Collection(Store):
                 db.set_blob(s, "whitening", None)
                 return True
             return False
-        n = s.scalar(select(func.count()).where(ImageRecord.status == INDEXED)) or 0
+        n = self._cache.vectors.count(s)
         learned_on = int(db.get_setting(s, "whitening_learned_on", 0))
         if current is not None and learned_on and 1 / settings.relearn_factor < n / learned_on < settings.relearn_factor:
             return False
         dim = settings.dim
-        _, raw = self._indexed_vectors(s)
+        _, raw = self._cache.vectors.raw(s)
         if raw.shape[0] == 0:
             return False
         target_dim = min(dim or raw.shape[1], raw.shape[1])
@@ -454,86 +315,19 @@ class Collection(Store):
         db.set_setting(s, "whitening_learned_on", n)
         return True
 
-    def _final_vectors(self, raw: np.ndarray, whitening: Whitening | None) -> np.ndarray:
-        return whitening.apply(raw) if whitening is not None else l2n_np(raw)
-
-    def _finish_index_update(self, start_version: int, touched: set[int], removed: set[int], report: IndexReport) -> None:
-        """Bring the FAISS file up to date: apply this run's changes, or rebuild when it cannot be trusted."""
-        with self._session() as s, s.begin():
-            whitening_changed = self._maybe_learn_whitening(s)
-            if whitening_changed:
-                db.bump_vector_version(s)
-            version = int(db.get_setting(s, db.VECTOR_VERSION, 0))
-            whitening = self._whitening(s)
-        index, state = self._load_index_file()
-        cfg = self.index_config
-        trusted = index is not None and state is not None and state.get("version") == start_version and not whitening_changed
-        with self._session() as s:
-            if trusted and state.get("version") == version:
-                pass  # nothing changed
-            elif trusted:
-                assert index is not None
-                stale = np.fromiter(touched | removed, dtype=np.int64)
-                if stale.size:
-                    index.remove(stale)
-                ids, raw = self._indexed_vectors(s, touched - removed)
-                if ids.size:
-                    index.add(ids, self._final_vectors(raw, whitening))
-                if index.needs_rebuild(cfg):
-                    index = None
-            if not trusted or index is None:
-                index = self._rebuild(s, cfg, whitening)
-            n_db = s.scalar(select(func.count()).where(ImageRecord.status == INDEXED)) or 0
-        if len(index) != n_db:
-            log.warning("index holds %d vectors but the database %d indexed images: rebuilding", len(index), n_db)
-            with self._session() as s:
-                index = self._rebuild(s, cfg, whitening)
-        if not (trusted and state is not None and state.get("version") == version):
-            self._save_index(index, version)
-        self._index, self._index_version = index, version
-        report.index_kind = index.kind
-        report.total_indexed = len(index)
-
-    def _rebuild(self, s: Session, cfg: IndexConfig, whitening: Whitening | None) -> VectorIndex:
-        ids, raw = self._indexed_vectors(s)
-        dim = whitening.out_dim if whitening is not None else (raw.shape[1] if raw.size else self._model_dim(s))
-        log.info("building the %s index of %d vectors", cfg.resolve_kind(len(ids)), len(ids))
-        if ids.size == 0:
-            return VectorIndex.build(ids, np.zeros((0, dim), np.float32), cfg, dim=dim)
-        return VectorIndex.build(ids, self._final_vectors(raw, whitening), cfg, dim=dim)
-
-    def _model_dim(self, s: Session) -> int:
-        d = db.get_setting(s, "model_dim")
-        return int(d) if d else 1
-
-    def _save_index(self, index: VectorIndex, version: int) -> None:
-        self._files.save(index, version)
-
-    def _current_index(self) -> VectorIndex:
-        """The index for searching; rebuilt from the database if the file is missing or stale."""
-        version = self._vector_version()
-        if self._index is not None and self._index_version == version:
-            return self._index
-        index, state = self._load_index_file()
-        if index is None or state is None or state.get("version") != version:
-            log.warning("the index file is missing or older than the database; rebuilding it from the database")
-            with self._session() as s:
-                index = self._rebuild(s, self.index_config, self._whitening(s))
-            try:
-                with self._write_lock():
-                    self._save_index(index, version)
-            except CollectionBusyError:
-                log.info("collection busy; using the rebuilt index without saving it")
-        self._index, self._index_version = index, version
-        return index
-
     # ------------------------------------------------------------------ search
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every indexed image's vector as searched (whitened or L2-normalised): ``(N,)`` ids, ``(N, D)``."""
+        with self._session() as s:
+            ids, vecs, _ = self._cache.vectors.indexed(s)
+        return ids, vecs
+
     def embed_paths(self, paths: Sequence[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
         """Embed query images with the collection's model and whitening: yields ``(position, vector, error)``."""
         embedder = self._get_embedder()
         masker = self._get_masker()
         with self._session() as s:
-            whitening = self._whitening(s)
+            final, _ = self._transform(s)
         for out in embed_files(list(paths), embedder, batch_size=self.runtime.batch_size,
                                workers=min(self.runtime.workers, max(0, len(paths) // 8)), max_pixels=self.max_pixels,
                                masker=masker):
@@ -541,7 +335,7 @@ class Collection(Store):
                 yield out.index, None, out.error
             else:
                 assert out.vector is not None
-                yield out.index, self._final_vectors(out.vector[None], whitening)[0], None
+                yield out.index, final(out.vector[None])[0], None
 
     def search(self, queries: Sequence[str | Path], k: int = 10, threshold: float | None = None,
                progress: Progress | None = None) -> list[QueryResult]:
@@ -551,7 +345,7 @@ class Collection(Store):
             raise LookalikeError(f"the collection in {self.home} is empty; index a folder first (lookalike index DIR)")
         paths = [str(Path(q).expanduser().resolve()) for q in queries]
         results = [QueryResult(query=p) for p in paths]
-        index = self._current_index()
+        index = self._cache.current()
         if len(index) == 0:
             raise LookalikeError(f"the collection in {self.home} has no indexed images; index a folder first")
         vecs: dict[int, np.ndarray] = {}
@@ -593,7 +387,7 @@ class Collection(Store):
     def remove(self, path: str | Path) -> int:
         """Forget an image, or every image under a folder (files on disk are not touched). Returns the count."""
         p = str(Path(path).expanduser().resolve())
-        with self._write_lock():
+        with write_lock(self.home):
             start_version = self._vector_version()
             with self._session() as s, s.begin():
                 prefix = p.rstrip(os.sep) + os.sep
@@ -604,7 +398,7 @@ class Collection(Store):
                 if ids:
                     db.bump_vector_version(s)
             if ids:
-                self._finish_index_update(start_version, set(), set(ids), IndexReport(folder=p))
+                self._cache.update(start_version, set(), set(ids))
         return len(ids)
 
     def stats(self) -> Stats:
@@ -613,7 +407,7 @@ class Collection(Store):
             whitening = self._whitening(s)
             fallbacks = s.scalar(select(func.count()).where(ImageRecord.mask_fallback.is_not(None))) or 0
         model = self.model_config
-        state = self._read_state()
+        state = self._files.read_state()
         return Stats(
             home=str(self.home),
             database=redact_url(self.db_url),
@@ -639,9 +433,9 @@ class Collection(Store):
     def doctor(self, repair: bool = False, prune_missing: bool = False) -> DoctorReport:
         """Check that the index file, the database and the files on disk agree; optionally repair."""
         report = DoctorReport()
-        with self._write_lock() if repair else contextlib.nullcontext():
+        with write_lock(self.home) if repair else contextlib.nullcontext():
             version = self._vector_version()
-            index, state = self._load_index_file()
+            index, state = self._cache.load()
             with self._session() as s:
                 whitening = self._whitening(s)
                 expected_dim = whitening.in_dim if whitening is not None else None
@@ -692,10 +486,8 @@ class Collection(Store):
                     report.repaired.append(f"forgot {len(missing_ids)} images whose files are gone")
                 db.bump_vector_version(s)
                 version = int(db.get_setting(s, db.VECTOR_VERSION, 0))
-            with self._session() as s:
-                index = self._rebuild(s, self.index_config, self._whitening(s))
-            self._save_index(index, version)
-            self._index, self._index_version = index, version
+            index = self._cache.build()
+            self._cache.save(index, version)
             report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
         return report
 

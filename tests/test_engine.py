@@ -72,9 +72,8 @@ def test_search_results_match_brute_force_over_stored_vectors(tmp_path, image_fo
     draw_image(999).save(query)
     [res] = coll.search([query], k=16)
     _, qvec, _ = next(coll.embed_paths([str(query)]))
-    with coll._session() as s:
-        ids, raw = coll._indexed_vectors(s)
-    expected = ids[np.argsort(-(raw @ qvec))]
+    ids, vecs = coll.vectors()
+    expected = ids[np.argsort(-(vecs @ qvec))]
     assert [h.id for h in res.hits] == list(expected)
 
 

@@ -1,0 +1,171 @@
+"""A FAISS index kept as a cache of vectors stored in the database, keyed by a vector-version counter.
+
+The database is the source of truth. Every change of the vectors an index is made of bumps a counter (a
+setting, in the same transaction); the index file is saved atomically with the counter's value beside it
+(:class:`~indexer.store.IndexFile`). A file whose version differs from the database's is stale: after a run
+that started from a current file, the run's changes are applied to it; otherwise (a crash, a lost or damaged
+file, another process's changes) it is rebuilt from the database. Images, enrolled faces and indexed faces
+each have one :class:`IndexCache`; any other kind of vector can have its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from . import db
+from .errors import CollectionBusyError
+from .store import IndexFile, Store, chunks, vectors_from_rows, write_lock
+from .vector_index import IndexConfig, VectorIndex
+
+log = logging.getLogger(__name__)
+
+#: ``transform(session) -> (apply, out_dim)``: how stored vectors become indexed ones (e.g. whitening), and
+#: their dimension when known (``None``: the stored one).
+Transform = Callable[[Session], tuple[Callable[[np.ndarray], np.ndarray], "int | None"]]
+
+
+@dataclass(frozen=True)
+class RowVectors:
+    """The vectors of one index: the ``vector`` column of ``model``'s rows that match every clause of ``where``
+    (ids are the rows' primary keys). ``dim_setting`` names the setting holding the dimension, for an empty
+    index; ``transform`` turns stored vectors into indexed ones (default: as stored)."""
+
+    model: type
+    where: tuple[Any, ...]
+    dim_setting: str
+    transform: Transform | None = None
+
+    def count(self, s: Session) -> int:
+        return s.scalar(select(func.count()).select_from(self.model).where(*self.where)) or 0
+
+    def raw(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors: ``(N,)`` int64 ids, ``(N, D)`` float32 (all rows in id order, or those of ``ids``)."""
+        q = select(self.model.id, self.model.vector).where(*self.where)
+        if ids is None:
+            return vectors_from_rows(list(s.execute(q.order_by(self.model.id))))
+        rows: list = []
+        for chunk in chunks(sorted(ids), 500):
+            rows.extend(s.execute(q.where(self.model.id.in_(chunk))))
+        return vectors_from_rows(rows)
+
+    def indexed(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Vectors as indexed: ``(ids, vectors, dim)``; ``dim`` is known even when there is no vector."""
+        ids_, raw = self.raw(s, ids)
+        apply, out_dim = self.transform(s) if self.transform is not None else (None, None)
+        dim = out_dim or (raw.shape[1] if ids_.size else int(db.get_setting(s, self.dim_setting) or 1))
+        if not ids_.size:
+            return ids_, np.zeros((0, dim), np.float32), dim
+        return ids_, (apply(raw) if apply is not None else raw), dim
+
+
+class IndexCache:
+    """One index of ``store``: its file, its version counter ``version_key`` and its vectors in the database.
+
+    ``config()`` gives the index configuration (read when needed, since it is a stored setting).
+    ``learn(session)``, when given, refreshes what is learned from the vectors before every update (e.g. a
+    whitening) and says whether it changed, which makes the update a rebuild. :meth:`update` runs under the
+    write lock after the database changed; :meth:`current` gives the index to search, rebuilt when stale.
+    """
+
+    def __init__(self, store: Store, files: IndexFile, version_key: str, vectors: RowVectors,
+                 config: Callable[[], IndexConfig] = IndexConfig, name: str = "index",
+                 learn: Callable[[Session], bool] | None = None) -> None:
+        self.store, self.files, self.version_key, self.vectors = store, files, version_key, vectors
+        self.config, self.name, self.learn = config, name, learn
+        self._cached: tuple[int, VectorIndex] | None = None
+
+    def version(self) -> int:
+        with self.store._session() as s:
+            return int(db.get_setting(s, self.version_key, 0))
+
+    def forget(self) -> None:
+        """Drop the index held in memory (the next use reloads or rebuilds it)."""
+        self._cached = None
+
+    def load(self) -> tuple[VectorIndex | None, dict | None]:
+        """The index file and its state as they are on disk (``None`` for what is missing or unreadable)."""
+        return self.files.load(self.config())
+
+    def build(self) -> VectorIndex:
+        """A new index of every vector in the database."""
+        with self.store._session() as s:
+            return self._build(s, self.config())
+
+    def _build(self, s: Session, cfg: IndexConfig) -> VectorIndex:
+        ids, vecs, dim = self.vectors.indexed(s)
+        log.info("building the %s %s of %d vectors", cfg.resolve_kind(len(ids)), self.name, len(ids))
+        return VectorIndex.build(ids, vecs, cfg, dim=dim)
+
+    def save(self, index: VectorIndex, version: int) -> None:
+        self.files.save(index, version)
+        self._cached = (version, index)
+
+    def update(self, start_version: int, changed: set[int], removed: set[int], rebuild: bool = False) -> VectorIndex:
+        """Under the write lock, after the database changed from ``start_version``: bring the file up to date
+        and return the index. When the file was current at ``start_version`` the changes are applied to it
+        (``changed``: ids whose vectors are new or replaced; ``removed``: ids gone); otherwise, or when
+        ``rebuild``, when the dimension changed, or when the index kind no longer suits its size, it is
+        rebuilt from the database."""
+        if self.learn is not None:
+            with self.store._session() as s, s.begin():
+                if self.learn(s):
+                    db.bump_vector_version(s, self.version_key)
+                    rebuild = True
+        version = self.version()
+        cfg = self.config()
+        index, state = self.files.load(cfg)
+        on_disk = state.get("version") if state is not None else None
+        trusted = not rebuild and index is not None and on_disk == start_version
+        dirty = on_disk != version
+        with self.store._session() as s:
+            if trusted and version != start_version:
+                assert index is not None
+                stale = changed | removed
+                if stale:
+                    index.remove(np.fromiter(stale, np.int64, len(stale)))
+                ids, vecs, _ = self.vectors.indexed(s, changed - removed)
+                if ids.size and vecs.shape[1] != index.dim:
+                    trusted = False
+                elif ids.size:
+                    index.add(ids, vecs)
+                trusted = trusted and not index.needs_rebuild(cfg)
+                dirty = True
+            if not trusted:
+                index, dirty = self._build(s, cfg), True
+            expected = self.vectors.count(s)
+        assert index is not None
+        if len(index) != expected:
+            log.warning("the %s holds %d vectors but the database %d: rebuilding", self.name, len(index), expected)
+            index, dirty = self.build(), True
+        if dirty or not self.files.index_path.exists():
+            self.files.save(index, version)
+        self._cached = (version, index)
+        return index
+
+    def current(self) -> VectorIndex:
+        """The index for searching; rebuilt from the database when its file is missing or stale (and saved,
+        unless another process is writing)."""
+        version = self.version()
+        if self._cached is not None and self._cached[0] == version:
+            return self._cached[1]
+        index, state = self.files.load(self.config())
+        if index is None or state is None or state.get("version") != version:
+            log.warning("the %s file is missing or older than the database; rebuilding it from the database",
+                        self.name)
+            index = self.build()
+            try:
+                with write_lock(self.store.home):
+                    self.files.save(index, version)
+            except CollectionBusyError:
+                log.info("collection busy; using the rebuilt %s without saving it", self.name)
+        self._cached = (version, index)
+        return index
+
+
+__all__ = ["RowVectors", "IndexCache", "Transform"]
