@@ -58,12 +58,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, machine, require_dataset, write_json
-from benchmarks.prepare_lfw_faces import lfw_detector, pick_face
+from benchmarks.prepare_lfw_faces import lfw_detector
 from indexer.evaluate import embed_paths, score_pairs
 from retrieval.checkpoint import load_checkpoint
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.face_alignment import align_face
-from retrieval.face_detection import Face, build_detector
+from retrieval.faces import Face, align_face, build_detector
+from retrieval.faces import centre_face as pick_face
 from retrieval.model import Embedder
 from retrieval.verification import read_pairs_file
 
@@ -86,7 +86,7 @@ def summarise(metrics: dict[str, Any], pairs: int, **extra: Any) -> dict[str, An
 
 def dlib_vectors(paths: list[str], cache: Path | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """dlib descriptors of ``paths`` (face nearest the centre, else the fallback box); cached in ``cache``."""
-    from retrieval.dlib_backend import DlibFaceEncoder
+    from retrieval.faces import DlibFaceEncoder
 
     if cache is not None and cache.exists():
         data = np.load(cache, allow_pickle=False)
@@ -202,7 +202,7 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
     full["haar + align + imagenet lite0 (batches of 32)"] = rate(len(images), time.perf_counter() - t0)
     full["haar + align only"] = rate(len(images), t_align)
     if with_dlib:
-        from retrieval.dlib_backend import DlibFaceEncoder
+        from retrieval.faces import DlibFaceEncoder
 
         det, enc = lfw_detector("dlib-hog", 250), DlibFaceEncoder()
         t0 = time.perf_counter()
@@ -291,7 +291,7 @@ def main() -> None:
         payload["aligned_crops"] = {k: p.get(k) for k in ("images", "detected", "fallback", "several_faces",
                                                           "eyes_estimated", "size", "margin")}
     if args.speed_images:
-        from retrieval.dlib_backend import dlib_available
+        from retrieval.faces import dlib_available
 
         rng = np.random.default_rng(0)
         sample = [paths[i] for i in sorted(rng.choice(len(paths), min(args.speed_images, len(paths)), replace=False))]

@@ -38,7 +38,7 @@ import numpy as np
 from benchmarks.common import machine, require_dataset, write_json
 from indexer.faces import UNKNOWN, FaceGallery
 from retrieval.config import RuntimeOptions
-from retrieval.dlib_backend import dlib_available
+from retrieval.faces import dlib_available
 from retrieval.verification import accuracy, best_threshold
 
 

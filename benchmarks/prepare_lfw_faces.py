@@ -1,9 +1,10 @@
 """Detect and align the face of every LFW photo, writing aligned crops in LFW's own layout.
 
 Every ``DATA/NAME/NAME_0001.jpg`` becomes ``OUT/NAME/NAME_0001.jpg``: an ``S x S`` crop (160 px by default)
-of the face, eyes level and at fixed places (``retrieval.face_alignment.align_face``). LFW photos are
-250x250 with the person of the label centred, so when several faces are found the one whose box centre is
-nearest the image centre is taken; when none is found, the crop is cut around the place where LFW's
+of the face, eyes level and at fixed places, made by the library's face front end
+(``retrieval.faces.face_crops``: detect, pick, align). LFW photos are 250x250 with the person of the label
+centred, so when several faces are found the one whose box centre is nearest the image centre is taken
+(``retrieval.faces.centre_face``); when none is found, the crop is cut around the place where LFW's
 deep-funneled eyes usually are (eye centres (104.5, 113.5) and (145.5, 113.5): the mean of dlib's
 landmarks over 300 random LFW photos, spread ~2.5 px) and counted as a fallback.
 
@@ -37,8 +38,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, machine, require_dataset, write_json
-from retrieval.face_alignment import DEFAULT_MARGIN, align_face, alignment_matrix, warp
-from retrieval.face_detection import Face, FaceDetector, build_detector, nearest_to
+from retrieval.faces import (
+    DEFAULT_MARGIN,
+    FaceDetector,
+    alignment_matrix,
+    build_detector,
+    centre_face,
+    face_crops,
+    warp,
+)
 
 #: Where LFW deep-funneled photos have their eyes (image-left first), used when no face is found.
 LFW_EYES = np.array([[104.5, 113.5], [145.5, 113.5]], dtype=np.float32)
@@ -55,22 +63,16 @@ def lfw_detector(name: str, max_side: int) -> FaceDetector:
     return build_detector(name, upsample=0, max_side=max_side)
 
 
-def pick_face(faces: list[Face], width: int, height: int) -> Face | None:
-    """LFW's rule: the face nearest the image centre (pixel-centre coordinates)."""
-    return nearest_to(faces, width / 2.0 - 0.5, height / 2.0 - 0.5)
-
-
 def align_lfw(pixels: np.ndarray, detector: FaceDetector, size: int, margin: float) -> tuple[np.ndarray, dict[str, Any]]:
     """One LFW photo -> its aligned crop ``(size, size, 3)`` uint8 and a record of what happened."""
-    h, w = pixels.shape[:2]
-    faces = detector.detect(pixels)
-    face = pick_face(faces, w, h)
-    if face is None:
+    found = face_crops(pixels, detector, size, margin, pick=centre_face)
+    if found.face is None:
+        h, w = pixels.shape[:2]
         eyes = LFW_EYES * np.array([w / 250.0, h / 250.0], np.float32)
         crop = warp(pixels, alignment_matrix(eyes, size, margin), size)
         return crop, {"status": "fallback", "faces": 0}
-    return align_face(pixels, face, size, margin), {"status": "detected", "faces": len(faces),
-                                                    "estimated": bool(face.landmarks_estimated)}
+    return found.crops[0], {"status": "detected", "faces": found.detected,
+                            "estimated": bool(found.face.landmarks_estimated)}
 
 
 def _decode(path: Path) -> np.ndarray | str:

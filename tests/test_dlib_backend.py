@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import dlib_backend
-from retrieval.dlib_backend import (
+from retrieval.faces import dlib_backend
+from retrieval.faces.dlib_backend import (
     DLIB_RAW_THRESHOLD,
     INSTALL_HINT,
     DlibUnavailableError,
@@ -23,7 +23,7 @@ from retrieval.dlib_backend import (
     models_dir,
     shape_to_landmarks,
 )
-from retrieval.face_detection import Face, build_detector, nearest_to
+from retrieval.faces import Face, build_detector, nearest_to
 from tests.test_face_detection import draw_face
 
 

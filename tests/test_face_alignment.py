@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from retrieval.face_alignment import (
+from retrieval.faces.alignment import (
     CANONICAL_FACE,
     align_face,
     alignment_matrix,
@@ -18,7 +18,7 @@ from retrieval.face_alignment import (
     template_points,
     warp,
 )
-from retrieval.face_detection import Face, HaarDetector
+from retrieval.faces import Face, HaarDetector
 from tests.test_face_detection import DRAWN_EYES, draw_face
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from retrieval.face_detection import (
+from retrieval.faces import (
     DETECTORS,
     HAAR_EYES_IN_BOX,
     Face,

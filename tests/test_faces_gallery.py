@@ -14,7 +14,7 @@ from PIL import Image
 from indexer.engine import LookalikeError, ModelMismatchError
 from indexer.faces import UNKNOWN, FaceGallery, FaceSettings, default_face_embedder
 from retrieval.config import ModelConfig
-from retrieval.face_detection import Face, eyes_from_box, sort_faces
+from retrieval.faces import Face, eyes_from_box, sort_faces
 
 from .conftest import FAST_RUNTIME, draw_image
 

@@ -1,9 +1,59 @@
-"""Faces, stage by stage: detection -> alignment -> embedding, each usable alone."""
+"""Faces, stage by stage, each usable alone: detect -> align -> embed (then compare vectors by cosine).
 
-from ..dlib_backend import DlibFaceEncoder
-from ..face_alignment import align_face
-from ..face_detection import DETECTORS, Face, FaceDetector, build_detector
+Modules, in the order data flows:
+
+- :mod:`~retrieval.faces.types`: the :class:`Face` record (box, score, landmarks), :data:`LANDMARK_NAMES`,
+  :data:`Box`, pixel checks, sorting and picking faces by place.
+- :mod:`~retrieval.faces.detection`: the :class:`FaceDetector` protocol, the :data:`DETECTORS` registry
+  (:func:`build_detector`, :func:`detect_faces`) and OpenCV's Haar detector (``haar``).
+- :mod:`~retrieval.faces.dlib_backend`: the optional dlib models: the ``dlib-hog`` / ``dlib-cnn`` detectors
+  (registered in :data:`DETECTORS` when this package is imported) and the 128-d :class:`DlibFaceEncoder`.
+- :mod:`~retrieval.faces.alignment`: similarity alignment of landmarks onto a canonical face, square crops.
+- :mod:`~retrieval.faces.embedding`: the :class:`FaceEmbedder` protocol, :class:`AlignedFaceEmbedder` (an
+  image network on aligned crops) and :func:`unit_vectors`.
+- :mod:`~retrieval.faces.frontend`: :func:`face_crops`, pixels in -> detected, picked, aligned crops out.
+
+numpy in and out: ``(H, W, 3)`` uint8 RGB images, ``Face`` records in input pixels, float32 vectors. Files,
+databases and galleries are :mod:`indexer.faces`'s.
+"""
+
+from .alignment import (
+    CANONICAL_FACE,
+    DEFAULT_MARGIN,
+    align_face,
+    align_faces,
+    alignment_matrix,
+    box_matrix,
+    crop_box,
+    estimate_similarity,
+    warp,
+)
+from .detection import (
+    DETECTORS,
+    HAAR_EYES_IN_BOX,
+    FaceDetector,
+    HaarConfig,
+    HaarDetector,
+    build_detector,
+    detect_faces,
+    eyes_from_box,
+)
+from .dlib_backend import (
+    DLIB_RAW_THRESHOLD,
+    DlibDetector,
+    DlibFaceEncoder,
+    DlibUnavailableError,
+    dlib_available,
+)
 from .embedding import AlignedFaceEmbedder, FaceEmbedder, unit_vectors
+from .frontend import FaceCrops, Pick, centre_face, face_crops, largest_face, pick_faces
+from .types import LANDMARK_NAMES, Box, Face, check_pixels, nearest_to, sort_faces
 
-__all__ = ["DETECTORS", "AlignedFaceEmbedder", "DlibFaceEncoder", "Face", "FaceDetector", "FaceEmbedder",
-           "align_face", "build_detector", "unit_vectors"]
+__all__ = [
+    "CANONICAL_FACE", "DEFAULT_MARGIN", "DETECTORS", "DLIB_RAW_THRESHOLD", "HAAR_EYES_IN_BOX", "LANDMARK_NAMES",
+    "AlignedFaceEmbedder", "Box", "DlibDetector", "DlibFaceEncoder", "DlibUnavailableError", "Face", "FaceCrops",
+    "FaceDetector", "FaceEmbedder", "HaarConfig", "HaarDetector", "Pick",
+    "align_face", "align_faces", "alignment_matrix", "box_matrix", "build_detector", "centre_face", "check_pixels",
+    "crop_box", "detect_faces", "dlib_available", "estimate_similarity", "eyes_from_box", "face_crops",
+    "largest_face", "nearest_to", "pick_faces", "sort_faces", "unit_vectors", "warp",
+]

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..face_alignment import align_face
-from ..face_detection import Face
+from .alignment import align_faces
+from .types import Face
 
 
 class FaceEmbedder(Protocol):
@@ -32,7 +32,7 @@ def unit_vectors(v: np.ndarray) -> np.ndarray:
 
 
 class AlignedFaceEmbedder:
-    """The lookalike network on aligned face crops: each face is aligned (:func:`align_face`) into a
+    """The lookalike network on aligned face crops: each face is aligned (:func:`align_faces`) into a
     ``crop_size`` square and the crops of one photo are embedded as one batch.
 
     ``embedder``: anything with ``dim`` and ``embed_batch((N, S, S, 3) uint8) -> (N, dim)``.
@@ -44,7 +44,7 @@ class AlignedFaceEmbedder:
 
     def crops(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(len(faces), S, S, 3)`` uint8 aligned crops."""
-        return np.stack([align_face(pixels, f, self.crop_size) for f in faces])
+        return align_faces(pixels, faces, self.crop_size)
 
     def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         if not faces:

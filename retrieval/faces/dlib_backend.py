@@ -6,6 +6,9 @@ from the installed ``face_recognition_models`` package folder, found without imp
 (importing it fails on recent setuptools, which no longer ship ``pkg_resources``); ``$LOOKALIKE_DLIB_MODELS``
 may name another folder holding the same files.
 
+Importing this module registers the ``dlib-hog`` and ``dlib-cnn`` detectors in
+:data:`retrieval.faces.detection.DETECTORS`; dlib itself is imported only when a model is built.
+
 Models used:
 
 - ``mmod_human_face_detector.dat`` (``dlib-cnn``) and dlib's built-in HOG detector (``dlib-hog``);
@@ -28,7 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .face_detection import Face, check_pixels, sort_faces, working_scale
+from .detection import DETECTORS, working_scale
+from .types import Face, check_pixels, sort_faces
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,7 @@ def _rectangle(box: Sequence[float]) -> Any:
 
 def shape_to_landmarks(shape: Any) -> np.ndarray:
     """dlib 5-point ``full_object_detection`` -> ``(3, 2)`` float32: image-left eye centre, image-right eye
-    centre, nose base (:data:`retrieval.face_detection.LANDMARK_NAMES` order).
+    centre, nose base (:data:`retrieval.faces.types.LANDMARK_NAMES` order).
 
     dlib's points 0-1 are the corners of the image-right eye, 2-3 those of the image-left eye, 4 the base
     of the nose.
@@ -226,3 +230,13 @@ class DlibFaceEncoder:
         if self.normalize:
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs
+
+
+@DETECTORS.register("dlib-hog")
+def _dlib_hog(**options: Any) -> DlibDetector:
+    return DlibDetector(kind="hog", **options)
+
+
+@DETECTORS.register("dlib-cnn")
+def _dlib_cnn(**options: Any) -> DlibDetector:
+    return DlibDetector(kind="cnn", **options)

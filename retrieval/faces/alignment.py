@@ -2,7 +2,7 @@
 
 A similarity transform (rotation, uniform scale, translation; no shear, no reflection) is fitted by least
 squares from the face's landmarks (2 eye centres, 3 with the nose base, 5 with the mouth corners; see
-:data:`retrieval.face_detection.LANDMARK_NAMES`) to the same points of :data:`CANONICAL_FACE`, and the image
+:data:`retrieval.faces.types.LANDMARK_NAMES`) to the same points of :data:`CANONICAL_FACE`, and the image
 is warped with it into an ``(S, S, 3)`` crop where the eyes are level and at fixed places.
 
 Coordinates: points are ``(x, y)`` pixel coordinates with pixel centres at integers (OpenCV's
@@ -12,10 +12,12 @@ bottom-right; a crop of side ``S`` with ``margin m`` shows that square plus ``m`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
-from .face_detection import Face, check_pixels
+from .types import Box, Face, check_pixels
 
 #: The canonical face in a unit square, rows in ``LANDMARK_NAMES`` order: eye centres, nose base, mouth
 #: corners. Measured with dlib's 68-point model on 599 random LFW photos, after putting the eyes at
@@ -97,12 +99,12 @@ def template_points(size: int, margin: float = DEFAULT_MARGIN, n: int = 5,
 def alignment_matrix(landmarks: np.ndarray, size: int = 160, margin: float = DEFAULT_MARGIN,
                      template: np.ndarray = CANONICAL_FACE) -> np.ndarray:
     """``(2, 3)`` matrix taking image pixels to crop pixels, fitted on ``landmarks (K, 2)`` (``K >= 2``, in
-    :data:`~retrieval.face_detection.LANDMARK_NAMES` order) and the first ``K`` template points."""
+    :data:`~retrieval.faces.types.LANDMARK_NAMES` order) and the first ``K`` template points."""
     pts = np.asarray(landmarks, np.float64)
     return estimate_similarity(pts, template_points(size, margin, pts.shape[0], template))
 
 
-def box_matrix(box: tuple[float, float, float, float], size: int = 160, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+def box_matrix(box: Box, size: int = 160, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """``(2, 3)`` matrix taking image pixels to crop pixels for a face known only by its box: the box's
     centre goes to the crop's centre and its larger side fills the face square (no rotation)."""
     x0, y0, x1, y1 = box
@@ -166,7 +168,16 @@ def align_face(pixels: np.ndarray, face: Face, size: int = 160, margin: float = 
     return warp(pixels, matrix, size, border)
 
 
-def crop_box(pixels: np.ndarray, box: tuple[float, float, float, float], size: int = 160,
+def align_faces(pixels: np.ndarray, faces: Sequence[Face], size: int = 160, margin: float = DEFAULT_MARGIN,
+                border: str = "replicate") -> np.ndarray:
+    """Aligned crops of several faces of one image (:func:`align_face` each):
+    ``(H, W, 3)`` uint8 -> ``(len(faces), size, size, 3)`` uint8 (``(0, size, size, 3)`` for no faces)."""
+    if not faces:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([align_face(pixels, f, size, margin, border) for f in faces])
+
+
+def crop_box(pixels: np.ndarray, box: Box, size: int = 160,
              margin: float = DEFAULT_MARGIN, border: str = "replicate") -> np.ndarray:
     """Square crop around ``box`` (no landmarks): ``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8."""
     return warp(pixels, box_matrix(box, size, margin), size, border)

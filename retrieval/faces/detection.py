@@ -1,14 +1,8 @@
-"""Face detection: RGB pixels in, a list of :class:`Face` (box, score, eye landmarks) out.
+"""Face detection: RGB pixels in, a list of :class:`~retrieval.faces.types.Face` (box, score, landmarks) out.
 
 Every detector takes one ``(H, W, 3) uint8`` RGB image (``(H, W)`` grey is accepted too) and returns the
 faces it finds, largest first (ties: highest score first). An image without faces gives ``[]``, never an
-error. Boxes and landmarks are in the input image's pixel coordinates (pixel centres at integer
-coordinates, as OpenCV and dlib use them).
-
-Landmarks are a ``(K, 2)`` float32 array of ``(x, y)`` rows in the order of :data:`LANDMARK_NAMES`; every
-detector gives at least the two eye centres (``K >= 2``), image-left eye first (that is the subject's
-right eye). When a detector could not locate the eyes and guessed them from the box,
-``Face.landmarks_estimated`` is ``True``.
+error. Boxes and landmarks follow :mod:`retrieval.faces.types`: input pixels, eye centres first.
 
 Detectors (the :data:`DETECTORS` registry; :func:`build_detector` builds one by name):
 
@@ -20,89 +14,25 @@ Detectors (the :data:`DETECTORS` registry; :func:`build_detector` builds one by 
   width); after the eye cascade, eyes are off by 6.1% vs 6.3% of the inter-ocular distance on average
   (400 photos). So ``alt2`` is the default. On all of LFW (13,233 photos) it finds the face in 99.4%.
 - ``dlib-hog`` and ``dlib-cnn`` (``pip install -e ".[dlib]"``): dlib's HOG + linear SVM frontal detector
-  or its MMOD CNN detector, with dlib's 5-point shape predictor for the eyes and the base of the nose.
+  or its MMOD CNN detector, with dlib's 5-point shape predictor for the eyes and the base of the nose. They
+  live in :mod:`retrieval.faces.dlib_backend`, which registers them here when imported (the package
+  ``retrieval.faces`` imports it); this module imports no detector of another module.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
-from .registry import Registry
+from ..registry import Registry
+from .types import Box, Face, check_pixels, sort_faces
 
 log = logging.getLogger(__name__)
-
-#: Row names of ``Face.landmarks``; a detector fills the first ``K`` of them. "left"/"right" are as seen in
-#: the image (the image-left eye is the subject's right eye). ``nose_base`` is the point under the nose tip
-#: (dlib's 5-point model), not the tip itself.
-LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_base", "mouth_left", "mouth_right")
-
-
-@dataclass(frozen=True)
-class Face:
-    """One detected face.
-
-    ``x0, y0, x1, y1``: the box in input pixels (``x1``/``y1`` exclusive, as ``x0 + width``).
-    ``score``: the detector's confidence (its own scale: neighbour count for Haar, SVM margin for dlib HOG,
-    CNN confidence for dlib CNN); only comparable within one detector.
-    ``landmarks``: ``(K, 2)`` float32 ``(x, y)`` rows named by :data:`LANDMARK_NAMES`, or ``None``.
-    ``landmarks_estimated``: the landmarks were guessed from the box, not found in the pixels.
-    """
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    score: float = 0.0
-    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
-    landmarks_estimated: bool = False
-    detector: str = ""
-
-    def __post_init__(self) -> None:
-        if not (self.x1 > self.x0 and self.y1 > self.y0):
-            raise ValueError(f"empty face box ({self.x0}, {self.y0}, {self.x1}, {self.y1})")
-        if self.landmarks is not None:
-            pts = np.array(self.landmarks, dtype=np.float32)  # a private copy, made read-only below
-            if pts.ndim != 2 or pts.shape[1] != 2 or not 2 <= pts.shape[0] <= len(LANDMARK_NAMES):
-                raise ValueError(f"landmarks must be (K, 2) with 2 <= K <= {len(LANDMARK_NAMES)}, got {pts.shape}")
-            pts.setflags(write=False)
-            object.__setattr__(self, "landmarks", pts)
-
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        return (self.x0, self.y0, self.x1, self.y1)
-
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
-
-    @property
-    def area(self) -> float:
-        return self.width * self.height
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
-
-    @property
-    def eyes(self) -> np.ndarray | None:
-        """``(2, 2)`` eye centres (image-left first), or ``None`` without landmarks."""
-        return None if self.landmarks is None else self.landmarks[:2]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-ready)."""
-        return {"box": [float(v) for v in self.box], "score": float(self.score),
-                "landmarks": None if self.landmarks is None else self.landmarks.tolist(),
-                "landmarks_estimated": self.landmarks_estimated, "detector": self.detector}
 
 
 @runtime_checkable
@@ -134,16 +64,6 @@ def detect_faces(pixels: np.ndarray, detector: str | FaceDetector = "haar") -> l
 # --------------------------------------------------------------------------------------------------
 
 
-def check_pixels(pixels: np.ndarray) -> np.ndarray:
-    """Validate an image: ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` grey, returned as is). Raises ``ValueError``."""
-    a = np.asarray(pixels)
-    if a.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {a.dtype}")
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise ValueError(f"expected (H, W, 3) RGB or (H, W) grey pixels, got shape {a.shape}")
-    return a
-
-
 def to_grey(pixels: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` RGB or ``(H, W)`` uint8 -> ``(H, W)`` uint8 grey."""
     a = check_pixels(pixels)
@@ -158,25 +78,12 @@ def working_scale(height: int, width: int, max_side: int | None) -> float:
     return max_side / longest
 
 
-def sort_faces(faces: list[Face]) -> list[Face]:
-    """Largest box first; equal sizes by decreasing score."""
-    return sorted(faces, key=lambda f: (-f.area, -f.score))
-
-
-def nearest_to(faces: list[Face], x: float, y: float) -> Face | None:
-    """The face whose box centre is nearest ``(x, y)`` (``None`` for no faces)."""
-    if not faces:
-        return None
-    return min(faces, key=lambda f: (f.centre[0] - x) ** 2 + (f.centre[1] - y) ** 2)
-
-
 # Where the two eye centres fall inside a Haar ``alt2`` box, as fractions of its width and height: the mean
 # over 1,000 LFW photos of dlib's 5-point eye centres (spread ~0.02 of the box per coordinate).
 HAAR_EYES_IN_BOX = np.array([[0.314, 0.405], [0.674, 0.397]], dtype=np.float32)
 
 
-def eyes_from_box(box: tuple[float, float, float, float],
-                  eyes_in_box: np.ndarray = HAAR_EYES_IN_BOX) -> np.ndarray:
+def eyes_from_box(box: Box, eyes_in_box: np.ndarray = HAAR_EYES_IN_BOX) -> np.ndarray:
     """The usual eye centres of a frontal face box: ``(2, 2)`` float32, image-left eye first."""
     x0, y0, x1, y1 = box
     return (np.array([x0, y0], np.float32) + eyes_in_box * np.array([x1 - x0, y1 - y0], np.float32)).astype(np.float32)
@@ -276,7 +183,7 @@ class HaarDetector:
     # 20x20 eye cascade works well, whatever the face's size in the photo.
     _EYE_BOX_WIDTH = 120
 
-    def _find_eyes(self, grey: np.ndarray, box: tuple[float, float, float, float]) -> tuple[np.ndarray, bool]:
+    def _find_eyes(self, grey: np.ndarray, box: Box) -> tuple[np.ndarray, bool]:
         """Eye centres ``(2, 2)`` in image pixels for one face box, and whether they were estimated."""
         expected = eyes_from_box(box)
         if self._eyes is None:
@@ -318,17 +225,3 @@ class HaarDetector:
 @DETECTORS.register("haar")
 def _haar(**options: Any) -> HaarDetector:
     return HaarDetector(**options)
-
-
-@DETECTORS.register("dlib-hog")
-def _dlib_hog(**options: Any) -> FaceDetector:
-    from .dlib_backend import DlibDetector
-
-    return DlibDetector(kind="hog", **options)
-
-
-@DETECTORS.register("dlib-cnn")
-def _dlib_cnn(**options: Any) -> FaceDetector:
-    from .dlib_backend import DlibDetector
-
-    return DlibDetector(kind="cnn", **options)
