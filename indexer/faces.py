@@ -22,13 +22,12 @@ Boxes and landmarks are stored and returned in the photo's original pixel coordi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -40,16 +39,15 @@ from retrieval.faces import AlignedFaceEmbedder, Face, FaceDetector, FaceEmbedde
 from retrieval.faces import unit_vectors as _unit
 from retrieval.registry import UnknownNameError
 
-from . import db
+from . import db, sync
 from .db import ERROR, INDEXED, PENDING, FacePhoto, FaceRecord, Identity
-from .engine import IndexReport
 from .errors import LookalikeError, ModelMismatchError
-from .store import IndexFile, NullProgress, Progress, Store, chunks, vectors_from_rows, write_lock
 from .evaluate import PairsReport, score_pairs
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, file_hash, load_image
+from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from .index_cache import IndexCache, RowVectors
 from .pipeline import decoded
-from .scan import KnownFile, ScanResult, plan_sync, scan_folder
-from .vector_index import IndexConfig, VectorIndex
+from .store import IndexFile, Progress, Store, chunks, vectors_from_rows, write_lock
+from .sync import BatchWriter, FileSync, IndexReport
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +313,12 @@ class FaceGallery(Store):
         self._embedder_factory = face_embedder_factory
         self._detector: tuple[str, FaceDetector] | None = None
         self._embedder: tuple[tuple, FaceEmbedder] | None = None
-        self._files = {src: IndexFile(self.home, f, st) for src, (f, st, _) in _INDEX_FILES.items()}
-        self._indexes: dict[str, tuple[int, VectorIndex]] = {}
+        self._caches = {
+            src: IndexCache(self, IndexFile(self.home, f, st), key,
+                            RowVectors(FaceRecord, (FaceRecord.source == src, FaceRecord.vector.is_not(None)), _DIM_KEY),
+                            name=f"face index ({src})")
+            for src, (f, st, key) in _INDEX_FILES.items()}
+        self._sync = FileSync(FacePhoto, _INDEX_FILES[INDEX][2], reset=dict(faces=None), dependents=_PhotoFaces())
         self._dim_known: int | None = None
 
     # ------------------------------------------------------------------ settings
@@ -453,7 +455,7 @@ class FaceGallery(Store):
         report = EnrollReport(name=name)
         settings = self._ensure_settings()
         with write_lock(self.home):
-            start = self._version(ENROL)
+            start = self._caches[ENROL].version()
             with self._session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
@@ -491,13 +493,13 @@ class FaceGallery(Store):
                 report.total_faces = s.scalar(select(func.count()).where(FaceRecord.identity_id == ident_id)) or 0
                 if report.total_faces == 0:  # nothing usable: do not keep an empty identity
                     s.execute(delete(Identity).where(Identity.id == ident_id))
-            self._update_index(ENROL, start, added, set())
+            self._caches[ENROL].update(start, added, set())
         return report
 
     def forget(self, name: str) -> int:
         """Remove an identity and its enrolled faces. Returns the number of faces removed."""
         with write_lock(self.home):
-            start = self._version(ENROL)
+            start = self._caches[ENROL].version()
             with self._session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
@@ -506,7 +508,7 @@ class FaceGallery(Store):
                 s.execute(delete(FaceRecord).where(FaceRecord.identity_id == ident.id))
                 s.execute(delete(Identity).where(Identity.id == ident.id))
                 db.bump_vector_version(s, _INDEX_FILES[ENROL][2])
-            self._update_index(ENROL, start, set(), ids)
+            self._caches[ENROL].update(start, set(), ids)
         return len(ids)
 
     def identities(self) -> list[IdentitySummary]:
@@ -614,7 +616,7 @@ class FaceGallery(Store):
                 for box, results in zip(probe.boxes, per_face)]
 
     def _search(self, source: str, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        index = self._current_index(source)
+        index = self._caches[source].current()
         if len(index) == 0:
             return [[] for _ in range(len(vectors))]
         if index.dim != vectors.shape[1]:
@@ -628,123 +630,35 @@ class FaceGallery(Store):
         """Find and embed every face of every photo under ``folder``. Incremental, as
         :meth:`Collection.index_folder <indexer.engine.Collection.index_folder>`: unchanged photos are not
         read again, moved ones are followed, deleted ones dropped; corrupt files are skipped and reported."""
-        progress = progress or NullProgress()
-        t0 = time.perf_counter()
-        root = Path(folder).expanduser()
-        try:
-            scan = scan_folder(root, IMAGE_EXTENSIONS)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise LookalikeError(str(exc)) from None
-        root = root.resolve()
-        report = FaceIndexReport(folder=str(root), scanned=len(scan.files), ignored=scan.ignored)
-        report.skipped.extend((d, f"cannot list folder ({why})") for d, why in scan.unreadable_dirs)
-        settings = self._ensure_settings()
-        with write_lock(self.home):
-            start = self._version(INDEX)
-            added: set[int] = set()
-            removed: set[int] = set()
-            todo = self._sync_photos(root, scan, report, removed)
-            if todo:
-                self._process_photos(todo, settings, report, added, progress)
-            total = self._update_index(INDEX, start, added, removed)
-        report.total_indexed = total
-        report.index_kind = self._indexes[INDEX][1].kind
-        report.total_seconds = time.perf_counter() - t0
+        report = FaceIndexReport(folder=str(folder))
+        process = functools.partial(self._process_photos, self._ensure_settings())
+        sync.index_folder(self, folder, report, self._sync, self._caches[INDEX], process, progress, description="faces")
         return report
 
-    def _sync_photos(self, root: Path, scan: ScanResult, report: FaceIndexReport, removed: set[int]) -> list[tuple[int, str]]:
-        """Apply the scan to ``face_photos``; return the ``(photo id, path)`` to (re)process. Face ids of
-        photos that changed or went away are added to ``removed``."""
-        prefix = str(root).rstrip(os.sep) + os.sep
-        with self._session() as s, s.begin():
-            known = [KnownFile(*r) for r in s.execute(
-                select(FacePhoto.id, FacePhoto.path, FacePhoto.size, FacePhoto.mtime_ns, FacePhoto.status,
-                       FacePhoto.content_hash).where(FacePhoto.path.startswith(prefix, autoescape=True)))]
-            plan = plan_sync(scan.files, known, _hash_or_none, PENDING)
-            by_id = {k.id: k for k in known}
-            stat = {f.path: (f.size, f.mtime_ns) for f in scan.files}
-            report.new, report.moved, report.resumed = len(plan.new), len(plan.moved), len(plan.resume)
-            report.unchanged = plan.unchanged
-            report.earlier_errors = sum(1 for k in known if k.status == ERROR and stat.get(k.path) == (k.size, k.mtime_ns))
-            drop_faces: list[int] = [pid for pid, _ in plan.resume]
-            for pid, f in plan.moved:
-                s.execute(update(FacePhoto).where(FacePhoto.id == pid).values(path=f.path, size=f.size, mtime_ns=f.mtime_ns))
-                s.execute(update(FaceRecord).where(FaceRecord.photo_id == pid).values(path=f.path))
-            todo = [(pid, f.path) for pid, f in plan.resume]
-            for pid, f in plan.changed:
-                same_content = by_id[pid].status != PENDING and by_id[pid].content_hash == _hash_or_none(f.path)
-                values: dict[str, Any] = dict(size=f.size, mtime_ns=f.mtime_ns)
-                if same_content:
-                    report.unchanged += 1
-                else:
-                    values.update(status=PENDING, error=None)
-                    drop_faces.append(pid)
-                    todo.append((pid, f.path))
-                    report.changed += 1
-                s.execute(update(FacePhoto).where(FacePhoto.id == pid).values(**values))
-            drop_faces.extend(plan.removed)
-            for chunk in chunks(drop_faces, 500):
-                removed.update(s.scalars(select(FaceRecord.id).where(FaceRecord.photo_id.in_(chunk))))
-                s.execute(delete(FaceRecord).where(FaceRecord.photo_id.in_(chunk)))
-            for chunk in chunks(plan.removed, 500):
-                s.execute(delete(FacePhoto).where(FacePhoto.id.in_(chunk)))
-            report.removed = len(plan.removed)
-            rows = [FacePhoto(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
-            s.add_all(rows)
-            s.flush()
-            todo.extend((r.id, r.path) for r in rows)
-            if removed:
-                db.bump_vector_version(s, _INDEX_FILES[INDEX][2])
-        return todo
-
-    def _process_photos(self, todo: list[tuple[int, str]], settings: FaceSettings, report: FaceIndexReport,
-                        added: set[int], progress: Progress) -> None:
+    def _process_photos(self, settings: FaceSettings, todo: list[tuple[int, str]], report: IndexReport,
+                        writer: BatchWriter) -> None:
+        """Detect and embed the faces of the pending photos; ``report`` is a :class:`FaceIndexReport`."""
+        assert isinstance(report, FaceIndexReport)
         self._get_detector(settings), self._get_embedder(settings)  # fail before reading anything
-        progress.start(len(todo), "faces")
-        batch: list[tuple[dict, list[FaceRecord]]] = []
-        t0 = time.perf_counter()
-
-        def flush() -> None:
-            if not batch:
-                return
-            with self._session() as s, s.begin():
-                s.execute(update(FacePhoto), [u for u, _ in batch])
-                rows = [r for _, rs in batch for r in rs]
-                s.add_all(rows)
-                s.flush()
-                added.update(r.id for r in rows)
-                db.bump_vector_version(s, _INDEX_FILES[INDEX][2])
-            batch.clear()
-
-        try:
-            # max_side None: decoded at full size; _probe shrinks large photos to FACE_MAX_SIDE.
-            for i, item in decoded([p for _, p in todo], None, workers=self.runtime.workers,  # type: ignore[arg-type]
-                                   max_pixels=self.max_pixels):
-                pid, path = todo[i]
-                if isinstance(item, str):
-                    batch.append((dict(id=pid, status=ERROR, error=item, faces=None), []))
-                    report.skipped.append((path, item))
-                else:
-                    try:
-                        probe: _Probe | None = self._probe(item.image, settings)
-                    except (ValueError, cv2.error) as exc:  # a photo the detector cannot take: report it
-                        probe, reason = None, f"face detection failed ({exc})"
-                        batch.append((dict(id=pid, status=ERROR, error=reason, faces=None), []))
-                        report.skipped.append((path, reason))
-                    if probe is not None:
-                        rows = [self._face_row(probe, j, path, INDEX, photo_id=pid) for j in range(len(probe.faces))]
-                        batch.append((dict(id=pid, status=INDEXED, error=None, faces=len(rows),
-                                           content_hash=probe.content_hash, width=probe.width, height=probe.height), rows))
-                        report.embedded += 1
-                        report.faces += len(rows)
-                        report.without_faces += not rows
-                progress.advance(1)
-                if len(batch) >= self.commit_every:
-                    flush()
-            flush()
-        finally:
-            progress.finish()
-            report.embed_seconds = time.perf_counter() - t0
+        # max_side None: decoded at full size; _probe shrinks large photos to FACE_MAX_SIDE.
+        for i, item in decoded([p for _, p in todo], None, workers=self.runtime.workers,  # type: ignore[arg-type]
+                               max_pixels=self.max_pixels):
+            pid, path = todo[i]
+            if not isinstance(item, str):
+                try:
+                    probe = self._probe(item.image, settings)
+                except (ValueError, cv2.error) as exc:  # a photo the detector cannot take: report it
+                    item = f"face detection failed ({exc})"
+            if isinstance(item, str):
+                writer.put(dict(id=pid, status=ERROR, error=item, faces=None))
+                report.skipped.append((path, item))
+                continue
+            rows = [self._face_row(probe, j, path, INDEX, photo_id=pid) for j in range(len(probe.faces))]
+            writer.put(dict(id=pid, status=INDEXED, error=None, faces=len(rows), content_hash=probe.content_hash,
+                            width=probe.width, height=probe.height), rows)
+            report.embedded += 1
+            report.faces += len(rows)
+            report.without_faces += not rows
 
     def _reembed_all(self) -> list[tuple[str, str]]:
         """After a model change: re-embed enrolled faces from their photos (the face nearest the stored box),
@@ -782,10 +696,9 @@ class FaceGallery(Store):
             db.set_setting(s, _DIM_KEY, None)
             for src in (ENROL, INDEX):
                 db.bump_vector_version(s, _INDEX_FILES[src][2])
-        self._indexes.clear()
         self._dim_known = None
-        for src in (ENROL, INDEX):
-            self._update_index(src, 0, set(), set(), rebuild=True)
+        for cache in self._caches.values():
+            cache.update(0, set(), set(), rebuild=True)
         return lost
 
     # ------------------------------------------------------------------ pairs files
@@ -855,73 +768,7 @@ class FaceGallery(Store):
             raise LookalikeError(f"cannot score {pairs_file}: {exc}") from None
         return PairsReport(metrics=metrics, pairs=n, images=len(vectors), skipped=skipped)
 
-    # ------------------------------------------------------------------ face indexes
-    def _version(self, source: str) -> int:
-        with self._session() as s:
-            return int(db.get_setting(s, _INDEX_FILES[source][2], 0))
-
-    def _rows(self, s: Session, source: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        q = select(FaceRecord.id, FaceRecord.vector).where(FaceRecord.source == source)
-        if ids is None:
-            return vectors_from_rows(list(s.execute(q.order_by(FaceRecord.id))))
-        rows: list = []
-        for chunk in chunks(sorted(ids), 500):
-            rows.extend(s.execute(q.where(FaceRecord.id.in_(chunk))))
-        return vectors_from_rows(rows)
-
-    def _build(self, source: str) -> VectorIndex:
-        with self._session() as s:
-            ids, vecs = self._rows(s, source)
-            dim = vecs.shape[1] if ids.size else int(db.get_setting(s, _DIM_KEY) or 1)
-        log.info("building the %s face index of %d vectors", source, len(ids))
-        return VectorIndex.build(ids, vecs if ids.size else np.zeros((0, dim), np.float32), IndexConfig(), dim=dim)
-
-    def _update_index(self, source: str, start_version: int, added: set[int], removed: set[int],
-                      rebuild: bool = False) -> int:
-        """Under the write lock, after the database changed: bring ``source``'s index file up to date
-        (apply the changes when the file was current at ``start_version``, else rebuild). Returns its size."""
-        version = self._version(source)
-        files = self._files[source]
-        index, state = files.load(IndexConfig())
-        with self._session() as s:
-            expected = s.scalar(select(func.count()).where(FaceRecord.source == source, FaceRecord.vector.is_not(None))) or 0
-            trusted = not rebuild and index is not None and state is not None and state.get("version") == start_version
-            if trusted and version != start_version:
-                assert index is not None
-                if removed:
-                    index.remove(np.fromiter(removed, np.int64))
-                ids, vecs = self._rows(s, source, added - removed)
-                if ids.size:
-                    if vecs.shape[1] != index.dim:
-                        trusted = False
-                    else:
-                        index.add(ids, vecs)
-        rebuilt = not trusted or index is None or len(index) != expected
-        if rebuilt:
-            index = self._build(source)
-        if rebuilt or state is None or state.get("version") != version or not files.index_path.exists():
-            files.save(index, version)
-        self._indexes[source] = (version, index)
-        return len(index)
-
-    def _current_index(self, source: str) -> VectorIndex:
-        """``source``'s index for searching, rebuilt from the database when its file is missing or stale."""
-        version = self._version(source)
-        cached = self._indexes.get(source)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        index, state = self._files[source].load(IndexConfig())
-        if index is None or state is None or state.get("version") != version:
-            log.warning("the %s face index file is missing or older than the database; rebuilding it", source)
-            index = self._build(source)
-            try:
-                with write_lock(self.home):
-                    self._files[source].save(index, version)
-            except LookalikeError:
-                log.info("collection busy; using the rebuilt face index without saving it")
-        self._indexes[source] = (version, index)
-        return index
-
+    # ------------------------------------------------------------------ counts
     def stats(self) -> dict[str, Any]:
         """Counts and settings, JSON-ready."""
         settings = self.settings
@@ -935,8 +782,14 @@ class FaceGallery(Store):
                 "photos": sum(photos.values()), "photos_unreadable": photos.get(ERROR, 0)}
 
 
-def _hash_or_none(path: str) -> str | None:
-    try:
-        return file_hash(path)
-    except OSError:
-        return None
+class _PhotoFaces:
+    """The faces found in an indexed photo (:class:`~indexer.sync.Dependents`): they follow their photo when it
+    moves and go when it changes or goes."""
+
+    def moved(self, s: Session, file_id: int, path: str) -> None:
+        s.execute(update(FaceRecord).where(FaceRecord.photo_id == file_id).values(path=path))
+
+    def drop(self, s: Session, file_ids: Sequence[int]) -> set[int]:
+        ids = set(s.scalars(select(FaceRecord.id).where(FaceRecord.photo_id.in_(file_ids))))
+        s.execute(delete(FaceRecord).where(FaceRecord.photo_id.in_(file_ids)))
+        return ids
