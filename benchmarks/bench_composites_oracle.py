@@ -3,7 +3,7 @@
 Protocol: the set written by ``python -m benchmarks.composites OUT`` (see that module: COIL-20 objects pasted
 onto shared Weizmann-horse background patches; queries in poses and on backgrounds their object never has in the
 database, while 16 database distractors per query share its exact background). Each composite is decoded with
-PIL (RGB), resized as indexing does (``retrieval.resize.resize_longest(pixels, image_size)``, 256 -> 224) and
+the library's decoder, resized as indexing does (``indexer.imageio.load_image(path, image_size)``, 256 -> 224) and
 embedded by the default model (``Embedder(ModelConfig())``: EfficientNet-Lite0 ImageNet + GeM, L2) twice: without
 a mask (whole image), and with its true mask from ``masks/`` (bilinearly resized to the same size, values in
 [0, 1], passed to the pooling, which averages the feature map under it). Scores: ``query_database_metrics``
@@ -19,26 +19,23 @@ Output: JSON on stdout, written to ``benchmarks/results/composites_oracle.json``
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import BenchParser, machine, write_json
 from benchmarks.composites import CompositeRecord, Manifest
+from benchmarks.timing import Stopwatch
+from indexer.imageio import load_image
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.metrics import query_database_metrics
 from retrieval.model import Embedder
-from retrieval.resize import resize_longest
 
 
 def load(root: Path, record: CompositeRecord, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """-> pixels ``(h, w, 3) uint8`` resized as indexing does, and the true mask ``(h, w) float32`` in [0, 1]."""
-    with Image.open(root / record.image) as im:
-        pixels = resize_longest(np.asarray(im.convert("RGB")), image_size)
+    pixels = load_image(root / record.image, image_size).pixels
     with Image.open(root / record.mask) as im:
         mask = im.convert("L").resize((pixels.shape[1], pixels.shape[0]), Image.Resampling.BILINEAR)
     return pixels, np.asarray(mask, dtype=np.float32) / 255.0
@@ -67,12 +64,9 @@ def top1_same_background(q_vecs: np.ndarray, db_vecs: np.ndarray, queries: list[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=1, out="composites_oracle.json")
     ap.add_argument("folder", type=Path, help="a set built by benchmarks.composites (holds manifest.json)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    ap.add_argument("--out", default="composites_oracle.json", help="result file name in benchmarks/results/")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     manifest = Manifest.load(args.folder / "manifest.json")
     queries = [r for r in manifest.records if r.split == "queries"]
     database = [r for r in manifest.records if r.split == "database"]
@@ -82,15 +76,14 @@ def main() -> None:
     embedder = Embedder(config, RuntimeOptions(device="cpu"))
     vecs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     results: dict[str, dict[str, float]] = {}
-    start = time.perf_counter()
-    for name, masked in (("whole_image", False), ("oracle_mask", True)):
-        q = embed(embedder, args.folder, queries, masked)
-        d = embed(embedder, args.folder, database, masked)
-        vecs[name] = (q, d)
-        m = query_database_metrics(q, q_labels, d, db_labels)
-        results[name] = {**{k: round(v, 4) for k, v in m.items()},
-                         "top1_same_background": round(top1_same_background(q, d, queries, database), 4)}
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        for name, masked in (("whole_image", False), ("oracle_mask", True)):
+            q = embed(embedder, args.folder, queries, masked)
+            d = embed(embedder, args.folder, database, masked)
+            vecs[name] = (q, d)
+            m = query_database_metrics(q, q_labels, d, db_labels)
+            results[name] = {**{k: round(v, 4) for k, v in m.items()},
+                             "top1_same_background": round(top1_same_background(q, d, queries, database), 4)}
     write_json(args.out, {
         "benchmark": "composites_oracle", "folder": str(args.folder), "model": config.to_dict(),
         "dataset": {"seed": manifest.config.seed, "queries": len(queries), "database": len(database),
@@ -98,7 +91,7 @@ def main() -> None:
                     "mean_mask_cover": round(float(np.mean([r.mask_cover for r in manifest.records])), 4)},
         "results": results,
         "gain_mAP": round(results["oracle_mask"]["mAP"] - results["whole_image"]["mAP"], 4),
-        "seconds": round(seconds, 1), "machine": machine()})
+        "seconds": round(clock.seconds, 1), "machine": machine()})
 
 
 if __name__ == "__main__":

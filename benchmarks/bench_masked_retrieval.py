@@ -22,22 +22,27 @@ pass (decode + segment + embed; the first apply mode's pass, with segmentation) 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from benchmarks.common import RESULTS, machine, write_json
-from indexer.evaluate import evaluate_folder
+from benchmarks.common import RESULTS, BenchParser, machine, write_json
+from benchmarks.composites import image_mask_files, set_folders
+from benchmarks.timing import Stopwatch, interleaved, rate, warm_up
+from indexer.evaluate import embed_paths, evaluate_folder
 from indexer.imageio import load_image
 from indexer.masking import MASK_APPLY, Masker, MaskSettings
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder
 from segmentation import build_segmenter, iou
+from segmentation.data import load_mask
+
+
+def pixel_key(pixels: np.ndarray) -> str:
+    """Identifies an image by its pixels."""
+    return hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 class Cached:
@@ -48,7 +53,7 @@ class Cached:
         self.masks: dict[str, np.ndarray] = {}
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        key = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+        key = pixel_key(pixels)
         if key not in self.masks:
             self.masks[key] = self.segmenter(pixels)
         return self.masks[key]
@@ -61,24 +66,19 @@ class TrueMasks:
 
     def __init__(self, root: Path, max_side: int) -> None:
         self.by_key: dict[str, np.ndarray] = {}
-        for image in sorted((root / "images").rglob("*.jpg")):
-            mask_path = root / "masks" / image.relative_to(root / "images").with_suffix(".png")
+        for image, mask in image_mask_files(root):
             pixels = load_image(image, max_side).pixels  # exactly what the pipeline hands the segmenter
-            with Image.open(mask_path) as m:
-                mask = np.asarray(m.convert("L").resize((pixels.shape[1], pixels.shape[0]), Image.Resampling.BILINEAR)) > 127
-            self.by_key[hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()] = mask
+            self.by_key[pixel_key(pixels)] = load_mask(mask, (pixels.shape[1], pixels.shape[0]))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.by_key[hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()]
+        return self.by_key[pixel_key(pixels)]
 
 
 def mean_iou(segmenter, root: Path) -> float:
     scores = []
-    for image in sorted((root / "images").rglob("*.jpg")):
-        with Image.open(image) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        with Image.open(root / "masks" / image.relative_to(root / "images").with_suffix(".png")) as m:
-            truth = np.asarray(m.convert("L")) > 127
+    for image, mask in image_mask_files(root):
+        pixels = load_image(image, None).pixels
+        truth = load_mask(mask, (pixels.shape[1], pixels.shape[0]))
         scores.append(iou(np.asarray(segmenter(pixels), bool), truth))
     return float(np.mean(scores))
 
@@ -86,16 +86,15 @@ def mean_iou(segmenter, root: Path) -> float:
 def speed_only(db: Path, embedder: Embedder, runtime: RuntimeOptions, specs: list[str], n: int) -> None:
     """Images/s of the embedding pipeline (decode + segment + embed) on the same ``n`` images, whole vs each
     segmenter, interleaved over 3 rounds (median), so that a drifting machine affects all alike."""
-    from indexer.evaluate import embed_paths
-
     paths = sorted(str(p) for p in db.rglob("*.jpg"))[:n]
     maskers: dict[str, Masker | None] = {"whole": None}
     maskers.update({spec: Masker(MaskSettings(segmenter=spec)) for spec in specs})
-    rates: dict[str, list[float]] = {name: [] for name in maskers}
-    embed_paths(paths[:8], embedder, runtime.batch_size, runtime.workers)  # warm-up
-    for _ in range(3):
-        for name, masker in maskers.items():
-            rates[name].append(embed_paths(paths, embedder, runtime.batch_size, runtime.workers, masker)[3])
+
+    def images_per_second(masker: Masker | None, paths: list[str] = paths) -> float:
+        return embed_paths(paths, embedder, runtime.batch_size, runtime.workers, masker)[3]
+
+    warm_up(lambda: images_per_second(None, paths[:8]))
+    rates = interleaved({name: partial(images_per_second, masker) for name, masker in maskers.items()}, 3)
     medians = {name: round(float(np.median(r)), 2) for name, r in rates.items()}
     write_json("masked_indexing_speed.json", {
         "benchmark": "indexing_speed_with_masks", "images": len(paths), "images_per_second_median": medians,
@@ -104,31 +103,26 @@ def speed_only(db: Path, embedder: Embedder, runtime: RuntimeOptions, specs: lis
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=2)
     ap.add_argument("--composites", type=Path, default=RESULTS / "composites")
     ap.add_argument("--segmenter", action="append", default=None, help="segmenter spec (repeatable; default grabcut)")
     ap.add_argument("--apply", action="append", choices=MASK_APPLY, default=None)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", type=int, metavar="N", default=0,
                     help="only time indexing of N database images: whole vs each segmenter, 3 interleaved rounds")
     args = ap.parse_args()
     root = args.composites
-    if not (root / "images" / "database").is_dir():
-        raise SystemExit(f"no composites in {root}; build them: python -m benchmarks.composites {root}")
-    torch.set_num_threads(args.threads)
+    db, queries = set_folders(root)
     model = ModelConfig()
     runtime = RuntimeOptions(device="cpu", workers=2)
     embedder = Embedder(model, runtime)
-    db, queries = root / "images" / "database", root / "images" / "queries"
     rows: dict[str, dict] = {}
 
     def run(name: str, masker: Masker | None) -> float:
-        t0 = time.perf_counter()
-        rep = evaluate_folder(db, embedder, queries=queries, batch_size=runtime.batch_size,
-                              workers=runtime.workers, masker=masker)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as clock:
+            rep = evaluate_folder(db, embedder, queries=queries, batch_size=runtime.batch_size,
+                                  workers=runtime.workers, masker=masker)
         rows[name] = {"mAP": round(rep.metrics["mAP"], 4), "recall@1": round(rep.metrics["recall@1"], 4),
-                      "images_per_second": round(rep.images / seconds, 1)}
+                      "images_per_second": rate(rep.images, clock.seconds, 1)}
         print(name, rows[name], flush=True)
         return rep.metrics["mAP"]
 

@@ -77,6 +77,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from indexer.imageio import load_image
+from segmentation.data import load_mask
+
 log = logging.getLogger(__name__)
 
 COIL_POSES = 72
@@ -184,6 +187,22 @@ class Manifest:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def set_folders(root: str | Path) -> tuple[Path, Path]:
+    """The ``(database, queries)`` image folders of a set built into ``root``; stops with the command that
+    builds one when ``root`` holds none."""
+    root = Path(root)
+    database, queries = root / "images" / "database", root / "images" / "queries"
+    if not database.is_dir():
+        raise SystemExit(f"no composites in {root}; build them: python -m benchmarks.composites {root}")
+    return database, queries
+
+
+def image_mask_files(root: str | Path) -> list[tuple[Path, Path]]:
+    """Every composite of the set in ``root`` with its true mask file, in the manifest's (sorted) order."""
+    root = Path(root)
+    return [(root / r.image, root / r.mask) for r in Manifest.load(root / "manifest.json").records]
+
+
 # --------------------------------------------------------------------------------------------- objects
 
 
@@ -214,6 +233,12 @@ def object_mask(gray: np.ndarray, threshold: int = 12, min_component_ratio: floa
     if small:
         mask |= np.isin(blabels, small)
     return mask
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """A COIL image as ``(H, W) uint8`` grey levels: decoded by the library (``load_image``), then its luminance
+    (exact for grey files: their three channels are equal)."""
+    return np.asarray(Image.fromarray(load_image(path, None).pixels).convert("L"))
 
 
 def coil_path(coil_dir: Path, obj: int, pose: int) -> Path:
@@ -277,16 +302,9 @@ def load_backgrounds(rng: np.random.Generator, photo_dir: Path, mask_dir: Path |
         if len(patches) == config.backgrounds:
             break
         photo_path = photos[int(i)]
-        with Image.open(photo_path) as im:
-            photo = np.asarray(im.convert("RGB"))
-        horse = None
+        photo = load_image(photo_path, None).pixels
         mpath = _find_mask(mask_dir, photo_path)
-        if mpath is not None:
-            with Image.open(mpath) as im:
-                m = im.convert("L")
-                if m.size != (photo.shape[1], photo.shape[0]):
-                    m = m.resize((photo.shape[1], photo.shape[0]), Image.Resampling.BILINEAR)
-                horse = np.asarray(m) > 127
+        horse = load_mask(mpath, (photo.shape[1], photo.shape[0])) if mpath is not None else None
         cut = cut_patch(rng, photo, horse, config.max_horse, config.min_patch_side)
         if cut is None:
             log.debug("no usable patch in %s", photo_path.name)
@@ -364,14 +382,15 @@ def build_composites(
     ``background_mask_dir``: masks of what to avoid in them, same stems (default: Weizmann's ``figure_ground/``
     when ``background_dir`` is defaulted too; None = no avoidance). ``seed`` overrides ``config.seed``.
     """
-    from benchmarks.common import SHARED_DATA
+    from benchmarks.common import require_dataset
+    from benchmarks.shared_data import COIL20, WEIZMANN
 
     config = dataclasses.replace(config or CompositeConfig(), seed=seed)
     config.validate()
     if coil_dir is None:
-        coil_dir = SHARED_DATA / "coil-20" / "coil-20-proc"
+        coil_dir = require_dataset(COIL20)
     if background_dir is None:
-        horses = SHARED_DATA / "weizmann-horse" / "weizmann_horse_db"
+        horses = require_dataset(WEIZMANN)
         background_dir = horses / "rgb"
         if background_mask_dir is None:
             background_mask_dir = horses / "figure_ground"
@@ -406,8 +425,7 @@ def build_composites(
                    for k, p in enumerate(q_poses) for c in range(config.query_backgrounds_per_pose)])
         for split, pose, bg in jobs:
             src = coil_path(coil_dir, obj, pose)
-            with Image.open(src) as im:
-                gray = np.asarray(im.convert("L"))
+            gray = load_gray(src)
             mask = object_mask(gray, config.threshold, config.min_component_ratio, config.close_size,
                                config.max_hole_fraction)
             if not mask.any():
