@@ -7,21 +7,18 @@ uses: decoding workers, resize of the longest side to ``image_size``, the networ
 rows apply the PCA-whitening the engine learns from the collection itself (``--whiten``), learned here on the
 1,440 vectors as the engine would, with the engine's default shrinkage ("plain": none). Output: mAP, recall@1/5/10, precision@10, images/s per configuration.
 
-    python benchmarks/bench_coil20.py                  # the default model and the variants below
-    python benchmarks/bench_coil20.py --only default   # just the shipped default
+    python -m benchmarks.bench_coil20                  # the default model and the variants below
+    python -m benchmarks.bench_coil20 --only default   # just the shipped default
 """
 
 from __future__ import annotations
 
-import argparse
-import re
-
 import numpy as np
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.shared_data import coil20
 from indexer.engine import WhiteningSettings
 from indexer.evaluate import embed_paths
-from indexer.scan import scan_folder
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.metrics import retrieval_metrics
 from retrieval.model import Embedder
@@ -45,14 +42,10 @@ CONFIGS: dict[str, tuple[ModelConfig, int | None, float]] = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, workers=2, precision=True)
     ap.add_argument("--only", nargs="*", help=f"configurations to run (default all): {', '.join(CONFIGS)}")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
-    folder = require_dataset("coil-20/coil-20-proc")
-    files = [f.path for f in scan_folder(folder).files]
-    labels = np.array([int(re.search(r"obj(\d+)__", f).group(1)) for f in files])
+    files, labels = coil20()
     runtime = RuntimeOptions(device="cpu", workers=args.workers, precision=args.precision)
     cache: dict[ModelConfig, tuple[np.ndarray, float]] = {}
     results = {}

@@ -13,46 +13,34 @@ pooled descriptors before any whitening layer.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import BenchParser, machine, trained_config, write_json
+from benchmarks.shared_data import LFW_HALVES, in_folds, lfw_pairs, pair_paths, people_images
 from indexer.evaluate import score_pairs
 from indexer.train_data import FolderImages
-from retrieval.checkpoint import load_checkpoint
-from retrieval.config import ModelConfig
 from retrieval.mining import positive_pairs
 from retrieval.model import EmbeddingNet
 from retrieval.training import WHITENING_PAIRS_PER_CLASS, embed_all
-from retrieval.verification import read_pairs_file
 from retrieval.whitening import learn_pca_whitening, learn_supervised_whitening
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=2, lfw_data=True)
     ap.add_argument("--checkpoint", type=Path, required=True, help="a network trained on the people of folds 1-5")
-    ap.add_argument("--data", type=Path, help="LFW images in NAME/NAME_0001.jpg layout (default: deep-funneled)")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    root = args.data or require_dataset("lfw/lfw-deepfunneled")
-    pairs = read_pairs_file(require_dataset("lfw/pairs.txt"), root)
-    config = ModelConfig.from_dict({**load_checkpoint(args.checkpoint)["model_config"], "weights": str(args.checkpoint)})
+    root, _, pairs = lfw_pairs(args.data)
+    config = trained_config(args.checkpoint)
     net = EmbeddingNet(config).eval()
     size, cpu = config.image_size, torch.device("cpu")
-    files, labels = [], []
-    for person in sorted({Path(p).parent.name for pr in pairs if pr.fold < 5 for p in (pr.a, pr.b)}):
-        imgs = sorted((root / person).glob("*.jpg"))
-        if len(imgs) >= 2:
-            files += [str(i) for i in imgs]
-            labels += [person] * len(imgs)
+    files, labels = people_images(root, in_folds(pairs, LFW_HALVES["folds 1-5"]))
     train = FolderImages(files, labels, size)
     x = embed_all(net, train, size, cpu, whiten=False)
-    test_pairs = [p for p in pairs if p.fold >= 5]
-    test_paths = sorted({p.a for p in test_pairs} | {p.b for p in test_pairs})
+    test_pairs = in_folds(pairs, LFW_HALVES["folds 6-10"])
+    test_paths = pair_paths(test_pairs)
     test = FolderImages(test_paths, test_paths, size)
     t = embed_all(net, test, size, cpu, whiten=False)
 

@@ -17,20 +17,17 @@ room to show what training does.
 
 from __future__ import annotations
 
-import argparse
-import re
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine, require_dataset, write_json
-from indexer.scan import scan_folder
+from benchmarks.common import BenchParser, machine, trained_config, write_json
+from benchmarks.shared_data import coil20
+from benchmarks.timing import Stopwatch
 from indexer.train_data import FolderImages, Subset
 from retrieval.baselines import colour_histogram, perceptual_hash
-from retrieval.checkpoint import load_checkpoint
 from retrieval.config import ModelConfig
 from retrieval.metrics import retrieval_metrics
 from retrieval.model import EmbeddingNet
@@ -38,7 +35,7 @@ from retrieval.training import TrainConfig, Trainer, embed_all
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__)
     ap.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--image-size", type=int, default=224)
@@ -51,11 +48,8 @@ def main() -> None:
     ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
                     help="supervised: also score the trained network with Radenović's whitening learned after training")
     args = ap.parse_args()
-    folder = require_dataset("coil-20/coil-20-proc")
-    files = [f.path for f in scan_folder(folder).files]
-    objects = [int(re.search(r"obj(\d+)__", f).group(1)) for f in files]
-    images = FolderImages(files, [str(o) for o in objects], args.image_size)
-    obj = np.array(objects)
+    files, obj = coil20()
+    images = FolderImages(files, [str(o) for o in obj], args.image_size)
     if args.swap:
         obj = np.where(obj > 10, obj - 10, obj + 10)  # relabel so that the code below reads the same
     train_idx, val_idx, test_idx = (np.nonzero(obj <= 8)[0], np.nonzero((obj > 8) & (obj <= 10))[0],
@@ -79,11 +73,10 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp()) / "coil20.pt"
     tcfg = TrainConfig(loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                        device=args.device, queries_per_epoch=args.queries_per_epoch, negatives_per_query=5, whitening=args.whitening)
-    t0 = time.perf_counter()
-    result = Trainer(base, tcfg, out, on_epoch=lambda r: print(r, flush=True)).fit(
-        Subset(images, train_idx), Subset(images, val_idx))
-    train_seconds = time.perf_counter() - t0
-    trained = EmbeddingNet(ModelConfig.from_dict({**load_checkpoint(out)["model_config"], "weights": str(out)}))
+    with Stopwatch() as training:
+        result = Trainer(base, tcfg, out, on_epoch=lambda r: print(r, flush=True)).fit(
+            Subset(images, train_idx), Subset(images, val_idx))
+    trained = EmbeddingNet(trained_config(out))
     if args.whitening == "supervised":
         score(f"trained_{args.loss}", embed_all(trained, test, args.image_size, torch.device("cpu"), whiten=False))
         score(f"trained_{args.loss}_supervised_whitening", embed_all(trained, test, args.image_size, torch.device("cpu")))
@@ -97,7 +90,7 @@ def main() -> None:
         "test_objects": "1-10" if args.swap else "11-20", "test_images": len(test), "image_size": args.image_size,
         "train_config": tcfg.to_dict(), "best_epoch": result.best_epoch,
         "validation_map_before": result.initial_val_map, "validation_map_best": result.best_val_map,
-        "train_seconds": round(train_seconds, 1), "checkpoint": str(out),
+        "train_seconds": round(training.seconds, 1), "checkpoint": str(out),
         "history": [vars(h) for h in result.history], "results": results, "machine": machine(),
     })
 

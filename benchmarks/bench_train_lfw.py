@@ -14,28 +14,26 @@ ImageNet model and the published anchors are reported beside it: FaceNet 99.63%,
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine, require_dataset, write_json
+from benchmarks.common import RESULTS, BenchParser, machine, trained_config, write_json
+from benchmarks.shared_data import LFW_HALVES, in_folds, lfw_pairs, pair_paths, people_images
+from benchmarks.timing import Stopwatch
 from indexer.evaluate import score_pairs
 from indexer.train_data import FolderImages, Subset, split_classes
-from retrieval.checkpoint import load_checkpoint
 from retrieval.config import ModelConfig
 from retrieval.model import EmbeddingNet
 from retrieval.training import TrainConfig, Trainer, embed_all
-from retrieval.verification import read_pairs_file
 
 ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
 
 
 def score_half(net: EmbeddingNet, pairs: list, size: int, whiten: bool = True) -> dict:
-    paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    paths = pair_paths(pairs)
     images = FolderImages(paths, paths, size)
     vecs = embed_all(net, images, size, torch.device("cpu"), whiten=whiten)
     m, n = score_pairs(pairs, dict(zip(images.paths, vecs)))
@@ -44,7 +42,7 @@ def score_half(net: EmbeddingNet, pairs: list, size: int, whiten: bool = True) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, lfw_data=True)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=160)
     ap.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"])
@@ -52,27 +50,18 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
                     help="supervised: also score with Radenović's whitening learned from training pairs after training")
-    ap.add_argument("--data", type=Path, help="LFW images in NAME/NAME_0001.jpg layout (default: the shared "
-                                              "deep-funneled photos; e.g. aligned face crops)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the checkpoints as benchmarks/results/lfw_trained_on_<folds>[_<data>].pt")
     ap.add_argument("--halves", choices=["AB", "BA", "both"], default="AB",
                     help="AB: train on half A, score half B; BA: the reverse; both: one after the other")
     args = ap.parse_args()
-    root = args.data or require_dataset("lfw/lfw-deepfunneled")
-    pairs = read_pairs_file(require_dataset("lfw/pairs.txt"), root)
+    root, _, pairs = lfw_pairs(args.data)
     size = args.image_size
     runs = []
-    a, b = range(0, 5), range(5, 10)
+    a, b = LFW_HALVES.values()
     for train_half, test_half in {"AB": [(a, b)], "BA": [(b, a)], "both": [(a, b), (b, a)]}[args.halves]:
-        train_people = sorted({Path(p).parent.name for pr in pairs if pr.fold in train_half for p in (pr.a, pr.b)})
-        files, labels = [], []
-        for person in train_people:
-            imgs = sorted((root / person).glob("*.jpg"))
-            if len(imgs) >= 2:
-                files += [str(i) for i in imgs]
-                labels += [person] * len(imgs)
-        test_pairs = [p for p in pairs if p.fold in test_half]
+        files, labels = people_images(root, in_folds(pairs, train_half))
+        test_pairs = in_folds(pairs, test_half)
         images = FolderImages(files, labels, size)
         tr, va = split_classes(images.labels, 0.2, seed=0)
         model = ModelConfig(image_size=size)
@@ -84,11 +73,10 @@ def main() -> None:
                              + ("" if args.data is None else f"_{args.data.name}") + ".pt")
         cfg = TrainConfig(loss=args.loss, triplet_strategy=args.strategy, epochs=args.epochs, lr=args.lr,
                           device="cpu", color_jitter=0.1, whitening=args.whitening)
-        t0 = time.perf_counter()
-        result = Trainer(model, cfg, out, on_epoch=lambda r: print(r, flush=True)).fit(Subset(images, tr),
-                                                                                        Subset(images, va))
-        seconds = time.perf_counter() - t0
-        trained = EmbeddingNet(ModelConfig.from_dict({**load_checkpoint(out)["model_config"], "weights": str(out)}))
+        with Stopwatch() as training:
+            result = Trainer(model, cfg, out, on_epoch=lambda r: print(r, flush=True)).fit(Subset(images, tr),
+                                                                                            Subset(images, va))
+        trained = EmbeddingNet(trained_config(out))
         after = score_half(trained, test_pairs, size, whiten=args.whitening != "supervised")
         print("trained", after, flush=True)
         whitened = score_half(trained, test_pairs, size) if args.whitening == "supervised" else None
@@ -96,7 +84,7 @@ def main() -> None:
             print("trained + supervised whitening", whitened, flush=True)
         runs.append({"train_folds": [f + 1 for f in train_half], "test_folds": [f + 1 for f in test_half],
                      "train_people": len(set(labels)), "train_images": len(files), "untrained": before,
-                     "trained": after, "trained_supervised_whitening": whitened, "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
+                     "trained": after, "trained_supervised_whitening": whitened, "train_seconds": round(training.seconds, 1), "best_epoch": result.best_epoch,
                      "history": [vars(h) for h in result.history]})
     tag = ("" if args.data is None else f"_{args.data.name}") + ("" if args.whitening == "none" else f"_{args.whitening}")
     write_json(f"train_lfw_{args.loss}_{args.halves}{tag}.json", {
