@@ -1,5 +1,9 @@
 """The ``lookalike`` command line: a thin layer over :class:`indexer.engine.Collection`.
 
+Each command opens the API, makes one library call and prints; :func:`indexer.cli_common.library_errors`
+turns library errors into one line on stderr. ``lookalike faces ...`` lives in :mod:`indexer.cli_faces`,
+``lookalike train-seg`` in :mod:`indexer.cli_segmentation`.
+
 Exit status: 0 success; 1 error (one line on stderr); 2 usage error; 3 finished, but some files were
 skipped (unreadable, corrupt, not images) — they are listed, and ``lookalike stats --errors`` lists them again.
 """
@@ -9,45 +13,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.registry import UnknownNameError
+from retrieval.config import RuntimeOptions
 
-from .engine import Collection, LookalikeError, default_home
-from .masking import Masker, MaskSettings
+from .cli_common import (EXIT_SKIPPED, TqdmProgress, library_errors, mask_from_options, mask_options,
+                         model_from_options, model_options, open_collection, step_progress)
+from .cli_faces import faces
+from .cli_segmentation import train_seg
+from .masking import MaskSettings
 from .scan import scan_folder
+from .settings import build_embedder, build_masker, mask_settings_with, model_config_with, settings_with
+from .store import default_home
 
-EXIT_SKIPPED = 3
-
-
-class TqdmProgress:
-    """:class:`indexer.engine.Progress` drawn with tqdm on stderr (hidden when stderr is not a terminal)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def start(self, total: int, description: str) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
-
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _fail(message: str) -> click.ClickException:
-    return click.ClickException(message)
+__all__ = ["main", "EXIT_SKIPPED"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -79,99 +61,6 @@ def main(ctx: click.Context, home: Path | None, db_url: str | None, device: str,
     ctx.obj = {"home": home, "db_url": db_url, "runtime": runtime}
 
 
-def _open(ctx: click.Context) -> Collection:
-    try:
-        return Collection(ctx.obj["home"], ctx.obj["db_url"], runtime=ctx.obj["runtime"])
-    except OSError as exc:
-        raise _fail(f"cannot open the collection: {exc}") from None
-
-
-def _model_from_options(base: ModelConfig | None, overrides: dict[str, Any]) -> ModelConfig | None:
-    """``base`` (or the default model) with the options given; ``None`` when no option was given."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if not given:
-        return None
-    if given.get("weights") not in (None, "imagenet", "random"):
-        given["weights"] = str(Path(given["weights"]).expanduser().resolve())  # the collection outlives the cwd
-        from retrieval.checkpoint import is_checkpoint_file, load_checkpoint
-
-        given["whitening_layer"] = 0
-        if is_checkpoint_file(given["weights"]):
-            # A network trained by `lookalike train`: its architecture comes with it unless overridden.
-            from retrieval.model import check_embedding_checkpoint
-
-            checkpoint = load_checkpoint(given["weights"])
-            try:
-                check_embedding_checkpoint(checkpoint, given["weights"])
-            except ValueError as exc:
-                raise _fail(str(exc)) from None
-            trained = checkpoint["model_config"]
-            for key in ("backbone", "pooling", "gem_p", "rmac_levels", "image_size"):
-                given.setdefault(key, trained[key])
-            given["whitening_layer"] = trained.get("whitening_layer", 0)  # part of the trained network
-    elif "weights" in given:
-        given["whitening_layer"] = 0
-    base = base or ModelConfig()
-    try:
-        return dataclasses.replace(base, **given)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-
-def model_options(fn: Any) -> Any:
-    """The options that choose the embedding model, shared by the commands that embed."""
-    for opt in reversed([
-        click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`."),
-        click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).'),
-        click.option("--pooling", type=click.Choice(["gem", "mac", "spoc", "rmac"]),
-                     help="Pooling of the feature map (default gem)."),
-        click.option("--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224)."),
-        click.option("--scales", help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1)."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def mask_options(fn: Any) -> Any:
-    """The options that choose how images are masked before embedding."""
-    fn = click.option("--mask-apply", type=click.Choice(["pool", "pixels", "both"]),
-                      help="Use the mask inside pooling, on the pixels (background set to the mean colour), or both (default).")(fn)
-    return click.option("--mask", "mask_spec", metavar="SEGMENTER",
-                        help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
-                             "(see `lookalike models`); none: whole images.")(fn)
-
-
-def _mask_from_options(base: MaskSettings, spec: str | None, apply: str | None) -> MaskSettings | None:
-    """``base`` with the options given; ``None`` when none was given."""
-    if spec is None and apply is None:
-        return None
-    segmenter = base.segmenter if spec is None else (None if spec.lower() == "none" else spec)
-    if segmenter and segmenter.startswith("unet:"):  # the collection outlives the cwd
-        segmenter = "unet:" + str(Path(segmenter[5:]).expanduser().resolve())
-    try:
-        return dataclasses.replace(base, segmenter=segmenter, apply=apply or base.apply)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _masker(settings: MaskSettings | None) -> Masker | None:
-    if settings is None or not settings.enabled:
-        return None
-    try:
-        return Masker(settings)
-    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
-        raise _fail(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
-
-
-def _parse_scales(scales: str | None) -> tuple[float, ...] | None:
-    if not scales:
-        return None
-    try:
-        return tuple(float(s) for s in scales.split(","))
-    except ValueError:
-        raise _fail(f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {scales!r}") from None
-
-
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @model_options
@@ -184,8 +73,9 @@ def _parse_scales(scales: str | None) -> tuple[float, ...] | None:
 @click.option("--reembed", is_flag=True,
               help="Re-embed everything when the model or mask options differ from the collection's.")
 @click.pass_context
+@library_errors
 def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
-          image_size: int | None, scales: str | None, whiten: bool | None, whiten_dim: int | None,
+          image_size: int | None, scales: tuple[float, ...] | None, whiten: bool | None, whiten_dim: int | None,
           whiten_shrinkage: float | None, index_kind: str | None, mask_spec: str | None, mask_apply: str | None,
           reembed: bool) -> None:
     """Index the images in FOLDER (recursively).
@@ -194,24 +84,16 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     dropped and moved ones are recognised by their content. An interrupted run resumes where it stopped.
     With --mask, the background is masked out first, and queries are masked the same way.
     """
-    coll = _open(ctx)
-    mask = _mask_from_options(coll.mask_settings, mask_spec, mask_apply)
-    model = _model_from_options(coll.model_config, dict(backbone=backbone, weights=weights, pooling=pooling,
-                                                        image_size=image_size, scales=_parse_scales(scales)))
-    idx_cfg = None
-    if index_kind:
-        idx_cfg = dataclasses.replace(coll.index_config, kind=index_kind)
+    coll = open_collection(ctx)
+    mask = mask_from_options(coll.mask_settings, mask_spec, mask_apply)
+    model = model_from_options(coll.model_config, backbone=backbone, weights=weights, pooling=pooling,
+                               image_size=image_size, scales=scales)
+    idx_cfg = settings_with(coll.index_config, kind=index_kind) if index_kind else None
     wcfg = None
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
-        current = coll.whitening_settings
-        wcfg = dataclasses.replace(
-            current, enabled=current.enabled if whiten is None else whiten, dim=whiten_dim or current.dim,
-            shrinkage=current.shrinkage if whiten_shrinkage is None else whiten_shrinkage)
-    try:
-        coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
-        report = coll.index_folder(folder, progress=TqdmProgress())
-    except (LookalikeError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)
+    coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
+    report = coll.index_folder(folder, progress=TqdmProgress())
     parts = [f"{report.scanned} images in {report.folder}", f"{report.embedded} embedded"]
     for name in ("new", "changed", "moved", "removed", "resumed"):
         if getattr(report, name):
@@ -246,9 +128,9 @@ def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
         elif q.exists():
             out.append(q)
         else:
-            raise _fail(f"query not found: {q}")
+            raise click.ClickException(f"query not found: {q}")
     if not out:
-        raise _fail("no query images found")
+        raise click.ClickException("no query images found")
     return out
 
 
@@ -258,14 +140,12 @@ def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
 @click.option("--threshold", type=float, help="Only results with a score (cosine similarity) at least this.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: a JSON list, one object per query.")
 @click.pass_context
+@library_errors
 def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: float | None, as_json: bool) -> None:
     """Find the images that look most like each query IMAGE (files or folders of images)."""
-    coll = _open(ctx)
+    coll = open_collection(ctx)
     paths = _expand_queries(queries)
-    try:
-        results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
-    except (LookalikeError, UnknownNameError, OSError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
     if as_json:
         payload = [
             {"query": r.query, "error": r.error,
@@ -294,9 +174,10 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--errors", "show_errors", is_flag=True, help="Also list the files that could not be indexed, and why.")
 @click.pass_context
+@library_errors
 def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     """Show what the collection holds."""
-    coll = _open(ctx)
+    coll = open_collection(ctx)
     st = coll.stats()
     errors = coll.errors() if show_errors else []
     if as_json:
@@ -320,15 +201,13 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
+@library_errors
 def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Forget images (a file, or every image under a folder). Files on disk are not touched."""
-    coll = _open(ctx)
-    try:
-        total = sum(coll.remove(p) for p in paths)
-    except LookalikeError as exc:
-        raise _fail(str(exc)) from None
+    coll = open_collection(ctx)
+    total = sum(coll.remove(p) for p in paths)
     if total == 0:
-        raise _fail("nothing in the collection matches " + ", ".join(str(p) for p in paths))
+        raise click.ClickException("nothing in the collection matches " + ", ".join(str(p) for p in paths))
     click.echo(f"removed {total} images from the collection")
 
 
@@ -336,13 +215,11 @@ def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 @click.option("--repair", is_flag=True, help="Rebuild the index from the database and fix what can be fixed.")
 @click.option("--prune-missing", is_flag=True, help="With --repair: forget images whose files are gone.")
 @click.pass_context
+@library_errors
 def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
     """Check that the index, the database and the files on disk agree."""
-    coll = _open(ctx)
-    try:
-        rep = coll.doctor(repair=repair, prune_missing=prune_missing)
-    except LookalikeError as exc:
-        raise _fail(str(exc)) from None
+    coll = open_collection(ctx)
+    rep = coll.doctor(repair=repair, prune_missing=prune_missing)
     if rep.ok:
         click.echo("ok: the index and the database agree")
         return
@@ -369,8 +246,9 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
 @mask_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
-             image_size: int | None, scales: str | None, pairs: Path | None, queries: Path | None,
+             image_size: int | None, scales: tuple[float, ...] | None, pairs: Path | None, queries: Path | None,
              label_regex: str | None, mask_spec: str | None, mask_apply: str | None, as_json: bool) -> None:
     """Measure retrieval quality on a labelled FOLDER: mAP, recall@1/5/10, precision@k.
 
@@ -378,21 +256,16 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
     With --pairs, measure verification instead (LFW protocol: the threshold of each fold is chosen on the
     other folds).
     """
-    from retrieval.model import Embedder
-
-    from .evaluate import LabelError, evaluate_folder, evaluate_pairs
+    from .evaluate import evaluate_folder, evaluate_pairs
 
     runtime: RuntimeOptions = ctx.obj["runtime"]
-    model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
-                                           image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
-    mask = _mask_from_options(MaskSettings(), mask_spec, mask_apply) or MaskSettings()
-    masker = _masker(mask)
+    model = model_config_with(None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size,
+                              scales=scales)
+    mask = mask_settings_with(MaskSettings(), mask_spec, mask_apply)
+    masker = build_masker(mask)
     if pairs is not None:
-        try:
-            prep = evaluate_pairs(pairs, folder, Embedder(model, runtime), batch_size=runtime.batch_size,
-                                  workers=runtime.workers, masker=masker)
-        except (UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
-            raise _fail(str(exc)) from None
+        prep = evaluate_pairs(pairs, folder, build_embedder(model, runtime), batch_size=runtime.batch_size,
+                              workers=runtime.workers, masker=masker)
         m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prep.metrics.items()}
         if as_json:
             click.echo(json.dumps({"model": model.to_dict(), "pairs": prep.pairs, "images": prep.images,
@@ -409,12 +282,8 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
         if prep.skipped:
             ctx.exit(EXIT_SKIPPED)
         return
-    try:
-        embedder = Embedder(model, runtime)
-        rep = evaluate_folder(folder, embedder, queries=queries, label_regex=label_regex,
-                              batch_size=runtime.batch_size, workers=runtime.workers, masker=masker)
-    except (LabelError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    rep = evaluate_folder(folder, build_embedder(model, runtime), queries=queries, label_regex=label_regex,
+                          batch_size=runtime.batch_size, workers=runtime.workers, masker=masker)
     if as_json:
         click.echo(json.dumps({"model": model.to_dict(), "mask": mask.to_dict(), "images": rep.images, "classes": rep.classes,
                                "metrics": rep.metrics, "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]},
@@ -460,66 +329,44 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
 @click.option("--resume", is_flag=True, help="Continue from OUT.last after an interruption.")
 @model_options
 @click.pass_context
+@library_errors
 def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | None, strategy: str, epochs: int,
           lr: float, images_per_class: int, negatives: int, queries_per_epoch: int, val_dir: Path | None,
           val_fraction: float, label_regex: str | None, no_flip: bool, color_jitter: float, whitening: str,
-          whitening_dim: int | None, seed: int, resume: bool, backbone: str | None, weights: str | None, pooling: str | None, image_size: int | None,
-          scales: str | None) -> None:
+          whitening_dim: int | None, seed: int, resume: bool, backbone: str | None, weights: str | None,
+          pooling: str | None, image_size: int | None, scales: tuple[float, ...] | None) -> None:
     """Train the embedding network on DATA (one sub-folder per class, or --label-regex).
 
     Images of a class are pulled together and other classes pushed apart. Validation mAP on held-out classes
     is printed every epoch; the best checkpoint is kept. Use it with `lookalike index DIR --weights OUT`.
     """
-    from tqdm import tqdm
-
     from retrieval.training import TrainConfig, Trainer
 
-    from .evaluate import LabelError, labelled_files
-    from .train_data import FolderImages, Subset, split_classes
+    from .train_data import training_data
 
     runtime: RuntimeOptions = ctx.obj["runtime"]
-    model = _model_from_options(None, dict(backbone=backbone, weights=weights, pooling=pooling,
-                                           image_size=image_size, scales=_parse_scales(scales))) or ModelConfig()
+    model = model_config_with(None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size,
+                              scales=scales)
     cfg = TrainConfig(loss=loss, margin=margin, triplet_strategy=strategy, epochs=epochs,
                       batch_size=runtime.batch_size, images_per_class=images_per_class, lr=lr,
                       queries_per_epoch=queries_per_epoch, negatives_per_query=negatives, flip=not no_flip,
                       color_jitter=color_jitter, seed=seed, device=runtime.device, whitening=whitening,
                       whitening_dim=whitening_dim)
-    try:
-        paths, labels = labelled_files(data, label_regex)
-        with tqdm(total=len(paths), desc="reading", unit="img", file=sys.stderr, disable=None) as bar:
-            images = FolderImages(paths, labels, model.image_size, runtime.workers, bar.update)
-        if val_dir is not None:
-            train_set, val_set = images, None
-            vpaths, vlabels = labelled_files(val_dir, label_regex)
-            val_set = FolderImages(vpaths, vlabels, model.image_size, runtime.workers)
-        else:
-            tr_idx, va_idx = split_classes(images.labels, val_fraction, seed)
-            train_set = Subset(images, tr_idx)
-            val_set = Subset(images, va_idx) if len(va_idx) else None
-        click.echo(f"training on {len(train_set)} images of {len(set(train_set.labels.tolist()))} classes"
-                   + (f", validating on {len(val_set)} images of {len(set(val_set.labels.tolist()))} other classes"
-                      if val_set is not None else ", no validation"))
-        for path, reason in images.skipped:
-            click.echo(f"  skipped {path}: {reason}", err=True)
-        bar = None
+    sets = training_data(data, val_folder=val_dir, label_regex=label_regex, val_fraction=val_fraction, seed=seed,
+                         max_side=model.image_size, workers=runtime.workers, progress=TqdmProgress())
+    train_set, val_set = sets.train, sets.val
+    click.echo(f"training on {len(train_set)} images of {len(set(train_set.labels.tolist()))} classes"
+               + (f", validating on {len(val_set)} images of {len(set(val_set.labels.tolist()))} other classes"
+                  if val_set is not None else ", no validation"))
+    for path, reason in sets.skipped:
+        click.echo(f"  skipped {path}: {reason}", err=True)
 
-        def on_step(i: int, n: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=n, desc="training", unit="step", file=sys.stderr, disable=None, leave=False)
-            bar.update(1)
-            if i == n:
-                bar.close()
-                bar = None
+    def on_epoch(r: Any) -> None:
+        val = f", validation mAP {r.val_map:.4f}" if r.val_map is not None else ""
+        click.echo(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}{val} ({r.seconds:.0f}s)")
 
-        def on_epoch(r: Any) -> None:
-            val = f", validation mAP {r.val_map:.4f}" if r.val_map is not None else ""
-            click.echo(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}{val} ({r.seconds:.0f}s)")
-
-        result = Trainer(model, cfg, out, on_epoch=on_epoch, on_step=on_step).fit(train_set, val_set, resume=resume)
-    except (LabelError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+    on_step = step_progress(TqdmProgress(unit="step", leave=False))
+    result = Trainer(model, cfg, out, on_epoch=on_epoch, on_step=on_step).fit(train_set, val_set, resume=resume)
     if result.initial_val_map is not None:
         click.echo(f"validation mAP: {result.initial_val_map:.4f} before training, {result.best_val_map:.4f} "
                    f"at the best epoch ({result.best_epoch}); checkpoint: {out}")
@@ -541,15 +388,8 @@ def models() -> None:
     click.echo("segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)")
 
 
-def _register_subcommands() -> None:
-    from .cli_faces import faces
-    from .cli_segmentation import train_seg
-
-    main.add_command(train_seg)
-    main.add_command(faces)
-
-
-_register_subcommands()
+main.add_command(train_seg)
+main.add_command(faces)
 
 if __name__ == "__main__":
     main()

@@ -13,28 +13,22 @@ from typing import Any
 
 import click
 
-from retrieval.registry import UnknownNameError
-
-from .engine import LookalikeError
+from .cli_common import EXIT_SKIPPED, TqdmProgress, library_errors
 from .faces import UNKNOWN, Decision, FaceGallery
+from .settings import model_config_with
 
 #: Exit statuses of the decision commands (verify, identify, search); 1 is an error, 2 a usage error.
 EXIT_SAME = 0
-EXIT_SKIPPED = 3
 EXIT_DIFFERENT = 4
 EXIT_NO_FACE = 5
 
-_ERRORS = (LookalikeError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError, OSError)
-
-
-def _fail(message: str) -> click.ClickException:
-    return click.ClickException(message)
+__all__ = ["faces", "EXIT_SAME", "EXIT_SKIPPED", "EXIT_DIFFERENT", "EXIT_NO_FACE"]
 
 
 def _gallery(ctx: click.Context) -> FaceGallery:
     gallery = ctx.obj.get("face_gallery")
     if gallery is None:
-        raise _fail("internal: the faces group did not open the gallery")
+        raise click.ClickException("internal: the faces group did not open the gallery")
     return gallery
 
 
@@ -61,6 +55,7 @@ def _box(box: Any) -> str:
 @click.option("--crop-size", type=click.IntRange(32), help="Side of the aligned face crop fed to the network (default 160).")
 @click.option("--reembed", is_flag=True, help="Allow a detector/backend/model change on a gallery with faces: re-embed them.")
 @click.pass_context
+@library_errors
 def faces(ctx: click.Context, detector: str | None, backend: str | None, weights: str | None, crop_size: int | None,
           reembed: bool) -> None:
     """Face verification and search: enrol people, check who is who, find faces in photos.
@@ -82,21 +77,16 @@ def faces(ctx: click.Context, detector: str | None, backend: str | None, weights
     obj = ctx.ensure_object(dict)
     try:
         gallery = FaceGallery(obj.get("home"), obj.get("db_url"), runtime=obj.get("runtime"))
-    except OSError as exc:
-        raise _fail(f"cannot open the face gallery: {exc}") from None
+    except OSError as exc:  # Store.__init__ does not translate it yet
+        raise click.ClickException(f"cannot open the face gallery: {exc}") from None
     model = None
     if weights is not None:
-        from .cli import _model_from_options
-
-        model = _model_from_options(gallery.settings.model, {"weights": weights})
-        if crop_size is None and model is not None:
+        model = model_config_with(gallery.settings.model, weights=weights)
+        if crop_size is None:
             crop_size = model.image_size
     if any(v is not None for v in (detector, backend, model, crop_size)):
-        try:
-            lost = gallery.configure(detector=detector, backend=backend, model=model, crop_size=crop_size,
-                                     reembed=reembed)
-        except _ERRORS as exc:
-            raise _fail(str(exc)) from None
+        lost = gallery.configure(detector=detector, backend=backend, model=model, crop_size=crop_size,
+                                 reembed=reembed)
         for path, reason in lost:
             click.echo(f"dropped the enrolled face of {path}: {reason}", err=True)
     obj["face_gallery"] = gallery
@@ -121,6 +111,7 @@ def _decision_lines(d: Decision, what: str) -> list[str]:
               "(default: the best one).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_mean: bool, as_json: bool) -> None:
     """Is this the same person? `verify IMAGE --as NAME` or `verify A B`.
 
@@ -135,13 +126,10 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
         raise click.UsageError("with --as NAME give exactly one IMAGE")
     if name is None and len(images) != 2:
         raise click.UsageError("give two images (verify A B), or one image and --as NAME")
-    try:
-        if name is not None:
-            d = gallery.verify(images[0], name, aggregate="mean" if use_mean else "max")
-        else:
-            d = gallery.verify_pair(images[0], images[1])
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    if name is not None:
+        d = gallery.verify(images[0], name, aggregate="mean" if use_mean else "max")
+    else:
+        d = gallery.verify_pair(images[0], images[1])
     _emit(as_json, dataclasses.asdict(d), _decision_lines(d, f" as {name}" if name else ""))
     ctx.exit(EXIT_NO_FACE if d.reason is not None else EXIT_SAME if d.same else EXIT_DIFFERENT)
 
@@ -151,16 +139,14 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def enroll(ctx: click.Context, name: str, images: tuple[Path, ...], as_json: bool) -> None:
     """Enrol NAME from photos (the largest face of each; several photos per person help).
 
     Exit status 0; 3 when some photos were skipped (unreadable, or no face found); 1 when none could be used.
     """
     gallery = _gallery(ctx)
-    try:
-        rep = gallery.enroll(name, images)
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    rep = gallery.enroll(name, images)
     lines = [f"enrolled {len(rep.enrolled)} faces of {rep.name} ({rep.total_faces} in all)"]
     lines += [f"  {p}: {n} faces, enrolled the largest" for p, n in rep.several_faces]
     lines += [f"  {p}: already enrolled" for p in rep.duplicates]
@@ -168,7 +154,7 @@ def enroll(ctx: click.Context, name: str, images: tuple[Path, ...], as_json: boo
     lines += [f"  {p}: skipped, {why}" for p, why in rep.skipped]
     _emit(as_json, dataclasses.asdict(rep), lines)
     if rep.total_faces == 0:
-        raise _fail(f"no face of {name} could be enrolled from these photos")
+        raise click.ClickException(f"no face of {name} could be enrolled from these photos")
     if rep.no_face or rep.skipped:
         ctx.exit(EXIT_SKIPPED)
 
@@ -178,16 +164,14 @@ def enroll(ctx: click.Context, name: str, images: tuple[Path, ...], as_json: boo
 @click.option("-k", "k", default=3, show_default=True, type=click.IntRange(1), help="Candidates per face.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     """Who is in IMAGE? Every face, largest first: the best enrolled identities, or unknown.
 
     Exit status: 0 at least one face was identified, 4 every face is unknown, 5 no face found, 1 error.
     """
     gallery = _gallery(ctx)
-    try:
-        matches = gallery.identify(image, k=k)
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    matches = gallery.identify(image, k=k)
     st = gallery.settings
     lines = [f"no face found in {image}"] if not matches else []
     for i, m in enumerate(matches, 1):
@@ -208,18 +192,14 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
     """Find every face of every photo under FOLDER, for `lookalike faces search`.
 
     Again later: only new and changed photos are read. Exit status 0; 3 when some files were skipped.
     """
-    from .cli import TqdmProgress
-
     gallery = _gallery(ctx)
-    try:
-        rep = gallery.index_folder(folder, progress=TqdmProgress())
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    rep = gallery.index_folder(folder, progress=TqdmProgress())
     counts = ", ".join(f"{getattr(rep, n)} {n}" for n in ("new", "changed", "moved", "removed", "unchanged")
                        if getattr(rep, n))
     lines = [f"{rep.scanned} photos in {rep.folder}: {counts or 'nothing to do'}",
@@ -239,13 +219,11 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Results per face.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     """Faces in indexed photos most like each face in IMAGE. Exit status 5 when IMAGE holds no face."""
     gallery = _gallery(ctx)
-    try:
-        found = gallery.search_faces(image, k=k)
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    found = gallery.search_faces(image, k=k)
     lines = [f"no face found in {image}"] if not found else []
     for i, q in enumerate(found, 1):
         lines.append(f"face {i} at {_box(q.box)}:")
@@ -267,13 +245,11 @@ def _pairs_root(pairs: Path, root: Path | None) -> Path:
               help="False-accept rate the threshold must keep on the different-person pairs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as_json: bool) -> None:
     """Choose the decision threshold on labelled PAIRS (LFW format) for a false-accept rate, and keep it."""
     gallery = _gallery(ctx)
-    try:
-        rep = gallery.calibrate(pairs, _pairs_root(pairs, root), far=far)
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    rep = gallery.calibrate(pairs, _pairs_root(pairs, root), far=far)
     c = rep.settings.calibration
     assert c is not None
     lines = [f"threshold {c.threshold:.4f}: TAR {c.tar:.4f} at FAR {c.far:.5f} (asked {far:g}) "
@@ -291,13 +267,11 @@ def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as
               help="Folder holding NAME/NAME_0001.jpg (default: the pairs file's folder).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) -> None:
     """Verification accuracy of the gallery's face pipeline on PAIRS (LFW protocol, as `lookalike eval --pairs`)."""
     gallery = _gallery(ctx)
-    try:
-        rep = gallery.evaluate(pairs, _pairs_root(pairs, root))
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    rep = gallery.evaluate(pairs, _pairs_root(pairs, root))
     m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rep.metrics.items()}
     lines = [f"{rep.pairs} pairs, {rep.images} faces, {gallery.settings.describe()}",
              f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} ({len(m['fold_ids'])} folds)"]
@@ -311,6 +285,7 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
 @faces.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
+@library_errors
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """The enrolled people, and the gallery's settings."""
     gallery = _gallery(ctx)
@@ -325,11 +300,9 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 @faces.command()
 @click.argument("name")
 @click.pass_context
+@library_errors
 def forget(ctx: click.Context, name: str) -> None:
     """Remove NAME and their enrolled faces from the gallery (photos on disk are not touched)."""
     gallery = _gallery(ctx)
-    try:
-        n = gallery.forget(name)
-    except _ERRORS as exc:
-        raise _fail(str(exc)) from None
+    n = gallery.forget(name)
     click.echo(f"forgot {name} ({n} faces)")

@@ -1,7 +1,7 @@
 """``lookalike train-seg``: train the U-Net foreground segmenter on a folder of images and masks.
 
 Registered on the main group by :mod:`indexer.cli` (``main.add_command(train_seg)``); a thin layer over
-:class:`segmentation.training.SegTrainer`.
+:func:`indexer.train_data.mask_pair_data` and :class:`segmentation.training.SegTrainer`.
 """
 
 from __future__ import annotations
@@ -11,28 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from retrieval.registry import UnknownNameError
+from .cli_common import TqdmProgress, library_errors, step_progress
 
 if TYPE_CHECKING:
     from segmentation.data import MaskedImage
-    from segmentation.training import InMemoryPairs
+
+__all__ = ["train_seg"]
 
 
-def _read(pairs: list[MaskedImage], max_side: int | None, desc: str) -> InMemoryPairs:
-    """Read ``pairs`` into memory with a progress bar; unreadable pairs are reported and left out."""
-    from segmentation.training import InMemoryPairs
-
-    from .cli import TqdmProgress
-
-    def skip(pair: MaskedImage, exc: Exception) -> None:
-        click.echo(f"  skipped {pair.image} (mask {pair.mask}): {exc}", err=True)
-
-    progress = TqdmProgress()
-    progress.start(len(pairs), desc)
-    try:
-        return InMemoryPairs.from_files(pairs, max_side, on_load=progress.advance, on_skip=skip)
-    finally:
-        progress.finish()
+def _report_skipped(pair: MaskedImage, exc: Exception) -> None:
+    click.echo(f"  skipped {pair.image} (mask {pair.mask}): {exc}", err=True)
 
 
 @click.command("train-seg")
@@ -57,6 +45,7 @@ def _read(pairs: list[MaskedImage], max_side: int | None, desc: str) -> InMemory
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT.last after an interruption.")
 @click.pass_context
+@library_errors(os_error="cannot write the checkpoint {out}: {exc}")
 def train_seg(ctx: click.Context, data: Path, out: Path, val_dir: Path | None, val_fraction: float, epochs: int,
               batch_size: int, lr: float, image_size: int, encoder_weights: str, freeze_encoder: bool,
               no_augment: bool, device: str | None, seed: int, resume: bool) -> None:
@@ -65,52 +54,30 @@ def train_seg(ctx: click.Context, data: Path, out: Path, val_dir: Path | None, v
     Masks are images of the same name, white (> 127) on the object. Validation IoU is printed every epoch and
     the best checkpoint kept at OUT; mask images with it through the segmenter spec unet:OUT.
     """
-    from segmentation.data import find_pairs
-    from segmentation.training import SegTrainConfig, SegTrainer, split_validation
+    from segmentation.training import SegTrainConfig, SegTrainer
 
-    from .cli import TqdmProgress
+    from .train_data import mask_pair_data
 
     runtime = ctx.obj.get("runtime") if isinstance(ctx.obj, dict) else None  # lookalike --device ...
     device = device or (runtime.device if runtime is not None else "auto")
-    try:
-        cfg = SegTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-                             encoder_weights=encoder_weights, freeze_encoder=freeze_encoder, augment=not no_augment,
-                             val_fraction=0.0 if val_dir is not None else val_fraction, seed=seed, device=device)
-        pairs = find_pairs(data)
-        if val_dir is not None:
-            train_pairs, val_pairs = pairs, find_pairs(val_dir)
-        else:
-            train_pairs, val_pairs = split_validation(pairs, val_fraction, seed)
-        train_set = _read(train_pairs, 2 * image_size, "reading training pairs")
-        val_set = _read(val_pairs, None, "reading validation pairs") if val_pairs else None
-        if len(train_set) == 0:
-            raise click.ClickException(f"no readable image + mask pair in {data}")
-        click.echo(f"training on {len(train_set)} image + mask pairs"
-                   + (f", validating on {len(val_set)}" if val_set is not None and len(val_set) else ", no validation")
-                   + f" ({image_size} px, {epochs} epochs)")
-        trainer_out = out.expanduser()
-        last = trainer_out.with_name(trainer_out.name + ".last")
-        if resume and not last.exists():
-            click.echo(f"nothing to resume at {last}: training from the start", err=True)
-        steps = TqdmProgress()
-
-        def on_step(i: int, n: int) -> None:
-            if i == 1:
-                steps.start(n, "training")
-            steps.advance()
-            if i == n:
-                steps.finish()
-
-        def on_epoch(r: Any) -> None:
-            val = f", validation IoU {r.val_iou:.4f}" if r.val_iou is not None else ""
-            click.echo(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}{val} ({r.seconds:.0f}s)")
-
-        result = SegTrainer(cfg, trainer_out, on_epoch=on_epoch, on_step=on_step).fit(
-            train_set, val_set if val_set is not None and len(val_set) else None, resume=resume)
-    except (UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot write the checkpoint {out}: {exc}") from None
+    cfg = SegTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                         encoder_weights=encoder_weights, freeze_encoder=freeze_encoder, augment=not no_augment,
+                         val_fraction=0.0 if val_dir is not None else val_fraction, seed=seed, device=device)
+    sets = mask_pair_data(data, val_folder=val_dir, val_fraction=val_fraction, seed=seed, image_size=image_size,
+                          progress=TqdmProgress(), on_skip=_report_skipped)
+    click.echo(f"training on {len(sets.train)} image + mask pairs"
+               + (f", validating on {len(sets.val)}" if sets.val is not None else ", no validation")
+               + f" ({image_size} px, {epochs} epochs)")
+    trainer = SegTrainer(cfg, out.expanduser(), on_epoch=lambda r: _print_epoch(r, epochs),
+                         on_step=step_progress(TqdmProgress()))
+    if resume and not trainer.last.exists():
+        click.echo(f"nothing to resume at {trainer.last}: training from the start", err=True)
+    result = trainer.fit(sets.train, sets.val, resume=resume)
     best = f"validation IoU {result.best_val_iou:.4f} at the best epoch ({result.best_epoch}); " \
         if result.best_val_iou is not None else ""
     click.echo(f"{best}checkpoint: {out} (segmenter spec unet:{out})")
+
+
+def _print_epoch(r: Any, epochs: int) -> None:
+    val = f", validation IoU {r.val_iou:.4f}" if r.val_iou is not None else ""
+    click.echo(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}{val} ({r.seconds:.0f}s)")

@@ -17,6 +17,7 @@ import numpy as np
 from retrieval.metrics import query_database_metrics, retrieval_metrics
 from retrieval.model import Embedder
 
+from .errors import LookalikeError
 from .masking import Masker
 from .pipeline import embed_files
 from .scan import scan_folder
@@ -24,7 +25,11 @@ from .scan import scan_folder
 log = logging.getLogger(__name__)
 
 
-class LabelError(ValueError):
+class DataError(LookalikeError, ValueError):
+    """A labelled folder or a pairs file cannot be used as given; the message says why and what to do."""
+
+
+class LabelError(DataError):
     """The folder's labels cannot be worked out; the message says why and what to do."""
 
 
@@ -133,7 +138,10 @@ def evaluate_pairs(
     """
     from retrieval.verification import read_pairs_file
 
-    pairs = read_pairs_file(pairs_file, image_root)
+    try:
+        pairs = read_pairs_file(pairs_file, image_root)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from None
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
     vecs, ok, skipped, _ = embed_paths(paths, embedder, batch_size, workers, masker)
     metrics, n_pairs = score_pairs(pairs, {p: v for p, v, good in zip(paths, vecs, ok) if good})
@@ -148,7 +156,7 @@ def score_pairs(pairs: list, vectors: dict[str, np.ndarray]) -> tuple[dict[str, 
 
     usable = [p for p in pairs if p.a in vectors and p.b in vectors]
     if not usable:
-        raise ValueError("no pair has two readable images")
+        raise DataError("no pair has two readable images")
     scores = np.array([float(vectors[p.a] @ vectors[p.b]) for p in usable])
     same = np.array([p.same for p in usable])
     folds = np.array([p.fold for p in usable])

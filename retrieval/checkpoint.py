@@ -51,8 +51,15 @@ def is_checkpoint_dict(obj: object) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT and "state_dict" in obj
 
 
-def is_checkpoint_file(path: str | Path) -> bool:
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or ``None`` when ``path`` is not one of ours (missing, not a torch file, a
+    plain state dict, or not loadable safely)."""
     try:
-        return is_checkpoint_dict(torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True))
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except Exception:  # not a file, not a torch file, or not loadable safely
-        return False
+        return None
+    return obj if is_checkpoint_dict(obj) else None
+
+
+def is_checkpoint_file(path: str | Path) -> bool:
+    return read_checkpoint(path) is not None

@@ -1,0 +1,106 @@
+"""What a person asks for (model, masking, index options), turned into the library's typed configurations
+and the parts they build.
+
+Options arrive as overrides of a base configuration: ``None`` means "not given, keep the base's". A
+checkpoint written by ``lookalike train`` brings its own architecture. Every mistake raises
+:class:`SettingsError`, whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+from retrieval.checkpoint import read_checkpoint
+from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.model import Embedder, check_embedding_checkpoint
+from retrieval.registry import UnknownNameError
+
+from .errors import LookalikeError
+from .masking import Masker, MaskSettings
+
+T = TypeVar("T")
+
+#: The fields of a trained network's configuration that come with its checkpoint unless overridden
+#: (its whitening layer always does: it is part of the trained network).
+TRAINED_ARCHITECTURE = ("backbone", "pooling", "gem_p", "rmac_levels", "image_size")
+
+
+class SettingsError(LookalikeError, ValueError):
+    """A setting cannot be used as given: a value out of range, a checkpoint of another kind of network, a
+    model or segmenter that cannot be built. The message says which and why."""
+
+
+def settings_with(base: T, **overrides: Any) -> T:
+    """The dataclass ``base`` with the ``overrides`` that are not ``None``."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return dataclasses.replace(base, **given)  # type: ignore[type-var]
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def model_config_with(base: ModelConfig | None = None, **overrides: Any) -> ModelConfig:
+    """``base`` (default: :class:`ModelConfig`'s defaults) with the ``overrides`` that are not ``None``.
+
+    ``weights`` is ``"imagenet"``, ``"random"`` or a file, made absolute (a collection outlives the working
+    folder). A checkpoint written by ``lookalike train`` brings its architecture (:data:`TRAINED_ARCHITECTURE`,
+    unless overridden) and its whitening layer; other weights have no whitening layer.
+    Example: ``model_config_with(None, weights="net.pt", scales=(1, 0.707))``.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    weights = given.get("weights")
+    if weights is not None:
+        given["whitening_layer"] = 0
+        if weights not in ("imagenet", "random"):
+            weights = given["weights"] = str(Path(weights).expanduser().resolve())
+            checkpoint = read_checkpoint(weights)
+            if checkpoint is not None:  # a network trained by lookalike, not a plain state dict
+                try:
+                    check_embedding_checkpoint(checkpoint, weights)
+                except ValueError as exc:
+                    raise SettingsError(str(exc)) from None
+                trained = checkpoint["model_config"]
+                for key in TRAINED_ARCHITECTURE:
+                    given.setdefault(key, trained[key])
+                given["whitening_layer"] = trained.get("whitening_layer", 0)
+    return settings_with(base or ModelConfig(), **given)
+
+
+def mask_settings_with(base: MaskSettings, segmenter: str | None = None, apply: str | None = None) -> MaskSettings:
+    """``base`` with another segmenter spec (``"none"``: whole images) and/or another way of applying masks.
+    A ``unet:CHECKPOINT`` path is made absolute (a collection outlives the working folder)."""
+    if segmenter is None:
+        segmenter = base.segmenter
+    elif segmenter.lower() == "none":
+        segmenter = None
+    if segmenter and segmenter.startswith("unet:"):
+        segmenter = "unet:" + str(Path(segmenter[5:]).expanduser().resolve())
+    try:
+        return dataclasses.replace(base, segmenter=segmenter, apply=apply or base.apply)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def build_masker(settings: MaskSettings) -> Masker | None:
+    """The :class:`Masker` of ``settings``; ``None`` when they mask nothing."""
+    if not settings.enabled:
+        return None
+    try:
+        return Masker(settings)
+    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
+        raise SettingsError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+
+
+def build_embedder(model: ModelConfig, runtime: RuntimeOptions | None = None) -> Embedder:
+    """The network of ``model`` on ``runtime``'s device (an unknown backbone, a missing or mismatched weights
+    file, a bad device or precision raise :class:`SettingsError`)."""
+    try:
+        return Embedder(model, runtime)
+    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
+        raise SettingsError(str(exc)) from None
+
+
+__all__ = ["SettingsError", "TRAINED_ARCHITECTURE", "settings_with", "model_config_with", "mask_settings_with",
+           "build_masker", "build_embedder"]
