@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder
+from retrieval.registry import UnknownNameError
 from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
 from . import db, sync
@@ -238,7 +239,10 @@ class Collection(Store):
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
             cfg = self.model_config or ModelConfig()
-            self._embedder = self._embedder_factory(cfg, self.runtime)
+            try:
+                self._embedder = self._embedder_factory(cfg, self.runtime)
+            except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:  # unknown backbone, weights not found...
+                raise LookalikeError(str(exc)) from None
         return self._embedder
 
     # ------------------------------------------------------------------ indexing

@@ -1,4 +1,4 @@
-"""Face galleries on the collection's machinery: enrol people, verify 1:1, identify 1:N, index faces in photos.
+"""Face galleries on the collection's machinery: enroll people, verify 1:1, identify 1:N, index faces in photos.
 
 A :class:`FaceGallery` lives in the same home folder and database as the image :class:`~indexer.engine.Collection`
 (tables ``identities``, ``face_photos`` and ``faces``, see :mod:`indexer.db`). Every face is a row holding its
@@ -51,7 +51,8 @@ from .sync import BatchWriter, FileSync, IndexReport
 
 log = logging.getLogger(__name__)
 
-ENROL, INDEX = "enrol", "index"
+#: ``faces.source`` of an enrolled face and of a face found by ``index_folder`` (stored values: kept as they are).
+ENROLLED, INDEX = "enrol", "index"
 UNKNOWN = "unknown"
 #: Photos are decoded at most this large (longest side) for detection and alignment.
 FACE_MAX_SIDE = 1280
@@ -66,7 +67,7 @@ BACKENDS = ("lookalike", "dlib")
 _SETTINGS_KEY = "faces"
 _DIM_KEY = "faces_dim"
 # source -> (index file, state file, version counter)
-_INDEX_FILES = {ENROL: ("faces_enrolled.faiss", "faces_enrolled.json", "faces_enrolled_version"),
+_INDEX_FILES = {ENROLLED: ("faces_enrolled.faiss", "faces_enrolled.json", "faces_enrolled_version"),
                 INDEX: ("faces_photos.faiss", "faces_photos.json", "faces_photos_version")}
 
 Box = tuple[float, float, float, float]
@@ -443,9 +444,9 @@ class FaceGallery(Store):
                           landmarks=marks, score=float(face.score),
                           vector=probe.vectors[i].astype(np.float32).tobytes(), **extra)
 
-    # ------------------------------------------------------------------ enrolment
+    # ------------------------------------------------------------------ enrollment
     def enroll(self, name: str, images: Iterable[str | Path]) -> EnrollReport:
-        """Enrol ``name`` from photos (the largest face of each). Photos without a face, unreadable ones and
+        """Enroll ``name`` from photos (the largest face of each). Photos without a face, unreadable ones and
         photos already enrolled for ``name`` are reported, not errors. Creates the identity when new."""
         name = name.strip()
         if not name:
@@ -455,7 +456,7 @@ class FaceGallery(Store):
         report = EnrollReport(name=name)
         settings = self._ensure_settings()
         with write_lock(self.home):
-            start = self._caches[ENROL].version()
+            start = self._caches[ENROLLED].version()
             with self._session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
@@ -482,24 +483,24 @@ class FaceGallery(Store):
                     report.several_faces.append((path, len(probe.faces)))
                 best = max(range(len(probe.faces)), key=lambda i: (probe.faces[i].area, probe.faces[i].score))
                 with self._session() as s, s.begin():
-                    row = self._face_row(probe, best, path, ENROL, identity_id=ident_id)
+                    row = self._face_row(probe, best, path, ENROLLED, identity_id=ident_id)
                     s.add(row)
                     s.flush()
                     added.add(row.id)
-                    db.bump_vector_version(s, _INDEX_FILES[ENROL][2])
+                    db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
                 known.add(loaded.content_hash)
                 report.enrolled.append((path, probe.boxes[best]))
             with self._session() as s, s.begin():
                 report.total_faces = s.scalar(select(func.count()).where(FaceRecord.identity_id == ident_id)) or 0
                 if report.total_faces == 0:  # nothing usable: do not keep an empty identity
                     s.execute(delete(Identity).where(Identity.id == ident_id))
-            self._caches[ENROL].update(start, added, set())
+            self._caches[ENROLLED].update(start, added, set())
         return report
 
     def forget(self, name: str) -> int:
         """Remove an identity and its enrolled faces. Returns the number of faces removed."""
         with write_lock(self.home):
-            start = self._caches[ENROL].version()
+            start = self._caches[ENROLLED].version()
             with self._session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
@@ -507,8 +508,8 @@ class FaceGallery(Store):
                 ids = set(s.scalars(select(FaceRecord.id).where(FaceRecord.identity_id == ident.id)))
                 s.execute(delete(FaceRecord).where(FaceRecord.identity_id == ident.id))
                 s.execute(delete(Identity).where(Identity.id == ident.id))
-                db.bump_vector_version(s, _INDEX_FILES[ENROL][2])
-            self._caches[ENROL].update(start, set(), ids)
+                db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
+            self._caches[ENROLLED].update(start, set(), ids)
         return len(ids)
 
     def identities(self) -> list[IdentitySummary]:
@@ -545,7 +546,7 @@ class FaceGallery(Store):
         if not probe.faces:
             return self._decision(settings, None, name=name, reason=f"no face found in {image}")
         if gallery.shape[0] == 0:
-            raise LookalikeError(f"{name!r} has no enrolled faces; enrol photos first")
+            raise LookalikeError(f"{name!r} has no enrolled faces; enroll photos first")
         if gallery.shape[1] != probe.vectors.shape[1]:
             raise LookalikeError("the enrolled faces were made by another model; re-embed (faces index --reembed)")
         sims = gallery @ probe.vectors[0]
@@ -572,7 +573,7 @@ class FaceGallery(Store):
         probe = self._probe_path(image, settings)
         if not probe.faces:
             return []
-        per_face = self._search(ENROL, probe.vectors, max(8 * k, 64))  # several faces per identity
+        per_face = self._search(ENROLLED, probe.vectors, max(8 * k, 64))  # several faces per identity
         with self._session() as s:
             owner = self._owners(s, {i for r in per_face for i, _ in r})
         out: list[FaceMatch] = []
@@ -667,7 +668,7 @@ class FaceGallery(Store):
         lost: list[tuple[str, str]] = []
         with self._session() as s:
             enrolled = list(s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
-                                             FaceRecord.y1).where(FaceRecord.source == ENROL)))
+                                             FaceRecord.y1).where(FaceRecord.source == ENROLLED)))
         updates, gone = [], []
         for face_id, path, *box in enrolled:
             loaded = self._read(path)
@@ -683,7 +684,7 @@ class FaceGallery(Store):
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             j = min(range(len(probe.boxes)), key=lambda i: ((probe.boxes[i][0] + probe.boxes[i][2]) / 2 - cx) ** 2
                     + ((probe.boxes[i][1] + probe.boxes[i][3]) / 2 - cy) ** 2)
-            row = self._face_row(probe, j, path, ENROL)
+            row = self._face_row(probe, j, path, ENROLLED)
             updates.append(dict(id=face_id, x0=row.x0, y0=row.y0, x1=row.x1, y1=row.y1, landmarks=row.landmarks,
                                 score=row.score, vector=row.vector, content_hash=row.content_hash))
         with self._session() as s, s.begin():
@@ -694,7 +695,7 @@ class FaceGallery(Store):
             s.execute(delete(FaceRecord).where(FaceRecord.source == INDEX))
             s.execute(update(FacePhoto).values(status=PENDING, size=-1, faces=None))
             db.set_setting(s, _DIM_KEY, None)
-            for src in (ENROL, INDEX):
+            for src in (ENROLLED, INDEX):
                 db.bump_vector_version(s, _INDEX_FILES[src][2])
         self._dim_known = None
         for cache in self._caches.values():
@@ -778,7 +779,7 @@ class FaceGallery(Store):
             people = s.scalar(select(func.count()).select_from(Identity)) or 0
         return {"home": str(self.home), "model": settings.describe(), "threshold": settings.threshold,
                 "calibrated": settings.calibrated, "threshold_note": settings.describe_threshold(),
-                "identities": people, "enrolled_faces": counts.get(ENROL, 0), "indexed_faces": counts.get(INDEX, 0),
+                "identities": people, "enrolled_faces": counts.get(ENROLLED, 0), "indexed_faces": counts.get(INDEX, 0),
                 "photos": sum(photos.values()), "photos_unreadable": photos.get(ERROR, 0)}
 
 
