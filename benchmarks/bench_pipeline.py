@@ -15,60 +15,61 @@ pipeline/bare; the per-round speeds are in the JSON too.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.shared_data import weizmann_photos
+from benchmarks.timing import Stopwatch, interleaved, rate, warm_up
 from indexer.engine import Collection
-from indexer.imageio import load_image
+from indexer.pipeline import decoded
 from indexer.scan import scan_folder
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder
 
 
 def bare_forward(embedder: Embedder, batches: list[np.ndarray]) -> float:
-    n = sum(len(b) for b in batches)
-    t0 = time.perf_counter()
-    for b in batches:
-        embedder.embed_batch(b)
-    return n / (time.perf_counter() - t0)
+    """Images/s of the network alone on ready batches."""
+    with Stopwatch() as clock:
+        for b in batches:
+            embedder.embed_batch(b)
+    return rate(sum(len(b) for b in batches), clock.seconds)
+
+
+def index_folder(folder: Path, embedder: Embedder, model: ModelConfig, runtime: RuntimeOptions, files: int) -> float:
+    """Images/s of ``lookalike index`` (``Collection.index_folder``) into a fresh collection."""
+    with tempfile.TemporaryDirectory() as home:
+        coll = Collection(home, runtime=runtime, embedder_factory=lambda c, r: embedder)
+        coll.configure(model=model)
+        with Stopwatch() as clock:
+            report = coll.index_folder(folder)
+        assert report.embedded == files, report.skipped
+    return rate(files, clock.seconds)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, workers=2, precision=True)
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
-    folder = args.folder or require_dataset("weizmann-horse/weizmann_horse_db/rgb")
+    folder = args.folder or weizmann_photos()
     model = ModelConfig()
     runtime = RuntimeOptions(device="cpu", batch_size=args.batch_size, workers=args.workers, precision=args.precision)
     embedder = Embedder(model, runtime)
     files = [f.path for f in scan_folder(folder).files]
-    images = [load_image(p, model.image_size).pixels for p in files]
     by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
-    for img in images:
-        by_shape.setdefault(img.shape, []).append(img)
+    for _, item in decoded(files, model.image_size, workers=args.workers):  # the pipeline's own decoding
+        assert not isinstance(item, str), item
+        by_shape.setdefault(item.image.pixels.shape, []).append(item.image.pixels)
     batches = [np.stack(group[i:i + args.batch_size]) for group in by_shape.values()
                for i in range(0, len(group), args.batch_size)]
-    bare_forward(embedder, batches[:2])  # warm-up
-    bare, pipe = [], []
-    for _ in range(args.rounds):
-        bare.append(bare_forward(embedder, batches))
-        with tempfile.TemporaryDirectory() as home:
-            coll = Collection(home, runtime=runtime, embedder_factory=lambda c, r: embedder)
-            coll.configure(model=model)
-            t0 = time.perf_counter()
-            report = coll.index_folder(folder)
-            elapsed = time.perf_counter() - t0
-            assert report.embedded == len(files), report.skipped
-            pipe.append(len(files) / elapsed)
+    warm_up(lambda: bare_forward(embedder, batches[:2]))
+    speeds = interleaved({"bare": lambda: bare_forward(embedder, batches),
+                          "pipeline": lambda: index_folder(folder, embedder, model, runtime, len(files))}, args.rounds)
+    bare, pipe = speeds["bare"], speeds["pipeline"]
     ratios = [p / b for p, b in zip(pipe, bare)]
     result = {
         "benchmark": "pipeline_vs_bare_forward", "folder": str(folder), "images": len(files),

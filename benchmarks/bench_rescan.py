@@ -10,21 +10,20 @@ more after touching 1% of the files with new content (timed: only those are embe
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.timing import Stopwatch
 from indexer.engine import Collection
 from retrieval.config import ModelConfig, RuntimeOptions
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__)
     ap.add_argument("--images", type=int, default=10_000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -37,25 +36,22 @@ def main() -> None:
         runtime = RuntimeOptions(device="cpu", batch_size=64, workers=2)
         coll = Collection(Path(tmp) / "home", runtime=runtime)
         coll.configure(model=ModelConfig(weights="random", image_size=32))
-        t0 = time.perf_counter()
-        first = coll.index_folder(folder)
-        first_s = time.perf_counter() - t0
+        with Stopwatch() as first_s:
+            first = coll.index_folder(folder)
         again = Collection(Path(tmp) / "home", runtime=runtime)
-        t0 = time.perf_counter()
-        unchanged = again.index_folder(folder)
-        unchanged_s = time.perf_counter() - t0
+        with Stopwatch() as unchanged_s:
+            unchanged = again.index_folder(folder)
         changed_files = sorted(folder.rglob("*.png"))[:: 100]
         for p in changed_files:
             Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(p)
-        t0 = time.perf_counter()
-        partial = Collection(Path(tmp) / "home", runtime=runtime).index_folder(folder)
-        partial_s = time.perf_counter() - t0
+        with Stopwatch() as partial_s:
+            partial = Collection(Path(tmp) / "home", runtime=runtime).index_folder(folder)
     assert unchanged.embedded == 0 and partial.embedded == len(changed_files)
     write_json("rescan.json", {
         "benchmark": "rescan_unchanged_folder", "images": args.images,
-        "first_index_s": round(first_s, 2), "first_embedded": first.embedded,
-        "rescan_unchanged_s": round(unchanged_s, 2),
-        "rescan_1pct_changed_s": round(partial_s, 2), "changed_embedded": partial.embedded,
+        "first_index_s": round(first_s.seconds, 2), "first_embedded": first.embedded,
+        "rescan_unchanged_s": round(unchanged_s.seconds, 2),
+        "rescan_1pct_changed_s": round(partial_s.seconds, 2), "changed_embedded": partial.embedded,
         "machine": machine(),
     })
 

@@ -32,16 +32,15 @@ Output: JSON on stdout, written to ``benchmarks/results/seg_weizmann[_train].jso
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.shared_data import weizmann_split
+from benchmarks.timing import Stopwatch, loadavg, rate, warm_up
 from segmentation.base import SEGMENTERS, build_segmenter, check_mask, iou
-from segmentation.data import find_pairs, load_pair, split_pairs
+from segmentation.data import load_pair
 
 
 def whole_image(pixels: np.ndarray) -> np.ndarray:
@@ -60,12 +59,12 @@ def centred_ellipse(pixels: np.ndarray, margin: float = 0.1) -> np.ndarray:
 
 def score(segment: Callable[[np.ndarray], np.ndarray], data: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """IoU statistics and speed of one segmenter over ``data`` = [(pixels, truth)]."""
-    segment(data[0][0])  # warm-up: lazy initialisation, allocator, oneDNN primitives
-    ious, engine_ious, seconds, fallback = [], [], 0.0, 0
+    warm_up(lambda: segment(data[0][0]))  # lazy initialisation, allocator, oneDNN primitives
+    ious, engine_ious, fallback = [], [], 0
+    clock = Stopwatch()
     for pixels, truth in data:
-        start = time.perf_counter()
-        mask = segment(pixels)
-        seconds += time.perf_counter() - start
+        with clock:
+            mask = segment(pixels)
         if mask.shape != truth.shape or mask.dtype != bool:
             raise ValueError(f"segmenter returned {mask.dtype} {mask.shape} for an image of {truth.shape}")
         ious.append(iou(mask, truth))
@@ -78,29 +77,21 @@ def score(segment: Callable[[np.ndarray], np.ndarray], data: list[tuple[np.ndarr
         "min_iou": round(float(np.min(ious)), 4),
         "fallback": fallback,
         "mean_iou_engine": round(float(np.mean(engine_ious)), 4),
-        "img_per_s": round(len(data) / max(seconds, 1e-9), 2),
-        "seconds": round(seconds, 2),
+        "img_per_s": rate(len(data), max(clock.seconds, 1e-9), 2),
+        "seconds": round(clock.seconds, 2),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=1, threads_for=("torch", "opencv"))
     ap.add_argument("--segmenter", action="append", default=[], metavar="SPEC",
                     help="a segmenter spec to add to the comparison (repeatable), e.g. unet:seg.pt")
     ap.add_argument("--only", action="store_true", help="score only the --segmenter specs (and the baselines)")
     ap.add_argument("--split", default="test", choices=["test", "train"])
     ap.add_argument("--limit", type=int, help="score only the first N photos of the split (a quick look)")
-    ap.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads (default 1)")
     ap.add_argument("--out", help="JSON file name in benchmarks/results/ (default seg_weizmann[_train].json)")
     args = ap.parse_args()
-
-    import cv2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    root = require_dataset("weizmann-horse/weizmann_horse_db")
-    train, test = split_pairs(find_pairs(root))
+    train, test = weizmann_split()
     pairs = (test if args.split == "test" else train)[: args.limit]
     data = [load_pair(p) for p in pairs]
 
@@ -111,7 +102,7 @@ def main() -> None:
         "baseline_ellipse": score(centred_ellipse, data),
     }
     skipped: dict[str, str] = {}
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     for spec in specs:
         try:
             segmenter = build_segmenter(spec)
@@ -125,7 +116,7 @@ def main() -> None:
         "images": len(data),
         "results": dict(sorted(results.items(), key=lambda kv: -kv[1]["mean_iou"])),
         "skipped": skipped,
-        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_avg_1min": [load_before, loadavg()],
         "machine": machine(),
     })
 

@@ -12,40 +12,35 @@ Measured (2-core CPU, one thread, a shared machine): 18 epochs at 176 px in 892 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import RESULTS, machine, require_dataset, write_json
-from segmentation.data import find_pairs, split_pairs
+from benchmarks.common import RESULTS, BenchParser, machine, write_json
+from benchmarks.shared_data import weizmann_split
+from benchmarks.timing import Stopwatch
 from segmentation.training import SegTrainConfig, SegTrainer, split_validation
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=1)  # 1 thread is fastest on a busy 2-core machine
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--image-size", type=int, default=176)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "unet_horses.pt")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    train_all, test = split_pairs(find_pairs(require_dataset("weizmann-horse/weizmann_horse_db")))
+    train_all, test = weizmann_split()
     cfg = SegTrainConfig(epochs=args.epochs, batch_size=8, lr=1e-3, image_size=args.image_size, seed=0,
                          device=args.device)
     train, val = split_validation(train_all, cfg.val_fraction, cfg.seed)
     assert not {p.image for p in train + val} & {p.image for p in test}
-    t0 = time.perf_counter()
-    result = SegTrainer(cfg, args.out).fit(train, val, resume=args.resume)
+    with Stopwatch() as training:
+        result = SegTrainer(cfg, args.out).fit(train, val, resume=args.resume)
     write_json("train_unet_weizmann.json", {
         "benchmark": "weizmann_unet_training", "train": len(train), "val": len(val), "test_untouched": len(test),
         "config": cfg.to_dict(), "best_epoch": result.best_epoch,
-        "best_val_iou": result.best_val_iou, "seconds": round(time.perf_counter() - t0, 1),
+        "best_val_iou": result.best_val_iou, "seconds": round(training.seconds, 1),
         "checkpoint": str(args.out), "machine": machine()})
 
 
