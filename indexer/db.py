@@ -132,7 +132,7 @@ class FaceRecord(Base):
     y0: Mapped[float] = mapped_column(Float)
     x1: Mapped[float] = mapped_column(Float)
     y1: Mapped[float] = mapped_column(Float)
-    #: JSON list of ``[x, y]`` rows (``retrieval.face_detection.LANDMARK_NAMES`` order), or null.
+    #: JSON list of ``[x, y]`` rows (``retrieval.faces.types.LANDMARK_NAMES`` order), or null.
     landmarks: Mapped[str | None] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float)
     #: Unit-length float32 descriptor bytes.

@@ -35,8 +35,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.faces import AlignedFaceEmbedder, Face, FaceDetector, FaceEmbedder, build_detector
-from retrieval.faces import unit_vectors as _unit
+from retrieval.faces import (AlignedFaceEmbedder, Face, FaceDetector, FaceEmbedder, build_detector, largest_face,
+                             pick_faces, unit_vectors)
 from retrieval.registry import UnknownNameError
 
 from . import db, sync
@@ -411,15 +411,14 @@ class FaceGallery(Store):
         scale = min(1.0, FACE_MAX_SIDE / max(h, w))
         if scale < 1.0:
             pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        faces = list(self._get_detector(settings).detect(pixels))
-        detected = len(faces)
-        if largest_only and faces:
-            faces = [max(faces, key=lambda f: (f.area, f.score))]
+        found = self._get_detector(settings).detect(pixels)
+        detected = len(found)
+        faces = pick_faces(found, pixels.shape[1], pixels.shape[0], largest_face if largest_only else None)
         vecs = self._get_embedder(settings).embed(pixels, faces) if faces else np.zeros((0, 0), np.float32)
         back = loaded.width / pixels.shape[1]
         boxes = [tuple(float(v) * back for v in f.box) for f in faces]
         self._remember_dim(vecs)
-        return _Probe(faces, boxes, _unit(vecs) if len(faces) else vecs, loaded.content_hash, loaded.width,
+        return _Probe(faces, boxes, unit_vectors(vecs) if len(faces) else vecs, loaded.content_hash, loaded.width,
                       loaded.height, back, detected)
 
     def _remember_dim(self, vecs: np.ndarray) -> None:
@@ -481,7 +480,7 @@ class FaceGallery(Store):
                     continue
                 if len(probe.faces) > 1:
                     report.several_faces.append((path, len(probe.faces)))
-                best = max(range(len(probe.faces)), key=lambda i: (probe.faces[i].area, probe.faces[i].score))
+                best = probe.faces.index(largest_face(probe.faces))
                 with self._session() as s, s.begin():
                     row = self._face_row(probe, best, path, ENROLLED, identity_id=ident_id)
                     s.add(row)
