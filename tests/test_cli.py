@@ -161,3 +161,21 @@ def test_kill_9_during_indexing_then_restart_finishes_with_a_consistent_index(tm
     st = coll.stats()
     assert (st.indexed, st.pending, st.index_vectors) == (160, 0, 160)
     assert coll.doctor().ok
+
+
+@pytest.mark.parametrize("args,message", [
+    (["index", "{folder}", "--weights", "{seg}"], "holds a unet segmentation network, not an embedding network"),
+    (["index", "{folder}", "--scales", "1,x"], "--scales takes numbers separated by commas"),
+    (["eval", "{folder}", "--mask", "no-such"], "cannot build the segmenter 'no-such'"),
+    (["train", "{folder}", "--out", "{seg}.new"], "is not in a class sub-folder"),
+])
+def test_option_and_data_mistakes_are_one_line_too(tmp_path, image_folder, args, message):
+    from retrieval.checkpoint import save_checkpoint
+
+    seg = tmp_path / "seg.pt"
+    save_checkpoint(seg, {"kind": "unet", "image_size": 64}, {})
+    args = [a.replace("{folder}", str(image_folder)).replace("{seg}", str(seg)) for a in args]
+    res = run(tmp_path / "home", *args)
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

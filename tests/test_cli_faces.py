@@ -115,3 +115,13 @@ def test_a_backend_change_needs_reembed(home, tmp_path):
     ok = run(home, "--crop-size", "64", "--reembed", "list")
     assert ok.exit_code == 0, ok.output
     assert FaceGallery(home, runtime=FAST_RUNTIME).settings.crop_size == 64
+
+
+def test_weights_of_another_kind_of_network_are_one_line_exit_1(tmp_path, fake_gallery):
+    from retrieval.checkpoint import save_checkpoint
+
+    seg = tmp_path / "seg.pt"
+    save_checkpoint(seg, {"kind": "unet", "image_size": 64}, {})
+    r = run(tmp_path / "home", "--weights", seg, "list")
+    assert r.exit_code == 1 and "segmentation network, not an embedding network" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
