@@ -44,38 +44,29 @@ model configuration match), so adding a row later costs only that row:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import torch
-from PIL import Image
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, machine, require_dataset, write_json
+from benchmarks.common import RESULTS, BenchParser, machine, trained_config, write_json
 from benchmarks.prepare_lfw_faces import lfw_detector
+from benchmarks.shared_data import LFW_HALVES, in_folds, lfw_pairs, pair_paths
+from benchmarks.timing import Stopwatch, rate
 from indexer.evaluate import embed_paths, score_pairs
-from retrieval.checkpoint import load_checkpoint
+from indexer.imageio import load_image
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.faces import Face, align_face, build_detector
 from retrieval.faces import centre_face as pick_face
 from retrieval.model import Embedder
-from retrieval.verification import read_pairs_file
 
 ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
 ROWS = ("dlib", "imagenet-aligned", "imagenet-whole")
 #: Median dlib HOG box over 300 random LFW deep-funneled photos (x1, y1 exclusive).
 LFW_DLIB_BOX = (77.0, 89.0, 183.0, 183.0)
-
-
-def load_rgb(path: str) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def summarise(metrics: dict[str, Any], pairs: int, **extra: Any) -> dict[str, Any]:
@@ -98,17 +89,16 @@ def dlib_vectors(paths: list[str], cache: Path | None) -> tuple[dict[str, np.nda
     enc = DlibFaceEncoder()
     vecs = np.zeros((len(paths), 128), np.float32)
     fallback = 0
-    t0 = time.perf_counter()
-    for i, p in enumerate(tqdm(paths, unit="img", desc="dlib")):
-        img = load_rgb(p)
-        face = pick_face(det.detect(img), img.shape[1], img.shape[0])
-        if face is None:
-            fallback += 1
-            face = Face(*LFW_DLIB_BOX)
-        vecs[i] = enc.embed(img, [face])[0]
-    seconds = time.perf_counter() - t0
-    info = {"images": len(paths), "fallback": fallback, "seconds": round(seconds, 1),
-            "images_per_second": round(len(paths) / seconds, 2)}
+    with Stopwatch() as clock:
+        for i, p in enumerate(tqdm(paths, unit="img", desc="dlib")):
+            img = load_image(p, None).pixels
+            face = pick_face(det.detect(img), img.shape[1], img.shape[0])
+            if face is None:
+                fallback += 1
+                face = Face(*LFW_DLIB_BOX)
+            vecs[i] = enc.embed(img, [face])[0]
+    info = {"images": len(paths), "fallback": fallback, "seconds": round(clock.seconds, 1),
+            "images_per_second": rate(len(paths), clock.seconds, 2)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, paths=np.array(paths), vectors=vecs, info=json.dumps(info))
@@ -120,7 +110,7 @@ def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelCon
     """The lookalike embedding pipeline (``indexer.evaluate.embed_paths``) on a folder in LFW layout, scored
     on the pairs with ``score_pairs``; the vectors are cached in ``cache`` (reused when the model
     configuration and the image list match)."""
-    rel = sorted({os.path.relpath(p, lfw_root) for pr in pairs for p in (pr.a, pr.b)})
+    rel = relative_paths(pairs, lfw_root)
     paths = [str(image_root / r) for r in rel]
     key = json.dumps({"config": config.to_dict(), "root": str(image_root)}, sort_keys=True)
     if cache is not None and cache.exists():
@@ -130,12 +120,11 @@ def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelCon
             vecs, ok, info = data["vectors"], data["ok"], json.loads(str(data["info"]))
             return _score_rel(pairs, lfw_root, rel, vecs, ok, info)
     embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, workers=workers))
-    t0 = time.perf_counter()
-    vecs, ok_list, skipped, _ = embed_paths(paths, embedder, batch_size=32, workers=workers)
-    seconds = time.perf_counter() - t0
+    with Stopwatch() as clock:
+        vecs, ok_list, skipped, _ = embed_paths(paths, embedder, batch_size=32, workers=workers)
     ok = np.array(ok_list)
-    info = {"images": int(ok.sum()), "skipped": len(skipped), "model": config.describe(), "seconds": round(seconds, 1),
-            "images_per_second": round(len(paths) / seconds, 2)}
+    info = {"images": int(ok.sum()), "skipped": len(skipped), "model": config.describe(),
+            "seconds": round(clock.seconds, 1), "images_per_second": rate(len(paths), clock.seconds, 2)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, key=key, paths=np.array(paths), vectors=vecs, ok=ok, info=json.dumps(info))
@@ -148,11 +137,14 @@ def _score_rel(pairs: list, lfw_root: Path, rel: list[str], vecs: np.ndarray, ok
     return score_all(pairs, relative_vectors(lfw_root, rel, vecs, ok), info)
 
 
+def relative_paths(pairs: list, lfw_root: Path) -> list[str]:
+    """The images of ``pairs`` (under ``lfw_root``) as ``NAME/NAME_0001.jpg``, sorted: the same names in a folder
+    of aligned crops."""
+    return [os.path.relpath(p, lfw_root) for p in pair_paths(pairs)]
+
+
 def relative_vectors(lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
     return {str(lfw_root / r): v for r, v, good in zip(rel, vecs, ok) if good}
-
-
-HALVES = {"folds 1-5": range(0, 5), "folds 6-10": range(5, 10)}
 
 
 def score_all(pairs: list, vectors: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
@@ -160,19 +152,15 @@ def score_all(pairs: list, vectors: dict[str, np.ndarray], info: dict[str, Any])
     compared with the ``trained`` row, whose halves come from two networks."""
     metrics, n = score_pairs(pairs, vectors)
     out = summarise(metrics, n, **info)
-    out["halves"] = {name: summarise(*score_pairs([p for p in pairs if p.fold in folds], vectors))
-                     for name, folds in HALVES.items()}
+    out["halves"] = {name: summarise(*score_pairs(in_folds(pairs, folds), vectors))
+                     for name, folds in LFW_HALVES.items()}
     out["mean_of_halves"] = round(float(np.mean([h["accuracy"] for h in out["halves"].values()])), 4)
     return out
 
 
-def rate(n: int, seconds: float) -> float:
-    return round(n / seconds, 1) if seconds > 0 else float("inf")
-
-
 def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
     """faces/s (photos/s; LFW has one target face per photo) of detection alone and of the whole front end."""
-    images = [load_rgb(p) for p in paths]
+    images = [load_image(p, None).pixels for p in paths]
     out: dict[str, Any] = {"photos": len(images), "photo_size": list(images[0].shape[:2])}
     detectors = {"haar (LFW settings: 160 px copy, faces >= 1/4)": lfw_detector("haar", 160),
                  "haar (defaults)": build_detector("haar")}
@@ -181,42 +169,43 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
         detectors["dlib-hog (upsample 1)"] = build_detector("dlib-hog", upsample=1)
     detect_rates = {}
     for name, det in detectors.items():
-        t0 = time.perf_counter()
-        for img in images:
-            det.detect(img)
-        detect_rates[name] = rate(len(images), time.perf_counter() - t0)
+        with Stopwatch() as clock:
+            for img in images:
+                det.detect(img)
+        detect_rates[name] = rate(len(images), clock.seconds, 1)
     out["detection_faces_per_second"] = detect_rates
 
     full = {}
     haar = lfw_detector("haar", 160)
     embedder = Embedder(ModelConfig(image_size=size), RuntimeOptions(device="cpu", batch_size=32, workers=0))
-    t0 = time.perf_counter()
+    align, embed = Stopwatch(), Stopwatch()
     crops = []
-    for img in images:
-        face = pick_face(haar.detect(img), img.shape[1], img.shape[0])
-        if face is not None:
-            crops.append(align_face(img, face, size))
-    t_align = time.perf_counter() - t0
-    for i in range(0, len(crops), 32):
-        embedder.embed_batch(np.stack(crops[i:i + 32]))
-    full["haar + align + imagenet lite0 (batches of 32)"] = rate(len(images), time.perf_counter() - t0)
-    full["haar + align only"] = rate(len(images), t_align)
+    with align:
+        for img in images:
+            face = pick_face(haar.detect(img), img.shape[1], img.shape[0])
+            if face is not None:
+                crops.append(align_face(img, face, size))
+    with embed:
+        for i in range(0, len(crops), 32):
+            embedder.embed_batch(np.stack(crops[i:i + 32]))
+    full["haar + align + imagenet lite0 (batches of 32)"] = rate(len(images), align.seconds + embed.seconds, 1)
+    full["haar + align only"] = rate(len(images), align.seconds, 1)
     if with_dlib:
         from retrieval.faces import DlibFaceEncoder
 
         det, enc = lfw_detector("dlib-hog", 250), DlibFaceEncoder()
-        t0 = time.perf_counter()
-        for img in images:
-            face = pick_face(det.detect(img), img.shape[1], img.shape[0])
-            if face is not None:
-                enc.embed(img, [face])
-        full["dlib-hog + 5-point + resnet descriptor"] = rate(len(images), time.perf_counter() - t0)
+        with Stopwatch() as clock:
+            for img in images:
+                face = pick_face(det.detect(img), img.shape[1], img.shape[0])
+                if face is not None:
+                    enc.embed(img, [face])
+        full["dlib-hog + 5-point + resnet descriptor"] = rate(len(images), clock.seconds, 1)
     out["detect_align_embed_faces_per_second"] = full
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, threads=1, threads_for=("torch", "opencv"), workers=1, out="faces_lfw.json")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} ('' for none)")
     ap.add_argument("--aligned", type=Path, default=RESULTS / "lfw-aligned-haar",
                     help="aligned crops from benchmarks.prepare_lfw_faces")
@@ -226,17 +215,10 @@ def main() -> None:
                          "--halves both --keep): each half is scored by the one that never saw its people")
     ap.add_argument("--size", type=int, default=160, help="embedding size of the aligned crops")
     ap.add_argument("--speed-images", type=int, default=200, help="photos timed for the speed figures (0: skip)")
-    ap.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
-    ap.add_argument("--workers", type=int, default=1, help="decoding threads of the lookalike pipeline")
-    ap.add_argument("--out", default="faces_lfw.json")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
 
-    root = require_dataset("lfw/lfw-deepfunneled")
-    pairs_file = require_dataset("lfw/pairs.txt")
-    pairs = read_pairs_file(pairs_file, root)
-    paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    root, pairs_file, pairs = lfw_pairs()
+    paths = pair_paths(pairs)
     rows = [r for r in args.rows.split(",") if r]
     unknown = set(rows) - set(ROWS)
     if unknown:
@@ -261,8 +243,7 @@ def main() -> None:
                                                  cache / "imagenet_whole.npz")
         print("imagenet-whole", results["imagenet-whole"], flush=True)
     if args.weights:
-        trained = ModelConfig.from_dict(load_checkpoint(args.weights)["model_config"])
-        config = ModelConfig.from_dict({**trained.to_dict(), "weights": str(args.weights), "image_size": args.size})
+        config = trained_config(args.weights, image_size=args.size)
         results["trained"] = pipeline_row(pairs, args.aligned, root, config, args.workers, None)
         results["trained"]["crops"] = str(args.aligned)
         print("trained", results["trained"], flush=True)
@@ -270,12 +251,11 @@ def main() -> None:
     if args.trained_halves:
         halves = {}
         # the network trained on folds 1-5 scores folds 6-10, and the other way round
-        for ckpt, (name, folds) in zip(reversed(args.trained_halves), HALVES.items()):
-            trained = ModelConfig.from_dict(load_checkpoint(ckpt)["model_config"])
-            config = ModelConfig.from_dict({**trained.to_dict(), "weights": str(ckpt), "image_size": args.size})
+        for ckpt, (name, folds) in zip(reversed(args.trained_halves), LFW_HALVES.items()):
+            config = trained_config(ckpt, image_size=args.size)
             embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, workers=args.workers))
-            half_pairs = [p for p in pairs if p.fold in folds]
-            half_rel = sorted({os.path.relpath(p, root) for pr in half_pairs for p in (pr.a, pr.b)})
+            half_pairs = in_folds(pairs, folds)
+            half_rel = relative_paths(half_pairs, root)
             vecs, ok, _, _ = embed_paths([str(args.aligned / r) for r in half_rel], embedder, 32, args.workers)
             halves[name] = {**summarise(*score_pairs(half_pairs, relative_vectors(root, half_rel, vecs, np.array(ok)))),
                             "checkpoint": str(ckpt), "model": config.describe()}

@@ -26,31 +26,20 @@ Run: ``python -m benchmarks.bench_faces_speed [--gallery 300] [--probes 100]``; 
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, require_dataset, write_json
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.shared_data import people_with_photos
+from benchmarks.timing import Stopwatch, rate
 from indexer.faces import UNKNOWN, FaceGallery
 from retrieval.config import RuntimeOptions
 from retrieval.faces import dlib_available
 from retrieval.verification import accuracy, best_threshold
-
-
-def people_with_three(root: Path, n: int) -> list[tuple[str, list[Path]]]:
-    out = []
-    for d in sorted(root.iterdir()):
-        photos = [d / f"{d.name}_{i:04d}.jpg" for i in (1, 2, 3)]
-        if all(p.exists() for p in photos):
-            out.append((d.name, photos))
-            if len(out) == n:
-                break
-    return out
 
 
 def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]], n_probes: int,
@@ -59,24 +48,22 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
         g = FaceGallery(home, runtime=runtime)
         g.configure(detector=detector, backend=backend)
         g.verify_pair(people[0][1][0], people[0][1][1])  # load the models, warm up
-        t0 = time.perf_counter()
         enrolled = no_face = 0
-        for name, photos in people:
-            rep = g.enroll(name, photos[:2])
-            enrolled += len(rep.enrolled)
-            no_face += len(rep.no_face)
-        t_enrol = time.perf_counter() - t0
+        with Stopwatch() as t_enrol:
+            for name, photos in people:
+                rep = g.enroll(name, photos[:2])
+                enrolled += len(rep.enrolled)
+                no_face += len(rep.no_face)
         known = {p.name for p in g.identities()}
         probes = [(name, photos[2]) for name, photos in people[:n_probes] if name in known]
         rng = random.Random(0)
         others = [rng.choice([n for n in known if n != name]) for name, _ in probes]
         genuine, impostor, genuine_mean, impostor_mean = [], [], [], []
-        t_verify = 0.0
+        t_verify = Stopwatch()
         n_verify = 0
         for (name, probe), other in zip(probes, others):
-            t = time.perf_counter()
-            d_own, d_other = g.verify(probe, name), g.verify(probe, other)
-            t_verify += time.perf_counter() - t
+            with t_verify:
+                d_own, d_other = g.verify(probe, name), g.verify(probe, other)
             n_verify += 2
             if d_own.score is None:
                 continue
@@ -84,17 +71,16 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
             impostor.append(d_other.score)
             genuine_mean.append(g.verify(probe, name, aggregate="mean").score)
             impostor_mean.append(g.verify(probe, other, aggregate="mean").score)
-        t0 = time.perf_counter()
         rank1 = unknown = probe_no_face = 0
-        for name, probe in probes:
-            matches = g.identify(probe, k=5)
-            if not matches:
-                probe_no_face += 1
-                continue
-            top = matches[0]  # the largest face: LFW centres the named person
-            rank1 += bool(top.candidates) and top.candidates[0].name == name
-            unknown += top.identity == UNKNOWN
-        t_identify = time.perf_counter() - t0
+        with Stopwatch() as t_identify:
+            for name, probe in probes:
+                matches = g.identify(probe, k=5)
+                if not matches:
+                    probe_no_face += 1
+                    continue
+                top = matches[0]  # the largest face: LFW centres the named person
+                rank1 += bool(top.candidates) and top.candidates[0].name == name
+                unknown += top.identity == UNKNOWN
         settings = g.settings
 
     def quality(gen: list[float], imp: list[float]) -> dict:
@@ -109,10 +95,10 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
         "detector": detector, "backend": backend, "model": settings.describe(),
         "default_threshold": settings.threshold,
         "gallery_people": len(known), "gallery_faces": enrolled, "enrol_photos_without_face": no_face,
-        "enrol_faces_per_s": round(enrolled / t_enrol, 2),
-        "verify_per_s": round(n_verify / t_verify, 2), "verify_ms": round(1000 * t_verify / n_verify, 1),
-        "identify_faces_per_s": round(len(probes) / t_identify, 2),
-        "identify_ms": round(1000 * t_identify / len(probes), 1),
+        "enrol_faces_per_s": rate(enrolled, t_enrol.seconds, 2),
+        "verify_per_s": rate(n_verify, t_verify.seconds, 2), "verify_ms": round(1000 * t_verify.seconds / n_verify, 1),
+        "identify_faces_per_s": rate(len(probes), t_identify.seconds, 2),
+        "identify_ms": round(1000 * t_identify.seconds / len(probes), 1),
         "probes": len(probes), "probe_photos_without_face": probe_no_face,
         "rank1": round(rank1 / len(probes), 4), "identified_as_unknown": round(unknown / len(probes), 4),
         "verification_max": quality(genuine, impostor), "verification_mean": quality(genuine_mean, impostor_mean),
@@ -120,14 +106,13 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = BenchParser(__doc__)
     ap.add_argument("--gallery", type=int, default=300, help="people enrolled (2 photos each)")
     ap.add_argument("--probes", type=int, default=100, help="people probed (their 3rd photo)")
     ap.add_argument("--configs", default="haar:lookalike,dlib-hog:dlib",
                     help="detector:backend pairs, comma separated (dlib ones skipped when dlib is missing)")
     args = ap.parse_args()
-    root = require_dataset("lfw/lfw-deepfunneled")
-    people = people_with_three(root, args.gallery)
+    people = people_with_photos(None, args.gallery, photos=3)
     runtime = RuntimeOptions(device="cpu", batch_size=32, workers=int(os.environ.get("LOOKALIKE_WORKERS", "2")))
     results = []
     for spec in args.configs.split(","):

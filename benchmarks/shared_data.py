@@ -94,11 +94,11 @@ def people_images(root: str | Path, pairs: Iterable[Pair], min_images: int = 2) 
     return files, labels
 
 
-def people_with_photos(root: str | Path, people: int, photos: int = 3) -> list[tuple[str, list[Path]]]:
-    """The first ``people`` people (sorted by name) whose photos ``NAME_0001.jpg`` .. ``NAME_<photos>.jpg``
-    all exist -> ``(name, those photos)``."""
+def people_with_photos(root: str | Path | None, people: int, photos: int = 3) -> list[tuple[str, list[Path]]]:
+    """The first ``people`` people (sorted by name) under ``root`` (default: the shared deep-funneled photos)
+    whose photos ``NAME_0001.jpg`` .. ``NAME_<photos>.jpg`` all exist -> ``(name, those photos)``."""
     out: list[tuple[str, list[Path]]] = []
-    for d in sorted(Path(root).iterdir()):
+    for d in sorted(Path(root if root is not None else require_dataset(LFW)).iterdir()):
         files = [d / f"{d.name}_{i:04d}.jpg" for i in range(1, photos + 1)]
         if all(p.exists() for p in files):
             out.append((d.name, files))
