@@ -45,14 +45,11 @@ Usage: ``python benchmarks/bench_backbones.py --batch 32 --size 224 --seconds 20
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +57,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs as python benchmarks/bench_backbones.py
+from benchmarks.common import RESULTS, BenchParser, machine, write_json  # noqa: E402
+from benchmarks.timing import interleaved, loadavg, warm_up  # noqa: E402
 from retrieval.efficientnet_lite import (  # noqa: E402
     MEAN,
     STD,
     cpu_has_fast_bf16,
     efficientnet_lite0,
 )
+from retrieval.functional import gem  # noqa: E402
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backbones.json"
+DEFAULT_OUT = RESULTS / "backbones.json"
 VARIANTS = (
     "reference_fp32",
     "ours_fp32",
@@ -78,11 +77,6 @@ VARIANTS = (
     "ours_fused_cl_fp32",
     "mobilenet_v3_large_cl_fp32",
 )
-
-
-def gem(feats: Tensor, p: float = 3.0, eps: float = 1e-6) -> Tensor:
-    """GeM pooling in fp32: (N, C, H, W) -> (N, C)."""
-    return feats.float().clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 def reference_model() -> nn.Module:
@@ -131,7 +125,7 @@ def build_variants(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = BenchParser(__doc__, seed=0, out=DEFAULT_OUT)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per variant")
@@ -148,15 +142,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="images per bf16 pass (default: --batch with native bf16, else min(4, --batch))",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
 
     g = torch.Generator().manual_seed(args.seed)
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     bf16_native = cpu_has_fast_bf16()
     bf16_batch = args.bf16_batch or (args.batch if bf16_native else min(4, args.batch))
     variants = build_variants(names, x)
@@ -169,32 +161,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup_s: dict[str, float] = {}
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu_times: dict[str, list[float]] = {n: [] for n in names}
+    slice_s = args.seconds / max(args.rounds, 1)
+
+    def timed_slice(name: str) -> None:
+        """Forward passes of one variant until ``slice_s`` has passed (at least one), unless its timed total
+        already reached ``--seconds``."""
+        fn, inp = variants[name]
+        if sum(times[name]) >= args.seconds:
+            return
+        start = time.perf_counter()
+        while True:
+            c = time.process_time()
+            t = time.perf_counter()
+            fn(inp)
+            now = time.perf_counter()
+            times[name].append(now - t)
+            cpu_times[name].append(time.process_time() - c)
+            if now - start >= slice_s:
+                break
+
     with torch.inference_mode():
         for name, (fn, inp) in variants.items():
-            t0 = time.perf_counter()
-            for i in range(max(args.warmup, 1)):
-                t = time.perf_counter()
-                y = fn(inp)
-                if i == 0:
-                    first_out[name] = y
-                if time.perf_counter() - t > args.seconds:
-                    break
-            warmup_s[name] = time.perf_counter() - t0
-        slice_s = args.seconds / max(args.rounds, 1)
-        for _ in range(max(args.rounds, 1)):
-            for name, (fn, inp) in variants.items():
-                if sum(times[name]) >= args.seconds:
-                    continue
-                start = time.perf_counter()
-                while True:
-                    c = time.process_time()
-                    t = time.perf_counter()
-                    fn(inp)
-                    now = time.perf_counter()
-                    times[name].append(now - t)
-                    cpu_times[name].append(time.process_time() - c)
-                    if now - start >= slice_s:
-                        break
+            first_out[name], warmup_s[name] = warm_up(partial(fn, inp), args.warmup, args.seconds)
+        interleaved({name: partial(timed_slice, name) for name in variants}, max(args.rounds, 1))
 
     result: dict[str, Any] = {
         "protocol": {
@@ -208,16 +197,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "input": "uniform [0,1] random, normalised to [-1,1]",
             "throughput": "batch / median per-pass wall time",
         },
-        "machine": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_native": bf16_native,
-            "loadavg_1min_before": round(load_before, 2),
-            "loadavg_1min_after": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            bf16_native=bf16_native,
+            loadavg_1min_before=load_before,
+            loadavg_1min_after=loadavg(),
+        ),
         "img_per_s": {n: round(batch_of[n] / statistics.median(times[n]), 2) for n in names},
         "img_per_s_best": {n: round(batch_of[n] / min(times[n]), 2) for n in names},
         "img_per_s_mean": {
@@ -235,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     if "ours_cl_fp32" in first_out and "ours_cl_bf16" in first_out:
         low = first_out["ours_cl_bf16"]
-        cos = F.cosine_similarity(gem(first_out["ours_cl_fp32"][: low.shape[0]]), gem(low))
+        cos = F.cosine_similarity(gem(first_out["ours_cl_fp32"][: low.shape[0]].float()), gem(low.float()))
         result["bf16_gem_cosine"] = {
             "mean": round(cos.mean().item(), 6),
             "min": round(cos.min().item(), 6),
@@ -245,10 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         diff = (first_out["ours_cl_fp32"] - first_out["reference_fp32"]).abs().max().item()
         result["ours_cl_fp32_vs_reference_max_abs_diff"] = diff
 
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_json(args.out, result)
     return result
 
 

@@ -67,9 +67,7 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import logging
 import math
 import os
@@ -81,7 +79,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs as python benchmarks/bench_search.py
+from benchmarks.common import RESULTS, BenchParser, write_json  # noqa: E402
+from benchmarks.timing import Stopwatch, loadavg  # noqa: E402
 from indexer.vector_index import IndexConfig, VectorIndex, brute_force_search  # noqa: E402
 
 logger = logging.getLogger("bench_search")
@@ -181,14 +181,6 @@ def time_queries(
     return stats, ids
 
 
-def loadavg() -> float | None:
-    """1-minute load average (other processes compete for the same cores)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover
-        return None
-
-
 def bench_kind(
     kind: str,
     db: np.ndarray,
@@ -205,12 +197,11 @@ def bench_kind(
         overrides.update(kind="ivf", ivf_storage=kind[4:])
     cfg = IndexConfig.from_dict({**config.to_dict(), **overrides})
     load0 = loadavg()
-    t0 = time.perf_counter()
-    index = VectorIndex.build(ids, db, cfg)
-    build_s = time.perf_counter() - t0
+    with Stopwatch() as build:
+        index = VectorIndex.build(ids, db, cfg)
     result: dict = {
         "kind": index.kind,
-        "build_s": round(build_s, 2),
+        "build_s": round(build.seconds, 2),
         "loadavg_before_build": load0,
         "loadavg_after_build": loadavg(),
     }
@@ -278,7 +269,7 @@ def summarise(out: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = BenchParser(__doc__, threads=os.cpu_count(), threads_for=("faiss",), seed=0, out=RESULTS / "search.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
@@ -314,13 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=600.0,
         help="skip HNSW at a size whose extrapolated build exceeds this",
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument(
         "--repeats", type=int, default=3, help="timing rounds; per-query min is used"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "search.json"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -328,7 +314,6 @@ def main(argv: list[str] | None = None) -> dict:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    faiss.omp_set_num_threads(args.threads)
 
     sizes = sorted(args.sizes)
     t0 = time.perf_counter()
@@ -378,9 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
     hnsw_rate: float | None = None  # seconds per (n log2 n) from the first HNSW build
     for n in sizes:
         db, ids = db_all[:n], ids_all[:n]
-        t1 = time.perf_counter()
-        _, truth = brute_force_search(db, ids, queries, K)
-        gt_s = time.perf_counter() - t1
+        with Stopwatch() as ground_truth:
+            _, truth = brute_force_search(db, ids, queries, K)
+        gt_s = ground_truth.seconds
         top = np.array([float(db[t[0] - 1] @ q) for t, q in zip(truth, queries)])
         tenth = np.array([float(db[t[-1] - 1] @ q) for t, q in zip(truth, queries)])
         rand = float(np.mean(np.sum(db[:1000] * db[1000:2000], axis=1))) if n >= 2000 else None
@@ -413,13 +398,10 @@ def main(argv: list[str] | None = None) -> dict:
                 hnsw_rate = res["build_s"] / (n * math.log2(n))
             entry["kinds"][kind] = res
         out["results"].append(entry)
-        # write partial results after each size
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.out, out, echo=False)  # partial results after each size
     out["total_s"] = round(time.perf_counter() - t0, 1)
     out["summary"] = summarise(out)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    write_json(args.out, out)
     return out
 
 
