@@ -20,16 +20,31 @@ import click
 
 from retrieval.config import RuntimeOptions
 
-from .cli_common import (EXIT_SKIPPED, TqdmProgress, library_errors, mask_from_options, mask_options,
-                         model_from_options, model_options, open_collection, step_progress)
+from .cli_common import (
+    EXIT_SKIPPED,
+    TqdmProgress,
+    library_errors,
+    mask_from_options,
+    mask_options,
+    model_from_options,
+    model_options,
+    open_collection,
+    step_progress,
+)
 from .cli_faces import faces
 from .cli_segmentation import train_seg
 from .masking import MaskSettings
 from .scan import scan_folder
-from .settings import build_embedder, build_masker, mask_settings_with, model_config_with, settings_with
+from .settings import (
+    build_embedder,
+    build_masker,
+    mask_settings_with,
+    model_config_with,
+    settings_with,
+)
 from .store import default_home
 
-__all__ = ["main", "EXIT_SKIPPED"]
+__all__ = ["EXIT_SKIPPED", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -379,9 +394,10 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
 @main.command()
 def models() -> None:
     """List the backbones, poolings and segmenters that can be used."""
+    # importing the segmentation package registers the segmenters
     from retrieval.backbones import BACKBONES
     from retrieval.pooling import POOLINGS
-    from segmentation import SEGMENTERS  # importing the package registers the segmenters
+    from segmentation import SEGMENTERS
 
     click.echo("backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)")
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")

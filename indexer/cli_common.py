@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 

@@ -22,7 +22,7 @@ EXIT_SAME = 0
 EXIT_DIFFERENT = 4
 EXIT_NO_FACE = 5
 
-__all__ = ["faces", "EXIT_SAME", "EXIT_SKIPPED", "EXIT_DIFFERENT", "EXIT_NO_FACE"]
+__all__ = ["EXIT_DIFFERENT", "EXIT_NO_FACE", "EXIT_SAME", "EXIT_SKIPPED", "faces"]
 
 
 def _gallery(ctx: click.Context) -> FaceGallery:
@@ -252,8 +252,8 @@ def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as
     rep = gallery.calibrate(pairs, _pairs_root(pairs, root), far=far)
     c = rep.settings.calibration
     assert c is not None
-    lines = [f"threshold {c.threshold:.4f}: TAR {c.tar:.4f} at FAR {c.far:.5f} (asked {far:g}) "
-             f"on {c.same} same / {c.different} different pairs, {rep.settings.describe()}"]
+    lines = [(f"threshold {c.threshold:.4f}: TAR {c.tar:.4f} at FAR {c.far:.5f} (asked {far:g}) "
+              f"on {c.same} same / {c.different} different pairs, {rep.settings.describe()}")]
     if rep.warning:
         lines.append("warning: " + rep.warning)
     lines += [f"  left out {p}: {why}" for p, why in rep.skipped]

@@ -102,5 +102,12 @@ def build_embedder(model: ModelConfig, runtime: RuntimeOptions | None = None) ->
         raise SettingsError(str(exc)) from None
 
 
-__all__ = ["SettingsError", "TRAINED_ARCHITECTURE", "settings_with", "model_config_with", "mask_settings_with",
-           "build_masker", "build_embedder"]
+__all__ = [
+    "TRAINED_ARCHITECTURE",
+    "SettingsError",
+    "build_embedder",
+    "build_masker",
+    "mask_settings_with",
+    "model_config_with",
+    "settings_with",
+]

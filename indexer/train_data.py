@@ -11,9 +11,10 @@ sets; mistakes raise :class:`~indexer.evaluate.DataError` or :class:`~indexer.se
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def split_classes(labels: Sequence[str], val_fraction: float, seed: int = 0) -> 
         raise SettingsError(f"the validation fraction must be in [0, 1), got {val_fraction}")
     labels = np.asarray(labels)
     classes = np.unique(labels)
-    n_val = int(round(len(classes) * val_fraction))
+    n_val = round(len(classes) * val_fraction)
     if val_fraction > 0 and n_val < 2:
         n_val = 2 if len(classes) >= 4 else 0
     rng = np.random.default_rng(seed)

@@ -56,7 +56,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
     plain state dict, or not loadable safely)."""
     try:
         obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception:  # not a file, not a torch file, or not loadable safely
+    except Exception:  # noqa: BLE001  (not a file, not a torch file, or not loadable safely)
         return None
     return obj if is_checkpoint_dict(obj) else None
 

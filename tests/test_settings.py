@@ -10,8 +10,14 @@ import torch
 
 from indexer.errors import LookalikeError
 from indexer.masking import MaskSettings
-from indexer.settings import (SettingsError, build_embedder, build_masker, mask_settings_with, model_config_with,
-                              settings_with)
+from indexer.settings import (
+    SettingsError,
+    build_embedder,
+    build_masker,
+    mask_settings_with,
+    model_config_with,
+    settings_with,
+)
 from indexer.vector_index import IndexConfig
 from retrieval.checkpoint import read_checkpoint, save_checkpoint
 from retrieval.config import ModelConfig
@@ -39,7 +45,7 @@ def test_no_options_give_the_base_or_the_default_model():
 
 
 def test_a_trained_checkpoint_brings_its_architecture_and_whitening_layer(trained):
-    path, config = trained
+    path, _ = trained
     got = model_config_with(None, weights=str(path))
     assert (got.backbone, got.pooling, got.image_size, got.whitening_layer) == ("efficientnet_lite0", "mac", 64, 16)
     assert got.weights == str(path.resolve())
