@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -38,6 +36,7 @@ from .mining import make_contrastive_tuples, positive_pairs, tuple_pairs
 from .model import EmbeddingNet, resolve_device
 from .pooling import RMAC
 from .resize import resize_longest
+from .train_loop import EpochLoop, last_path, seed_everything
 from .whitening import learn_pca_whitening, learn_supervised_whitening
 
 log = logging.getLogger(__name__)
@@ -118,12 +117,6 @@ class TrainResult:
     history: list[EpochReport] = field(default_factory=list)
     #: validation mAP after Radenović's supervised whitening was learned (``whitening="supervised"``).
     whitened_val_map: float | None = None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _freeze_batchnorm(net: nn.Module) -> None:
@@ -218,56 +211,32 @@ class Trainer:
         self.model_config = model_config
         self.config = config
         self.out = Path(out)
-        self.last = self.out.with_name(self.out.name + ".last")
+        self.last = last_path(self.out)
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_step = on_step or (lambda i, n: None)
         self.device = resolve_device(config.device)
-
-    def _state(self, net: EmbeddingNet, opt: torch.optim.Optimizer, epoch: int, history: list[EpochReport],
-               best: tuple[int, float | None], initial: float | None, resumable: bool) -> dict[str, Any]:
-        train = {"config": self.config.to_dict(), "epoch": epoch, "best_epoch": best[0], "best_val_map": best[1],
-                 "initial_val_map": initial, "history": [dataclasses.asdict(h) for h in history]}
-        if resumable:
-            train["optimizer"] = opt.state_dict()
-            train["rng"] = {"torch": torch.get_rng_state()}  # numpy draws are seeded per epoch
-        return train
 
     def fit(self, train: LabelledImages, val: LabelledImages | None = None, resume: bool = False) -> TrainResult:
         cfg = self.config
         seed_everything(cfg.seed)
         net = EmbeddingNet(self.model_config).to(self.device)
         size = self.model_config.image_size
-        history: list[EpochReport] = []
-        start_epoch = 1
-        initial = None
-        best: tuple[int, float | None] = (0, None)
-        ck = load_checkpoint(self.last) if resume and self.last.exists() else None
+        loop: EpochLoop[EpochReport] = EpochLoop(
+            self.out, epochs=cfg.epochs, train_config=cfg.to_dict(), report_type=EpochReport, score="val_map",
+            score_label="mAP", score_before_training=True, on_epoch=self.on_epoch)
+        ck = loop.resumable() if resume else None
         if ck is not None:
             net.load_trained_state(ck["state_dict"])
         else:
             self._init_whitening(net, train)
         opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
-        if ck is not None:
-            opt.load_state_dict(ck["train"]["optimizer"])
-            torch.set_rng_state(ck["train"]["rng"]["torch"])
-            start_epoch = int(ck["train"]["epoch"]) + 1
-            history = [EpochReport(**h) for h in ck["train"]["history"]]
-            best = (int(ck["train"]["best_epoch"]), ck["train"]["best_val_map"])
-            initial = ck["train"]["initial_val_map"]
-            log.info("resuming after epoch %d", start_epoch - 1)
-        elif val is not None:
-            initial = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
-            best = (0, initial)
-            log.info("validation mAP before training: %.4f", initial)
-            save_checkpoint(self.out, net.config.to_dict(), net.state_dict(),
-                            self._state(net, opt, 0, history, best, initial, resumable=False))
         augment = Augment(size, cfg)
         labels = np.asarray(train.labels)
         label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)  # any label type -> 0..C-1
         margin = cfg.resolved_margin()
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
+
+        def train_epoch(epoch: int) -> dict[str, float]:
             rng = np.random.default_rng(cfg.seed * 1000 + epoch)
             if cfg.loss == "triplet":
                 batches = _pk_batches(label_ids, cfg.images_per_class, cfg.batch_size, rng)
@@ -300,23 +269,18 @@ class Trainer:
                 opt.step()
                 losses.append(float(loss.detach()))
                 self.on_step(step + 1, len(batches))
-            val_map = None
-            if val is not None:
-                val_map = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
-            report = EpochReport(epoch, float(np.mean(losses)) if losses else 0.0, val_map,
-                                 time.perf_counter() - t0, float(np.mean(actives)) if actives else 0.0)
-            history.append(report)
-            improved = val_map is None or best[1] is None or val_map > best[1]
-            if improved:
-                best = (epoch, val_map)
-                save_checkpoint(self.out, net.config.to_dict(), net.state_dict(),
-                                self._state(net, opt, epoch, history, best, initial, resumable=False))
-            save_checkpoint(self.last, net.config.to_dict(), net.state_dict(),
-                            self._state(net, opt, epoch, history, best, initial, resumable=True))
-            self.on_epoch(report)
+            return {"loss": float(np.mean(losses)) if losses else 0.0,
+                    "active": float(np.mean(actives)) if actives else 0.0}
+
+        def validate() -> float:
+            assert val is not None
+            return float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
+
+        result = loop.run(net, opt, train_epoch, None if val is None else validate,
+                          model_config=net.config.to_dict(), resume_from=ck)
         whitened = self._supervised_whitening(net, train, val) if cfg.whitening == "supervised" else None
-        return TrainResult(best_epoch=best[0], best_val_map=best[1], initial_val_map=initial, history=history,
-                           whitened_val_map=whitened)
+        return TrainResult(best_epoch=result.best_epoch, best_val_map=result.best_score,
+                           initial_val_map=result.initial_score, history=result.history, whitened_val_map=whitened)
 
     def _init_whitening(self, net: EmbeddingNet, train: LabelledImages) -> None:
         """Before training: R-MAC's regional whitening and/or the whitening layer, PCA-learned on ``train``;

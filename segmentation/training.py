@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.checkpoint import load_checkpoint, save_checkpoint
 from retrieval.model import resolve_device
 from retrieval.resize import target_size
-from retrieval.training import Augment, TrainConfig, seed_everything
+from retrieval.train_loop import EpochLoop, last_path, seed_everything
+from retrieval.training import Augment, TrainConfig
 
 from .base import iou
 from .data import MaskedImage, load_pair
@@ -230,22 +229,10 @@ class SegTrainer:
         self.config = config
         self.model_config = config.model_config()
         self.out = Path(out)
-        self.last = self.out.with_name(self.out.name + ".last")
+        self.last = last_path(self.out)
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_step = on_step or (lambda i, n: None)
         self.device = resolve_device(config.device)
-
-    def _train_state(self, opt: torch.optim.Optimizer, epoch: int, history: list[SegEpochReport],
-                     best: tuple[int, float | None], resumable: bool) -> dict[str, Any]:
-        state: dict[str, Any] = {"config": self.config.to_dict(), "epoch": epoch, "best_epoch": best[0],
-                                 "best_val_iou": best[1], "history": [dataclasses.asdict(h) for h in history]}
-        if resumable:
-            state["optimizer"] = opt.state_dict()
-            state["rng"] = {"torch": torch.get_rng_state()}  # numpy draws are seeded per epoch
-        return state
-
-    def _save(self, path: Path, net: UNet, train_state: dict[str, Any]) -> None:
-        save_checkpoint(path, self.model_config.to_dict(), net.state_dict(), train_state)
 
     def fit(self, train: Sequence[MaskedImage] | MaskedImageSet,
             val: Sequence[MaskedImage] | MaskedImageSet | None = None, resume: bool = False) -> SegTrainResult:
@@ -272,27 +259,20 @@ class SegTrainer:
         base_lrs = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        history: list[SegEpochReport] = []
-        best: tuple[int, float | None] = (0, None)
-        start_epoch = 1
-        if resume and self.last.exists():
-            ck = load_checkpoint(self.last)
+        loop: EpochLoop[SegEpochReport] = EpochLoop(
+            self.out, epochs=cfg.epochs, train_config=cfg.to_dict(), report_type=SegEpochReport, score="val_iou",
+            score_label="IoU", on_epoch=self.on_epoch)
+        ck = loop.resumable() if resume else None
+        if ck is not None:
             if ck["model_config"] != self.model_config.to_dict():
                 raise ValueError(f"{self.last} was trained with a different network ({ck['model_config']}); "
                                  "use the same options, or start afresh without resuming")
             net.load_state_dict(ck["state_dict"])
-            opt.load_state_dict(ck["train"]["optimizer"])
-            torch.set_rng_state(ck["train"]["rng"]["torch"])
-            start_epoch = int(ck["train"]["epoch"]) + 1
-            history = [SegEpochReport(**h) for h in ck["train"]["history"]]
-            best = (int(ck["train"]["best_epoch"]), ck["train"]["best_val_iou"])
-            log.info("resuming after epoch %d", start_epoch - 1)
-        elif resume:
-            log.warning("nothing to resume at %s: training from the start", self.last)
 
         augment = JointAugment(size, cfg)
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            # the rate is a function of (epoch, epochs), so a resumed run with more epochs follows its new decay
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * cosine_factor(epoch, cfg.epochs)
             net.train()
@@ -310,14 +290,9 @@ class SegTrainer:
                 opt.step()
                 losses.append(float(loss.detach()))
                 self.on_step(step + 1, len(batches))
-            val_iou = None if val_set is None or len(val_set) == 0 else mean_iou(net, val_set, size)
-            report = SegEpochReport(epoch, float(np.mean(losses)), val_iou, time.perf_counter() - t0)
-            history.append(report)
-            log.info("epoch %d: loss %.4f, validation IoU %s (%.0fs)", epoch, report.loss,
-                     "-" if val_iou is None else f"{val_iou:.4f}", report.seconds)
-            if val_iou is None or best[1] is None or val_iou > best[1]:
-                best = (epoch, val_iou)
-                self._save(self.out, net, self._train_state(opt, epoch, history, best, resumable=False))
-            self._save(self.last, net, self._train_state(opt, epoch, history, best, resumable=True))
-            self.on_epoch(report)
-        return SegTrainResult(best_epoch=best[0], best_val_iou=best[1], history=history)
+            return {"loss": float(np.mean(losses))}
+
+        validate = None if val_set is None or len(val_set) == 0 else (lambda: mean_iou(net, val_set, size))
+        result = loop.run(net, opt, train_epoch, validate, model_config=self.model_config.to_dict(),
+                          resume_from=ck)
+        return SegTrainResult(best_epoch=result.best_epoch, best_val_iou=result.best_score, history=result.history)
