@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 EXIT_SKIPPED = 3
 
 #: Errors the library still raises untranslated, printed as they are (see ``library_errors``). They come from
-#: ``Collection`` (building the embedder in ``index_folder`` / ``search``: ``UnknownNameError``,
-#: ``FileNotFoundError``, ``ValueError``, ``RuntimeError``; the database: ``OSError``), ``FaceGallery``
-#: (``verify``'s ``ValueError``, detector / network errors while probing a photo), and the trainers of
-#: ``retrieval.training`` / ``segmentation.training`` (``ValueError``, ``RuntimeError``, ``OSError`` writing the
-#: checkpoint), which know nothing of ``LookalikeError``.
+#: ``Collection`` / ``FaceGallery`` (``OSError`` writing the lock, database or index files; ``RuntimeError``
+#: from the network while embedding; ``FaceGallery.verify``'s ``ValueError`` for an unknown aggregate, and a
+#: detector's ``ValueError`` while probing a photo) and from the trainers, ``retrieval.training`` and
+#: ``segmentation.training``, which know nothing of ``LookalikeError`` (``UnknownNameError``, ``ValueError``,
+#: ``RuntimeError``; ``OSError`` writing a checkpoint).
 UNTRANSLATED = (UnknownNameError, OSError, ValueError, RuntimeError)
 
 F = TypeVar("F", bound=Callable[..., Any])
