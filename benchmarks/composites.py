@@ -77,6 +77,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import BenchParser, require_dataset
+from benchmarks.shared_data import COIL20, WEIZMANN
 from indexer.imageio import load_image
 from segmentation.data import load_mask
 
@@ -382,9 +384,6 @@ def build_composites(
     ``background_mask_dir``: masks of what to avoid in them, same stems (default: Weizmann's ``figure_ground/``
     when ``background_dir`` is defaulted too; None = no avoidance). ``seed`` overrides ``config.seed``.
     """
-    from benchmarks.common import require_dataset
-    from benchmarks.shared_data import COIL20, WEIZMANN
-
     config = dataclasses.replace(config or CompositeConfig(), seed=seed)
     config.validate()
     if coil_dir is None:
@@ -457,9 +456,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     d = CompositeConfig()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = BenchParser(__doc__, seed=0)
     ap.add_argument("out_dir", help="new (or empty) output folder")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--objects", type=_int_list, default=d.objects, help="COIL object ids, e.g. 1-20 or 1,4,7")
     ap.add_argument("--poses", type=int, default=d.poses, help="poses per object (evenly spread)")
     ap.add_argument("--query-poses", type=int, default=d.query_poses, help="of which queries")
