@@ -29,12 +29,11 @@ log = logging.getLogger(__name__)
 #: Exit status: finished, but some files were skipped (index) or some queries could not be read (search).
 EXIT_SKIPPED = 3
 
-#: Errors the library still raises untranslated, printed as they are (see ``library_errors``). They come from
-#: ``Collection`` / ``FaceGallery`` (``OSError`` writing the lock, database or index files; ``RuntimeError``
-#: from the network while embedding; ``FaceGallery.verify``'s ``ValueError`` for an unknown aggregate, and a
-#: detector's ``ValueError`` while probing a photo) and from the trainers, ``retrieval.training`` and
-#: ``segmentation.training``, which know nothing of ``LookalikeError`` (``UnknownNameError``, ``ValueError``,
-#: ``RuntimeError``; ``OSError`` writing a checkpoint).
+#: Errors raised untranslated by the trainers (``retrieval.training``, ``segmentation.training``), which know
+#: nothing of ``LookalikeError``: ``UnknownNameError``, ``ValueError`` or ``RuntimeError`` for a bad setting,
+#: ``OSError`` writing a checkpoint. They are printed as they are. ``Collection`` and ``FaceGallery`` raise only
+#: ``LookalikeError`` for what a person can fix; a ``RuntimeError`` of the network while embedding (e.g. out of
+#: memory) is printed the same way.
 UNTRANSLATED = (UnknownNameError, OSError, ValueError, RuntimeError)
 
 F = TypeVar("F", bound=Callable[..., Any])

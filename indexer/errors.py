@@ -15,4 +15,13 @@ class CollectionBusyError(LookalikeError):
     """Another process holds the collection's write lock."""
 
 
-__all__ = ["LookalikeError", "ModelMismatchError", "CollectionBusyError"]
+class SettingsError(LookalikeError, ValueError):
+    """A setting cannot be used as given: a value out of range, a checkpoint of another kind of network, a
+    model or segmenter that cannot be built. The message says which and why."""
+
+
+class DataError(LookalikeError, ValueError):
+    """Input data (a labelled folder, a pairs file) cannot be used as given; the message says why."""
+
+
+__all__ = ["LookalikeError", "ModelMismatchError", "CollectionBusyError", "SettingsError", "DataError"]

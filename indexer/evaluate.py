@@ -17,16 +17,12 @@ import numpy as np
 from retrieval.metrics import query_database_metrics, retrieval_metrics
 from retrieval.model import Embedder
 
-from .errors import LookalikeError
+from .errors import DataError
 from .masking import Masker
 from .pipeline import embed_files
 from .scan import scan_folder
 
 log = logging.getLogger(__name__)
-
-
-class DataError(LookalikeError, ValueError):
-    """A labelled folder or a pairs file cannot be used as given; the message says why and what to do."""
 
 
 class LabelError(DataError):

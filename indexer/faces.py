@@ -411,10 +411,13 @@ class FaceGallery(Store):
         scale = min(1.0, FACE_MAX_SIDE / max(h, w))
         if scale < 1.0:
             pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        found = self._get_detector(settings).detect(pixels)
-        detected = len(found)
-        faces = pick_faces(found, pixels.shape[1], pixels.shape[0], largest_face if largest_only else None)
-        vecs = self._get_embedder(settings).embed(pixels, faces) if faces else np.zeros((0, 0), np.float32)
+        try:
+            found = self._get_detector(settings).detect(pixels)
+            detected = len(found)
+            faces = pick_faces(found, pixels.shape[1], pixels.shape[0], largest_face if largest_only else None)
+            vecs = self._get_embedder(settings).embed(pixels, faces) if faces else np.zeros((0, 0), np.float32)
+        except (ValueError, cv2.error) as exc:  # a photo the detector cannot take
+            raise LookalikeError(f"face detection failed ({exc})") from None
         back = loaded.width / pixels.shape[1]
         boxes = [tuple(float(v) * back for v in f.box) for f in faces]
         self._remember_dim(vecs)
@@ -427,12 +430,20 @@ class FaceGallery(Store):
                 db.set_setting(s, _DIM_KEY, int(vecs.shape[1]))
             self._dim_known = vecs.shape[1]
 
+    def _try_probe(self, loaded: Any, settings: FaceSettings, largest_only: bool = False) -> _Probe | str:
+        """:meth:`_probe`, or the reason it failed (a photo the detector cannot take)."""
+        try:
+            return self._probe(loaded, settings, largest_only)
+        except LookalikeError as exc:
+            return str(exc)
+
     def _probe_path(self, image: str | Path, settings: FaceSettings, largest_only: bool = False) -> _Probe:
         path = str(Path(image).expanduser())
         loaded = self._read(path)
-        if isinstance(loaded, str):
-            raise LookalikeError(f"cannot read {path}: {loaded}")
-        return self._probe(loaded, settings, largest_only)
+        probe = loaded if isinstance(loaded, str) else self._try_probe(loaded, settings, largest_only)
+        if isinstance(probe, str):
+            raise LookalikeError(f"cannot read {path}: {probe}")
+        return probe
 
     @staticmethod
     def _face_row(probe: _Probe, i: int, path: str, source: str, **extra: Any) -> FaceRecord:
@@ -474,7 +485,10 @@ class FaceGallery(Store):
                 if loaded.content_hash in known:
                     report.duplicates.append(path)
                     continue
-                probe = self._probe(loaded, settings)
+                probe = self._try_probe(loaded, settings)
+                if isinstance(probe, str):
+                    report.skipped.append((path, probe))
+                    continue
                 if not probe.faces:
                     report.no_face.append(path)
                     continue
@@ -533,7 +547,7 @@ class FaceGallery(Store):
         """Is the person in ``image`` (its largest face) ``name``? The score is the ``max`` (default) or
         ``mean`` cosine similarity to ``name``'s enrolled faces."""
         if aggregate not in ("max", "mean"):
-            raise ValueError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+            raise LookalikeError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
         settings = self.settings
         with self._session() as s:
             ident = s.scalar(select(Identity).where(Identity.name == name))
@@ -644,14 +658,10 @@ class FaceGallery(Store):
         for i, item in decoded([p for _, p in todo], None, workers=self.runtime.workers,  # type: ignore[arg-type]
                                max_pixels=self.max_pixels):
             pid, path = todo[i]
-            if not isinstance(item, str):
-                try:
-                    probe = self._probe(item.image, settings)
-                except (ValueError, cv2.error) as exc:  # a photo the detector cannot take: report it
-                    item = f"face detection failed ({exc})"
-            if isinstance(item, str):
-                writer.put(dict(id=pid, status=ERROR, error=item, faces=None))
-                report.skipped.append((path, item))
+            probe = item if isinstance(item, str) else self._try_probe(item.image, settings)
+            if isinstance(probe, str):
+                writer.put(dict(id=pid, status=ERROR, error=probe, faces=None))
+                report.skipped.append((path, probe))
                 continue
             rows = [self._face_row(probe, j, path, INDEX, photo_id=pid) for j in range(len(probe.faces))]
             writer.put(dict(id=pid, status=INDEXED, error=None, faces=len(rows), content_hash=probe.content_hash,
@@ -671,11 +681,11 @@ class FaceGallery(Store):
         updates, gone = [], []
         for face_id, path, *box in enrolled:
             loaded = self._read(path)
-            if isinstance(loaded, str):
-                lost.append((path, loaded))
+            probe = loaded if isinstance(loaded, str) else self._try_probe(loaded, settings)
+            if isinstance(probe, str):
+                lost.append((path, probe))
                 gone.append(face_id)
                 continue
-            probe = self._probe(loaded, settings)
             if not probe.faces:
                 lost.append((path, f"the {settings.detector} detector finds no face there"))
                 gone.append(face_id)
@@ -715,11 +725,10 @@ class FaceGallery(Store):
         vectors: dict[str, np.ndarray] = {}
         skipped: list[tuple[str, str]] = []
         for i, item in decoded(paths, None, workers=self.runtime.workers, max_pixels=self.max_pixels):  # type: ignore[arg-type]
-            if isinstance(item, str):
-                skipped.append((paths[i], item))
-                continue
-            probe = self._probe(item.image, settings, largest_only=True)
-            if probe.faces:
+            probe = item if isinstance(item, str) else self._try_probe(item.image, settings, largest_only=True)
+            if isinstance(probe, str):
+                skipped.append((paths[i], probe))
+            elif probe.faces:
                 vectors[paths[i]] = probe.vectors[0]
             else:
                 skipped.append((paths[i], "no face found"))

@@ -17,7 +17,7 @@ from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder, check_embedding_checkpoint
 from retrieval.registry import UnknownNameError
 
-from .errors import LookalikeError
+from .errors import SettingsError
 from .masking import Masker, MaskSettings
 
 T = TypeVar("T")
@@ -25,11 +25,6 @@ T = TypeVar("T")
 #: The fields of a trained network's configuration that come with its checkpoint unless overridden
 #: (its whitening layer always does: it is part of the trained network).
 TRAINED_ARCHITECTURE = ("backbone", "pooling", "gem_p", "rmac_levels", "image_size")
-
-
-class SettingsError(LookalikeError, ValueError):
-    """A setting cannot be used as given: a value out of range, a checkpoint of another kind of network, a
-    model or segmenter that cannot be built. The message says which and why."""
 
 
 def settings_with(base: T, **overrides: Any) -> T:

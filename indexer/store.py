@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from retrieval.config import RuntimeOptions
 
 from . import db
-from .errors import CollectionBusyError
+from .errors import CollectionBusyError, LookalikeError
 from .vector_index import IndexConfig, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,18 @@ class Store:
     def __init__(self, home: str | Path | None, db_url: str | None, runtime: RuntimeOptions | None,
                  max_pixels: int, commit_every: int) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LookalikeError(f"cannot open the collection in {self.home}: {exc.strerror or exc}") from None
         self.db_url = db_url or f"sqlite:///{self.home / DB_FILE}"
         self.runtime = runtime or RuntimeOptions()
         self.max_pixels = max_pixels
         self.commit_every = commit_every
-        self._engine = db.make_engine(self.db_url)
+        try:
+            self._engine = db.make_engine(self.db_url)
+        except (SQLAlchemyError, OSError, ImportError) as exc:  # a bad URL, a missing driver, an unreachable server
+            raise LookalikeError(f"cannot open the database {redact_url(self.db_url)}: {exc}") from None
 
     def _session(self) -> Session:
         return Session(self._engine, expire_on_commit=False)
@@ -77,7 +84,11 @@ class Store:
 @contextlib.contextmanager
 def write_lock(home: Path) -> Iterator[None]:
     """One writer at a time per home folder (an advisory lock, released if the process dies)."""
-    with open(home / LOCK_FILE, "a+") as fh:
+    try:
+        fh = open(home / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise LookalikeError(f"cannot write to {home}: {exc.strerror or exc}") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

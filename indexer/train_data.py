@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .evaluate import DataError, labelled_files
+from .errors import DataError
+from .evaluate import labelled_files
 from .pipeline import decoded
-from .settings import SettingsError
+from .errors import SettingsError
 from .store import NullProgress, Progress
 
 if TYPE_CHECKING:
