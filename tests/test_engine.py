@@ -256,3 +256,11 @@ def test_changing_the_index_kind_rebuilds_the_index(tmp_path, image_folder):
     assert report.embedded == 0 and report.index_kind == "hnsw" and coll.stats().index_kind == "hnsw"
     [res] = coll.search([image_folder / "img_0002.png"], k=1)
     assert res.hits[0].path.endswith("img_0002.png")
+
+
+def test_a_home_or_database_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(LookalikeError, match="cannot open the collection"):
+        Collection(tmp_path / "file" / "home")
+    with pytest.raises(LookalikeError, match=r"cannot open the database nosuchdb://user:\*\*\*@host/db"):
+        Collection(tmp_path / "home", db_url="nosuchdb://user:secret@host/db")

@@ -257,3 +257,30 @@ def test_the_real_network_on_aligned_crops_ranks_the_right_person_first(tmp_path
     assert [c.name for c in match.candidates] == ["bob", "alice"]
     assert g.verify(probe, "bob").score > g.verify(probe, "alice").score
     assert settings_seen[0].crop_size == 64 and settings_seen[0].model.image_size == 64
+
+
+class PickyDetector(BlobDetector):
+    """Fails on photos wider than 150 px, as a real detector may on a photo it cannot take."""
+
+    def detect(self, pixels: np.ndarray) -> list[Face]:
+        if pixels.shape[1] > 150:
+            raise cv2.error("simulated detector failure")
+        return super().detect(pixels)
+
+
+def test_a_photo_the_detector_cannot_take_is_reported_not_a_crash(tmp_path):
+    g = FaceGallery(tmp_path / "home", runtime=FAST_RUNTIME, detector_factory=lambda name: PickyDetector(),
+                    face_embedder_factory=lambda settings, runtime: ThumbEmbedder())
+    photos = tmp_path / "photos"
+    save_photo(photos / "wide.png", [ALICE], 0)  # 200 px wide: the detector fails
+    small = photos / "small.png"
+    Image.fromarray(face_patch(BOB, 0, 40)).resize((120, 120)).save(small)
+    rep = g.index_folder(photos)
+    assert [(Path(p).name, why.startswith("face detection failed")) for p, why in rep.skipped] == [("wide.png", True)]
+    assert rep.embedded == 1
+    enrolment = g.enroll("alice", [photos / "wide.png", small])
+    assert [Path(p).name for p, _ in enrolment.skipped] == ["wide.png"] and len(enrolment.enrolled) == 1
+    with pytest.raises(LookalikeError, match="wide.png.*face detection failed"):
+        g.verify(photos / "wide.png", "alice")
+    with pytest.raises(LookalikeError, match="aggregate"):
+        g.verify(small, "alice", aggregate="median")
