@@ -84,7 +84,7 @@ from benchmarks.common import RESULTS, BenchParser, write_json  # noqa: E402
 from benchmarks.timing import Stopwatch, loadavg  # noqa: E402
 from indexer.vector_index import IndexConfig, VectorIndex, brute_force_search  # noqa: E402
 
-logger = logging.getLogger("bench_search")
+log = logging.getLogger("bench_search")
 
 RECALL_TARGET = 0.95
 K = 10
@@ -230,7 +230,7 @@ def bench_kind(
             **stats,
             "recall@10": round(recall_at_k(found, truth), 4),
         }
-        logger.info("  %s %s", index.kind, run)
+        log.info("  %s %s", index.kind, run)
         runs.append(run)
     result["runs"] = runs
     result["loadavg_after_search"] = loadavg()
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.seed,
         args.whiten,
     )
-    logger.info(
+    log.info(
         "generated %s + %s vectors in %.1fs", db_all.shape, queries.shape, time.perf_counter() - t0
     )
     ids_all = np.arange(1, max(sizes) + 1, dtype=np.int64)  # SQLite-style ids start at 1
@@ -379,12 +379,12 @@ def main(argv: list[str] | None = None) -> dict:
             },
             "kinds": {},
         }
-        logger.info("n=%d ground truth in %.1fs, stats %s", n, gt_s, entry["data_stats"])
+        log.info("n=%d ground truth in %.1fs, stats %s", n, gt_s, entry["data_stats"])
         for kind in args.kinds:
             if kind == "hnsw" and hnsw_rate is not None:
                 projected = hnsw_rate * n * math.log2(n)
                 if projected > args.max_build_s:
-                    logger.info("skip hnsw at n=%d: projected build %.0fs", n, projected)
+                    log.info("skip hnsw at n=%d: projected build %.0fs", n, projected)
                     entry["kinds"][kind] = {
                         "kind": "hnsw",
                         "skipped": True,
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
                     }
                     continue
             sweep = args.ef_search if kind == "hnsw" else args.nprobe
-            logger.info("n=%d building %s", n, kind)
+            log.info("n=%d building %s", n, kind)
             res = bench_kind(kind, db, ids, queries, truth, sweep, base, args.repeats)
             if kind == "hnsw":
                 hnsw_rate = res["build_s"] / (n * math.log2(n))

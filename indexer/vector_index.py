@@ -78,7 +78,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IndexConfig",
@@ -165,7 +165,7 @@ def _check_normalised(vectors: np.ndarray, what: str) -> None:
     sample = vectors[: min(vectors.shape[0], 1024)]
     norms = np.linalg.norm(sample, axis=1)
     if np.abs(norms - 1.0).max() > 1e-3:
-        logger.warning(
+        log.warning(
             "%s are not L2-normalised (norms in [%.4f, %.4f]); inner product is not cosine",
             what,
             float(norms.min()),
@@ -375,7 +375,7 @@ class IndexConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            logger.warning("IndexConfig.from_dict: ignoring unknown keys %s", unknown)
+            log.warning("IndexConfig.from_dict: ignoring unknown keys %s", unknown)
         return cls(**{key: value for key, value in d.items() if key in known})
 
 
@@ -403,7 +403,7 @@ class VectorIndex:
         if kind in ("flat", "ivf") or self._ivf() is not None:
             self._use_gpu = config.use_gpu()
         elif config.device == "gpu":
-            logger.info("index kind %s has no GPU implementation here; searching on CPU", kind)
+            log.info("index kind %s has no GPU implementation here; searching on CPU", kind)
 
     # -- construction ------------------------------------------------------- #
     @classmethod
@@ -455,7 +455,7 @@ class VectorIndex:
         self = cls(index, kind, d, config)
         if n:
             self._add_unlocked(ids_arr, vec_arr)
-        logger.info("built %s index: %d vectors, dim %d", self._kind, n, d)
+        log.info("built %s index: %d vectors, dim %d", self._kind, n, d)
         return self
 
     @staticmethod
@@ -472,7 +472,7 @@ class VectorIndex:
         if kind == "ivf":
             nlist = config.nlist if config.nlist is not None else _default_nlist(n)
             if nlist < 1 or n < max(nlist, _MIN_NLIST):
-                logger.warning(
+                log.warning(
                     "IVF needs more vectors to train (have %d, nlist=%s); building a flat index",
                     n,
                     nlist or "n/a",
@@ -498,7 +498,7 @@ class VectorIndex:
             try:
                 VectorIndex._train(index, train, 256 * 1024, config.seed)
             except RuntimeError as exc:
-                logger.warning(
+                log.warning(
                     "could not train %r on %d vectors (%s); building a flat index",
                     kind,
                     n,
@@ -523,7 +523,7 @@ class VectorIndex:
         ivf = VectorIndex._extract_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
-        logger.info("training on %d of %d vectors", sample.shape[0], n)
+        log.info("training on %d of %d vectors", sample.shape[0], n)
         index.train(sample)
 
     @staticmethod
@@ -567,7 +567,7 @@ class VectorIndex:
             pass
         finally:
             os.close(dir_fd)
-        logger.info("saved %s index (%d vectors) to %s", self._kind, len(self), path)
+        log.info("saved %s index (%d vectors) to %s", self._kind, len(self), path)
 
     @classmethod
     def load(cls, path: Path | str, config: IndexConfig | None = None) -> VectorIndex:
@@ -596,7 +596,7 @@ class VectorIndex:
         if kind is None:
             raise ValueError(f"{path}: unsupported index layout {type(index).__name__}")
         self = cls(index, kind, index.d, config)
-        logger.info(
+        log.info(
             "loaded %s index (%d vectors, dim %d) from %s", kind, len(self), self._dim, path
         )
         return self
@@ -705,7 +705,7 @@ class VectorIndex:
             try:
                 self._gpu_index.add_with_ids(vectors, ids)
             except RuntimeError:
-                logger.warning("GPU replica rejected add; it will be re-copied", exc_info=True)
+                log.warning("GPU replica rejected add; it will be re-copied", exc_info=True)
                 self._gpu_index = None
         self._ids = np.union1d(self._ids, ids)
 
@@ -738,13 +738,13 @@ class VectorIndex:
                 except RuntimeError:
                     if not isinstance(self._index, faiss.IndexIDMap2):
                         raise
-                    logger.info("%s cannot remove vectors; marking them removed", self._kind)
+                    log.info("%s cannot remove vectors; marking them removed", self._kind)
                     self._tombstones_forced = True
                     removed = self._tombstone(targets)
             self._ids = np.setdiff1d(self._ids, targets, assume_unique=True)
             self._gpu_index = None  # re-copied lazily on the next search
             if removed != targets.size:  # pragma: no cover - would be a bug
-                logger.error("removed %d vectors, expected %d", removed, targets.size)
+                log.error("removed %d vectors, expected %d", removed, targets.size)
             if (
                 self._tombstones
                 and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal
@@ -787,7 +787,7 @@ class VectorIndex:
     def _compact_unlocked(self) -> None:
         view = self._id_map_view()
         live = np.flatnonzero(view >= 0)
-        logger.info(
+        log.info(
             "compacting %s index: %d tombstones, %d live vectors",
             self._kind,
             self._tombstones,
@@ -883,7 +883,7 @@ class VectorIndex:
                     elif hasattr(self._gpu_index, "nprobe"):
                         self._gpu_index.nprobe = self._config.nprobe
                 except RuntimeError:
-                    logger.warning(
+                    log.warning(
                         "could not copy the index to the GPU; using the CPU", exc_info=True
                     )
                     self._use_gpu = False

@@ -27,7 +27,7 @@ from .registry import Registry
 
 Tensor = torch.Tensor
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REDUCTIONS = ("mean", "sum", "none")
 TRIPLET_STRATEGIES = ("semihard", "hard", "all")
@@ -188,7 +188,7 @@ def _mined_loss(dist: Tensor, a: Tensor, p: Tensor, n: Tensor, margin: float) ->
     per = (dist[a, p] - dist[a, n] + margin).clamp_min(0.0)  # (T,)
     count = int(a.numel())
     if not count:
-        logger.debug("batch has no valid triplet (no anchor with both a positive and a negative)")
+        log.debug("batch has no valid triplet (no anchor with both a positive and a negative)")
     loss = per.mean() if count else per.sum()
     active = float((per.detach() > 0).sum().item()) / count if count else 0.0
     return BatchTripletOutput(loss, active, count)

@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 RngLike = np.random.Generator | int | None
 
@@ -166,7 +166,7 @@ def make_contrastive_tuples(
     sizes = np.array([m.shape[0] for m in members])
     eligible = np.nonzero(sizes[inverse] >= 2)[0]
     if n_queries > eligible.shape[0]:
-        logger.info("asked for %d queries, only %d items have a positive: using all of them", n_queries, eligible.shape[0])
+        log.info("asked for %d queries, only %d items have a positive: using all of them", n_queries, eligible.shape[0])
     n_q = min(max(n_queries, 0), eligible.shape[0])
     queries = gen.choice(eligible, size=n_q, replace=False).astype(np.int64)
     positives = np.empty(n_q, dtype=np.int64)

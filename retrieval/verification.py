@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def read_pairs_file(path: str | Path, image_root: str | Path | None = None, ext:
             pairs.append(Pair(_lfw_path(name1, i, ext, image_root, where), _lfw_path(name2, j, ext, image_root, where), False, fold))
         else:
             raise ValueError(f"{where}: expected 3 fields (same) or 4 fields (different), got {len(fields)}: {' '.join(fields)!r}")
-    logger.debug("read %d pairs (%d same) from %s", len(pairs), sum(p.same for p in pairs), path)
+    log.debug("read %d pairs (%d same) from %s", len(pairs), sum(p.same for p in pairs), path)
     return pairs
 
 
@@ -247,7 +247,7 @@ def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) 
         test = f == fold
         thrs[k] = best_threshold(s[~test], y[~test])
         accs[k] = accuracy(s[test], y[test], thrs[k])
-        logger.debug("fold %s: threshold %.6g, accuracy %.4f", fold, thrs[k], accs[k])
+        log.debug("fold %s: threshold %.6g, accuracy %.4f", fold, thrs[k], accs[k])
 
     out: dict[str, float | np.ndarray] = {
         "accuracy": float(accs.mean()),
