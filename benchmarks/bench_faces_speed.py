@@ -1,4 +1,4 @@
-"""Speed of face enrolment, verification (1:1) and identification (1:N) on the CPU, per backend, side by side.
+"""Speed of face enrollment, verification (1:1) and identification (1:N) on the CPU, per backend, side by side.
 
 Protocol
 --------
@@ -10,7 +10,7 @@ Protocol
   dlib's ResNet descriptor when dlib is installed) runs in a fresh home with the same photos, in one process.
 - Timed, through the public :class:`indexer.faces.FaceGallery` API (so every figure includes decoding,
   detection, alignment, embedding and the database / FAISS work):
-  * enrol: ``enroll(name, [photo1, photo2])`` per person -> enrolled faces/s;
+  * enroll: ``enroll(name, [photo1, photo2])`` per person -> enrolled faces/s;
   * verify: ``verify(probe, own name)`` and ``verify(probe, another person)`` -> verifications/s (one
     probe face each);
   * identify: ``identify(probe, k=5)`` against the whole gallery -> probe faces/s.
@@ -49,7 +49,7 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
         g.configure(detector=detector, backend=backend)
         g.verify_pair(people[0][1][0], people[0][1][1])  # load the models, warm up
         enrolled = no_face = 0
-        with Stopwatch() as t_enrol:
+        with Stopwatch() as t_enroll:
             for name, photos in people:
                 rep = g.enroll(name, photos[:2])
                 enrolled += len(rep.enrolled)
@@ -95,7 +95,7 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
         "detector": detector, "backend": backend, "model": settings.describe(),
         "default_threshold": settings.threshold,
         "gallery_people": len(known), "gallery_faces": enrolled, "enrol_photos_without_face": no_face,
-        "enrol_faces_per_s": rate(enrolled, t_enrol.seconds, 2),
+        "enroll_faces_per_s": rate(enrolled, t_enroll.seconds, 2),
         "verify_per_s": rate(n_verify, t_verify.seconds, 2), "verify_ms": round(1000 * t_verify.seconds / n_verify, 1),
         "identify_faces_per_s": rate(len(probes), t_identify.seconds, 2),
         "identify_ms": round(1000 * t_identify.seconds / len(probes), 1),

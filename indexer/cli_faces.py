@@ -1,4 +1,4 @@
-"""``lookalike faces ...``: enrol people, verify 1:1, identify 1:N, index and search faces in photos.
+"""``lookalike faces ...``: enroll people, verify 1:1, identify 1:N, index and search faces in photos.
 
 A thin layer over :class:`indexer.faces.FaceGallery`, registered on the main group by :mod:`indexer.cli`
 (``main.add_command(faces)``); it reads the main group's ``ctx.obj`` (home, database URL, runtime options).
@@ -58,7 +58,7 @@ def _box(box: Any) -> str:
 @library_errors
 def faces(ctx: click.Context, detector: str | None, backend: str | None, weights: str | None, crop_size: int | None,
           reembed: bool) -> None:
-    """Face verification and search: enrol people, check who is who, find faces in photos.
+    """Face verification and search: enroll people, check who is who, find faces in photos.
 
     \b
       lookalike faces enroll alice a1.jpg a2.jpg     # the largest face of each photo
@@ -141,7 +141,7 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
 @click.pass_context
 @library_errors
 def enroll(ctx: click.Context, name: str, images: tuple[Path, ...], as_json: bool) -> None:
-    """Enrol NAME from photos (the largest face of each; several photos per person help).
+    """Enroll NAME from photos (the largest face of each; several photos per person help).
 
     Exit status 0; 3 when some photos were skipped (unreadable, or no face found); 1 when none could be used.
     """

@@ -278,8 +278,8 @@ def test_a_photo_the_detector_cannot_take_is_reported_not_a_crash(tmp_path):
     rep = g.index_folder(photos)
     assert [(Path(p).name, why.startswith("face detection failed")) for p, why in rep.skipped] == [("wide.png", True)]
     assert rep.embedded == 1
-    enrolment = g.enroll("alice", [photos / "wide.png", small])
-    assert [Path(p).name for p, _ in enrolment.skipped] == ["wide.png"] and len(enrolment.enrolled) == 1
+    enrollment = g.enroll("alice", [photos / "wide.png", small])
+    assert [Path(p).name for p, _ in enrollment.skipped] == ["wide.png"] and len(enrollment.enrolled) == 1
     with pytest.raises(LookalikeError, match="wide.png.*face detection failed"):
         g.verify(photos / "wide.png", "alice")
     with pytest.raises(LookalikeError, match="aggregate"):

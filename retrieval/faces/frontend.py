@@ -3,7 +3,7 @@
 Decode-free: it takes an ``(H, W, 3)`` uint8 RGB image already in memory (decoding, EXIF and size guards
 are the caller's), runs a detector (:mod:`retrieval.faces.detection`), keeps the faces a ``pick`` rule
 chooses, and aligns each (:func:`~retrieval.faces.alignment.align_faces`). The face gallery keeps the largest
-face of an enrolment photo (or every face of a photo it indexes); the LFW benchmark keeps the face nearest
+face of an enrollment photo (or every face of a photo it indexes); the LFW benchmark keeps the face nearest
 the image centre, where LFW puts the labelled person.
 """
 
