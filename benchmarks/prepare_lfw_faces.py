@@ -23,21 +23,19 @@ leaves no half-written file. A JSON summary (detected / fallback counts, images/
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, machine, require_dataset, write_json
+from benchmarks.common import RESULTS, BenchParser, machine, require_dataset, set_threads, write_json
+from benchmarks.shared_data import LFW
+from benchmarks.timing import Stopwatch, rate
+from indexer.pipeline import decoded
 from retrieval.faces import (
     DEFAULT_MARGIN,
     FaceDetector,
@@ -75,30 +73,6 @@ def align_lfw(pixels: np.ndarray, detector: FaceDetector, size: int, margin: flo
                             "estimated": bool(found.face.landmarks_estimated)}
 
 
-def _decode(path: Path) -> np.ndarray | str:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # reported, not fatal
-        return f"{type(exc).__name__}: {exc}"
-
-
-def decoded(paths: list[Path], workers: int) -> Iterator[tuple[Path, np.ndarray | str]]:
-    """``(path, pixels or error)`` in input order, decoding ahead in ``workers`` threads."""
-    if workers <= 0:
-        for p in paths:
-            yield p, _decode(p)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        window = 4 * workers
-        futures = [pool.submit(_decode, p) for p in paths[:window]]
-        for i, p in enumerate(paths):
-            if i + window < len(paths):
-                futures.append(pool.submit(_decode, paths[i + window]))
-            yield p, futures[i].result()
-            futures[i] = None  # type: ignore[call-overload]  # free the pixels
-
-
 def write_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
     """Atomic write: temporary name in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,20 +95,18 @@ def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=None, help="LFW image root (default: shared lfw-deepfunneled)")
+    ap = BenchParser(__doc__, workers=2, lfw_data=True)
     ap.add_argument("--detector", default="haar", choices=["haar", "dlib-hog", "dlib-cnn"])
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/lfw-aligned-DETECTOR)")
     ap.add_argument("--size", type=int, default=160, help="side of the aligned crops in pixels")
     ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="context around the face square, as a fraction of its side")
     ap.add_argument("--max-side", type=int, default=160, help="detection runs on a copy this large (LFW photos are 250 px)")
-    ap.add_argument("--workers", type=int, default=2, help="decoding threads (0: decode inline)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
     args = ap.parse_args()
-    cv2.setNumThreads(1)
+    set_threads(1, ("opencv",))
 
-    root = args.data or require_dataset("lfw/lfw-deepfunneled")
+    root = args.data or require_dataset(LFW)
     out = args.out or RESULTS / f"lfw-aligned-{args.detector}"
     out.mkdir(parents=True, exist_ok=True)
     paths = sorted(root.glob("*/*.jpg"))
@@ -164,34 +136,33 @@ def main() -> None:
         rel = str(p.relative_to(root))
         if rel not in todo_set and rel in done:
             count(done[rel])
-    t_detect = 0.0
-    t0 = time.perf_counter()
-    with open(out / MANIFEST, "a") as manifest:
-        for path, pixels in tqdm(decoded(todo, args.workers), total=len(todo), unit="img", desc=args.detector):
-            rel = str(path.relative_to(root))
-            if isinstance(pixels, str):
-                rec: dict[str, Any] = {"image": rel, "status": "error", "error": pixels}
+    # The library's decoder at full size (max_side None: no resize, as the crops are cut from the photo itself;
+    # detection downscales its own copy to --max-side).
+    images = decoded([str(p) for p in todo], None, workers=args.workers)  # type: ignore[arg-type]
+    detect = Stopwatch()
+    with Stopwatch() as total, open(out / MANIFEST, "a") as manifest:
+        for i, item in tqdm(images, total=len(todo), unit="img", desc=args.detector):
+            rel = str(todo[i].relative_to(root))
+            if isinstance(item, str):
+                rec: dict[str, Any] = {"image": rel, "status": "error", "error": item}
             else:
-                t1 = time.perf_counter()
-                crop, rec = align_lfw(pixels, detector, args.size, args.margin)
-                t_detect += time.perf_counter() - t1
+                with detect:
+                    crop, rec = align_lfw(item.image.pixels, detector, args.size, args.margin)
                 rec = {"image": rel, **rec}
                 write_jpeg(crop, out / rel, args.quality)
             manifest.write(json.dumps(rec) + "\n")
             count(rec)
-    seconds = time.perf_counter() - t0
     processed = len(todo)
     summary = {
         "benchmark": "prepare_lfw_faces", "detector": args.detector, "data": str(root), "out": str(out),
         "images": len(paths), "processed_now": processed, "skipped_existing": len(paths) - processed,
         **counts, "size": args.size, "margin": args.margin, "max_side": args.max_side,
-        "seconds": round(seconds, 1),
-        "images_per_second": round(processed / seconds, 1) if processed and seconds > 0 else None,
-        "detect_align_images_per_second": round(processed / t_detect, 1) if t_detect > 0 else None,
+        "seconds": round(total.seconds, 1),
+        "images_per_second": rate(processed, total.seconds, 1) if processed and total.seconds > 0 else None,
+        "detect_align_images_per_second": rate(processed, detect.seconds, 1) if detect.seconds > 0 else None,
         "fallback_images": fallbacks, "error_images": errors, "machine": machine(),
     }
     write_json(f"prepare_lfw_faces_{args.detector}.json", summary)
-
 
 if __name__ == "__main__":
     main()
