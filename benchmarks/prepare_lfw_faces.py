@@ -164,5 +164,6 @@ def main() -> None:
     }
     write_json(f"prepare_lfw_faces_{args.detector}.json", summary)
 
+
 if __name__ == "__main__":
     main()
