@@ -90,9 +90,7 @@ def reference_model() -> nn.Module:
     return model.eval()
 
 
-def build_variants(
-    names: list[str], x: Tensor
-) -> dict[str, tuple[Callable[[Tensor], Tensor], Tensor]]:
+def build_variants(names: list[str], x: Tensor) -> dict[str, tuple[Callable[[Tensor], Tensor], Tensor]]:
     """name -> (forward function returning a feature map, input in the right memory format)."""
     cl = torch.channels_last
     x_cl = x.contiguous(memory_format=cl)
@@ -205,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "img_per_s": {n: round(batch_of[n] / statistics.median(times[n]), 2) for n in names},
         "img_per_s_best": {n: round(batch_of[n] / min(times[n]), 2) for n in names},
-        "img_per_s_mean": {
-            n: round(batch_of[n] * len(times[n]) / sum(times[n]), 2) for n in names
-        },
+        "img_per_s_mean": {n: round(batch_of[n] * len(times[n]) / sum(times[n]), 2) for n in names},
         "ms_per_batch_median": {n: round(1e3 * statistics.median(times[n]), 1) for n in names},
         "cpu_s_per_batch_median": {n: round(statistics.median(cpu_times[n]), 3) for n in names},
         "passes": {n: len(times[n]) for n in names},
@@ -215,9 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if "reference_fp32" in names:
         ref = result["img_per_s"]["reference_fp32"]
-        result["speedup_vs_reference"] = {
-            n: round(v / ref, 2) for n, v in result["img_per_s"].items()
-        }
+        result["speedup_vs_reference"] = {n: round(v / ref, 2) for n, v in result["img_per_s"].items()}
     if "ours_cl_fp32" in first_out and "ours_cl_bf16" in first_out:
         low = first_out["ours_cl_bf16"]
         cos = F.cosine_similarity(gem(first_out["ours_cl_fp32"][: low.shape[0]].float()), gem(low.float()))

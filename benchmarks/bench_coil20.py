@@ -59,12 +59,24 @@ def main() -> None:
         if wdim:
             vecs = learn_pca_whitening(vecs, wdim, shrinkage=shrink).apply(vecs)
         m = retrieval_metrics(vecs, labels)
-        results[name] = {"model": model.to_dict(), "whiten_dim": wdim, "whiten_shrinkage": shrink if wdim else None,
-                         "images_per_s": round(speed, 1),
-                         **{k: round(v, 4) for k, v in m.items()}}
+        results[name] = {
+            "model": model.to_dict(),
+            "whiten_dim": wdim,
+            "whiten_shrinkage": shrink if wdim else None,
+            "images_per_s": round(speed, 1),
+            **{k: round(v, 4) for k, v in m.items()},
+        }
         print(f"{name:28s} mAP {m['mAP']:.4f}  R@1 {m['recall@1']:.4f}  {speed:.1f} img/s", flush=True)
-    write_json("coil20.json", {"benchmark": "coil20_leave_one_out", "images": len(files),
-                               "precision": args.precision, "machine": machine(), "results": results})
+    write_json(
+        "coil20.json",
+        {
+            "benchmark": "coil20_leave_one_out",
+            "images": len(files),
+            "precision": args.precision,
+            "machine": machine(),
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

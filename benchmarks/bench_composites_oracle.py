@@ -41,12 +41,11 @@ def load(root: Path, record: CompositeRecord, image_size: int) -> tuple[np.ndarr
     return pixels, np.asarray(mask, dtype=np.float32) / 255.0
 
 
-def embed(embedder: Embedder, root: Path, records: list[CompositeRecord], masked: bool, batch: int = 16
-          ) -> np.ndarray:
+def embed(embedder: Embedder, root: Path, records: list[CompositeRecord], masked: bool, batch: int = 16) -> np.ndarray:
     """``records`` -> ``(N, D)`` vectors, with or without their true masks (images of one size batch together)."""
     out: list[np.ndarray] = []
     for start in range(0, len(records), batch):
-        items = [load(root, r, embedder.config.image_size) for r in records[start:start + batch]]
+        items = [load(root, r, embedder.config.image_size) for r in records[start : start + batch]]
         shapes = {p.shape for p, _ in items}
         if len(shapes) == 1:
             pixels = np.stack([p for p, _ in items])
@@ -57,8 +56,9 @@ def embed(embedder: Embedder, root: Path, records: list[CompositeRecord], masked
     return np.concatenate(out)
 
 
-def top1_same_background(q_vecs: np.ndarray, db_vecs: np.ndarray, queries: list[CompositeRecord],
-                         database: list[CompositeRecord]) -> float:
+def top1_same_background(
+    q_vecs: np.ndarray, db_vecs: np.ndarray, queries: list[CompositeRecord], database: list[CompositeRecord]
+) -> float:
     best = np.argmax(q_vecs @ db_vecs.T, axis=1)
     return float(np.mean([database[b].background == q.background for q, b in zip(queries, best)]))
 
@@ -82,16 +82,30 @@ def main() -> None:
             d = embed(embedder, args.folder, database, masked)
             vecs[name] = (q, d)
             m = query_database_metrics(q, q_labels, d, db_labels)
-            results[name] = {**{k: round(v, 4) for k, v in m.items()},
-                             "top1_same_background": round(top1_same_background(q, d, queries, database), 4)}
-    write_json(args.out, {
-        "benchmark": "composites_oracle", "folder": str(args.folder), "model": config.to_dict(),
-        "dataset": {"seed": manifest.config.seed, "queries": len(queries), "database": len(database),
-                    "objects": len(manifest.config.objects), "backgrounds": len(manifest.backgrounds),
-                    "mean_mask_cover": round(float(np.mean([r.mask_cover for r in manifest.records])), 4)},
-        "results": results,
-        "gain_mAP": round(results["oracle_mask"]["mAP"] - results["whole_image"]["mAP"], 4),
-        "seconds": round(clock.seconds, 1), "machine": machine()})
+            results[name] = {
+                **{k: round(v, 4) for k, v in m.items()},
+                "top1_same_background": round(top1_same_background(q, d, queries, database), 4),
+            }
+    write_json(
+        args.out,
+        {
+            "benchmark": "composites_oracle",
+            "folder": str(args.folder),
+            "model": config.to_dict(),
+            "dataset": {
+                "seed": manifest.config.seed,
+                "queries": len(queries),
+                "database": len(database),
+                "objects": len(manifest.config.objects),
+                "backgrounds": len(manifest.backgrounds),
+                "mean_mask_cover": round(float(np.mean([r.mask_cover for r in manifest.records])), 4),
+            },
+            "results": results,
+            "gain_mAP": round(results["oracle_mask"]["mAP"] - results["whole_image"]["mAP"], 4),
+            "seconds": round(clock.seconds, 1),
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -97,16 +97,21 @@ def dlib_vectors(paths: list[str], cache: Path | None) -> tuple[dict[str, np.nda
                 fallback += 1
                 face = Face(*LFW_DLIB_BOX)
             vecs[i] = enc.embed(img, [face])[0]
-    info = {"images": len(paths), "fallback": fallback, "seconds": round(clock.seconds, 1),
-            "images_per_second": rate(len(paths), clock.seconds, 2)}
+    info = {
+        "images": len(paths),
+        "fallback": fallback,
+        "seconds": round(clock.seconds, 1),
+        "images_per_second": rate(len(paths), clock.seconds, 2),
+    }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, paths=np.array(paths), vectors=vecs, info=json.dumps(info))
     return dict(zip(paths, vecs)), info
 
 
-def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelConfig, workers: int,
-                 cache: Path | None) -> dict[str, Any]:
+def pipeline_row(
+    pairs: list, image_root: Path, lfw_root: Path, config: ModelConfig, workers: int, cache: Path | None
+) -> dict[str, Any]:
     """The lookalike embedding pipeline (``indexer.evaluate.embed_paths``) on a folder in LFW layout, scored
     on the pairs with ``score_pairs``; the vectors are cached in ``cache`` (reused when the model
     configuration and the image list match)."""
@@ -123,16 +128,22 @@ def pipeline_row(pairs: list, image_root: Path, lfw_root: Path, config: ModelCon
     with Stopwatch() as clock:
         vecs, ok_list, skipped, _ = embed_paths(paths, embedder, batch_size=32, workers=workers)
     ok = np.array(ok_list)
-    info = {"images": int(ok.sum()), "skipped": len(skipped), "model": config.describe(),
-            "seconds": round(clock.seconds, 1), "images_per_second": rate(len(paths), clock.seconds, 2)}
+    info = {
+        "images": int(ok.sum()),
+        "skipped": len(skipped),
+        "model": config.describe(),
+        "seconds": round(clock.seconds, 1),
+        "images_per_second": rate(len(paths), clock.seconds, 2),
+    }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, key=key, paths=np.array(paths), vectors=vecs, ok=ok, info=json.dumps(info))
     return _score_rel(pairs, lfw_root, rel, vecs, ok, info)
 
 
-def _score_rel(pairs: list, lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray,
-               info: dict[str, Any]) -> dict[str, Any]:
+def _score_rel(
+    pairs: list, lfw_root: Path, rel: list[str], vecs: np.ndarray, ok: np.ndarray, info: dict[str, Any]
+) -> dict[str, Any]:
     """Score ``pairs`` (paths under ``lfw_root``) with vectors of the same relative paths in another folder."""
     return score_all(pairs, relative_vectors(lfw_root, rel, vecs, ok), info)
 
@@ -152,8 +163,9 @@ def score_all(pairs: list, vectors: dict[str, np.ndarray], info: dict[str, Any])
     compared with the ``trained`` row, whose halves come from two networks."""
     metrics, n = score_pairs(pairs, vectors)
     out = summarise(metrics, n, **info)
-    out["halves"] = {name: summarise(*score_pairs(in_folds(pairs, folds), vectors))
-                     for name, folds in LFW_HALVES.items()}
+    out["halves"] = {
+        name: summarise(*score_pairs(in_folds(pairs, folds), vectors)) for name, folds in LFW_HALVES.items()
+    }
     out["mean_of_halves"] = round(float(np.mean([h["accuracy"] for h in out["halves"].values()])), 4)
     return out
 
@@ -162,8 +174,10 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
     """faces/s (photos/s; LFW has one target face per photo) of detection alone and of the whole front end."""
     images = [load_image(p, None).pixels for p in paths]
     out: dict[str, Any] = {"photos": len(images), "photo_size": list(images[0].shape[:2])}
-    detectors = {"haar (LFW settings: 160 px copy, faces >= 1/4)": lfw_detector("haar", 160),
-                 "haar (defaults)": build_detector("haar")}
+    detectors = {
+        "haar (LFW settings: 160 px copy, faces >= 1/4)": lfw_detector("haar", 160),
+        "haar (defaults)": build_detector("haar"),
+    }
     if with_dlib:
         detectors["dlib-hog (upsample 0)"] = lfw_detector("dlib-hog", 250)
         detectors["dlib-hog (upsample 1)"] = build_detector("dlib-hog", upsample=1)
@@ -187,7 +201,7 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
                 crops.append(align_face(img, face, size))
     with embed:
         for i in range(0, len(crops), 32):
-            embedder.embed_batch(np.stack(crops[i:i + 32]))
+            embedder.embed_batch(np.stack(crops[i : i + 32]))
     full["haar + align + imagenet lite0 (batches of 32)"] = rate(len(images), align.seconds + embed.seconds, 1)
     full["haar + align only"] = rate(len(images), align.seconds, 1)
     if with_dlib:
@@ -207,12 +221,22 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
 def main() -> None:
     ap = BenchParser(__doc__, threads=1, threads_for=("torch", "opencv"), workers=1, out="faces_lfw.json")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} ('' for none)")
-    ap.add_argument("--aligned", type=Path, default=RESULTS / "lfw-aligned-haar",
-                    help="aligned crops from benchmarks.prepare_lfw_faces")
-    ap.add_argument("--weights", default=None, help="a trained lookalike checkpoint: adds a 'trained' row on the aligned crops")
-    ap.add_argument("--trained-halves", nargs=2, metavar=("CKPT_1_5", "CKPT_6_10"),
-                    help="two checkpoints trained on the people of folds 1-5 and of folds 6-10 (bench_train_lfw "
-                         "--halves both --keep): each half is scored by the one that never saw its people")
+    ap.add_argument(
+        "--aligned",
+        type=Path,
+        default=RESULTS / "lfw-aligned-haar",
+        help="aligned crops from benchmarks.prepare_lfw_faces",
+    )
+    ap.add_argument(
+        "--weights", default=None, help="a trained lookalike checkpoint: adds a 'trained' row on the aligned crops"
+    )
+    ap.add_argument(
+        "--trained-halves",
+        nargs=2,
+        metavar=("CKPT_1_5", "CKPT_6_10"),
+        help="two checkpoints trained on the people of folds 1-5 and of folds 6-10 (bench_train_lfw "
+        "--halves both --keep): each half is scored by the one that never saw its people",
+    )
     ap.add_argument("--size", type=int, default=160, help="embedding size of the aligned crops")
     ap.add_argument("--speed-images", type=int, default=200, help="photos timed for the speed figures (0: skip)")
     args = ap.parse_args()
@@ -231,16 +255,20 @@ def main() -> None:
     cache = RESULTS / "lfw_faces_cache"  # vectors of each row, so that a later run (e.g. --weights) only adds rows
     if "dlib" in rows:
         vectors, info = dlib_vectors(paths, cache / "dlib_hog.npz")
-        results["dlib"] = score_all(pairs, vectors, {**info, "pipeline": "dlib-hog (upsample 0) + 5-point + resnet v1, L2n"})
+        results["dlib"] = score_all(
+            pairs, vectors, {**info, "pipeline": "dlib-hog (upsample 0) + 5-point + resnet v1, L2n"}
+        )
         print("dlib", results["dlib"], flush=True)
     if "imagenet-aligned" in rows:
-        results["imagenet-aligned"] = pipeline_row(pairs, args.aligned, root, ModelConfig(image_size=args.size),
-                                                   args.workers, cache / "imagenet_aligned.npz")
+        results["imagenet-aligned"] = pipeline_row(
+            pairs, args.aligned, root, ModelConfig(image_size=args.size), args.workers, cache / "imagenet_aligned.npz"
+        )
         results["imagenet-aligned"]["crops"] = str(args.aligned)
         print("imagenet-aligned", results["imagenet-aligned"], flush=True)
     if "imagenet-whole" in rows:
-        results["imagenet-whole"] = pipeline_row(pairs, root, root, ModelConfig(), args.workers,
-                                                 cache / "imagenet_whole.npz")
+        results["imagenet-whole"] = pipeline_row(
+            pairs, root, root, ModelConfig(), args.workers, cache / "imagenet_whole.npz"
+        )
         print("imagenet-whole", results["imagenet-whole"], flush=True)
     if args.weights:
         config = trained_config(args.weights, image_size=args.size)
@@ -257,19 +285,30 @@ def main() -> None:
             half_pairs = in_folds(pairs, folds)
             half_rel = relative_paths(half_pairs, root)
             vecs, ok, _, _ = embed_paths([str(args.aligned / r) for r in half_rel], embedder, 32, args.workers)
-            halves[name] = {**summarise(*score_pairs(half_pairs, relative_vectors(root, half_rel, vecs, np.array(ok)))),
-                            "checkpoint": str(ckpt), "model": config.describe()}
+            halves[name] = {
+                **summarise(*score_pairs(half_pairs, relative_vectors(root, half_rel, vecs, np.array(ok)))),
+                "checkpoint": str(ckpt),
+                "model": config.describe(),
+            }
             print("trained", name, halves[name], flush=True)
-        results["trained-halves"] = {"halves": halves, "mean_of_halves": round(float(np.mean(
-            [h["accuracy"] for h in halves.values()])), 4), "crops": str(args.aligned)}
+        results["trained-halves"] = {
+            "halves": halves,
+            "mean_of_halves": round(float(np.mean([h["accuracy"] for h in halves.values()])), 4),
+            "crops": str(args.aligned),
+        }
 
-    payload: dict[str, Any] = {"benchmark": "lfw_view2_faces", "pairs_file": str(pairs_file), "rows": results,
-                               "anchors": ANCHORS}
+    payload: dict[str, Any] = {
+        "benchmark": "lfw_view2_faces",
+        "pairs_file": str(pairs_file),
+        "rows": results,
+        "anchors": ANCHORS,
+    }
     prepared = RESULTS / "prepare_lfw_faces_haar.json"
     if needs_aligned and prepared.exists():
         p = json.loads(prepared.read_text())
-        payload["aligned_crops"] = {k: p.get(k) for k in ("images", "detected", "fallback", "several_faces",
-                                                          "eyes_estimated", "size", "margin")}
+        payload["aligned_crops"] = {
+            k: p.get(k) for k in ("images", "detected", "fallback", "several_faces", "eyes_estimated", "size", "margin")
+        }
     if args.speed_images:
         from retrieval.faces import dlib_available
 

@@ -42,8 +42,9 @@ from retrieval.faces import dlib_available
 from retrieval.verification import accuracy, best_threshold
 
 
-def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]], n_probes: int,
-               runtime: RuntimeOptions) -> dict:
+def run_config(
+    detector: str, backend: str, people: list[tuple[str, list[Path]]], n_probes: int, runtime: RuntimeOptions
+) -> dict:
     with tempfile.TemporaryDirectory() as home:
         g = FaceGallery(home, runtime=runtime)
         g.configure(detector=detector, backend=backend)
@@ -87,21 +88,33 @@ def run_config(detector: str, backend: str, people: list[tuple[str, list[Path]]]
         scores = np.array(gen + imp)
         same = np.array([True] * len(gen) + [False] * len(imp))
         thr = best_threshold(scores, same)
-        return {"best_threshold": round(thr, 4), "accuracy_at_best": round(accuracy(scores, same, thr), 4),
-                "accuracy_at_default": round(accuracy(scores, same, settings.threshold), 4),
-                "genuine_mean_score": round(float(np.mean(gen)), 4), "impostor_mean_score": round(float(np.mean(imp)), 4)}
+        return {
+            "best_threshold": round(thr, 4),
+            "accuracy_at_best": round(accuracy(scores, same, thr), 4),
+            "accuracy_at_default": round(accuracy(scores, same, settings.threshold), 4),
+            "genuine_mean_score": round(float(np.mean(gen)), 4),
+            "impostor_mean_score": round(float(np.mean(imp)), 4),
+        }
 
     return {
-        "detector": detector, "backend": backend, "model": settings.describe(),
+        "detector": detector,
+        "backend": backend,
+        "model": settings.describe(),
         "default_threshold": settings.threshold,
-        "gallery_people": len(known), "gallery_faces": enrolled, "enrol_photos_without_face": no_face,
+        "gallery_people": len(known),
+        "gallery_faces": enrolled,
+        "enrol_photos_without_face": no_face,
         "enroll_faces_per_s": rate(enrolled, t_enroll.seconds, 2),
-        "verify_per_s": rate(n_verify, t_verify.seconds, 2), "verify_ms": round(1000 * t_verify.seconds / n_verify, 1),
+        "verify_per_s": rate(n_verify, t_verify.seconds, 2),
+        "verify_ms": round(1000 * t_verify.seconds / n_verify, 1),
         "identify_faces_per_s": rate(len(probes), t_identify.seconds, 2),
         "identify_ms": round(1000 * t_identify.seconds / len(probes), 1),
-        "probes": len(probes), "probe_photos_without_face": probe_no_face,
-        "rank1": round(rank1 / len(probes), 4), "identified_as_unknown": round(unknown / len(probes), 4),
-        "verification_max": quality(genuine, impostor), "verification_mean": quality(genuine_mean, impostor_mean),
+        "probes": len(probes),
+        "probe_photos_without_face": probe_no_face,
+        "rank1": round(rank1 / len(probes), 4),
+        "identified_as_unknown": round(unknown / len(probes), 4),
+        "verification_max": quality(genuine, impostor),
+        "verification_mean": quality(genuine_mean, impostor_mean),
     }
 
 
@@ -109,8 +122,11 @@ def main() -> None:
     ap = BenchParser(__doc__)
     ap.add_argument("--gallery", type=int, default=300, help="people enrolled (2 photos each)")
     ap.add_argument("--probes", type=int, default=100, help="people probed (their 3rd photo)")
-    ap.add_argument("--configs", default="haar:lookalike,dlib-hog:dlib",
-                    help="detector:backend pairs, comma separated (dlib ones skipped when dlib is missing)")
+    ap.add_argument(
+        "--configs",
+        default="haar:lookalike,dlib-hog:dlib",
+        help="detector:backend pairs, comma separated (dlib ones skipped when dlib is missing)",
+    )
     args = ap.parse_args()
     people = people_with_photos(None, args.gallery, photos=3)
     runtime = RuntimeOptions(device="cpu", batch_size=32, workers=int(os.environ.get("LOOKALIKE_WORKERS", "2")))
@@ -121,8 +137,16 @@ def main() -> None:
             results.append({"detector": detector, "backend": backend, "skipped": "dlib is not installed"})
             continue
         results.append(run_config(detector, backend, people, args.probes, runtime))
-    write_json("faces_speed.json", {"benchmark": "faces_speed", "machine": machine(), "gallery": args.gallery,
-                                    "probes": args.probes, "results": results})
+    write_json(
+        "faces_speed.json",
+        {
+            "benchmark": "faces_speed",
+            "machine": machine(),
+            "gallery": args.gallery,
+            "probes": args.probes,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

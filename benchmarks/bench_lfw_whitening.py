@@ -48,21 +48,33 @@ def main() -> None:
         return round(float(score_pairs(test_pairs, dict(zip(test.paths, vectors)))[0]["accuracy"]), 4)
 
     results: dict[str, float] = {"none": accuracy(t)}
-    matching = positive_pairs(np.unique(train.labels, return_inverse=True)[1], rng=0,
-                              per_class=WHITENING_PAIRS_PER_CLASS)
+    matching = positive_pairs(
+        np.unique(train.labels, return_inverse=True)[1], rng=0, per_class=WHITENING_PAIRS_PER_CLASS
+    )
     for dim in (x.shape[1], 512, 256, 128):
         for ridge in (1e-3, 0.1, 1.0):
             results[f"supervised dim {dim} ridge {ridge:g}"] = accuracy(
-                learn_supervised_whitening(x, matching, dim, ridge=ridge).apply(t))
+                learn_supervised_whitening(x, matching, dim, ridge=ridge).apply(t)
+            )
             print(dim, ridge, results[f"supervised dim {dim} ridge {ridge:g}"], flush=True)
     for dim in (512, 256):
         for shrinkage in (0.0, 0.5, 0.95):
             results[f"pca dim {dim} shrinkage {shrinkage:g}"] = accuracy(
-                learn_pca_whitening(x, dim, shrinkage=shrinkage).apply(t))
-    write_json("lfw_whitening.json", {
-        "benchmark": "lfw_whitening_after_training", "checkpoint": str(args.checkpoint), "data": str(root),
-        "train_images": len(x), "matching_pairs": len(matching), "scored_pairs": len(test_pairs),
-        "accuracy_folds_6_10": results, "machine": machine()})
+                learn_pca_whitening(x, dim, shrinkage=shrinkage).apply(t)
+            )
+    write_json(
+        "lfw_whitening.json",
+        {
+            "benchmark": "lfw_whitening_after_training",
+            "checkpoint": str(args.checkpoint),
+            "data": str(root),
+            "train_images": len(x),
+            "matching_pairs": len(matching),
+            "scored_pairs": len(test_pairs),
+            "accuracy_folds_6_10": results,
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -96,10 +96,17 @@ def speed_only(db: Path, embedder: Embedder, runtime: RuntimeOptions, specs: lis
     warm_up(lambda: images_per_second(None, paths[:8]))
     rates = interleaved({name: partial(images_per_second, masker) for name, masker in maskers.items()}, 3)
     medians = {name: round(float(np.median(r)), 2) for name, r in rates.items()}
-    write_json("masked_indexing_speed.json", {
-        "benchmark": "indexing_speed_with_masks", "images": len(paths), "images_per_second_median": medians,
-        "ratio_to_whole": {k: round(v / medians["whole"], 3) for k, v in medians.items()},
-        "rounds": rates, "machine": machine()})
+    write_json(
+        "masked_indexing_speed.json",
+        {
+            "benchmark": "indexing_speed_with_masks",
+            "images": len(paths),
+            "images_per_second_median": medians,
+            "ratio_to_whole": {k: round(v / medians["whole"], 3) for k, v in medians.items()},
+            "rounds": rates,
+            "machine": machine(),
+        },
+    )
 
 
 def main() -> None:
@@ -107,8 +114,13 @@ def main() -> None:
     ap.add_argument("--composites", type=Path, default=RESULTS / "composites")
     ap.add_argument("--segmenter", action="append", default=None, help="segmenter spec (repeatable; default grabcut)")
     ap.add_argument("--apply", action="append", choices=MASK_APPLY, default=None)
-    ap.add_argument("--speed-only", type=int, metavar="N", default=0,
-                    help="only time indexing of N database images: whole vs each segmenter, 3 interleaved rounds")
+    ap.add_argument(
+        "--speed-only",
+        type=int,
+        metavar="N",
+        default=0,
+        help="only time indexing of N database images: whole vs each segmenter, 3 interleaved rounds",
+    )
     args = ap.parse_args()
     root = args.composites
     db, queries = set_folders(root)
@@ -119,10 +131,14 @@ def main() -> None:
 
     def run(name: str, masker: Masker | None) -> float:
         with Stopwatch() as clock:
-            rep = evaluate_folder(db, embedder, queries=queries, batch_size=runtime.batch_size,
-                                  workers=runtime.workers, masker=masker)
-        rows[name] = {"mAP": round(rep.metrics["mAP"], 4), "recall@1": round(rep.metrics["recall@1"], 4),
-                      "images_per_second": rate(rep.images, clock.seconds, 1)}
+            rep = evaluate_folder(
+                db, embedder, queries=queries, batch_size=runtime.batch_size, workers=runtime.workers, masker=masker
+            )
+        rows[name] = {
+            "mAP": round(rep.metrics["mAP"], 4),
+            "recall@1": round(rep.metrics["recall@1"], 4),
+            "images_per_second": rate(rep.images, clock.seconds, 1),
+        }
         print(name, rows[name], flush=True)
         return rep.metrics["mAP"]
 
@@ -144,9 +160,17 @@ def main() -> None:
     for apply in applies:
         run(f"truth/{apply}", Masker(MaskSettings(segmenter="truth", apply=apply), segmenter=truth))
         rows[f"truth/{apply}"].pop("images_per_second")
-    write_json("masked_retrieval.json", {
-        "benchmark": "composites_query_vs_database", "composites": str(root), "model": model.to_dict(),
-        "results": rows, "segmenter_iou_on_composites": ious, "machine": machine()})
+    write_json(
+        "masked_retrieval.json",
+        {
+            "benchmark": "composites_query_vs_database",
+            "composites": str(root),
+            "model": model.to_dict(),
+            "results": rows,
+            "segmenter_iou_on_composites": ious,
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

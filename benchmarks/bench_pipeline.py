@@ -64,22 +64,38 @@ def main() -> None:
     for _, item in decoded(files, model.image_size, workers=args.workers):  # the pipeline's own decoding
         assert not isinstance(item, str), item
         by_shape.setdefault(item.image.pixels.shape, []).append(item.image.pixels)
-    batches = [np.stack(group[i:i + args.batch_size]) for group in by_shape.values()
-               for i in range(0, len(group), args.batch_size)]
+    batches = [
+        np.stack(group[i : i + args.batch_size])
+        for group in by_shape.values()
+        for i in range(0, len(group), args.batch_size)
+    ]
     warm_up(lambda: bare_forward(embedder, batches[:2]))
-    speeds = interleaved({"bare": lambda: bare_forward(embedder, batches),
-                          "pipeline": lambda: index_folder(folder, embedder, model, runtime, len(files))}, args.rounds)
+    speeds = interleaved(
+        {
+            "bare": lambda: bare_forward(embedder, batches),
+            "pipeline": lambda: index_folder(folder, embedder, model, runtime, len(files)),
+        },
+        args.rounds,
+    )
     bare, pipe = speeds["bare"], speeds["pipeline"]
     ratios = [p / b for p, b in zip(pipe, bare)]
     result = {
-        "benchmark": "pipeline_vs_bare_forward", "folder": str(folder), "images": len(files),
-        "shapes": len(by_shape), "model": model.describe(), "precision": args.precision,
-        "workers": args.workers, "batch_size": args.batch_size,
+        "benchmark": "pipeline_vs_bare_forward",
+        "folder": str(folder),
+        "images": len(files),
+        "shapes": len(by_shape),
+        "model": model.describe(),
+        "precision": args.precision,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
         "bare_forward_images_per_s": round(float(np.median(bare)), 1),
         "pipeline_images_per_s": round(float(np.median(pipe)), 1),
         "ratio_median": round(float(np.median(ratios)), 3),
-        "rounds": {"bare": [round(x, 1) for x in bare], "pipeline": [round(x, 1) for x in pipe],
-                   "ratio": [round(x, 3) for x in ratios]},
+        "rounds": {
+            "bare": [round(x, 1) for x in bare],
+            "pipeline": [round(x, 1) for x in pipe],
+            "ratio": [round(x, 3) for x in ratios],
+        },
         "machine": machine(),
     }
     write_json(f"pipeline_{args.precision}.json", result)

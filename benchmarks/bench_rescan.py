@@ -41,19 +41,25 @@ def main() -> None:
         again = Collection(Path(tmp) / "home", runtime=runtime)
         with Stopwatch() as unchanged_s:
             unchanged = again.index_folder(folder)
-        changed_files = sorted(folder.rglob("*.png"))[:: 100]
+        changed_files = sorted(folder.rglob("*.png"))[::100]
         for p in changed_files:
             Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(p)
         with Stopwatch() as partial_s:
             partial = Collection(Path(tmp) / "home", runtime=runtime).index_folder(folder)
     assert unchanged.embedded == 0 and partial.embedded == len(changed_files)
-    write_json("rescan.json", {
-        "benchmark": "rescan_unchanged_folder", "images": args.images,
-        "first_index_s": round(first_s.seconds, 2), "first_embedded": first.embedded,
-        "rescan_unchanged_s": round(unchanged_s.seconds, 2),
-        "rescan_1pct_changed_s": round(partial_s.seconds, 2), "changed_embedded": partial.embedded,
-        "machine": machine(),
-    })
+    write_json(
+        "rescan.json",
+        {
+            "benchmark": "rescan_unchanged_folder",
+            "images": args.images,
+            "first_index_s": round(first_s.seconds, 2),
+            "first_embedded": first.embedded,
+            "rescan_unchanged_s": round(unchanged_s.seconds, 2),
+            "rescan_1pct_changed_s": round(partial_s.seconds, 2),
+            "changed_embedded": partial.embedded,
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

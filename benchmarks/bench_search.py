@@ -149,9 +149,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits) / truth.shape[1])
 
 
-def time_queries(
-    index: VectorIndex, queries: np.ndarray, k: int, repeats: int
-) -> tuple[dict, np.ndarray]:
+def time_queries(index: VectorIndex, queries: np.ndarray, k: int, repeats: int) -> tuple[dict, np.ndarray]:
     """Single-query latency stats (ms) and the (Q, k) result ids.
 
     Every query is timed ``repeats`` times (rounds over the whole query set);
@@ -277,26 +275,19 @@ def main(argv: list[str] | None = None) -> dict:
         "--kinds",
         nargs="+",
         default=["flat", "ivf-flat", "ivf-fp16", "hnsw"],
-        help="flat, ivf (IndexConfig default storage), ivf-flat, ivf-fp16, hnsw "
-        "and/or raw faiss index_factory strings",
+        help="flat, ivf (IndexConfig default storage), ivf-flat, ivf-fp16, hnsw and/or raw faiss index_factory strings",
     )
     parser.add_argument("--clusters", type=int, default=3000)
     parser.add_argument("--decay", type=float, default=0.5, help="sigma_j = (1+j)^-decay")
-    parser.add_argument(
-        "--spread", type=float, default=0.6, help="within-cluster / between-cluster std"
-    )
+    parser.add_argument("--spread", type=float, default=0.6, help="within-cluster / between-cluster std")
     parser.add_argument("--query-noise", type=float, default=0.1)
     parser.add_argument(
         "--whiten",
         action="store_true",
         help="rescale every dimension to unit variance (then re-normalise)",
     )
-    parser.add_argument(
-        "--nprobe", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128, 192, 256]
-    )
-    parser.add_argument(
-        "--ef-search", type=int, nargs="+", default=[32, 64, 96, 128, 192, 256, 384, 512]
-    )
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128, 192, 256])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 96, 128, 192, 256, 384, 512])
     parser.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m)
     parser.add_argument("--ef-construction", type=int, default=IndexConfig.ef_construction)
     parser.add_argument(
@@ -305,9 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=600.0,
         help="skip HNSW at a size whose extrapolated build exceeds this",
     )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timing rounds; per-query min is used"
-    )
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds; per-query min is used")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -328,9 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.seed,
         args.whiten,
     )
-    log.info(
-        "generated %s + %s vectors in %.1fs", db_all.shape, queries.shape, time.perf_counter() - t0
-    )
+    log.info("generated %s + %s vectors in %.1fs", db_all.shape, queries.shape, time.perf_counter() - t0)
     ids_all = np.arange(1, max(sizes) + 1, dtype=np.int64)  # SQLite-style ids start at 1
 
     base = IndexConfig(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)

@@ -84,8 +84,13 @@ def score(segment: Callable[[np.ndarray], np.ndarray], data: list[tuple[np.ndarr
 
 def main() -> None:
     ap = BenchParser(__doc__, threads=1, threads_for=("torch", "opencv"))
-    ap.add_argument("--segmenter", action="append", default=[], metavar="SPEC",
-                    help="a segmenter spec to add to the comparison (repeatable), e.g. unet:seg.pt")
+    ap.add_argument(
+        "--segmenter",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a segmenter spec to add to the comparison (repeatable), e.g. unet:seg.pt",
+    )
     ap.add_argument("--only", action="store_true", help="score only the --segmenter specs (and the baselines)")
     ap.add_argument("--split", default="test", choices=["test", "train"])
     ap.add_argument("--limit", type=int, help="score only the first N photos of the split (a quick look)")
@@ -110,15 +115,18 @@ def main() -> None:
             skipped[spec] = f"{exc.__class__.__name__}: {exc}"
             continue
         results[spec] = score(segmenter, data)
-    write_json(args.out or f"seg_weizmann{'' if args.split == 'test' else '_' + args.split}.json", {
-        "dataset": "Weizmann Horse Database (Borenstein & Ullman, ECCV 2002)",
-        "split": args.split,
-        "images": len(data),
-        "results": dict(sorted(results.items(), key=lambda kv: -kv[1]["mean_iou"])),
-        "skipped": skipped,
-        "load_avg_1min": [load_before, loadavg()],
-        "machine": machine(),
-    })
+    write_json(
+        args.out or f"seg_weizmann{'' if args.split == 'test' else '_' + args.split}.json",
+        {
+            "dataset": "Weizmann Horse Database (Borenstein & Ullman, ECCV 2002)",
+            "split": args.split,
+            "images": len(data),
+            "results": dict(sorted(results.items(), key=lambda kv: -kv[1]["mean_iou"])),
+            "skipped": skipped,
+            "load_avg_1min": [load_before, loadavg()],
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

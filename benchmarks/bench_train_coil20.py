@@ -45,15 +45,22 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--swap", action="store_true", help="train on objects 11-20, test on 1-10")
     ap.add_argument("--queries-per-epoch", type=int, default=400, help="contrastive: mined tuples per epoch")
-    ap.add_argument("--whitening", choices=["none", "layer", "supervised"], default="none",
-                    help="supervised: also score the trained network with Radenović's whitening learned after training")
+    ap.add_argument(
+        "--whitening",
+        choices=["none", "layer", "supervised"],
+        default="none",
+        help="supervised: also score the trained network with Radenović's whitening learned after training",
+    )
     args = ap.parse_args()
     files, obj = coil20()
     images = FolderImages(files, [str(o) for o in obj], args.image_size)
     if args.swap:
         obj = np.where(obj > 10, obj - 10, obj + 10)  # relabel so that the code below reads the same
-    train_idx, val_idx, test_idx = (np.nonzero(obj <= 8)[0], np.nonzero((obj > 8) & (obj <= 10))[0],
-                                    np.nonzero(obj > 10)[0])
+    train_idx, val_idx, test_idx = (
+        np.nonzero(obj <= 8)[0],
+        np.nonzero((obj > 8) & (obj <= 10))[0],
+        np.nonzero(obj > 10)[0],
+    )
     test = Subset(images, test_idx)
     device = torch.device("cpu") if args.device == "cpu" else None
     results: dict[str, dict] = {}
@@ -66,33 +73,58 @@ def main() -> None:
     score("colour_histogram", np.stack([colour_histogram(test.load(i)) for i in range(len(test))]))
     score("perceptual_hash", np.stack([perceptual_hash(test.load(i)) for i in range(len(test))]))
     base = ModelConfig(image_size=args.image_size)
-    for name, cfg in [("imagenet_average_pooling", ModelConfig(image_size=args.image_size, pooling="spoc")),
-                      ("imagenet_gem_untrained", base)]:
+    for name, cfg in [
+        ("imagenet_average_pooling", ModelConfig(image_size=args.image_size, pooling="spoc")),
+        ("imagenet_gem_untrained", base),
+    ]:
         net = EmbeddingNet(cfg)
         score(name, embed_all(net, test, args.image_size, device or torch.device("cpu")))
     out = args.out or Path(tempfile.mkdtemp()) / "coil20.pt"
-    tcfg = TrainConfig(loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       device=args.device, queries_per_epoch=args.queries_per_epoch, negatives_per_query=5, whitening=args.whitening)
+    tcfg = TrainConfig(
+        loss=args.loss,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        queries_per_epoch=args.queries_per_epoch,
+        negatives_per_query=5,
+        whitening=args.whitening,
+    )
     with Stopwatch() as training:
         result = Trainer(base, tcfg, out, on_epoch=lambda r: print(r, flush=True)).fit(
-            Subset(images, train_idx), Subset(images, val_idx))
+            Subset(images, train_idx), Subset(images, val_idx)
+        )
     trained = EmbeddingNet(trained_config(out))
     if args.whitening == "supervised":
         score(f"trained_{args.loss}", embed_all(trained, test, args.image_size, torch.device("cpu"), whiten=False))
-        score(f"trained_{args.loss}_supervised_whitening", embed_all(trained, test, args.image_size, torch.device("cpu")))
+        score(
+            f"trained_{args.loss}_supervised_whitening", embed_all(trained, test, args.image_size, torch.device("cpu"))
+        )
     else:
-        score(f"trained_{args.loss}" + ("" if args.whitening == "none" else f"_{args.whitening}_whitening"),
-              embed_all(trained, test, args.image_size, torch.device("cpu")))
+        score(
+            f"trained_{args.loss}" + ("" if args.whitening == "none" else f"_{args.whitening}_whitening"),
+            embed_all(trained, test, args.image_size, torch.device("cpu")),
+        )
     suffix = ("_swap" if args.swap else "") + ("" if args.whitening == "none" else f"_{args.whitening}")
-    write_json(f"train_coil20_{args.loss}{suffix}.json", {
-        "benchmark": "coil20_train_seen_test_unseen",
-        "train_objects": "11-18 (+19-20 validation)" if args.swap else "1-8 (+9-10 validation)",
-        "test_objects": "1-10" if args.swap else "11-20", "test_images": len(test), "image_size": args.image_size,
-        "train_config": tcfg.to_dict(), "best_epoch": result.best_epoch,
-        "validation_map_before": result.initial_val_map, "validation_map_best": result.best_val_map,
-        "train_seconds": round(training.seconds, 1), "checkpoint": str(out),
-        "history": [vars(h) for h in result.history], "results": results, "machine": machine(),
-    })
+    write_json(
+        f"train_coil20_{args.loss}{suffix}.json",
+        {
+            "benchmark": "coil20_train_seen_test_unseen",
+            "train_objects": "11-18 (+19-20 validation)" if args.swap else "1-8 (+9-10 validation)",
+            "test_objects": "1-10" if args.swap else "11-20",
+            "test_images": len(test),
+            "image_size": args.image_size,
+            "train_config": tcfg.to_dict(),
+            "best_epoch": result.best_epoch,
+            "validation_map_before": result.initial_val_map,
+            "validation_map_best": result.best_val_map,
+            "train_seconds": round(training.seconds, 1),
+            "checkpoint": str(out),
+            "history": [vars(h) for h in result.history],
+            "results": results,
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,14 @@ def machine(**extra: Any) -> dict[str, Any]:
     """Python, torch, CPUs and torch threads of this run, and any ``extra`` entries after them."""
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-            **extra}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        **extra,
+    }
 
 
 def result_path(target: str | Path) -> Path:
@@ -94,17 +99,34 @@ class BenchParser(argparse.ArgumentParser):
     the shared deep-funneled photos). Options left at ``None`` / ``False`` are not added.
     """
 
-    def __init__(self, doc: str | None, *, threads: int | None = None, threads_for: Sequence[str] = ("torch",),
-                 workers: int | None = None, precision: bool = False, seed: int | None = None,
-                 out: str | Path | None = None, lfw_data: bool = False) -> None:
+    def __init__(
+        self,
+        doc: str | None,
+        *,
+        threads: int | None = None,
+        threads_for: Sequence[str] = ("torch",),
+        workers: int | None = None,
+        precision: bool = False,
+        seed: int | None = None,
+        out: str | Path | None = None,
+        lfw_data: bool = False,
+    ) -> None:
         super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         self.threads_for = tuple(threads_for)
         if threads is not None:
-            self.add_argument("--threads", type=int, default=threads,
-                              help=f"{' and '.join(self.threads_for)} threads (default {threads})")
+            self.add_argument(
+                "--threads",
+                type=int,
+                default=threads,
+                help=f"{' and '.join(self.threads_for)} threads (default {threads})",
+            )
         if workers is not None:
-            self.add_argument("--workers", type=int, default=workers,
-                              help=f"decoding threads of the lookalike pipeline (default {workers})")
+            self.add_argument(
+                "--workers",
+                type=int,
+                default=workers,
+                help=f"decoding threads of the lookalike pipeline (default {workers})",
+            )
         if precision:
             self.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
         if seed is not None:
@@ -113,8 +135,12 @@ class BenchParser(argparse.ArgumentParser):
             where = "path" if isinstance(out, Path) else "file name in benchmarks/results/"
             self.add_argument("--out", type=type(out), default=out, help=f"result JSON {where} (default {out})")
         if lfw_data:
-            self.add_argument("--data", type=Path, help="LFW images in NAME/NAME_0001.jpg layout (default: the "
-                                                        "shared deep-funneled photos; e.g. aligned face crops)")
+            self.add_argument(
+                "--data",
+                type=Path,
+                help="LFW images in NAME/NAME_0001.jpg layout (default: the "
+                "shared deep-funneled photos; e.g. aligned face crops)",
+            )
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed = super().parse_args(args, namespace)

@@ -113,8 +113,9 @@ class CompositeConfig:
 
     @property
     def slots_per_object(self) -> int:
-        return ((self.poses - self.query_poses) * self.db_backgrounds_per_pose
-                + self.query_poses * self.query_backgrounds_per_pose)
+        return (
+            self.poses - self.query_poses
+        ) * self.db_backgrounds_per_pose + self.query_poses * self.query_backgrounds_per_pose
 
     def validate(self) -> None:
         if not self.objects:
@@ -126,7 +127,8 @@ class CompositeConfig:
         if self.slots_per_object > self.backgrounds:
             raise ValueError(
                 f"each object needs {self.slots_per_object} backgrounds (no object sits twice on one), "
-                f"only {self.backgrounds} asked for: raise backgrounds or lower the per-pose counts")
+                f"only {self.backgrounds} asked for: raise backgrounds or lower the per-pose counts"
+            )
         if not 0 < self.min_cover <= self.max_cover <= 1:
             raise ValueError(f"need 0 < min_cover <= max_cover <= 1, got {self.min_cover}, {self.max_cover}")
         if self.image_format not in ("jpg", "png"):
@@ -173,16 +175,23 @@ class Manifest:
     records: list[CompositeRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.config), "sources": self.sources,
-                "backgrounds": [dataclasses.asdict(b) for b in self.backgrounds],
-                "records": [dataclasses.asdict(r) for r in self.records]}
+        return {
+            "config": dataclasses.asdict(self.config),
+            "sources": self.sources,
+            "backgrounds": [dataclasses.asdict(b) for b in self.backgrounds],
+            "records": [dataclasses.asdict(r) for r in self.records],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         cfg = dict(d["config"])
         cfg["objects"] = tuple(cfg["objects"])
-        return cls(CompositeConfig(**cfg), dict(d["sources"]),
-                   [BackgroundPatch(**b) for b in d["backgrounds"]], [CompositeRecord(**r) for r in d["records"]])
+        return cls(
+            CompositeConfig(**cfg),
+            dict(d["sources"]),
+            [BackgroundPatch(**b) for b in d["backgrounds"]],
+            [CompositeRecord(**r) for r in d["records"]],
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -208,8 +217,13 @@ def image_mask_files(root: str | Path) -> list[tuple[Path, Path]]:
 # --------------------------------------------------------------------------------------------- objects
 
 
-def object_mask(gray: np.ndarray, threshold: int = 12, min_component_ratio: float = 0.05, close_size: int = 5,
-                max_hole_fraction: float = 1.0) -> np.ndarray:
+def object_mask(
+    gray: np.ndarray,
+    threshold: int = 12,
+    min_component_ratio: float = 0.05,
+    close_size: int = 5,
+    max_hole_fraction: float = 1.0,
+) -> np.ndarray:
     """COIL-style grey image on black ``(H, W) uint8`` -> its object mask ``(H, W) bool``.
 
     ``gray > threshold``, a 3x3 opening, the connected components of at least ``min_component_ratio`` of the
@@ -272,8 +286,14 @@ def _find_mask(mask_dir: Path | None, photo: Path) -> Path | None:
     return None
 
 
-def cut_patch(rng: np.random.Generator, photo: np.ndarray, horse: np.ndarray | None, max_horse: float,
-              min_side: int, tries: int = 12) -> tuple[int, int, int, float | None] | None:
+def cut_patch(
+    rng: np.random.Generator,
+    photo: np.ndarray,
+    horse: np.ndarray | None,
+    max_horse: float,
+    min_side: int,
+    tries: int = 12,
+) -> tuple[int, int, int, float | None] | None:
     """The largest square ``(x, y, side, horse_fraction)`` of ``photo (H, W, 3)`` with at most ``max_horse`` of
     ``horse (H, W) bool``, trying sides from the short side down to half of it; None when there is none."""
     h, w = photo.shape[:2]
@@ -287,14 +307,15 @@ def cut_patch(rng: np.random.Generator, photo: np.ndarray, horse: np.ndarray | N
             y = int(rng.integers(0, h - side + 1))
             if horse is None:
                 return x, y, side, None
-            f = float(horse[y:y + side, x:x + side].mean())
+            f = float(horse[y : y + side, x : x + side].mean())
             if f <= max_horse:
                 return x, y, side, round(f, 4)
     return None
 
 
-def load_backgrounds(rng: np.random.Generator, photo_dir: Path, mask_dir: Path | None, config: CompositeConfig
-                     ) -> tuple[list[BackgroundPatch], list[np.ndarray]]:
+def load_backgrounds(
+    rng: np.random.Generator, photo_dir: Path, mask_dir: Path | None, config: CompositeConfig
+) -> tuple[list[BackgroundPatch], list[np.ndarray]]:
     """``config.backgrounds`` patches, one per photo, photos in seeded order -> records and ``(S, S, 3) uint8``."""
     photos = _image_files(photo_dir)
     order = rng.permutation(len(photos))
@@ -312,21 +333,30 @@ def load_backgrounds(rng: np.random.Generator, photo_dir: Path, mask_dir: Path |
             log.debug("no usable patch in %s", photo_path.name)
             continue
         x, y, side, frac = cut
-        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((config.size, config.size),
-                                                                       Image.Resampling.BILINEAR)
+        crop = Image.fromarray(photo[y : y + side, x : x + side]).resize(
+            (config.size, config.size), Image.Resampling.BILINEAR
+        )
         patches.append(BackgroundPatch(len(patches), photo_path.name, x, y, side, frac))
         pixels.append(np.asarray(crop))
     if len(patches) < config.backgrounds:
-        raise ValueError(f"only {len(patches)} of {config.backgrounds} background patches could be cut from "
-                         f"{photo_dir} (photos too small or mostly horse)")
+        raise ValueError(
+            f"only {len(patches)} of {config.backgrounds} background patches could be cut from "
+            f"{photo_dir} (photos too small or mostly horse)"
+        )
     return patches, pixels
 
 
 # --------------------------------------------------------------------------------------------- compositing
 
 
-def paste(rng: np.random.Generator, background: np.ndarray, gray: np.ndarray, mask: np.ndarray,
-          min_cover: float, max_cover: float) -> tuple[np.ndarray, np.ndarray, dict[str, float | int]]:
+def paste(
+    rng: np.random.Generator,
+    background: np.ndarray,
+    gray: np.ndarray,
+    mask: np.ndarray,
+    min_cover: float,
+    max_cover: float,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float | int]]:
     """Paste the masked grey object onto ``background (S, S, 3)`` at a random position and scale.
 
     The object's bounding box covers a uniform ``[min_cover, max_cover]`` share of the image area (scale capped
@@ -347,11 +377,18 @@ def paste(rng: np.random.Generator, background: np.ndarray, gray: np.ndarray, ma
     y = int(rng.integers(0, size_h - oh + 1))
     out = background.copy()
     full = np.zeros((size_h, size_w), dtype=bool)
-    full[y:y + oh, x:x + ow] = om
-    region = out[y:y + oh, x:x + ow]
+    full[y : y + oh, x : x + ow] = om
+    region = out[y : y + oh, x : x + ow]
     region[om] = obj[om][:, None]
-    placement = {"x": x, "y": y, "width": ow, "height": oh, "scale": round(scale, 5),
-                 "bbox_cover": round(oh * ow / (size_h * size_w), 5), "mask_cover": round(float(full.mean()), 5)}
+    placement = {
+        "x": x,
+        "y": y,
+        "width": ow,
+        "height": oh,
+        "scale": round(scale, 5),
+        "bbox_cover": round(oh * ow / (size_h * size_w), 5),
+        "mask_cover": round(float(full.mean()), 5),
+    }
     return out, full, placement
 
 
@@ -403,8 +440,15 @@ def build_composites(
 
     bg_rng = np.random.default_rng([config.seed, 0])
     patches, bg_pixels = load_backgrounds(bg_rng, background_dir, mask_dir, config)
-    manifest = Manifest(config, {"coil": str(coil_dir), "backgrounds": str(background_dir),
-                                 "background_masks": str(mask_dir) if mask_dir is not None else ""}, patches)
+    manifest = Manifest(
+        config,
+        {
+            "coil": str(coil_dir),
+            "backgrounds": str(background_dir),
+            "background_masks": str(mask_dir) if mask_dir is not None else "",
+        },
+        patches,
+    )
 
     order_rng = np.random.default_rng([config.seed, 1])
     object_order = [config.objects[int(i)] for i in order_rng.permutation(len(config.objects))]
@@ -418,15 +462,21 @@ def build_composites(
         slot_bgs = [(start + j) % n_bg for j in range(config.slots_per_object)]
         db_bgs = [slot_bgs[j] for j in rng.permutation(n_db_slots)]
         q_bgs = [slot_bgs[n_db_slots + j] for j in rng.permutation(config.slots_per_object - n_db_slots)]
-        jobs = ([("database", p, db_bgs[k * config.db_backgrounds_per_pose + c])
-                 for k, p in enumerate(db_poses) for c in range(config.db_backgrounds_per_pose)]
-                + [("queries", p, q_bgs[k * config.query_backgrounds_per_pose + c])
-                   for k, p in enumerate(q_poses) for c in range(config.query_backgrounds_per_pose)])
+        jobs = [
+            ("database", p, db_bgs[k * config.db_backgrounds_per_pose + c])
+            for k, p in enumerate(db_poses)
+            for c in range(config.db_backgrounds_per_pose)
+        ] + [
+            ("queries", p, q_bgs[k * config.query_backgrounds_per_pose + c])
+            for k, p in enumerate(q_poses)
+            for c in range(config.query_backgrounds_per_pose)
+        ]
         for split, pose, bg in jobs:
             src = coil_path(coil_dir, obj, pose)
             gray = load_gray(src)
-            mask = object_mask(gray, config.threshold, config.min_component_ratio, config.close_size,
-                               config.max_hole_fraction)
+            mask = object_mask(
+                gray, config.threshold, config.min_component_ratio, config.close_size, config.max_hole_fraction
+            )
             if not mask.any():
                 raise ValueError(f"{src}: no object above intensity {config.threshold}")
             pixels, full_mask, placement = paste(rng, bg_pixels[bg], gray, mask, config.min_cover, config.max_cover)
@@ -438,8 +488,12 @@ def build_composites(
             manifest.records.append(CompositeRecord(image_rel, mask_rel, split, obj, pose, src.name, bg, **placement))
     manifest.records.sort(key=lambda r: r.image)
     (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=1, sort_keys=True) + "\n")
-    log.info("wrote %d composites (%d queries) to %s", len(manifest.records),
-             sum(r.split == "queries" for r in manifest.records), out)
+    log.info(
+        "wrote %d composites (%d queries) to %s",
+        len(manifest.records),
+        sum(r.split == "queries" for r in manifest.records),
+        out,
+    )
     return manifest
 
 
@@ -468,24 +522,49 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-cover", type=float, default=d.min_cover, help="object bounding box / image area, low")
     ap.add_argument("--max-cover", type=float, default=d.max_cover, help="... high")
     ap.add_argument("--max-horse", type=float, default=d.max_horse, help="most horse allowed in a background patch")
-    ap.add_argument("--min-patch-side", type=int, default=d.min_patch_side,
-                    help="smallest photo square (pixels) cut for a background")
+    ap.add_argument(
+        "--min-patch-side",
+        type=int,
+        default=d.min_patch_side,
+        help="smallest photo square (pixels) cut for a background",
+    )
     ap.add_argument("--format", dest="image_format", choices=["jpg", "png"], default=d.image_format)
     ap.add_argument("--coil-dir", help="COIL-style obj<O>__<P>.png folder (default: shared COIL-20 processed)")
     ap.add_argument("--background-dir", help="photos for backgrounds (default: shared Weizmann horses rgb/)")
-    ap.add_argument("--background-mask-dir", help="what to avoid in them (default with the default photos: figure_ground/)")
+    ap.add_argument(
+        "--background-mask-dir", help="what to avoid in them (default with the default photos: figure_ground/)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = CompositeConfig(
-        objects=args.objects, poses=args.poses, query_poses=args.query_poses, backgrounds=args.backgrounds,
-        db_backgrounds_per_pose=args.db_backgrounds_per_pose, query_backgrounds_per_pose=args.query_backgrounds_per_pose,
-        size=args.size, min_cover=args.min_cover, max_cover=args.max_cover, max_horse=args.max_horse,
-        min_patch_side=args.min_patch_side, image_format=args.image_format)
-    manifest = build_composites(args.out_dir, args.seed, args.coil_dir, args.background_dir,
-                                args.background_mask_dir, config)
+        objects=args.objects,
+        poses=args.poses,
+        query_poses=args.query_poses,
+        backgrounds=args.backgrounds,
+        db_backgrounds_per_pose=args.db_backgrounds_per_pose,
+        query_backgrounds_per_pose=args.query_backgrounds_per_pose,
+        size=args.size,
+        min_cover=args.min_cover,
+        max_cover=args.max_cover,
+        max_horse=args.max_horse,
+        min_patch_side=args.min_patch_side,
+        image_format=args.image_format,
+    )
+    manifest = build_composites(
+        args.out_dir, args.seed, args.coil_dir, args.background_dir, args.background_mask_dir, config
+    )
     n_q = sum(r.split == "queries" for r in manifest.records)
-    print(json.dumps({"out_dir": str(args.out_dir), "images": len(manifest.records), "queries": n_q,
-                      "database": len(manifest.records) - n_q, "backgrounds": len(manifest.backgrounds)}))
+    print(
+        json.dumps(
+            {
+                "out_dir": str(args.out_dir),
+                "images": len(manifest.records),
+                "queries": n_q,
+                "database": len(manifest.records) - n_q,
+                "backgrounds": len(manifest.backgrounds),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def lfw_detector(name: str, max_side: int) -> FaceDetector:
     return build_detector(name, upsample=0, max_side=max_side)
 
 
-def align_lfw(pixels: np.ndarray, detector: FaceDetector, size: int, margin: float) -> tuple[np.ndarray, dict[str, Any]]:
+def align_lfw(
+    pixels: np.ndarray, detector: FaceDetector, size: int, margin: float
+) -> tuple[np.ndarray, dict[str, Any]]:
     """One LFW photo -> its aligned crop ``(size, size, 3)`` uint8 and a record of what happened."""
     found = face_crops(pixels, detector, size, margin, pick=centre_face)
     if found.face is None:
@@ -69,8 +71,11 @@ def align_lfw(pixels: np.ndarray, detector: FaceDetector, size: int, margin: flo
         eyes = LFW_EYES * np.array([w / 250.0, h / 250.0], np.float32)
         crop = warp(pixels, alignment_matrix(eyes, size, margin), size)
         return crop, {"status": "fallback", "faces": 0}
-    return found.crops[0], {"status": "detected", "faces": found.detected,
-                            "estimated": bool(found.face.landmarks_estimated)}
+    return found.crops[0], {
+        "status": "detected",
+        "faces": found.detected,
+        "estimated": bool(found.face.landmarks_estimated),
+    }
 
 
 def write_jpeg(pixels: np.ndarray, path: Path, quality: int) -> None:
@@ -97,10 +102,16 @@ def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
 def main() -> None:
     ap = BenchParser(__doc__, workers=2, lfw_data=True)
     ap.add_argument("--detector", default="haar", choices=["haar", "dlib-hog", "dlib-cnn"])
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/lfw-aligned-DETECTOR)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="output folder (default benchmarks/results/lfw-aligned-DETECTOR)"
+    )
     ap.add_argument("--size", type=int, default=160, help="side of the aligned crops in pixels")
-    ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="context around the face square, as a fraction of its side")
-    ap.add_argument("--max-side", type=int, default=160, help="detection runs on a copy this large (LFW photos are 250 px)")
+    ap.add_argument(
+        "--margin", type=float, default=DEFAULT_MARGIN, help="context around the face square, as a fraction of its side"
+    )
+    ap.add_argument(
+        "--max-side", type=int, default=160, help="detection runs on a copy this large (LFW photos are 250 px)"
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
     args = ap.parse_args()
@@ -154,13 +165,23 @@ def main() -> None:
             count(rec)
     processed = len(todo)
     summary = {
-        "benchmark": "prepare_lfw_faces", "detector": args.detector, "data": str(root), "out": str(out),
-        "images": len(paths), "processed_now": processed, "skipped_existing": len(paths) - processed,
-        **counts, "size": args.size, "margin": args.margin, "max_side": args.max_side,
+        "benchmark": "prepare_lfw_faces",
+        "detector": args.detector,
+        "data": str(root),
+        "out": str(out),
+        "images": len(paths),
+        "processed_now": processed,
+        "skipped_existing": len(paths) - processed,
+        **counts,
+        "size": args.size,
+        "margin": args.margin,
+        "max_side": args.max_side,
         "seconds": round(total.seconds, 1),
         "images_per_second": rate(processed, total.seconds, 1) if processed and total.seconds > 0 else None,
         "detect_align_images_per_second": rate(processed, detect.seconds, 1) if detect.seconds > 0 else None,
-        "fallback_images": fallbacks, "error_images": errors, "machine": machine(),
+        "fallback_images": fallbacks,
+        "error_images": errors,
+        "machine": machine(),
     }
     write_json(f"prepare_lfw_faces_{args.detector}.json", summary)
 

@@ -18,15 +18,15 @@ T = TypeVar("T")
 class Stopwatch:
     """Wall-clock seconds spent inside ``with`` blocks, summed over every block (``laps`` holds each)::
 
-        with Stopwatch() as clock:
-            work()
-        clock.seconds
+    with Stopwatch() as clock:
+        work()
+    clock.seconds
 
-        clock = Stopwatch()
-        for x in items:
-            prepare(x)          # not timed
-            with clock:
-                step(x)         # timed; clock.seconds is the sum, clock.laps each step
+    clock = Stopwatch()
+    for x in items:
+        prepare(x)          # not timed
+        with clock:
+            step(x)         # timed; clock.seconds is the sum, clock.laps each step
     """
 
     def __init__(self) -> None:

@@ -31,17 +31,28 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train_all, test = weizmann_split()
-    cfg = SegTrainConfig(epochs=args.epochs, batch_size=8, lr=1e-3, image_size=args.image_size, seed=0,
-                         device=args.device)
+    cfg = SegTrainConfig(
+        epochs=args.epochs, batch_size=8, lr=1e-3, image_size=args.image_size, seed=0, device=args.device
+    )
     train, val = split_validation(train_all, cfg.val_fraction, cfg.seed)
     assert not {p.image for p in train + val} & {p.image for p in test}
     with Stopwatch() as training:
         result = SegTrainer(cfg, args.out).fit(train, val, resume=args.resume)
-    write_json("train_unet_weizmann.json", {
-        "benchmark": "weizmann_unet_training", "train": len(train), "val": len(val), "test_untouched": len(test),
-        "config": cfg.to_dict(), "best_epoch": result.best_epoch,
-        "best_val_iou": result.best_val_iou, "seconds": round(training.seconds, 1),
-        "checkpoint": str(args.out), "machine": machine()})
+    write_json(
+        "train_unet_weizmann.json",
+        {
+            "benchmark": "weizmann_unet_training",
+            "train": len(train),
+            "val": len(val),
+            "test_untouched": len(test),
+            "config": cfg.to_dict(),
+            "best_epoch": result.best_epoch,
+            "best_val_iou": result.best_val_iou,
+            "seconds": round(training.seconds, 1),
+            "checkpoint": str(args.out),
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,21 +48,48 @@ __all__ = ["EXIT_SKIPPED", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="LOOKALIKE_HOME",
-              help=f"Folder holding the collection (database, index). Env: LOOKALIKE_HOME. Default: {default_home()}")
-@click.option("--db", "db_url", envvar="LOOKALIKE_DB_URL", metavar="URL",
-              help="SQLAlchemy URL of the metadata database (default: SQLite in --home). Env: LOOKALIKE_DB_URL.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="LOOKALIKE_HOME",
+    help=f"Folder holding the collection (database, index). Env: LOOKALIKE_HOME. Default: {default_home()}",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="LOOKALIKE_DB_URL",
+    metavar="URL",
+    help="SQLAlchemy URL of the metadata database (default: SQLite in --home). Env: LOOKALIKE_DB_URL.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per network batch.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
-              help="Threads decoding images in parallel (0: decode between batches).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs.")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Threads decoding images in parallel (0: decode between batches).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="lookalike")
 @click.pass_context
-def main(ctx: click.Context, home: Path | None, db_url: str | None, device: str, batch_size: int, workers: int,
-         precision: str, verbose: int) -> None:
+def main(
+    ctx: click.Context,
+    home: Path | None,
+    db_url: str | None,
+    device: str,
+    batch_size: int,
+    workers: int,
+    precision: str,
+    verbose: int,
+) -> None:
     """lookalike: index a folder of images, then ask what looks like this.
 
     \b
@@ -70,8 +97,10 @@ def main(ctx: click.Context, home: Path | None, db_url: str | None, device: str,
       lookalike search query.jpg -k 5       # nearest neighbours, best first
       lookalike stats                       # what is in the collection
     """
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     runtime = RuntimeOptions(device=device, batch_size=batch_size, workers=workers, precision=precision)
     ctx.obj = {"home": home, "db_url": db_url, "runtime": runtime}
 
@@ -81,18 +110,36 @@ def main(ctx: click.Context, home: Path | None, db_url: str | None, device: str,
 @model_options
 @click.option("--whiten/--no-whiten", default=None, help="PCA-whiten vectors, learned from the collection itself.")
 @click.option("--whiten-dim", type=click.IntRange(1), help="Dimension kept by the whitening (default 256).")
-@click.option("--whiten-shrinkage", type=click.FloatRange(0, 1, max_open=True),
-              help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).")
-@click.option("--index-kind", help="auto (exact below 50,000 images, HNSW above), flat, ivf, hnsw, or a FAISS factory string.")
+@click.option(
+    "--whiten-shrinkage",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).",
+)
+@click.option(
+    "--index-kind", help="auto (exact below 50,000 images, HNSW above), flat, ivf, hnsw, or a FAISS factory string."
+)
 @mask_options
-@click.option("--reembed", is_flag=True,
-              help="Re-embed everything when the model or mask options differ from the collection's.")
+@click.option(
+    "--reembed", is_flag=True, help="Re-embed everything when the model or mask options differ from the collection's."
+)
 @click.pass_context
 @library_errors
-def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
-          image_size: int | None, scales: tuple[float, ...] | None, whiten: bool | None, whiten_dim: int | None,
-          whiten_shrinkage: float | None, index_kind: str | None, mask_spec: str | None, mask_apply: str | None,
-          reembed: bool) -> None:
+def index(
+    ctx: click.Context,
+    folder: Path,
+    backbone: str | None,
+    weights: str | None,
+    pooling: str | None,
+    image_size: int | None,
+    scales: tuple[float, ...] | None,
+    whiten: bool | None,
+    whiten_dim: int | None,
+    whiten_shrinkage: float | None,
+    index_kind: str | None,
+    mask_spec: str | None,
+    mask_apply: str | None,
+    reembed: bool,
+) -> None:
     """Index the images in FOLDER (recursively).
 
     Run it again after the folder changes: only new and changed images are embedded, deleted ones are
@@ -101,8 +148,9 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     """
     coll = open_collection(ctx)
     mask = mask_from_options(coll.mask_settings, mask_spec, mask_apply)
-    model = model_from_options(coll.model_config, backbone=backbone, weights=weights, pooling=pooling,
-                               image_size=image_size, scales=scales)
+    model = model_from_options(
+        coll.model_config, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, scales=scales
+    )
     idx_cfg = settings_with(coll.index_config, kind=index_kind) if index_kind else None
     wcfg = None
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
@@ -118,14 +166,17 @@ def index(ctx: click.Context, folder: Path, backbone: str | None, weights: str |
     if report.embedded:
         click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s")
     if report.mask_fallbacks:
-        click.echo(f"{report.mask_fallbacks} images had no usable mask (empty or covering everything) and were "
-                   "embedded whole")
+        click.echo(
+            f"{report.mask_fallbacks} images had no usable mask (empty or covering everything) and were embedded whole"
+        )
     click.echo(f"collection: {report.total_indexed} images searchable ({report.index_kind} index), in {coll.home}")
     if report.ignored:
         click.echo(f"ignored {report.ignored} files that are not images (by extension)")
     if report.earlier_errors:
-        click.echo(f"{report.earlier_errors} files could not be read in an earlier run and are unchanged "
-                   "(lookalike stats --errors lists them)")
+        click.echo(
+            f"{report.earlier_errors} files could not be read in an earlier run and are unchanged "
+            "(lookalike stats --errors lists them)"
+        )
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)} files:", err=True)
         for path, reason in report.skipped[:50]:
@@ -163,9 +214,14 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
     results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
     if as_json:
         payload = [
-            {"query": r.query, "error": r.error,
-             "results": [{"rank": i + 1, "path": h.path, "score": round(h.score, 6), "id": h.id}
-                         for i, h in enumerate(r.hits)]}
+            {
+                "query": r.query,
+                "error": r.error,
+                "results": [
+                    {"rank": i + 1, "path": h.path, "score": round(h.score, 6), "id": h.id}
+                    for i, h in enumerate(r.hits)
+                ],
+            }
             for r in results
         ]
         click.echo(json.dumps(payload, indent=2))
@@ -207,8 +263,10 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     click.echo(f"images:    {st.images} ({st.indexed} indexed, {st.pending} pending, {st.errors} could not be read)")
     click.echo(f"index:     {st.index_kind or '(none)'}, {st.index_vectors or 0} vectors of dimension {st.dim or '-'}")
     click.echo(f"whitening: {st.whitening or 'off'}")
-    click.echo(f"masking:   {st.mask}" + (f" ({st.mask_fallbacks} images embedded whole: no usable mask)"
-                                          if st.mask_fallbacks else ""))
+    click.echo(
+        f"masking:   {st.mask}"
+        + (f" ({st.mask_fallbacks} images embedded whole: no usable mask)" if st.mask_fallbacks else "")
+    )
     for path, reason in errors:
         click.echo(f"  {path}: {reason}")
 
@@ -252,19 +310,40 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
 @main.command(name="eval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_options
-@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A pairs file in the LFW format (images under FOLDER): verification accuracy, ROC AUC, TAR@FAR.")
-@click.option("--queries", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A labelled folder of queries searched against FOLDER (default: each image of FOLDER against the rest).")
-@click.option("--label-regex", metavar="REGEX",
-              help=r"Labels from file names (first group), e.g. 'obj(\d+)__'; default: one sub-folder per class.")
+@click.option(
+    "--pairs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A pairs file in the LFW format (images under FOLDER): verification accuracy, ROC AUC, TAR@FAR.",
+)
+@click.option(
+    "--queries",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled folder of queries searched against FOLDER (default: each image of FOLDER against the rest).",
+)
+@click.option(
+    "--label-regex",
+    metavar="REGEX",
+    help=r"Labels from file names (first group), e.g. 'obj(\d+)__'; default: one sub-folder per class.",
+)
 @mask_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @library_errors
-def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: str | None, pooling: str | None,
-             image_size: int | None, scales: tuple[float, ...] | None, pairs: Path | None, queries: Path | None,
-             label_regex: str | None, mask_spec: str | None, mask_apply: str | None, as_json: bool) -> None:
+def evaluate(
+    ctx: click.Context,
+    folder: Path,
+    backbone: str | None,
+    weights: str | None,
+    pooling: str | None,
+    image_size: int | None,
+    scales: tuple[float, ...] | None,
+    pairs: Path | None,
+    queries: Path | None,
+    label_regex: str | None,
+    mask_spec: str | None,
+    mask_apply: str | None,
+    as_json: bool,
+) -> None:
     """Measure retrieval quality on a labelled FOLDER: mAP, recall@1/5/10, precision@k.
 
     Same label = relevant. Needs no collection: the images are embedded with the model options given.
@@ -274,21 +353,39 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
     from .evaluate import evaluate_folder, evaluate_pairs
 
     runtime: RuntimeOptions = ctx.obj["runtime"]
-    model = model_config_with(None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size,
-                              scales=scales)
+    model = model_config_with(
+        None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, scales=scales
+    )
     mask = mask_settings_with(MaskSettings(), mask_spec, mask_apply)
     masker = build_masker(mask)
     if pairs is not None:
-        prep = evaluate_pairs(pairs, folder, build_embedder(model, runtime), batch_size=runtime.batch_size,
-                              workers=runtime.workers, masker=masker)
+        prep = evaluate_pairs(
+            pairs,
+            folder,
+            build_embedder(model, runtime),
+            batch_size=runtime.batch_size,
+            workers=runtime.workers,
+            masker=masker,
+        )
         m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in prep.metrics.items()}
         if as_json:
-            click.echo(json.dumps({"model": model.to_dict(), "pairs": prep.pairs, "images": prep.images,
-                                   "metrics": m, "skipped": [{"path": p, "reason": r} for p, r in prep.skipped]},
-                                  indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "model": model.to_dict(),
+                        "pairs": prep.pairs,
+                        "images": prep.images,
+                        "metrics": m,
+                        "skipped": [{"path": p, "reason": r} for p, r in prep.skipped],
+                    },
+                    indent=2,
+                )
+            )
         else:
             click.echo(f"{prep.pairs} pairs, {prep.images} images, {model.describe()}")
-            click.echo(f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (over {len(m['fold_ids'])} folds)")
+            click.echo(
+                f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (over {len(m['fold_ids'])} folds)"
+            )
             click.echo(f"  ROC AUC       {m['auc']:.4f}")
             click.echo(f"  TAR@FAR=1e-3  {m['tar@far=1e-3']:.4f}")
             click.echo(f"  TAR@FAR=1e-2  {m['tar@far=1e-2']:.4f}")
@@ -297,12 +394,29 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
         if prep.skipped:
             ctx.exit(EXIT_SKIPPED)
         return
-    rep = evaluate_folder(folder, build_embedder(model, runtime), queries=queries, label_regex=label_regex,
-                          batch_size=runtime.batch_size, workers=runtime.workers, masker=masker)
+    rep = evaluate_folder(
+        folder,
+        build_embedder(model, runtime),
+        queries=queries,
+        label_regex=label_regex,
+        batch_size=runtime.batch_size,
+        workers=runtime.workers,
+        masker=masker,
+    )
     if as_json:
-        click.echo(json.dumps({"model": model.to_dict(), "mask": mask.to_dict(), "images": rep.images, "classes": rep.classes,
-                               "metrics": rep.metrics, "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "model": model.to_dict(),
+                    "mask": mask.to_dict(),
+                    "images": rep.images,
+                    "classes": rep.classes,
+                    "metrics": rep.metrics,
+                    "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(f"{rep.images} images, {rep.classes} classes, {model.describe()}, {mask.describe()}")
         for name, value in rep.metrics.items():
@@ -316,40 +430,96 @@ def evaluate(ctx: click.Context, folder: Path, backbone: str | None, weights: st
 
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to write (the best on validation); OUT.last is the resumable latest.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write (the best on validation); OUT.last is the resumable latest.",
+)
 @click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
 @click.option("--margin", type=float, help="Loss margin (default 0.2 triplet, 0.7 contrastive).")
-@click.option("--strategy", type=click.Choice(["semihard", "hard", "all"]), default="semihard", show_default=True,
-              help="Triplet mining inside each batch.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["semihard", "hard", "all"]),
+    default="semihard",
+    show_default=True,
+    help="Triplet mining inside each batch.",
+)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate.")
-@click.option("--images-per-class", type=click.IntRange(2), default=4, show_default=True,
-              help="Triplet batches: this many images of each class.")
-@click.option("--negatives", type=click.IntRange(1), default=5, show_default=True,
-              help="Contrastive: hard negatives mined per query (refreshed every epoch).")
-@click.option("--queries-per-epoch", type=click.IntRange(1), default=500, show_default=True,
-              help="Contrastive: training queries per epoch.")
-@click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A labelled folder of validation classes (default: hold out --val-fraction of DATA's classes).")
+@click.option(
+    "--images-per-class",
+    type=click.IntRange(2),
+    default=4,
+    show_default=True,
+    help="Triplet batches: this many images of each class.",
+)
+@click.option(
+    "--negatives",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Contrastive: hard negatives mined per query (refreshed every epoch).",
+)
+@click.option(
+    "--queries-per-epoch",
+    type=click.IntRange(1),
+    default=500,
+    show_default=True,
+    help="Contrastive: training queries per epoch.",
+)
+@click.option(
+    "--val",
+    "val_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled folder of validation classes (default: hold out --val-fraction of DATA's classes).",
+)
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--label-regex", metavar="REGEX", help="Labels from file names (first group); default: sub-folders.")
 @click.option("--no-flip", is_flag=True, help="No horizontal flips in augmentation (e.g. text, logos).")
 @click.option("--color-jitter", type=click.FloatRange(0), default=0.2, show_default=True)
-@click.option("--whitening", type=click.Choice(["none", "layer", "supervised"]), default="none", show_default=True,
-              help="layer: a whitening layer after pooling, PCA-initialised and trained with the network; "
-                   "supervised: Radenović's whitening learned from matching training pairs after training.")
+@click.option(
+    "--whitening",
+    type=click.Choice(["none", "layer", "supervised"]),
+    default="none",
+    show_default=True,
+    help="layer: a whitening layer after pooling, PCA-initialised and trained with the network; "
+    "supervised: Radenović's whitening learned from matching training pairs after training.",
+)
 @click.option("--whitening-dim", type=click.IntRange(1), help="Output size of the whitening (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT.last after an interruption.")
 @model_options
 @click.pass_context
 @library_errors
-def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | None, strategy: str, epochs: int,
-          lr: float, images_per_class: int, negatives: int, queries_per_epoch: int, val_dir: Path | None,
-          val_fraction: float, label_regex: str | None, no_flip: bool, color_jitter: float, whitening: str,
-          whitening_dim: int | None, seed: int, resume: bool, backbone: str | None, weights: str | None,
-          pooling: str | None, image_size: int | None, scales: tuple[float, ...] | None) -> None:
+def train(
+    ctx: click.Context,
+    data: Path,
+    out: Path,
+    loss: str,
+    margin: float | None,
+    strategy: str,
+    epochs: int,
+    lr: float,
+    images_per_class: int,
+    negatives: int,
+    queries_per_epoch: int,
+    val_dir: Path | None,
+    val_fraction: float,
+    label_regex: str | None,
+    no_flip: bool,
+    color_jitter: float,
+    whitening: str,
+    whitening_dim: int | None,
+    seed: int,
+    resume: bool,
+    backbone: str | None,
+    weights: str | None,
+    pooling: str | None,
+    image_size: int | None,
+    scales: tuple[float, ...] | None,
+) -> None:
     """Train the embedding network on DATA (one sub-folder per class, or --label-regex).
 
     Images of a class are pulled together and other classes pushed apart. Validation mAP on held-out classes
@@ -360,19 +530,45 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
     from .train_data import training_data
 
     runtime: RuntimeOptions = ctx.obj["runtime"]
-    model = model_config_with(None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size,
-                              scales=scales)
-    cfg = TrainConfig(loss=loss, margin=margin, triplet_strategy=strategy, epochs=epochs,
-                      batch_size=runtime.batch_size, images_per_class=images_per_class, lr=lr,
-                      queries_per_epoch=queries_per_epoch, negatives_per_query=negatives, flip=not no_flip,
-                      color_jitter=color_jitter, seed=seed, device=runtime.device, whitening=whitening,
-                      whitening_dim=whitening_dim)
-    sets = training_data(data, val_folder=val_dir, label_regex=label_regex, val_fraction=val_fraction, seed=seed,
-                         max_side=model.image_size, workers=runtime.workers, progress=TqdmProgress())
+    model = model_config_with(
+        None, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, scales=scales
+    )
+    cfg = TrainConfig(
+        loss=loss,
+        margin=margin,
+        triplet_strategy=strategy,
+        epochs=epochs,
+        batch_size=runtime.batch_size,
+        images_per_class=images_per_class,
+        lr=lr,
+        queries_per_epoch=queries_per_epoch,
+        negatives_per_query=negatives,
+        flip=not no_flip,
+        color_jitter=color_jitter,
+        seed=seed,
+        device=runtime.device,
+        whitening=whitening,
+        whitening_dim=whitening_dim,
+    )
+    sets = training_data(
+        data,
+        val_folder=val_dir,
+        label_regex=label_regex,
+        val_fraction=val_fraction,
+        seed=seed,
+        max_side=model.image_size,
+        workers=runtime.workers,
+        progress=TqdmProgress(),
+    )
     train_set, val_set = sets.train, sets.val
-    click.echo(f"training on {len(train_set)} images of {len(set(train_set.labels.tolist()))} classes"
-               + (f", validating on {len(val_set)} images of {len(set(val_set.labels.tolist()))} other classes"
-                  if val_set is not None else ", no validation"))
+    click.echo(
+        f"training on {len(train_set)} images of {len(set(train_set.labels.tolist()))} classes"
+        + (
+            f", validating on {len(val_set)} images of {len(set(val_set.labels.tolist()))} other classes"
+            if val_set is not None
+            else ", no validation"
+        )
+    )
     for path, reason in sets.skipped:
         click.echo(f"  skipped {path}: {reason}", err=True)
 
@@ -383,10 +579,14 @@ def train(ctx: click.Context, data: Path, out: Path, loss: str, margin: float | 
     on_step = step_progress(TqdmProgress(unit="step", leave=False))
     result = Trainer(model, cfg, out, on_epoch=on_epoch, on_step=on_step).fit(train_set, val_set, resume=resume)
     if result.initial_val_map is not None:
-        click.echo(f"validation mAP: {result.initial_val_map:.4f} before training, {result.best_val_map:.4f} "
-                   f"at the best epoch ({result.best_epoch}); checkpoint: {out}")
+        click.echo(
+            f"validation mAP: {result.initial_val_map:.4f} before training, {result.best_val_map:.4f} "
+            f"at the best epoch ({result.best_epoch}); checkpoint: {out}"
+        )
         if result.whitened_val_map is not None:
-            click.echo(f"validation mAP with supervised whitening: {result.whitened_val_map:.4f} (kept in the checkpoint)")
+            click.echo(
+                f"validation mAP with supervised whitening: {result.whitened_val_map:.4f} (kept in the checkpoint)"
+            )
     else:
         click.echo(f"checkpoint: {out}")
 
@@ -399,9 +599,13 @@ def models() -> None:
     from retrieval.pooling import POOLINGS
     from segmentation import SEGMENTERS
 
-    click.echo("backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)")
+    click.echo(
+        "backbones: " + ", ".join(BACKBONES.names()) + "  (default efficientnet_lite0, ImageNet weights bundled)"
+    )
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")
-    click.echo("segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)")
+    click.echo(
+        "segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)"
+    )
 
 
 main.add_command(train_seg)

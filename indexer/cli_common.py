@@ -85,8 +85,15 @@ class TqdmProgress:
     def start(self, total: int, description: str) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc=description, unit=self.unit, file=sys.stderr, disable=None,
-                         dynamic_ncols=True, leave=self.leave)
+        self._bar = tqdm(
+            total=total,
+            desc=description,
+            unit=self.unit,
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+            leave=self.leave,
+        )
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -121,20 +128,29 @@ def _scales(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     try:
         return tuple(float(s) for s in value.split(","))
     except ValueError:
-        raise click.ClickException(f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {value!r}") from None
+        raise click.ClickException(
+            f"--scales takes numbers separated by commas, e.g. 1,0.707,0.5; got {value!r}"
+        ) from None
 
 
 def model_options(fn: F) -> F:
     """The options that choose the embedding model, shared by the commands that embed (``--scales`` arrives
     parsed, as a tuple of floats)."""
-    for opt in reversed([
-        click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`."),
-        click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).'),
-        click.option("--pooling", type=click.Choice(["gem", "mac", "spoc", "rmac"]),
-                     help="Pooling of the feature map (default gem)."),
-        click.option("--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224)."),
-        click.option("--scales", callback=_scales, help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1)."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--backbone", help="Backbone network (default efficientnet_lite0). See `lookalike models`."),
+            click.option("--weights", help='"imagenet", "random", or a weights file (e.g. a trained checkpoint).'),
+            click.option(
+                "--pooling",
+                type=click.Choice(["gem", "mac", "spoc", "rmac"]),
+                help="Pooling of the feature map (default gem).",
+            ),
+            click.option(
+                "--image-size", type=click.IntRange(32), help="Longest image side fed to the network (default 224)."
+            ),
+            click.option("--scales", callback=_scales, help="Multi-scale extraction, e.g. 1,0.707,0.5 (default 1)."),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
@@ -148,11 +164,18 @@ def model_from_options(base: ModelConfig | None, **options: Any) -> ModelConfig 
 
 def mask_options(fn: F) -> F:
     """The options that choose how images are masked before embedding."""
-    fn = click.option("--mask-apply", type=click.Choice(["pool", "pixels", "both"]),
-                      help="Use the mask inside pooling, on the pixels (background set to the mean colour), or both (default).")(fn)
-    return click.option("--mask", "mask_spec", metavar="SEGMENTER",
-                        help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
-                             "(see `lookalike models`); none: whole images.")(fn)
+    fn = click.option(
+        "--mask-apply",
+        type=click.Choice(["pool", "pixels", "both"]),
+        help="Use the mask inside pooling, on the pixels (background set to the mean colour), or both (default).",
+    )(fn)
+    return click.option(
+        "--mask",
+        "mask_spec",
+        metavar="SEGMENTER",
+        help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
+        "(see `lookalike models`); none: whole images.",
+    )(fn)
 
 
 def mask_from_options(base: MaskSettings, spec: str | None, apply: str | None) -> MaskSettings | None:

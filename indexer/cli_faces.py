@@ -46,18 +46,34 @@ def _box(box: Any) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--detector", help="Face detector: haar (default), dlib-hog, dlib-cnn.")
-@click.option("--backend", type=click.Choice(["lookalike", "dlib"]),
-              help="Face vectors: the lookalike network on aligned crops (default) or dlib's 128-d ResNet "
-                   "descriptor (best with --detector dlib-hog, whose boxes its landmark model was trained on).")
-@click.option("--weights", metavar="CKPT",
-              help="lookalike backend: imagenet (default) or a checkpoint from `lookalike train` (its input size "
-                   "becomes the crop size unless --crop-size is given).")
-@click.option("--crop-size", type=click.IntRange(32), help="Side of the aligned face crop fed to the network (default 160).")
-@click.option("--reembed", is_flag=True, help="Allow a detector/backend/model change on a gallery with faces: re-embed them.")
+@click.option(
+    "--backend",
+    type=click.Choice(["lookalike", "dlib"]),
+    help="Face vectors: the lookalike network on aligned crops (default) or dlib's 128-d ResNet "
+    "descriptor (best with --detector dlib-hog, whose boxes its landmark model was trained on).",
+)
+@click.option(
+    "--weights",
+    metavar="CKPT",
+    help="lookalike backend: imagenet (default) or a checkpoint from `lookalike train` (its input size "
+    "becomes the crop size unless --crop-size is given).",
+)
+@click.option(
+    "--crop-size", type=click.IntRange(32), help="Side of the aligned face crop fed to the network (default 160)."
+)
+@click.option(
+    "--reembed", is_flag=True, help="Allow a detector/backend/model change on a gallery with faces: re-embed them."
+)
 @click.pass_context
 @library_errors
-def faces(ctx: click.Context, detector: str | None, backend: str | None, weights: str | None, crop_size: int | None,
-          reembed: bool) -> None:
+def faces(
+    ctx: click.Context,
+    detector: str | None,
+    backend: str | None,
+    weights: str | None,
+    crop_size: int | None,
+    reembed: bool,
+) -> None:
     """Face verification and search: enroll people, check who is who, find faces in photos.
 
     \b
@@ -85,8 +101,7 @@ def faces(ctx: click.Context, detector: str | None, backend: str | None, weights
         if crop_size is None:
             crop_size = model.image_size
     if any(v is not None for v in (detector, backend, model, crop_size)):
-        lost = gallery.configure(detector=detector, backend=backend, model=model, crop_size=crop_size,
-                                 reembed=reembed)
+        lost = gallery.configure(detector=detector, backend=backend, model=model, crop_size=crop_size, reembed=reembed)
         for path, reason in lost:
             click.echo(f"dropped the enrolled face of {path}: {reason}", err=True)
     obj["face_gallery"] = gallery
@@ -96,7 +111,9 @@ def _decision_lines(d: Decision, what: str) -> list[str]:
     if d.reason is not None:
         verdict = f"no decision: {d.reason}"
     else:
-        verdict = f"{'SAME' if d.same else 'DIFFERENT'} person{what}: similarity {d.score:.4f}, threshold {d.threshold:.4f}"
+        verdict = (
+            f"{'SAME' if d.same else 'DIFFERENT'} person{what}: similarity {d.score:.4f}, threshold {d.threshold:.4f}"
+        )
     lines = [verdict]
     if d.faces > 1:
         lines.append(f"  {d.faces} faces in the photo; used the largest, at {_box(d.box)}")
@@ -107,8 +124,12 @@ def _decision_lines(d: Decision, what: str) -> list[str]:
 @faces.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--as", "name", metavar="NAME", help="Compare the one IMAGE with this enrolled person.")
-@click.option("--mean", "use_mean", is_flag=True, help="With --as: score the mean similarity to the person's faces "
-              "(default: the best one).")
+@click.option(
+    "--mean",
+    "use_mean",
+    is_flag=True,
+    help="With --as: score the mean similarity to the person's faces (default: the best one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @library_errors
@@ -180,8 +201,16 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
         lines += [f"    {c.score:.4f}  {c.name}" for c in m.candidates]
     if not st.calibrated:
         lines.append("UNCALIBRATED: " + st.describe_threshold())
-    _emit(as_json, {"image": str(image), "threshold": st.threshold, "calibrated": st.calibrated,
-                    "faces": [dataclasses.asdict(m) for m in matches]}, lines)
+    _emit(
+        as_json,
+        {
+            "image": str(image),
+            "threshold": st.threshold,
+            "calibrated": st.calibrated,
+            "faces": [dataclasses.asdict(m) for m in matches],
+        },
+        lines,
+    )
     if not matches:
         ctx.exit(EXIT_NO_FACE)
     if all(m.identity == UNKNOWN for m in matches):
@@ -200,12 +229,15 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
     """
     gallery = _gallery(ctx)
     rep = gallery.index_folder(folder, progress=TqdmProgress())
-    counts = ", ".join(f"{getattr(rep, n)} {n}" for n in ("new", "changed", "moved", "removed", "unchanged")
-                       if getattr(rep, n))
-    lines = [f"{rep.scanned} photos in {rep.folder}: {counts or 'nothing to do'}",
-             f"read {rep.embedded} photos: {rep.faces} faces, {rep.without_faces} photos without a face"
-             + (f" ({rep.faces_per_second:.1f} faces/s)" if rep.faces else ""),
-             f"face index: {rep.total_indexed} faces searchable"]
+    counts = ", ".join(
+        f"{getattr(rep, n)} {n}" for n in ("new", "changed", "moved", "removed", "unchanged") if getattr(rep, n)
+    )
+    lines = [
+        f"{rep.scanned} photos in {rep.folder}: {counts or 'nothing to do'}",
+        f"read {rep.embedded} photos: {rep.faces} faces, {rep.without_faces} photos without a face"
+        + (f" ({rep.faces_per_second:.1f} faces/s)" if rep.faces else ""),
+        f"face index: {rep.total_indexed} faces searchable",
+    ]
     lines += [f"  skipped {p}: {why}" for p, why in rep.skipped]
     payload = dataclasses.asdict(rep)
     payload["skipped"] = [{"path": p, "reason": r} for p, r in rep.skipped]
@@ -239,10 +271,18 @@ def _pairs_root(pairs: Path, root: Path | None) -> Path:
 
 @faces.command()
 @click.argument("pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_0001.jpg (default: the pairs file's folder).")
-@click.option("--far", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="False-accept rate the threshold must keep on the different-person pairs.")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_0001.jpg (default: the pairs file's folder).",
+)
+@click.option(
+    "--far",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="False-accept rate the threshold must keep on the different-person pairs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @library_errors
@@ -252,19 +292,34 @@ def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as
     rep = gallery.calibrate(pairs, _pairs_root(pairs, root), far=far)
     c = rep.settings.calibration
     assert c is not None
-    lines = [(f"threshold {c.threshold:.4f}: TAR {c.tar:.4f} at FAR {c.far:.5f} (asked {far:g}) "
-              f"on {c.same} same / {c.different} different pairs, {rep.settings.describe()}")]
+    lines = [
+        (
+            f"threshold {c.threshold:.4f}: TAR {c.tar:.4f} at FAR {c.far:.5f} (asked {far:g}) "
+            f"on {c.same} same / {c.different} different pairs, {rep.settings.describe()}"
+        )
+    ]
     if rep.warning:
         lines.append("warning: " + rep.warning)
     lines += [f"  left out {p}: {why}" for p, why in rep.skipped]
-    _emit(as_json, {"calibration": dataclasses.asdict(c), "pairs": rep.pairs, "warning": rep.warning,
-                    "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]}, lines)
+    _emit(
+        as_json,
+        {
+            "calibration": dataclasses.asdict(c),
+            "pairs": rep.pairs,
+            "warning": rep.warning,
+            "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+        },
+        lines,
+    )
 
 
 @faces.command(name="eval")
 @click.argument("pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_0001.jpg (default: the pairs file's folder).")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_0001.jpg (default: the pairs file's folder).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @library_errors
@@ -273,13 +328,26 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
     gallery = _gallery(ctx)
     rep = gallery.evaluate(pairs, _pairs_root(pairs, root))
     m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rep.metrics.items()}
-    lines = [f"{rep.pairs} pairs, {rep.images} faces, {gallery.settings.describe()}",
-             f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} ({len(m['fold_ids'])} folds)"]
-    lines += [f"  {label:<13} {m[key]:.4f}" for label, key in
-              (("ROC AUC", "auc"), ("TAR@FAR=1e-3", "tar@far=1e-3"), ("TAR@FAR=1e-2", "tar@far=1e-2"))]
+    lines = [
+        f"{rep.pairs} pairs, {rep.images} faces, {gallery.settings.describe()}",
+        f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} ({len(m['fold_ids'])} folds)",
+    ]
+    lines += [
+        f"  {label:<13} {m[key]:.4f}"
+        for label, key in (("ROC AUC", "auc"), ("TAR@FAR=1e-3", "tar@far=1e-3"), ("TAR@FAR=1e-2", "tar@far=1e-2"))
+    ]
     lines.append(f"  left out {len(rep.skipped)} images (unreadable or no face)" if rep.skipped else "")
-    _emit(as_json, {"settings": gallery.settings.to_dict(), "pairs": rep.pairs, "images": rep.images, "metrics": m,
-                    "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]}, [x for x in lines if x])
+    _emit(
+        as_json,
+        {
+            "settings": gallery.settings.to_dict(),
+            "pairs": rep.pairs,
+            "images": rep.images,
+            "metrics": m,
+            "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+        },
+        [x for x in lines if x],
+    )
 
 
 @faces.command(name="list")
@@ -292,8 +360,11 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     people = gallery.identities()
     st = gallery.stats()
     lines = [f"{p.faces:>4}  {p.name}" for p in people] or ["nobody is enrolled yet"]
-    lines += [f"model:     {st['model']}", f"threshold: {st['threshold_note']}",
-              f"indexed:   {st['indexed_faces']} faces in {st['photos']} photos"]
+    lines += [
+        f"model:     {st['model']}",
+        f"threshold: {st['threshold_note']}",
+        f"indexed:   {st['indexed_faces']} faces in {st['photos']} photos",
+    ]
     _emit(as_json, {**st, "people": [{"name": p.name, "faces": p.faces} for p in people]}, lines)
 
 

@@ -175,7 +175,7 @@ def _add_missing_columns(engine: Engine) -> None:
                 raise RuntimeError(f"the database lacks the required column {table.name}.{column.name}")
             kind = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def get_setting(session: Session, key: str, default: Any = None) -> Any:
@@ -220,6 +220,22 @@ def bump_vector_version(session: Session, key: str = VECTOR_VERSION) -> int:
 
 
 __all__ = [
-    "Base", "ImageRecord", "Setting", "Blob", "Identity", "FacePhoto", "FaceRecord", "make_engine", "get_setting", "set_setting", "get_blob",
-    "set_blob", "bump_vector_version", "VECTOR_VERSION", "PENDING", "INDEXED", "ERROR", "select",
+    "Base",
+    "ImageRecord",
+    "Setting",
+    "Blob",
+    "Identity",
+    "FacePhoto",
+    "FaceRecord",
+    "make_engine",
+    "get_setting",
+    "set_setting",
+    "get_blob",
+    "set_blob",
+    "bump_vector_version",
+    "VECTOR_VERSION",
+    "PENDING",
+    "INDEXED",
+    "ERROR",
+    "select",
 ]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
@@ -35,8 +35,19 @@ from .store import IndexFile, NullProgress, Progress, Store, chunks, default_hom
 from .sync import BatchWriter, FileSync, IndexReport
 from .vector_index import IndexConfig
 
-__all__ = ["Collection", "IndexReport", "SearchHit", "QueryResult", "Stats", "DoctorReport", "WhiteningSettings",
-           "LookalikeError", "ModelMismatchError", "CollectionBusyError", "default_home"]
+__all__ = [
+    "Collection",
+    "IndexReport",
+    "SearchHit",
+    "QueryResult",
+    "Stats",
+    "DoctorReport",
+    "WhiteningSettings",
+    "LookalikeError",
+    "ModelMismatchError",
+    "CollectionBusyError",
+    "default_home",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +143,15 @@ class Collection(Store):
         self._masker: Masker | None = None
         self._files = IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE)
         self._sync = FileSync(ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None))
-        self._cache = IndexCache(self, self._files, db.VECTOR_VERSION,
-                                 RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "model_dim", self._transform),
-                                 config=lambda: self.index_config, name="image index",
-                                 learn=self._maybe_learn_whitening)
+        self._cache = IndexCache(
+            self,
+            self._files,
+            db.VECTOR_VERSION,
+            RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "model_dim", self._transform),
+            config=lambda: self.index_config,
+            name="image index",
+            learn=self._maybe_learn_whitening,
+        )
 
     # ------------------------------------------------------------------ settings
     @property
@@ -187,7 +203,8 @@ class Collection(Store):
                     before = MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()
                     raise ModelMismatchError(
                         f"this collection was embedded with {before.describe()}, not {mask.describe()}; re-run "
-                        f"with --reembed to re-embed all {has_vectors} images, or use another --home")
+                        f"with --reembed to re-embed all {has_vectors} images, or use another --home"
+                    )
                 if has_vectors:
                     self._reset_vectors(s)
                 db.set_setting(s, "mask", mask.to_dict())
@@ -220,8 +237,9 @@ class Collection(Store):
         self._cache.forget()
 
     def _reset_vectors(self, s: Session) -> None:
-        s.execute(update(ImageRecord).values(vector=None, status=PENDING, size=-1, mask_fraction=None,
-                                             mask_fallback=None))
+        s.execute(
+            update(ImageRecord).values(vector=None, status=PENDING, size=-1, mask_fraction=None, mask_fallback=None)
+        )
         db.set_blob(s, "whitening", None)
         db.bump_vector_version(s)
 
@@ -241,7 +259,12 @@ class Collection(Store):
             cfg = self.model_config or ModelConfig()
             try:
                 self._embedder = self._embedder_factory(cfg, self.runtime)
-            except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:  # unknown backbone, weights not found...
+            except (
+                UnknownNameError,
+                OSError,
+                ValueError,
+                RuntimeError,
+            ) as exc:  # unknown backbone, weights not found...
                 raise LookalikeError(str(exc)) from None
         return self._embedder
 
@@ -254,8 +277,17 @@ class Collection(Store):
                 self.configure()
 
         report = IndexReport(folder=str(folder))
-        sync.index_folder(self, folder, report, self._sync, self._cache, self._embed_rows, progress,
-                          description="embedding", prepare=prepare)
+        sync.index_folder(
+            self,
+            folder,
+            report,
+            self._sync,
+            self._cache,
+            self._embed_rows,
+            progress,
+            description="embedding",
+            prepare=prepare,
+        )
         return report
 
     def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
@@ -264,17 +296,34 @@ class Collection(Store):
         with self._session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
         paths = [p for _, p in todo]
-        for out in embed_files(paths, embedder, batch_size=self.runtime.batch_size,
-                               workers=self.runtime.workers, max_pixels=self.max_pixels, masker=masker):
+        for out in embed_files(
+            paths,
+            embedder,
+            batch_size=self.runtime.batch_size,
+            workers=self.runtime.workers,
+            max_pixels=self.max_pixels,
+            masker=masker,
+        ):
             row_id = todo[out.index][0]
             if out.error is not None:
                 writer.put(dict(id=row_id, status=ERROR, error=out.error, vector=None))
                 report.skipped.append((paths[out.index], out.error))
                 continue
             assert out.vector is not None
-            writer.put(dict(id=row_id, status=INDEXED, error=None, vector=out.vector.astype(np.float32).tobytes(),
-                            width=out.width, height=out.height, content_hash=out.content_hash,
-                            mask_fraction=out.mask_fraction, mask_fallback=out.mask_fallback), indexed=True)
+            writer.put(
+                dict(
+                    id=row_id,
+                    status=INDEXED,
+                    error=None,
+                    vector=out.vector.astype(np.float32).tobytes(),
+                    width=out.width,
+                    height=out.height,
+                    content_hash=out.content_hash,
+                    mask_fraction=out.mask_fraction,
+                    mask_fallback=out.mask_fallback,
+                ),
+                indexed=True,
+            )
             report.embedded += 1
             if out.mask_fallback is not None:
                 report.mask_fallbacks += 1
@@ -299,7 +348,11 @@ class Collection(Store):
             return False
         n = self._cache.vectors.count(s)
         learned_on = int(db.get_setting(s, "whitening_learned_on", 0))
-        if current is not None and learned_on and 1 / settings.relearn_factor < n / learned_on < settings.relearn_factor:
+        if (
+            current is not None
+            and learned_on
+            and 1 / settings.relearn_factor < n / learned_on < settings.relearn_factor
+        ):
             return False
         dim = settings.dim
         _, raw = self._cache.vectors.raw(s)
@@ -307,8 +360,11 @@ class Collection(Store):
             return False
         target_dim = min(dim or raw.shape[1], raw.shape[1])
         if n < settings.min_vectors_per_dim * target_dim:
-            log.info("whitening needs %d vectors, the collection has %d: searching unwhitened vectors",
-                     int(settings.min_vectors_per_dim * target_dim), n)
+            log.info(
+                "whitening needs %d vectors, the collection has %d: searching unwhitened vectors",
+                int(settings.min_vectors_per_dim * target_dim),
+                n,
+            )
             if current is not None:
                 db.set_blob(s, "whitening", None)
                 return True
@@ -332,17 +388,27 @@ class Collection(Store):
         masker = self._get_masker()
         with self._session() as s:
             final, _ = self._transform(s)
-        for out in embed_files(list(paths), embedder, batch_size=self.runtime.batch_size,
-                               workers=min(self.runtime.workers, max(0, len(paths) // 8)), max_pixels=self.max_pixels,
-                               masker=masker):
+        for out in embed_files(
+            list(paths),
+            embedder,
+            batch_size=self.runtime.batch_size,
+            workers=min(self.runtime.workers, max(0, len(paths) // 8)),
+            max_pixels=self.max_pixels,
+            masker=masker,
+        ):
             if out.error is not None:
                 yield out.index, None, out.error
             else:
                 assert out.vector is not None
                 yield out.index, final(out.vector[None])[0], None
 
-    def search(self, queries: Sequence[str | Path], k: int = 10, threshold: float | None = None,
-               progress: Progress | None = None) -> list[QueryResult]:
+    def search(
+        self,
+        queries: Sequence[str | Path],
+        k: int = 10,
+        threshold: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[QueryResult]:
         """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``."""
         progress = progress or NullProgress()
         if self.model_config is None:
@@ -370,14 +436,18 @@ class Collection(Store):
         q = np.stack([vecs[i] for i in order]).astype(np.float32)
         if q.shape[1] != index.dim:
             raise LookalikeError(
-                f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair")
+                f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair"
+            )
         scores, ids = index.search(q, k)
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self._session() as s:
             rows = {}
             for chunk in chunks(sorted(wanted), 500):
-                for r in s.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height)
-                                   .where(ImageRecord.id.in_(chunk))):
+                for r in s.execute(
+                    select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height).where(
+                        ImageRecord.id.in_(chunk)
+                    )
+                ):
                     rows[r[0]] = r
         for row_pos, pos in enumerate(order):
             for score, i in zip(scores[row_pos], ids[row_pos]):
@@ -395,8 +465,13 @@ class Collection(Store):
             start_version = self._vector_version()
             with self._session() as s, s.begin():
                 prefix = p.rstrip(os.sep) + os.sep
-                ids = list(s.scalars(select(ImageRecord.id).where(
-                    or_(ImageRecord.path == p, ImageRecord.path.startswith(prefix, autoescape=True)))))
+                ids = list(
+                    s.scalars(
+                        select(ImageRecord.id).where(
+                            or_(ImageRecord.path == p, ImageRecord.path.startswith(prefix, autoescape=True))
+                        )
+                    )
+                )
                 for chunk in chunks(ids, 500):
                     s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                 if ids:
@@ -431,8 +506,14 @@ class Collection(Store):
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every image that could not be indexed."""
         with self._session() as s:
-            return [(p, e or "") for p, e in s.execute(
-                select(ImageRecord.path, ImageRecord.error).where(ImageRecord.status == ERROR).order_by(ImageRecord.path))]
+            return [
+                (p, e or "")
+                for p, e in s.execute(
+                    select(ImageRecord.path, ImageRecord.error)
+                    .where(ImageRecord.status == ERROR)
+                    .order_by(ImageRecord.path)
+                )
+            ]
 
     def doctor(self, repair: bool = False, prune_missing: bool = False) -> DoctorReport:
         """Check that the index file, the database and the files on disk agree; optionally repair."""
@@ -448,7 +529,8 @@ class Collection(Store):
                 db_ids: set[int] = set()
                 missing_ids: list[int] = []
                 for row_id, path, status, vec in s.execute(
-                        select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.vector)):
+                    select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.vector)
+                ):
                     if not os.path.exists(path):
                         report.missing_files.append(path)
                         missing_ids.append(row_id)
@@ -472,7 +554,8 @@ class Collection(Store):
                 if index_ids != db_ids:
                     report.problems.append(
                         f"index and database disagree: {len(index_ids - db_ids)} ids only in the index, "
-                        f"{len(db_ids - index_ids)} only in the database")
+                        f"{len(db_ids - index_ids)} only in the database"
+                    )
             if report.missing_files:
                 report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
             if not repair or report.ok:
@@ -480,10 +563,15 @@ class Collection(Store):
             with self._session() as s, s.begin():
                 if bad_vectors or len(dims) > 1:
                     for chunk in chunks(bad_vectors, 500):
-                        s.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk))
-                                  .values(status=PENDING, vector=None, size=-1))
+                        s.execute(
+                            update(ImageRecord)
+                            .where(ImageRecord.id.in_(chunk))
+                            .values(status=PENDING, vector=None, size=-1)
+                        )
                     if bad_vectors:
-                        report.repaired.append(f"{len(bad_vectors)} images marked for re-embedding on the next index run")
+                        report.repaired.append(
+                            f"{len(bad_vectors)} images marked for re-embedding on the next index run"
+                        )
                 if prune_missing and missing_ids:
                     for chunk in chunks(missing_ids, 500):
                         s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
@@ -494,5 +582,3 @@ class Collection(Store):
             self._cache.save(index, version)
             report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
         return report
-
-

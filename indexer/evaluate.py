@@ -49,7 +49,8 @@ def labelled_files(folder: str | Path, label_regex: str | None = None) -> tuple[
             if len(rel.parts) < 2:
                 raise LabelError(
                     f"{rel} is not in a class sub-folder: use one sub-folder per class (DIR/<label>/image.jpg) "
-                    "or give --label-regex")
+                    "or give --label-regex"
+                )
             labels.append(rel.parts[0])
     return files, labels
 
@@ -63,8 +64,9 @@ class EvalReport:
     images_per_second: float = 0.0
 
 
-def embed_paths(paths: list[str], embedder: Embedder, batch_size: int = 32, workers: int = 2,
-                masker: Masker | None = None) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
+def embed_paths(
+    paths: list[str], embedder: Embedder, batch_size: int = 32, workers: int = 2, masker: Masker | None = None
+) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], float]:
     """Embed files through the indexing pipeline (masked by ``masker`` when given): ``(N, D)`` vectors (zeros
     where unreadable), which are readable, ``(path, reason)`` of the others, and images/s."""
     vecs = np.zeros((len(paths), embedder.dim), np.float32)
@@ -105,8 +107,9 @@ def evaluate_folder(
         q_keep = np.array(q_ok)
         metrics = query_database_metrics(q_vecs[q_keep], np.array(q_labels)[q_keep], db_vecs, db_labels)
         n_images = int(keep.sum() + q_keep.sum())
-    return EvalReport(metrics=metrics, images=n_images, classes=len(set(db_labels.tolist())),
-                      skipped=skipped, images_per_second=speed)
+    return EvalReport(
+        metrics=metrics, images=n_images, classes=len(set(db_labels.tolist())), skipped=skipped, images_per_second=speed
+    )
 
 
 @dataclass

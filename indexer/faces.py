@@ -25,9 +25,10 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,8 +36,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.faces import (AlignedFaceEmbedder, Face, FaceDetector, FaceEmbedder, build_detector, largest_face,
-                             pick_faces, unit_vectors)
+from retrieval.faces import (
+    AlignedFaceEmbedder,
+    Face,
+    FaceDetector,
+    FaceEmbedder,
+    build_detector,
+    largest_face,
+    pick_faces,
+    unit_vectors,
+)
 from retrieval.registry import UnknownNameError
 
 from . import db, sync
@@ -67,8 +76,10 @@ BACKENDS = ("lookalike", "dlib")
 _SETTINGS_KEY = "faces"
 _DIM_KEY = "faces_dim"
 # source -> (index file, state file, version counter)
-_INDEX_FILES = {ENROLLED: ("faces_enrolled.faiss", "faces_enrolled.json", "faces_enrolled_version"),
-                INDEX: ("faces_photos.faiss", "faces_photos.json", "faces_photos_version")}
+_INDEX_FILES = {
+    ENROLLED: ("faces_enrolled.faiss", "faces_enrolled.json", "faces_enrolled_version"),
+    INDEX: ("faces_photos.faiss", "faces_photos.json", "faces_photos_version"),
+}
 
 Box = tuple[float, float, float, float]
 
@@ -132,7 +143,7 @@ class FaceSettings:
         """Equal keys give interchangeable vectors."""
         return (self.detector, self.backend, self.model, self.crop_size if self.backend == "lookalike" else None)
 
-    def uncalibrated(self) -> "FaceSettings":
+    def uncalibrated(self) -> FaceSettings:
         return dataclasses.replace(self, threshold=None, calibration=None)
 
     def describe(self) -> str:
@@ -144,23 +155,35 @@ class FaceSettings:
     def describe_threshold(self) -> str:
         c = self.calibration
         if c is None:
-            return (f"threshold {self.threshold:.4f} is the uncalibrated default of the {self.backend} backend; "
-                    "run `lookalike faces calibrate PAIRS --root DIR` to set one for a chosen false-accept rate")
-        return (f"threshold {self.threshold:.4f} calibrated on {c.pairs_file} for FAR <= {c.far_target:g} "
-                f"(TAR {c.tar:.4f} at FAR {c.far:.4f} over {c.same} same / {c.different} different pairs)")
+            return (
+                f"threshold {self.threshold:.4f} is the uncalibrated default of the {self.backend} backend; "
+                "run `lookalike faces calibrate PAIRS --root DIR` to set one for a chosen false-accept rate"
+            )
+        return (
+            f"threshold {self.threshold:.4f} calibrated on {c.pairs_file} for FAR <= {c.far_target:g} "
+            f"(TAR {c.tar:.4f} at FAR {c.far:.4f} over {c.same} same / {c.different} different pairs)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"detector": self.detector, "backend": self.backend,
-                "model": None if self.model is None else self.model.to_dict(), "crop_size": self.crop_size,
-                "threshold": self.threshold,
-                "calibration": None if self.calibration is None else dataclasses.asdict(self.calibration)}
+        return {
+            "detector": self.detector,
+            "backend": self.backend,
+            "model": None if self.model is None else self.model.to_dict(),
+            "crop_size": self.crop_size,
+            "threshold": self.threshold,
+            "calibration": None if self.calibration is None else dataclasses.asdict(self.calibration),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FaceSettings":
-        return cls(detector=d["detector"], backend=d["backend"],
-                   model=None if d.get("model") is None else ModelConfig.from_dict(d["model"]),
-                   crop_size=d["crop_size"], threshold=d.get("threshold"),
-                   calibration=None if d.get("calibration") is None else Calibration(**d["calibration"]))
+    def from_dict(cls, d: dict[str, Any]) -> FaceSettings:
+        return cls(
+            detector=d["detector"],
+            backend=d["backend"],
+            model=None if d.get("model") is None else ModelConfig.from_dict(d["model"]),
+            crop_size=d["crop_size"],
+            threshold=d.get("threshold"),
+            calibration=None if d.get("calibration") is None else Calibration(**d["calibration"]),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- embedders
@@ -315,10 +338,15 @@ class FaceGallery(Store):
         self._detector: tuple[str, FaceDetector] | None = None
         self._embedder: tuple[tuple, FaceEmbedder] | None = None
         self._caches = {
-            src: IndexCache(self, IndexFile(self.home, f, st), key,
-                            RowVectors(FaceRecord, (FaceRecord.source == src, FaceRecord.vector.is_not(None)), _DIM_KEY),
-                            name=f"face index ({src})")
-            for src, (f, st, key) in _INDEX_FILES.items()}
+            src: IndexCache(
+                self,
+                IndexFile(self.home, f, st),
+                key,
+                RowVectors(FaceRecord, (FaceRecord.source == src, FaceRecord.vector.is_not(None)), _DIM_KEY),
+                name=f"face index ({src})",
+            )
+            for src, (f, st, key) in _INDEX_FILES.items()
+        }
         self._sync = FileSync(FacePhoto, _INDEX_FILES[INDEX][2], reset=dict(faces=None), dependents=_PhotoFaces())
         self._dim_known: int | None = None
 
@@ -329,16 +357,25 @@ class FaceGallery(Store):
             d = db.get_setting(s, _SETTINGS_KEY)
         return FaceSettings() if d is None else FaceSettings.from_dict(d)
 
-    def configure(self, detector: str | None = None, backend: str | None = None, model: ModelConfig | None = None,
-                  crop_size: int | None = None, reembed: bool = False) -> list[tuple[str, str]]:
+    def configure(
+        self,
+        detector: str | None = None,
+        backend: str | None = None,
+        model: ModelConfig | None = None,
+        crop_size: int | None = None,
+        reembed: bool = False,
+    ) -> list[tuple[str, str]]:
         """Change the detector / backend / model / crop size (``None``: keep). A change that alters the vectors
         while faces are stored is refused with :class:`ModelMismatchError` unless ``reembed``: then enrolled
         faces are re-embedded from their photos and indexed photos are re-processed at the next
         :meth:`index_folder`. Any such change drops the calibration. Returns ``(path, reason)`` of enrolled
         faces that could not be re-embedded (and were dropped)."""
         current = self.settings
-        changes: dict[str, Any] = {k: v for k, v in dict(detector=detector, backend=backend, model=model,
-                                                          crop_size=crop_size).items() if v is not None}
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in dict(detector=detector, backend=backend, model=model, crop_size=crop_size).items()
+            if v is not None
+        }
         if model is not None and crop_size is None:
             changes["crop_size"] = model.image_size  # the model's input size is the crop's
         if backend is not None and backend != current.backend and model is None:
@@ -362,7 +399,8 @@ class FaceGallery(Store):
             if stored and not reembed:
                 raise ModelMismatchError(
                     f"the face gallery in {self.home} was embedded with {current.describe()}, not {new.describe()}; "
-                    f"re-run with --reembed to re-embed its {stored} faces, or use another --home")
+                    f"re-run with --reembed to re-embed its {stored} faces, or use another --home"
+                )
             self._store_settings(new)
             if stored:
                 lost = self._reembed_all()
@@ -410,7 +448,9 @@ class FaceGallery(Store):
         h, w = pixels.shape[:2]
         scale = min(1.0, FACE_MAX_SIDE / max(h, w))
         if scale < 1.0:
-            pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            pixels = cv2.resize(
+                pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         try:
             found = self._get_detector(settings).detect(pixels)
             detected = len(found)
@@ -421,8 +461,16 @@ class FaceGallery(Store):
         back = loaded.width / pixels.shape[1]
         boxes = [tuple(float(v) * back for v in f.box) for f in faces]
         self._remember_dim(vecs)
-        return _Probe(faces, boxes, unit_vectors(vecs) if len(faces) else vecs, loaded.content_hash, loaded.width,
-                      loaded.height, back, detected)
+        return _Probe(
+            faces,
+            boxes,
+            unit_vectors(vecs) if len(faces) else vecs,
+            loaded.content_hash,
+            loaded.width,
+            loaded.height,
+            back,
+            detected,
+        )
 
     def _remember_dim(self, vecs: np.ndarray) -> None:
         if vecs.size and self._dim_known != vecs.shape[1]:
@@ -449,10 +497,19 @@ class FaceGallery(Store):
     def _face_row(probe: _Probe, i: int, path: str, source: str, **extra: Any) -> FaceRecord:
         face = probe.faces[i]
         marks = None if face.landmarks is None else json.dumps((face.landmarks * probe.scale).round(2).tolist())
-        return FaceRecord(source=source, path=path, content_hash=probe.content_hash,
-                          x0=probe.boxes[i][0], y0=probe.boxes[i][1], x1=probe.boxes[i][2], y1=probe.boxes[i][3],
-                          landmarks=marks, score=float(face.score),
-                          vector=probe.vectors[i].astype(np.float32).tobytes(), **extra)
+        return FaceRecord(
+            source=source,
+            path=path,
+            content_hash=probe.content_hash,
+            x0=probe.boxes[i][0],
+            y0=probe.boxes[i][1],
+            x1=probe.boxes[i][2],
+            y1=probe.boxes[i][3],
+            landmarks=marks,
+            score=float(face.score),
+            vector=probe.vectors[i].astype(np.float32).tobytes(),
+            **extra,
+        )
 
     # ------------------------------------------------------------------ enrollment
     def enroll(self, name: str, images: Iterable[str | Path]) -> EnrollReport:
@@ -527,21 +584,34 @@ class FaceGallery(Store):
 
     def identities(self) -> list[IdentitySummary]:
         with self._session() as s:
-            rows = s.execute(select(Identity.name, func.count(FaceRecord.id), Identity.added_at)
-                             .outerjoin(FaceRecord, FaceRecord.identity_id == Identity.id)
-                             .group_by(Identity.id).order_by(Identity.name)).all()
+            rows = s.execute(
+                select(Identity.name, func.count(FaceRecord.id), Identity.added_at)
+                .outerjoin(FaceRecord, FaceRecord.identity_id == Identity.id)
+                .group_by(Identity.id)
+                .order_by(Identity.name)
+            ).all()
         return [IdentitySummary(n, c, a) for n, c, a in rows]
 
     def _unknown_name(self, s: Session, name: str) -> str:
         names = list(s.scalars(select(Identity.name).order_by(Identity.name).limit(10)))
-        known = f"; enrolled: {', '.join(names)}" if names else "; nobody is enrolled yet (lookalike faces enroll NAME IMAGE...)"
+        known = (
+            f"; enrolled: {', '.join(names)}"
+            if names
+            else "; nobody is enrolled yet (lookalike faces enroll NAME IMAGE...)"
+        )
         return f"no identity named {name!r}{known}"
 
     # ------------------------------------------------------------------ 1:1
     def _decision(self, settings: FaceSettings, score: float | None, **kw: Any) -> Decision:
         same = score is not None and score >= settings.threshold
-        return Decision(same=same, score=score, threshold=float(settings.threshold), calibrated=settings.calibrated,
-                        note=settings.describe_threshold(), **kw)
+        return Decision(
+            same=same,
+            score=score,
+            threshold=float(settings.threshold),
+            calibrated=settings.calibrated,
+            note=settings.describe_threshold(),
+            **kw,
+        )
 
     def verify(self, image: str | Path, name: str, aggregate: str = "max") -> Decision:
         """Is the person in ``image`` (its largest face) ``name``? The score is the ``max`` (default) or
@@ -553,8 +623,9 @@ class FaceGallery(Store):
             ident = s.scalar(select(Identity).where(Identity.name == name))
             if ident is None:
                 raise LookalikeError(self._unknown_name(s, name))
-            _, gallery = vectors_from_rows(list(s.execute(
-                select(FaceRecord.id, FaceRecord.vector).where(FaceRecord.identity_id == ident.id))))
+            _, gallery = vectors_from_rows(
+                list(s.execute(select(FaceRecord.id, FaceRecord.vector).where(FaceRecord.identity_id == ident.id)))
+            )
         probe = self._probe_path(image, settings, largest_only=True)
         if not probe.faces:
             return self._decision(settings, None, name=name, reason=f"no face found in {image}")
@@ -571,8 +642,9 @@ class FaceGallery(Store):
         settings = self.settings
         pa, pb = self._probe_path(a, settings, True), self._probe_path(b, settings, True)
         missing = [str(p) for p, probe in ((a, pa), (b, pb)) if not probe.faces]
-        boxes = dict(box=pa.boxes[0] if pa.faces else None, other_box=pb.boxes[0] if pb.faces else None,
-                     faces=pa.detected)
+        boxes = dict(
+            box=pa.boxes[0] if pa.faces else None, other_box=pb.boxes[0] if pb.faces else None, faces=pa.detected
+        )
         if missing:
             return self._decision(settings, None, reason="no face found in " + " and ".join(missing), **boxes)
         return self._decision(settings, float(pa.vectors[0] @ pb.vectors[0]), **boxes)
@@ -606,9 +678,14 @@ class FaceGallery(Store):
     def _owners(self, s: Session, face_ids: set[int]) -> dict[int, str]:
         owner: dict[int, str] = {}
         for chunk in chunks(sorted(face_ids), 500):
-            owner.update((r[0], r[1]) for r in s.execute(
-                select(FaceRecord.id, Identity.name).join(Identity, FaceRecord.identity_id == Identity.id)
-                .where(FaceRecord.id.in_(chunk))))
+            owner.update(
+                (r[0], r[1])
+                for r in s.execute(
+                    select(FaceRecord.id, Identity.name)
+                    .join(Identity, FaceRecord.identity_id == Identity.id)
+                    .where(FaceRecord.id.in_(chunk))
+                )
+            )
         return owner
 
     def search_faces(self, image: str | Path, k: int = 10) -> list[FaceQuery]:
@@ -622,20 +699,26 @@ class FaceGallery(Store):
         rows: dict[int, Any] = {}
         with self._session() as s:
             for chunk in chunks(wanted, 500):
-                for r in s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
-                                          FaceRecord.y1).where(FaceRecord.id.in_(chunk))):
+                for r in s.execute(
+                    select(
+                        FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1, FaceRecord.y1
+                    ).where(FaceRecord.id.in_(chunk))
+                ):
                     rows[r[0]] = r
-        return [FaceQuery(box=box, hits=[FaceHit(i, rows[i][1], tuple(rows[i][2:6]), sc)
-                                         for i, sc in results if i in rows])
-                for box, results in zip(probe.boxes, per_face)]
+        return [
+            FaceQuery(box=box, hits=[FaceHit(i, rows[i][1], tuple(rows[i][2:6]), sc) for i, sc in results if i in rows])
+            for box, results in zip(probe.boxes, per_face)
+        ]
 
     def _search(self, source: str, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         index = self._caches[source].current()
         if len(index) == 0:
             return [[] for _ in range(len(vectors))]
         if index.dim != vectors.shape[1]:
-            raise LookalikeError(f"the face index holds {index.dim}-d vectors but the face model makes "
-                                 f"{vectors.shape[1]}-d ones; re-embed with --reembed")
+            raise LookalikeError(
+                f"the face index holds {index.dim}-d vectors but the face model makes "
+                f"{vectors.shape[1]}-d ones; re-embed with --reembed"
+            )
         scores, ids = index.search(np.ascontiguousarray(vectors, np.float32), min(k, len(index)))
         return [[(int(i), float(sc)) for sc, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
 
@@ -649,14 +732,19 @@ class FaceGallery(Store):
         sync.index_folder(self, folder, report, self._sync, self._caches[INDEX], process, progress, description="faces")
         return report
 
-    def _process_photos(self, settings: FaceSettings, todo: list[tuple[int, str]], report: IndexReport,
-                        writer: BatchWriter) -> None:
+    def _process_photos(
+        self, settings: FaceSettings, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter
+    ) -> None:
         """Detect and embed the faces of the pending photos; ``report`` is a :class:`FaceIndexReport`."""
         assert isinstance(report, FaceIndexReport)
         self._get_detector(settings), self._get_embedder(settings)  # fail before reading anything
         # max_side None: decoded at full size; _probe shrinks large photos to FACE_MAX_SIDE.
-        for i, item in decoded([p for _, p in todo], None, workers=self.runtime.workers,  # type: ignore[arg-type]
-                               max_pixels=self.max_pixels):
+        for i, item in decoded(
+            [p for _, p in todo],
+            None,
+            workers=self.runtime.workers,  # type: ignore[arg-type]
+            max_pixels=self.max_pixels,
+        ):
             pid, path = todo[i]
             probe = item if isinstance(item, str) else self._try_probe(item.image, settings)
             if isinstance(probe, str):
@@ -664,8 +752,18 @@ class FaceGallery(Store):
                 report.skipped.append((path, probe))
                 continue
             rows = [self._face_row(probe, j, path, INDEX, photo_id=pid) for j in range(len(probe.faces))]
-            writer.put(dict(id=pid, status=INDEXED, error=None, faces=len(rows), content_hash=probe.content_hash,
-                            width=probe.width, height=probe.height), rows)
+            writer.put(
+                dict(
+                    id=pid,
+                    status=INDEXED,
+                    error=None,
+                    faces=len(rows),
+                    content_hash=probe.content_hash,
+                    width=probe.width,
+                    height=probe.height,
+                ),
+                rows,
+            )
             report.embedded += 1
             report.faces += len(rows)
             report.without_faces += not rows
@@ -676,8 +774,13 @@ class FaceGallery(Store):
         settings = self.settings
         lost: list[tuple[str, str]] = []
         with self._session() as s:
-            enrolled = list(s.execute(select(FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1,
-                                             FaceRecord.y1).where(FaceRecord.source == ENROLLED)))
+            enrolled = list(
+                s.execute(
+                    select(
+                        FaceRecord.id, FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1, FaceRecord.y1
+                    ).where(FaceRecord.source == ENROLLED)
+                )
+            )
         updates, gone = [], []
         for face_id, path, *box in enrolled:
             loaded = self._read(path)
@@ -691,11 +794,27 @@ class FaceGallery(Store):
                 gone.append(face_id)
                 continue
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            j = min(range(len(probe.boxes)), key=lambda i: ((probe.boxes[i][0] + probe.boxes[i][2]) / 2 - cx) ** 2
-                    + ((probe.boxes[i][1] + probe.boxes[i][3]) / 2 - cy) ** 2)
+            j = min(
+                range(len(probe.boxes)),
+                key=lambda i: (
+                    ((probe.boxes[i][0] + probe.boxes[i][2]) / 2 - cx) ** 2
+                    + ((probe.boxes[i][1] + probe.boxes[i][3]) / 2 - cy) ** 2
+                ),
+            )
             row = self._face_row(probe, j, path, ENROLLED)
-            updates.append(dict(id=face_id, x0=row.x0, y0=row.y0, x1=row.x1, y1=row.y1, landmarks=row.landmarks,
-                                score=row.score, vector=row.vector, content_hash=row.content_hash))
+            updates.append(
+                dict(
+                    id=face_id,
+                    x0=row.x0,
+                    y0=row.y0,
+                    x1=row.x1,
+                    y1=row.y1,
+                    landmarks=row.landmarks,
+                    score=row.score,
+                    vector=row.vector,
+                    content_hash=row.content_hash,
+                )
+            )
         with self._session() as s, s.begin():
             if updates:
                 s.execute(update(FaceRecord), updates)
@@ -712,7 +831,9 @@ class FaceGallery(Store):
         return lost
 
     # ------------------------------------------------------------------ pairs files
-    def _embed_pairs(self, pairs_file: str | Path, image_root: str | Path) -> tuple[list, dict[str, np.ndarray], list[tuple[str, str]]]:
+    def _embed_pairs(
+        self, pairs_file: str | Path, image_root: str | Path
+    ) -> tuple[list, dict[str, np.ndarray], list[tuple[str, str]]]:
         """The largest face of every image of a pairs file: ``(pairs, path -> vector, skipped)``."""
         from retrieval.verification import read_pairs_file
 
@@ -746,22 +867,34 @@ class FaceGallery(Store):
         usable = [p for p in pairs if p.a in vectors and p.b in vectors]
         same = np.array([p.same for p in usable], bool)
         if same.all() or not same.any():
-            raise LookalikeError(f"calibration needs both same-person and different-person pairs with a face in "
-                                 f"each photo; {pairs_file} has {int(same.sum())} and {int((~same).sum())}")
+            raise LookalikeError(
+                f"calibration needs both same-person and different-person pairs with a face in "
+                f"each photo; {pairs_file} has {int(same.sum())} and {int((~same).sum())}"
+            )
         scores = np.array([float(vectors[p.a] @ vectors[p.b]) for p in usable])
         tar, threshold = tar_at_far(scores, same, far)
         if not np.isfinite(threshold):
-            raise LookalikeError(f"no threshold keeps the false-accept rate at or below {far:g} on these pairs "
-                                 "(a different-person pair scores above every same-person pair); use more pairs")
+            raise LookalikeError(
+                f"no threshold keeps the false-accept rate at or below {far:g} on these pairs "
+                "(a different-person pair scores above every same-person pair); use more pairs"
+            )
         achieved = float(np.mean(scores[~same] >= threshold))
         n_diff = int((~same).sum())
         warning = None
         if n_diff * far < 1.0:
-            warning = (f"only {n_diff} different-person pairs: a FAR of {far:g} cannot be measured below "
-                       f"1/{n_diff} = {1 / n_diff:.2g}; the threshold is the strictest these pairs support")
-        cal = Calibration(pairs_file=str(Path(pairs_file).expanduser().resolve()), far_target=float(far),
-                          threshold=float(threshold), tar=float(tar), far=achieved, same=int(same.sum()),
-                          different=n_diff)
+            warning = (
+                f"only {n_diff} different-person pairs: a FAR of {far:g} cannot be measured below "
+                f"1/{n_diff} = {1 / n_diff:.2g}; the threshold is the strictest these pairs support"
+            )
+        cal = Calibration(
+            pairs_file=str(Path(pairs_file).expanduser().resolve()),
+            far_target=float(far),
+            threshold=float(threshold),
+            tar=float(tar),
+            far=achieved,
+            same=int(same.sum()),
+            different=n_diff,
+        )
         new = dataclasses.replace(self.settings, threshold=float(threshold), calibration=cal)
         self._store_settings(new)
         return CalibrationReport(settings=new, pairs=len(usable), skipped=skipped, warning=warning)
@@ -782,13 +915,23 @@ class FaceGallery(Store):
         """Counts and settings, JSON-ready."""
         settings = self.settings
         with self._session() as s:
-            counts = {r[0]: r[1] for r in s.execute(select(FaceRecord.source, func.count()).group_by(FaceRecord.source))}
+            counts = {
+                r[0]: r[1] for r in s.execute(select(FaceRecord.source, func.count()).group_by(FaceRecord.source))
+            }
             photos = {r[0]: r[1] for r in s.execute(select(FacePhoto.status, func.count()).group_by(FacePhoto.status))}
             people = s.scalar(select(func.count()).select_from(Identity)) or 0
-        return {"home": str(self.home), "model": settings.describe(), "threshold": settings.threshold,
-                "calibrated": settings.calibrated, "threshold_note": settings.describe_threshold(),
-                "identities": people, "enrolled_faces": counts.get(ENROLLED, 0), "indexed_faces": counts.get(INDEX, 0),
-                "photos": sum(photos.values()), "photos_unreadable": photos.get(ERROR, 0)}
+        return {
+            "home": str(self.home),
+            "model": settings.describe(),
+            "threshold": settings.threshold,
+            "calibrated": settings.calibrated,
+            "threshold_note": settings.describe_threshold(),
+            "identities": people,
+            "enrolled_faces": counts.get(ENROLLED, 0),
+            "indexed_faces": counts.get(INDEX, 0),
+            "photos": sum(photos.values()),
+            "photos_unreadable": photos.get(ERROR, 0),
+        }
 
 
 class _PhotoFaces:

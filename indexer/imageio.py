@@ -74,7 +74,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
+def decode_image(
+    data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int, int]:
     """Decode encoded bytes to ``(H, W, 3)`` uint8 RGB resized to ``max_side`` (if given), plus original size.
 
     Raises :class:`ImageLoadError` for empty, truncated, unidentifiable or oversized images.
@@ -87,7 +89,9 @@ def decode_image(data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MA
             img = Image.open(io.BytesIO(data))
             w0, h0 = img.size
             if w0 * h0 > max_pixels:
-                raise ImageLoadError(f"too large: {w0}x{h0} pixels exceeds the limit of {max_pixels:,} (decompression bomb guard)")
+                raise ImageLoadError(
+                    f"too large: {w0}x{h0} pixels exceeds the limit of {max_pixels:,} (decompression bomb guard)"
+                )
             getattr(img, "seek", lambda _: None)(0)  # first frame of animations / multi-page TIFF
             orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
             swapped = orientation in (5, 6, 7, 8)

@@ -11,8 +11,9 @@ each have one :class:`IndexCache`; any other kind of vector can have its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -73,9 +74,16 @@ class IndexCache:
     write lock after the database changed; :meth:`current` gives the index to search, rebuilt when stale.
     """
 
-    def __init__(self, store: Store, files: IndexFile, version_key: str, vectors: RowVectors,
-                 config: Callable[[], IndexConfig] = IndexConfig, name: str = "index",
-                 learn: Callable[[Session], bool] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        files: IndexFile,
+        version_key: str,
+        vectors: RowVectors,
+        config: Callable[[], IndexConfig] = IndexConfig,
+        name: str = "index",
+        learn: Callable[[Session], bool] | None = None,
+    ) -> None:
         self.store, self.files, self.version_key, self.vectors = store, files, version_key, vectors
         self.config, self.name, self.learn = config, name, learn
         self._cached: tuple[int, VectorIndex] | None = None
@@ -156,8 +164,7 @@ class IndexCache:
             return self._cached[1]
         index, state = self.files.load(self.config())
         if index is None or state is None or state.get("version") != version:
-            log.warning("the %s file is missing or older than the database; rebuilding it from the database",
-                        self.name)
+            log.warning("the %s file is missing or older than the database; rebuilding it from the database", self.name)
             index = self.build()
             try:
                 with write_lock(self.store.home):

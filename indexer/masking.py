@@ -54,7 +54,7 @@ class MaskSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MaskSettings":
+    def from_dict(cls, d: dict[str, Any]) -> MaskSettings:
         return cls(**d)
 
     def describe(self) -> str:
@@ -84,8 +84,12 @@ class Masker:
         try:
             mask = np.asarray(self.segmenter(pixels), dtype=bool)
         except Exception as exc:  # one odd image must not stop a long run: embed it whole and say why
-            log.warning("segmenter %s failed (%s: %s); using the whole image", self.settings.segmenter,
-                        exc.__class__.__name__, exc)
+            log.warning(
+                "segmenter %s failed (%s: %s); using the whole image",
+                self.settings.segmenter,
+                exc.__class__.__name__,
+                exc,
+            )
             return MaskOutcome(None, None, f"segmenter failed: {exc.__class__.__name__}: {exc}")
         if mask.shape != pixels.shape[:2]:
             return MaskOutcome(None, None, f"segmenter returned a {mask.shape} mask for a {pixels.shape[:2]} image")
@@ -94,7 +98,9 @@ class Masker:
             return MaskOutcome(None, check.fraction, f"{check.reason} mask")
         return MaskOutcome(mask, check.fraction)
 
-    def network_inputs(self, pixels: np.ndarray, masks: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray | None]:
+    def network_inputs(
+        self, pixels: np.ndarray, masks: list[np.ndarray | None]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """A batch ``(N, H, W, 3)`` and each image's mask (or ``None``) -> the pixels and the pooling masks
         ``(N, H, W)`` to hand the network, as ``apply`` says; ``None`` when no image of the batch has a mask."""
         if all(m is None for m in masks):

@@ -17,9 +17,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -72,8 +72,15 @@ def _load(path: str, max_side: int, max_pixels: int, masker: Masker | None = Non
     return Decoded(image, masker(image.pixels) if masker is not None else None)
 
 
-def decoded(paths: Sequence[str], max_side: int, *, workers: int = 2, prefetch: int = 64,
-            max_pixels: int = DEFAULT_MAX_PIXELS, masker: Masker | None = None) -> Iterator[tuple[int, Decoded | str]]:
+def decoded(
+    paths: Sequence[str],
+    max_side: int,
+    *,
+    workers: int = 2,
+    prefetch: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    masker: Masker | None = None,
+) -> Iterator[tuple[int, Decoded | str]]:
     """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead;
     with a ``masker``, each image's mask is computed in the same thread, right after decoding."""
     if workers <= 0:
@@ -115,12 +122,27 @@ def embed_files(
             pixels, masks = masker.network_inputs(pixels, [d.mask.mask if d.mask else None for _, d in items])
         vecs = embedder.embed_batch(pixels, masks)
         log.debug("batch of %d %s in %.3fs", len(items), pixels.shape, time.perf_counter() - t0)
-        return [Embedded(i, v, d.image.width, d.image.height, d.image.content_hash,
-                         mask_fraction=d.mask.fraction if d.mask else None,
-                         mask_fallback=d.mask.fallback if d.mask else None) for (i, d), v in zip(items, vecs)]
+        return [
+            Embedded(
+                i,
+                v,
+                d.image.width,
+                d.image.height,
+                d.image.content_hash,
+                mask_fraction=d.mask.fraction if d.mask else None,
+                mask_fallback=d.mask.fallback if d.mask else None,
+            )
+            for (i, d), v in zip(items, vecs)
+        ]
 
-    for i, item in decoded(paths, embedder.config.image_size, workers=workers,
-                           prefetch=max(2 * batch_size, 8), max_pixels=max_pixels, masker=masker):
+    for i, item in decoded(
+        paths,
+        embedder.config.image_size,
+        workers=workers,
+        prefetch=max(2 * batch_size, 8),
+        max_pixels=max_pixels,
+        masker=masker,
+    ):
         if isinstance(item, str):
             yield Embedded(i, error=item)
             continue

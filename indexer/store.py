@@ -11,8 +11,9 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,8 +62,14 @@ class NullProgress:
 class Store:
     """What a collection and a face gallery share: the home folder, the metadata database, run-time options."""
 
-    def __init__(self, home: str | Path | None, db_url: str | None, runtime: RuntimeOptions | None,
-                 max_pixels: int, commit_every: int) -> None:
+    def __init__(
+        self,
+        home: str | Path | None,
+        db_url: str | None,
+        runtime: RuntimeOptions | None,
+        max_pixels: int,
+        commit_every: int,
+    ) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         try:
             self.home.mkdir(parents=True, exist_ok=True)
@@ -92,7 +99,9 @@ def write_lock(home: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CollectionBusyError(f"another lookalike process is writing to {home}; wait for it to finish") from None
+            raise CollectionBusyError(
+                f"another lookalike process is writing to {home}; wait for it to finish"
+            ) from None
         try:
             yield
         finally:
@@ -151,7 +160,7 @@ def vectors_from_rows(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
 def chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:
     items = list(items)
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def redact_url(url: str) -> str:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -116,8 +117,9 @@ class FileSync:
     counting the changes of the vectors (bumped, in the same transaction, when vectors leave the index).
     """
 
-    def __init__(self, model: type, version_key: str, reset: dict[str, Any] | None = None,
-                 dependents: Dependents | None = None) -> None:
+    def __init__(
+        self, model: type, version_key: str, reset: dict[str, Any] | None = None, dependents: Dependents | None = None
+    ) -> None:
         self.model = model
         self.version_key = version_key
         self.reset = dict(reset or {})
@@ -126,8 +128,11 @@ class FileSync:
     def known_under(self, s: Session, root: Path) -> list[KnownFile]:
         m = self.model
         prefix = str(root).rstrip(os.sep) + os.sep
-        rows = s.execute(select(m.id, m.path, m.size, m.mtime_ns, m.status, m.content_hash)
-                         .where(m.path.startswith(prefix, autoescape=True)))
+        rows = s.execute(
+            select(m.id, m.path, m.size, m.mtime_ns, m.status, m.content_hash).where(
+                m.path.startswith(prefix, autoescape=True)
+            )
+        )
         return [KnownFile(*r) for r in rows]
 
     def apply(self, s: Session, root: Path, scan: ScanResult, report: IndexReport) -> SyncChanges:
@@ -139,7 +144,9 @@ class FileSync:
         report.resumed = len(plan.resume)
         by_id = {k.id: k for k in known}
         stat_of = {f.path: (f.size, f.mtime_ns) for f in scan.files}
-        report.earlier_errors = sum(1 for k in known if k.status == ERROR and stat_of.get(k.path) == (k.size, k.mtime_ns))
+        report.earlier_errors = sum(
+            1 for k in known if k.status == ERROR and stat_of.get(k.path) == (k.size, k.mtime_ns)
+        )
         out = SyncChanges(todo=[(row_id, f.path) for row_id, f in plan.resume])
         redo = [row_id for row_id, _ in plan.resume]  # a killed run may have left derived rows behind
         for row_id, f in plan.moved:
@@ -153,8 +160,11 @@ class FileSync:
                 s.execute(update(m).where(m.id == row_id).values(size=f.size, mtime_ns=f.mtime_ns))
                 report.unchanged += 1
                 continue
-            s.execute(update(m).where(m.id == row_id).values(
-                size=f.size, mtime_ns=f.mtime_ns, status=PENDING, error=None, **self.reset))
+            s.execute(
+                update(m)
+                .where(m.id == row_id)
+                .values(size=f.size, mtime_ns=f.mtime_ns, status=PENDING, error=None, **self.reset)
+            )
             out.todo.append((row_id, f.path))
             redo.append(row_id)
             report.changed += 1
@@ -174,8 +184,16 @@ class FileSync:
             out.todo.extend((r.id, r.path) for r in rows)
         if out.refresh or out.removed:
             db.bump_vector_version(s, self.version_key)
-        log.info("scan of %s: %d new, %d changed, %d moved, %d removed, %d unchanged, %d resumed",
-                 root, report.new, report.changed, report.moved, report.removed, report.unchanged, report.resumed)
+        log.info(
+            "scan of %s: %d new, %d changed, %d moved, %d removed, %d unchanged, %d resumed",
+            root,
+            report.new,
+            report.changed,
+            report.moved,
+            report.removed,
+            report.unchanged,
+            report.resumed,
+        )
         return out
 
 
@@ -189,8 +207,16 @@ class BatchWriter:
     progress bar, times the work into ``report.embed_seconds`` and commits the last batch on success.
     """
 
-    def __init__(self, store: Store, model: type, version_key: str, progress: Progress | None = None,
-                 report: IndexReport | None = None, description: str = "embedding", total: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        model: type,
+        version_key: str,
+        progress: Progress | None = None,
+        report: IndexReport | None = None,
+        description: str = "embedding",
+        total: int = 0,
+    ) -> None:
         self.store, self.model, self.version_key = store, model, version_key
         self.progress = progress or NullProgress()
         self.report, self.description, self.total = report, description, total
@@ -200,7 +226,7 @@ class BatchWriter:
         self._indexed: list[int] = []
         self._t0 = 0.0
 
-    def __enter__(self) -> "BatchWriter":
+    def __enter__(self) -> BatchWriter:
         self.progress.start(self.total, self.description)
         self._t0 = time.perf_counter()
         return self
@@ -241,9 +267,17 @@ class BatchWriter:
 Process = Callable[[list[tuple[int, str]], IndexReport, BatchWriter], None]
 
 
-def index_folder(store: Store, folder: str | Path, report: IndexReport, sync: FileSync, cache: IndexCache,
-                 process: Process, progress: Progress | None = None, description: str = "embedding",
-                 prepare: Callable[[], None] | None = None) -> VectorIndex:
+def index_folder(
+    store: Store,
+    folder: str | Path,
+    report: IndexReport,
+    sync: FileSync,
+    cache: IndexCache,
+    process: Process,
+    progress: Progress | None = None,
+    description: str = "embedding",
+    prepare: Callable[[], None] | None = None,
+) -> VectorIndex:
     """Sync ``store``'s ``sync.model`` table with ``folder`` and bring ``cache`` up to date, under the write
     lock; ``prepare`` runs first inside the lock. Fills ``report``; returns the up-to-date index."""
     t_start = time.perf_counter()
@@ -258,8 +292,9 @@ def index_folder(store: Store, folder: str | Path, report: IndexReport, sync: Fi
             changes = sync.apply(s, root, scan, report)
         changed = set(changes.refresh)
         if changes.todo:
-            with BatchWriter(store, sync.model, sync.version_key, progress, report, description,
-                             len(changes.todo)) as writer:
+            with BatchWriter(
+                store, sync.model, sync.version_key, progress, report, description, len(changes.todo)
+            ) as writer:
                 process(changes.todo, report, writer)
             changed |= writer.changed
         index = cache.update(start_version, changed, changes.removed)
@@ -268,5 +303,13 @@ def index_folder(store: Store, folder: str | Path, report: IndexReport, sync: Fi
     return index
 
 
-__all__ = ["IndexReport", "scan_root", "safe_hash", "Dependents", "SyncChanges", "FileSync", "BatchWriter",
-           "index_folder"]
+__all__ = [
+    "IndexReport",
+    "scan_root",
+    "safe_hash",
+    "Dependents",
+    "SyncChanges",
+    "FileSync",
+    "BatchWriter",
+    "index_folder",
+]

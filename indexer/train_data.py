@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, SettingsError
 from .evaluate import labelled_files
 from .pipeline import decoded
-from .errors import SettingsError
 from .store import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -34,8 +33,14 @@ log = logging.getLogger(__name__)
 class FolderImages:
     """``labels (N,)`` and ``load(i) -> (H, W, 3) uint8`` over decoded files (implements ``LabelledImages``)."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[str], max_side: int, workers: int = 2,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[str],
+        max_side: int,
+        workers: int = 2,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.paths: list[str] = []
         self.skipped: list[tuple[str, str]] = []
         self._pixels: list[np.ndarray] = []
@@ -87,8 +92,13 @@ class Subset:
         return self.base.load(int(self.idx[i]))
 
 
-def read_labelled(folder: str | Path, label_regex: str | None, max_side: int, workers: int = 2,
-                  on_progress: Callable[[int], None] | None = None) -> FolderImages:
+def read_labelled(
+    folder: str | Path,
+    label_regex: str | None,
+    max_side: int,
+    workers: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+) -> FolderImages:
     paths, labels = labelled_files(folder, label_regex)
     return FolderImages(paths, labels, max_side, workers, on_progress)
 
@@ -103,9 +113,17 @@ class TrainingData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def training_data(folder: str | Path, *, val_folder: str | Path | None = None, label_regex: str | None = None,
-                  val_fraction: float = 0.2, seed: int = 0, max_side: int = 224, workers: int = 2,
-                  progress: Progress | None = None) -> TrainingData:
+def training_data(
+    folder: str | Path,
+    *,
+    val_folder: str | Path | None = None,
+    label_regex: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_side: int = 224,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> TrainingData:
     """The labelled images of ``folder`` (one sub-folder per class, or ``label_regex``'s first group on the
     file name), decoded with their longest side ``max_side``, as training and validation sets.
 
@@ -124,8 +142,7 @@ def training_data(folder: str | Path, *, val_folder: str | Path | None = None, l
     finally:
         progress.finish()
     train_idx, val_idx = split_classes(images.labels, val_fraction, seed)
-    return TrainingData(Subset(images, train_idx), Subset(images, val_idx) if len(val_idx) else None,
-                        images.skipped)
+    return TrainingData(Subset(images, train_idx), Subset(images, val_idx) if len(val_idx) else None, images.skipped)
 
 
 @dataclass
@@ -136,9 +153,16 @@ class MaskPairData:
     val: InMemoryPairs | None
 
 
-def mask_pair_data(folder: str | Path, *, val_folder: str | Path | None = None, val_fraction: float = 0.2,
-                   seed: int = 0, image_size: int = 192, progress: Progress | None = None,
-                   on_skip: Callable[[MaskedImage, Exception], None] | None = None) -> MaskPairData:
+def mask_pair_data(
+    folder: str | Path,
+    *,
+    val_folder: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int = 192,
+    progress: Progress | None = None,
+    on_skip: Callable[[MaskedImage, Exception], None] | None = None,
+) -> MaskPairData:
     """The image + mask pairs of ``folder`` (``rgb/`` + ``figure_ground/``, or ``images/`` + ``masks/``) in
     memory, training images shrunk to twice ``image_size``, as training and validation sets.
 

@@ -360,9 +360,7 @@ class IndexConfig:
             return False
         available = faiss_gpu_available()
         if self.device == "gpu" and not available:
-            raise RuntimeError(
-                "device='gpu' requested but FAISS has no GPU support or no GPU is visible"
-            )
+            raise RuntimeError("device='gpu' requested but FAISS has no GPU support or no GPU is visible")
         return available
 
     def to_dict(self) -> dict:
@@ -480,9 +478,7 @@ class VectorIndex:
                 return faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat"
             quantizer = faiss.IndexFlatIP(d)
             if config.ivf_storage == "fp16":
-                index = faiss.IndexIVFScalarQuantizer(
-                    quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, metric
-                )
+                index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, metric)
             else:
                 index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
             index.own_fields = True
@@ -596,9 +592,7 @@ class VectorIndex:
         if kind is None:
             raise ValueError(f"{path}: unsupported index layout {type(index).__name__}")
         self = cls(index, kind, index.d, config)
-        log.info(
-            "loaded %s index (%d vectors, dim %d) from %s", kind, len(self), self._dim, path
-        )
+        log.info("loaded %s index (%d vectors, dim %d) from %s", kind, len(self), self._dim, path)
         return self
 
     @classmethod
@@ -611,14 +605,9 @@ class VectorIndex:
                 return "flat"
             if type(inner) is faiss.IndexHNSWFlat:
                 return "hnsw"
-        elif isinstance(
-            faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat
-        ) and (
+        elif isinstance(faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat) and (
             type(index) is faiss.IndexIVFFlat
-            or (
-                type(index) is faiss.IndexIVFScalarQuantizer
-                and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
-            )
+            or (type(index) is faiss.IndexIVFScalarQuantizer and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16)
         ):
             return "ivf"
         elif cls._extract_ivf(index) is None:
@@ -686,9 +675,7 @@ class VectorIndex:
             return
         vec_arr = _as_vectors(vec_arr, self._dim)
         if ids_arr.shape[0] != vec_arr.shape[0]:
-            raise ValueError(
-                f"ids/vectors length mismatch: {ids_arr.shape[0]} ids, {vec_arr.shape[0]} vectors"
-            )
+            raise ValueError(f"ids/vectors length mismatch: {ids_arr.shape[0]} ids, {vec_arr.shape[0]} vectors")
         if np.unique(ids_arr).shape[0] != ids_arr.shape[0]:
             raise ValueError("ids must be unique")
         _check_normalised(vec_arr, "vectors")
@@ -745,10 +732,7 @@ class VectorIndex:
             self._gpu_index = None  # re-copied lazily on the next search
             if removed != targets.size:  # pragma: no cover - would be a bug
                 log.error("removed %d vectors, expected %d", removed, targets.size)
-            if (
-                self._tombstones
-                and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal
-            ):
+            if self._tombstones and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal:
                 self._compact_unlocked()
             return removed
 
@@ -794,14 +778,10 @@ class VectorIndex:
             live.size,
         )
         inner = self._index.index
-        vectors = (
-            inner.reconstruct_batch(live) if live.size else np.empty((0, self._dim), np.float32)
-        )
+        vectors = inner.reconstruct_batch(live) if live.size else np.empty((0, self._dim), np.float32)
         live_ids = view[live].copy()
         if self._kind == "hnsw":
-            new_inner = faiss.IndexHNSWFlat(
-                self._dim, self._config.hnsw_m, faiss.METRIC_INNER_PRODUCT
-            )
+            new_inner = faiss.IndexHNSWFlat(self._dim, self._config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             new_inner.hnsw.efConstruction = self._config.ef_construction
         else:
             new_inner = faiss.clone_index(inner)
@@ -883,9 +863,7 @@ class VectorIndex:
                     elif hasattr(self._gpu_index, "nprobe"):
                         self._gpu_index.nprobe = self._config.nprobe
                 except RuntimeError:
-                    log.warning(
-                        "could not copy the index to the GPU; using the CPU", exc_info=True
-                    )
+                    log.warning("could not copy the index to the GPU; using the CPU", exc_info=True)
                     self._use_gpu = False
                     return self._index, None
             return self._gpu_index, None
@@ -939,11 +917,7 @@ class VectorIndex:
         ivf = self._ivf()
         if ivf is not None:
             ivf.nprobe = self._config.nprobe
-        inner = (
-            faiss.downcast_index(self._index.index)
-            if isinstance(self._index, faiss.IndexIDMap2)
-            else None
-        )
+        inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else None
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = self._config.ef_search
 

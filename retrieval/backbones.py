@@ -9,9 +9,9 @@ are downloaded once into ``$TORCH_HOME/hub/checkpoints`` (or taken from there, o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -60,7 +60,9 @@ def _efficientnet_lite0(weights: str) -> Backbone:
     return Backbone(net, net.out_channels, MEAN, STD)
 
 
-def _torchvision_trunk(arch: str, weights_enum: str, weights: str, trunk: Callable[[nn.Module], nn.Module], channels: int) -> Backbone:
+def _torchvision_trunk(
+    arch: str, weights_enum: str, weights: str, trunk: Callable[[nn.Module], nn.Module], channels: int
+) -> Backbone:
     import torchvision
 
     model = getattr(torchvision.models, arch)(weights=None)

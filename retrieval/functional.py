@@ -72,7 +72,9 @@ def gem(x: Tensor, p: float | Tensor = 3.0, mask: Tensor | None = None, eps: flo
 
 
 @lru_cache(maxsize=256)
-def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> tuple[tuple[int, int, int, int], ...]:
+def rmac_regions(
+    height: int, width: int, levels: int = 3, overlap: float = 0.4
+) -> tuple[tuple[int, int, int, int], ...]:
     """Square regions of the R-MAC multi-scale grid (Tolias et al. 2016) on an ``height x width`` map.
 
     At level ``l`` (1-based) the square side is ``floor(2 * min(H, W) / (l + 1))``; ``l`` regions are
@@ -134,7 +136,9 @@ def rmac(
             regs = regs - region_shift
         regs = l2n(regs @ region_proj.t())
     if m is not None:
-        weights = torch.stack([m[:, 0, y0:y0 + rh, x0:x0 + rw].mean(dim=(-2, -1)) for y0, x0, rh, rw in boxes], dim=1)
+        weights = torch.stack(
+            [m[:, 0, y0 : y0 + rh, x0 : x0 + rw].mean(dim=(-2, -1)) for y0, x0, rh, rw in boxes], dim=1
+        )
         regs = regs * weights.unsqueeze(-1)
     return l2n(regs.sum(dim=1))
 
@@ -149,4 +153,4 @@ def rmac_region_descriptors(x: Tensor, levels: int = 3) -> Tensor:
 
 def _region_macs(x: Tensor, boxes: tuple[tuple[int, int, int, int], ...]) -> Tensor:
     """L2-normalised max over each ``(y0, x0, h, w)`` box: ``(N, C, H, W) -> (N, R, C)``."""
-    return l2n(torch.stack([x[:, :, y0:y0 + h, x0:x0 + w].amax(dim=(-2, -1)) for y0, x0, h, w in boxes], dim=1))
+    return l2n(torch.stack([x[:, :, y0 : y0 + h, x0 : x0 + w].amax(dim=(-2, -1)) for y0, x0, h, w in boxes], dim=1))

@@ -36,7 +36,9 @@ def average_precision(relevant: np.ndarray, n_relevant: int | None = None) -> fl
     return float((hits[rel] / ranks).sum() / total)
 
 
-def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray | list, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    vectors: np.ndarray, labels: np.ndarray | list, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Leave-one-out mAP, recall@k (a relevant item in the top k) and precision@k over labelled vectors.
 
     Queries with no other item of their label are skipped.
@@ -47,7 +49,10 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray | list, ks: tuple[
 
 
 def query_database_metrics(
-    queries: np.ndarray, query_labels: np.ndarray | list, database: np.ndarray, database_labels: np.ndarray | list,
+    queries: np.ndarray,
+    query_labels: np.ndarray | list,
+    database: np.ndarray,
+    database_labels: np.ndarray | list,
     ks: tuple[int, ...] = (1, 5, 10),
 ) -> dict[str, float]:
     """The same metrics with separate query ``(Q, D)`` and database ``(M, D)`` sets (no item is left out)."""

@@ -83,13 +83,13 @@ def mine_hard_negatives(
     cand_x, cand_labels = x[candidates], labels[candidates]
 
     for start in range(0, queries.shape[0], _QUERY_CHUNK):
-        q = queries[start:start + _QUERY_CHUNK]
+        q = queries[start : start + _QUERY_CHUNK]
         other = cand_labels[None, :] != labels[q][:, None]  # (B, C)
         sims = np.where(other, x[q] @ cand_x.T, -np.inf)
         order = np.argsort(-sims, axis=1, kind="stable")  # other-label candidates first, most similar first
         available = other.sum(axis=1)
         for row, query in enumerate(q):
-            ranked = order[row, :available[row]]
+            ranked = order[row, : available[row]]
             if one_per_class:
                 _, first = np.unique(cand_labels[ranked], return_index=True)
                 ranked = ranked[np.sort(first)]

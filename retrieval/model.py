@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .checkpoint import is_checkpoint_file, load_checkpoint
 from .config import ModelConfig, RuntimeOptions
 from .efficientnet_lite import cpu_has_fast_bf16
 from .functional import l2n
-from .checkpoint import is_checkpoint_file, load_checkpoint
 from .pooling import RMAC, build_pooling
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ def check_embedding_checkpoint(checkpoint: dict, path: object) -> None:
     U-Net from ``lookalike train-seg`` (its ``model_config`` has a ``kind``; embedding networks' has none)."""
     kind = checkpoint["model_config"].get("kind")
     if kind is not None:
-        raise ValueError(f"{path} holds a {kind} segmentation network, not an embedding network; "
-                         "pass a checkpoint written by `lookalike train` (or imagenet)")
+        raise ValueError(
+            f"{path} holds a {kind} segmentation network, not an embedding network; "
+            "pass a checkpoint written by `lookalike train` (or imagenet)"
+        )
 
 
 class EmbeddingNet(nn.Module):
@@ -58,17 +60,22 @@ class EmbeddingNet(nn.Module):
             if (trained.backbone, trained.pooling) != (config.backbone, config.pooling):
                 raise ValueError(
                     f"{config.weights} holds a {trained.backbone} + {trained.pooling} network; "
-                    f"use --backbone {trained.backbone} --pooling {trained.pooling}")
+                    f"use --backbone {trained.backbone} --pooling {trained.pooling}"
+                )
             if trained.whitening_layer != config.whitening_layer:
-                raise ValueError(f"{config.weights} has a whitening layer of {trained.whitening_layer} dimensions, "
-                                 f"the configuration asks for {config.whitening_layer}")
+                raise ValueError(
+                    f"{config.weights} has a whitening layer of {trained.whitening_layer} dimensions, "
+                    f"the configuration asks for {config.whitening_layer}"
+                )
             self.load_trained_state(checkpoint["state_dict"])
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a trained state dict, including R-MAC's regional whitening when it has one."""
         if "pool.region_proj" in state and isinstance(self.pool, RMAC):
             self.pool.set_region_whitening(state["pool.region_shift"], state["pool.region_proj"])
-        if "whiten.weight" in state and (self.whiten is None or self.whiten.weight.shape != state["whiten.weight"].shape):
+        if "whiten.weight" in state and (
+            self.whiten is None or self.whiten.weight.shape != state["whiten.weight"].shape
+        ):
             out_dim, in_dim = state["whiten.weight"].shape
             self.set_whitening(np.zeros(in_dim, np.float32), np.zeros((out_dim, in_dim), np.float32))
         self.load_state_dict(state)
@@ -115,7 +122,6 @@ class EmbeddingNet(nn.Module):
         return total
 
 
-
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
     if device == "auto":
@@ -136,7 +142,9 @@ class Embedder:
     ``embed_batch`` takes one batch of same-sized images ``(N, H, W, 3)`` uint8 and returns ``(N, D)``.
     """
 
-    def __init__(self, config: ModelConfig, runtime: RuntimeOptions | None = None, net: EmbeddingNet | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, runtime: RuntimeOptions | None = None, net: EmbeddingNet | None = None
+    ) -> None:
         self.config = config
         self.runtime = runtime or RuntimeOptions()
         if self.runtime.precision not in ("fp32", "bf16"):

@@ -69,9 +69,18 @@ class EpochLoop(Generic[R]):
     ``on_epoch(report)`` is called after each epoch, once its checkpoints are written.
     """
 
-    def __init__(self, out: str | Path, *, epochs: int, train_config: dict[str, Any], report_type: type[R],
-                 score: str, score_label: str, score_before_training: bool = False,
-                 on_epoch: Callable[[R], None] | None = None) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        epochs: int,
+        train_config: dict[str, Any],
+        report_type: type[R],
+        score: str,
+        score_label: str,
+        score_before_training: bool = False,
+        on_epoch: Callable[[R], None] | None = None,
+    ) -> None:
         self.out = Path(out)
         self.last = last_path(self.out)
         self.epochs = epochs
@@ -89,9 +98,16 @@ class EpochLoop(Generic[R]):
         log.warning("nothing to resume at %s: training from the start", self.last)
         return None
 
-    def run(self, net: nn.Module, optimizer: torch.optim.Optimizer, train_epoch: Callable[[int], dict[str, float]],
-            validate: Callable[[], float] | None, *, model_config: dict[str, Any],
-            resume_from: dict[str, Any] | None = None) -> LoopResult[R]:
+    def run(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_epoch: Callable[[int], dict[str, float]],
+        validate: Callable[[], float] | None,
+        *,
+        model_config: dict[str, Any],
+        resume_from: dict[str, Any] | None = None,
+    ) -> LoopResult[R]:
         """Train from the first epoch, or after the last finished one of ``resume_from`` (a checkpoint from
         :meth:`resumable`, whose network state the trainer has already loaded into ``net``).
 
@@ -102,8 +118,12 @@ class EpochLoop(Generic[R]):
         start = 1
 
         def save(path: Path, epoch: int, resumable: bool) -> None:
-            train: dict[str, Any] = {"config": self.train_config, "epoch": epoch, "best_epoch": best_epoch,
-                                     f"best_{self.score}": best}
+            train: dict[str, Any] = {
+                "config": self.train_config,
+                "epoch": epoch,
+                "best_epoch": best_epoch,
+                f"best_{self.score}": best,
+            }
             if self.score_before_training:
                 train[f"initial_{self.score}"] = initial
             train["history"] = [dataclasses.asdict(h) for h in history]  # type: ignore[call-overload]
@@ -133,9 +153,14 @@ class EpochLoop(Generic[R]):
             seconds = time.perf_counter() - t0
             report = self.report_type(epoch=epoch, seconds=seconds, **{self.score: score}, **stats)
             history.append(report)
-            log.info("epoch %d: %s, validation %s %s (%.0fs)", epoch,
-                     ", ".join(f"{k} {v:.4f}" for k, v in stats.items()), self.score_label,
-                     "-" if score is None else f"{score:.4f}", seconds)
+            log.info(
+                "epoch %d: %s, validation %s %s (%.0fs)",
+                epoch,
+                ", ".join(f"{k} {v:.4f}" for k, v in stats.items()),
+                self.score_label,
+                "-" if score is None else f"{score:.4f}",
+                seconds,
+            )
             if score is None or best is None or score > best:
                 best_epoch, best = epoch, score
                 save(self.out, epoch, resumable=False)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,9 +30,9 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
+from .functional import rmac_region_descriptors
 from .losses import batch_triplet_loss_with_stats, contrastive_loss
 from .metrics import retrieval_metrics
-from .functional import rmac_region_descriptors
 from .mining import make_contrastive_tuples, positive_pairs, tuple_pairs
 from .model import EmbeddingNet, resolve_device
 from .pooling import RMAC
@@ -144,8 +145,9 @@ class Augment:
 
 
 @torch.inference_mode()
-def embed_all(net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64,
-              whiten: bool = True) -> np.ndarray:
+def embed_all(
+    net: EmbeddingNet, images: LabelledImages, size: int, device: torch.device, batch: int = 64, whiten: bool = True
+) -> np.ndarray:
     """Vectors of every image without augmentation, in eval mode: ``-> (N, D)`` float32
     (``whiten=False``: the pooled descriptors before the network's whitening layer, ``(N, C)``).
 
@@ -198,16 +200,23 @@ def _pk_batches(labels: np.ndarray, per_class: int, batch_size: int, rng: np.ran
 class Trainer:
     """Trains ``model_config``'s network on ``train`` and validates on ``val``, writing checkpoints to ``out``."""
 
-    def __init__(self, model_config: ModelConfig, config: TrainConfig, out: str | Path,
-                 on_epoch: Callable[[EpochReport], None] | None = None,
-                 on_step: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        out: str | Path,
+        on_epoch: Callable[[EpochReport], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
         if config.loss not in ("triplet", "contrastive"):
             raise ValueError(f"unknown loss {config.loss!r}; known: contrastive, triplet")
         if config.whitening not in WHITENINGS:
             raise ValueError(f"unknown whitening {config.whitening!r}; known: {', '.join(WHITENINGS)}")
         if model_config.whitening_layer:
-            raise ValueError("training starts from a network without a whitening layer; "
-                             "start from the checkpoint it was trained from, or without --weights")
+            raise ValueError(
+                "training starts from a network without a whitening layer; "
+                "start from the checkpoint it was trained from, or without --weights"
+            )
         self.model_config = model_config
         self.config = config
         self.out = Path(out)
@@ -222,15 +231,23 @@ class Trainer:
         net = EmbeddingNet(self.model_config).to(self.device)
         size = self.model_config.image_size
         loop: EpochLoop[EpochReport] = EpochLoop(
-            self.out, epochs=cfg.epochs, train_config=cfg.to_dict(), report_type=EpochReport, score="val_map",
-            score_label="mAP", score_before_training=True, on_epoch=self.on_epoch)
+            self.out,
+            epochs=cfg.epochs,
+            train_config=cfg.to_dict(),
+            report_type=EpochReport,
+            score="val_map",
+            score_label="mAP",
+            score_before_training=True,
+            on_epoch=self.on_epoch,
+        )
         ck = loop.resumable() if resume else None
         if ck is not None:
             net.load_trained_state(ck["state_dict"])
         else:
             self._init_whitening(net, train)
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            [p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         augment = Augment(size, cfg)
         labels = np.asarray(train.labels)
         label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)  # any label type -> 0..C-1
@@ -241,19 +258,25 @@ class Trainer:
             if cfg.loss == "triplet":
                 batches = _pk_batches(label_ids, cfg.images_per_class, cfg.batch_size, rng)
             else:
-                tuples = make_contrastive_tuples(embed_all(net, train, size, self.device), labels,
-                                                 cfg.queries_per_epoch, cfg.negatives_per_query, rng=rng,
-                                                 pool=cfg.mining_pool)
+                tuples = make_contrastive_tuples(
+                    embed_all(net, train, size, self.device),
+                    labels,
+                    cfg.queries_per_epoch,
+                    cfg.negatives_per_query,
+                    rng=rng,
+                    pool=cfg.mining_pool,
+                )
                 per_batch = max(1, cfg.batch_size // (2 + cfg.negatives_per_query))
-                batches = [tuples[i:i + per_batch] for i in range(0, len(tuples), per_batch)]
+                batches = [tuples[i : i + per_batch] for i in range(0, len(tuples), per_batch)]
             net.train()
             _freeze_batchnorm(net)
             losses, actives = [], []
             for step, batch in enumerate(batches):
                 if cfg.loss == "triplet":
                     x = torch.stack([augment(train.load(int(i))) for i in batch]).to(self.device)
-                    out = batch_triplet_loss_with_stats(net(x), torch.as_tensor(label_ids[batch], device=self.device),
-                                                        margin, cfg.triplet_strategy)
+                    out = batch_triplet_loss_with_stats(
+                        net(x), torch.as_tensor(label_ids[batch], device=self.device), margin, cfg.triplet_strategy
+                    )
                     loss = out.loss
                     actives.append(float(out.active_fraction))
                 else:
@@ -269,18 +292,26 @@ class Trainer:
                 opt.step()
                 losses.append(float(loss.detach()))
                 self.on_step(step + 1, len(batches))
-            return {"loss": float(np.mean(losses)) if losses else 0.0,
-                    "active": float(np.mean(actives)) if actives else 0.0}
+            return {
+                "loss": float(np.mean(losses)) if losses else 0.0,
+                "active": float(np.mean(actives)) if actives else 0.0,
+            }
 
         def validate() -> float:
             assert val is not None
             return float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
 
-        result = loop.run(net, opt, train_epoch, None if val is None else validate,
-                          model_config=net.config.to_dict(), resume_from=ck)
+        result = loop.run(
+            net, opt, train_epoch, None if val is None else validate, model_config=net.config.to_dict(), resume_from=ck
+        )
         whitened = self._supervised_whitening(net, train, val) if cfg.whitening == "supervised" else None
-        return TrainResult(best_epoch=result.best_epoch, best_val_map=result.best_score,
-                           initial_val_map=result.initial_score, history=result.history, whitened_val_map=whitened)
+        return TrainResult(
+            best_epoch=result.best_epoch,
+            best_val_map=result.best_score,
+            initial_val_map=result.initial_score,
+            history=result.history,
+            whitened_val_map=whitened,
+        )
 
     def _init_whitening(self, net: EmbeddingNet, train: LabelledImages) -> None:
         """Before training: R-MAC's regional whitening and/or the whitening layer, PCA-learned on ``train``;
@@ -291,8 +322,9 @@ class Trainer:
             regions = region_descriptors(net, sample, self.model_config.image_size, self.device)
             channels = regions.shape[1]
             if len(regions) <= channels:
-                log.warning("only %d regions to learn R-MAC's %d-d regional whitening from: left out",
-                            len(regions), channels)
+                log.warning(
+                    "only %d regions to learn R-MAC's %d-d regional whitening from: left out", len(regions), channels
+                )
             else:
                 w = learn_pca_whitening(regions, channels, shrinkage=cfg.whitening_shrinkage)
                 net.pool.set_region_whitening(torch.from_numpy(w.shift), torch.from_numpy(w.proj))
@@ -305,8 +337,9 @@ class Trainer:
             net.set_whitening(w.shift, w.proj)
             log.info("whitening layer to %d dimensions, initialised by PCA on %d images", dim, len(x))
 
-    def _supervised_whitening(self, net: EmbeddingNet, train: LabelledImages,
-                              val: LabelledImages | None) -> float | None:
+    def _supervised_whitening(
+        self, net: EmbeddingNet, train: LabelledImages, val: LabelledImages | None
+    ) -> float | None:
         """After training: Radenović's whitening learned from matching pairs of ``train`` on the best network,
         stored in the best checkpoint as its whitening layer. Returns the validation mAP with it."""
         cfg = self.config
@@ -322,9 +355,13 @@ class Trainer:
         val_map = None
         if val is not None:
             val_map = float(retrieval_metrics(embed_all(net, val, size, self.device), val.labels)["mAP"])
-            log.info("validation mAP with supervised whitening: %.4f (without: %s)", val_map, best["train"]["best_val_map"])
-        train_state = {**best["train"], "supervised_whitening": {"pairs": int(len(pairs)), "images": len(x),
-                                                                 "dim": dim, "val_map": val_map}}
+            log.info(
+                "validation mAP with supervised whitening: %.4f (without: %s)", val_map, best["train"]["best_val_map"]
+            )
+        train_state = {
+            **best["train"],
+            "supervised_whitening": {"pairs": int(len(pairs)), "images": len(x), "dim": dim, "val_map": val_map},
+        }
         save_checkpoint(self.out, net.config.to_dict(), net.state_dict(), train_state)
         return val_map
 

@@ -104,12 +104,23 @@ def read_pairs_file(path: str | Path, image_root: str | Path | None = None, ext:
             fold = 0
         if len(fields) == 3:
             name, i, j = fields
-            pairs.append(Pair(_lfw_path(name, i, ext, image_root, where), _lfw_path(name, j, ext, image_root, where), True, fold))
+            pairs.append(
+                Pair(_lfw_path(name, i, ext, image_root, where), _lfw_path(name, j, ext, image_root, where), True, fold)
+            )
         elif len(fields) == 4:
             name1, i, name2, j = fields
-            pairs.append(Pair(_lfw_path(name1, i, ext, image_root, where), _lfw_path(name2, j, ext, image_root, where), False, fold))
+            pairs.append(
+                Pair(
+                    _lfw_path(name1, i, ext, image_root, where),
+                    _lfw_path(name2, j, ext, image_root, where),
+                    False,
+                    fold,
+                )
+            )
         else:
-            raise ValueError(f"{where}: expected 3 fields (same) or 4 fields (different), got {len(fields)}: {' '.join(fields)!r}")
+            raise ValueError(
+                f"{where}: expected 3 fields (same) or 4 fields (different), got {len(fields)}: {' '.join(fields)!r}"
+            )
     log.debug("read %d pairs (%d same) from %s", len(pairs), sum(p.same for p in pairs), path)
     return pairs
 

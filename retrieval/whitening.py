@@ -40,7 +40,7 @@ class Whitening:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Whitening":
+    def from_bytes(cls, data: bytes) -> Whitening:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(shift=z["shift"].astype(np.float32), proj=z["proj"].astype(np.float32))
 
@@ -88,8 +88,9 @@ def _inverse_sqrt(cov: np.ndarray, ridge: float) -> np.ndarray:
     return (eigvec / np.sqrt(eigval)) @ eigvec.T
 
 
-def learn_supervised_whitening(x: np.ndarray, pairs: np.ndarray, dim: int | None = None,
-                               ridge: float = 1e-3) -> Whitening:
+def learn_supervised_whitening(
+    x: np.ndarray, pairs: np.ndarray, dim: int | None = None, ridge: float = 1e-3
+) -> Whitening:
     """Radenović et al.'s learned whitening ("Lw") from matching pairs: ``(N, D)`` descriptors and
     ``pairs (P, 2)`` of indices of images that show the same thing -> :class:`Whitening` to ``dim``.
 

@@ -6,9 +6,11 @@ Importing the package registers the built-in segmenters: each implementation mod
 :data:`segmentation.base.SEGMENTERS` when it is imported here (the registry module imports no implementation).
 """
 
-from . import classical  # noqa: F401  (grabcut, grabcut_rect, lab_kmeans, border_saliency)
-from . import torchvision_models  # noqa: F401  (deeplab, deeplab_mobilenet, fcn, maskrcnn [:WEIGHTS])
-from . import unet  # noqa: F401  (unet:PATH)
+from . import (
+    classical,  # noqa: F401  (grabcut, grabcut_rect, lab_kmeans, border_saliency)
+    torchvision_models,  # noqa: F401  (deeplab, deeplab_mobilenet, fcn, maskrcnn [:WEIGHTS])
+    unet,  # noqa: F401  (unet:PATH)
+)
 from .base import (
     DEFAULT_MIN_FRACTION,
     SEGMENTERS,
@@ -20,5 +22,13 @@ from .base import (
     parse_spec,
 )
 
-__all__ = ["DEFAULT_MIN_FRACTION", "SEGMENTERS", "MaskCheck", "Segmenter", "build_segmenter", "check_mask", "iou",
-           "parse_spec"]
+__all__ = [
+    "DEFAULT_MIN_FRACTION",
+    "SEGMENTERS",
+    "MaskCheck",
+    "Segmenter",
+    "build_segmenter",
+    "check_mask",
+    "iou",
+    "parse_spec",
+]

@@ -183,7 +183,7 @@ def border_strip(shape: tuple[int, int], share: float) -> np.ndarray:
     h, w = shape
     width = max(1, round(share * min(h, w)))
     strip = np.ones((h, w), dtype=bool)
-    strip[width:h - width, width:w - width] = False
+    strip[width : h - width, width : w - width] = False
     return strip
 
 
@@ -194,7 +194,7 @@ def centre_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
         return np.ones((h, w), dtype=np.float32)
     y = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
     x = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
-    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2)).astype(np.float32)
+    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 def kmeans(samples: np.ndarray, k: int, seed: int, attempts: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +299,9 @@ def _run_grabcut(small: np.ndarray, config: GrabCutConfig) -> np.ndarray:
     return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
 
-def segment_at_working_size(pixels: np.ndarray, max_side: int, keep_largest: int,
-                            segment: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+def segment_at_working_size(
+    pixels: np.ndarray, max_side: int, keep_largest: int, segment: Callable[[np.ndarray], np.ndarray | None]
+) -> np.ndarray:
     """Run ``segment`` on a copy whose longest side is ``max_side``, clean its mask and scale it back:
     ``(H, W, 3) -> (H, W) bool``. A plain image, or ``segment`` returning ``None``, gives the whole image."""
     rgb = as_rgb_uint8(pixels)
@@ -314,8 +315,9 @@ def segment_at_working_size(pixels: np.ndarray, max_side: int, keep_largest: int
 
 def grabcut_mask(pixels: np.ndarray, config: GrabCutConfig = GrabCutConfig()) -> np.ndarray:
     """GrabCut foreground. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
-    return segment_at_working_size(pixels, config.max_side, config.keep_largest,
-                                   lambda small: _run_grabcut(small, config))
+    return segment_at_working_size(
+        pixels, config.max_side, config.keep_largest, lambda small: _run_grabcut(small, config)
+    )
 
 
 def _mean_field_smooth(unary: np.ndarray, config: LabKMeansConfig) -> np.ndarray:
@@ -332,8 +334,9 @@ def _mean_field_smooth(unary: np.ndarray, config: LabKMeansConfig) -> np.ndarray
 
 def lab_kmeans_mask(pixels: np.ndarray, config: LabKMeansConfig = LabKMeansConfig()) -> np.ndarray:
     """Colour clustering with a border background model. ``(H, W, 3) uint8 RGB -> (H, W) bool``."""
-    return segment_at_working_size(pixels, config.max_side, config.keep_largest,
-                                   lambda small: _lab_kmeans_small(small, config))
+    return segment_at_working_size(
+        pixels, config.max_side, config.keep_largest, lambda small: _lab_kmeans_small(small, config)
+    )
 
 
 def _lab_kmeans_small(small: np.ndarray, config: LabKMeansConfig) -> np.ndarray | None:
@@ -412,7 +415,7 @@ def parse_options(config: C, arg: str | None) -> C:
         if not sep:
             raise ValueError(f"option {item!r} is not key=value")
         if key.startswith("prior."):
-            key = key[len("prior."):]
+            key = key[len("prior.") :]
             target = prior_changes if key in prior_fields else None
         elif key in own and key != "prior":
             target = changes

@@ -26,8 +26,11 @@ def paired_files(images_dir: str | Path, masks_dir: str | Path) -> list[MaskedIm
     """Pairs of files with the same stem in ``images_dir`` and ``masks_dir``, sorted by stem."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    pairs = [MaskedImage(p, masks[p.stem]) for p in sorted(images_dir.iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem in masks]
+    pairs = [
+        MaskedImage(p, masks[p.stem])
+        for p in sorted(images_dir.iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem in masks
+    ]
     if not pairs:
         raise FileNotFoundError(f"no image in {images_dir} has a mask with the same name in {masks_dir}")
     return pairs

@@ -29,8 +29,9 @@ def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def dice_bce_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                  smooth: float = 1.0) -> Tensor:
+def dice_bce_loss(
+    logits: Tensor, target: Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0
+) -> Tensor:
     """``dice_weight * soft_dice_loss + bce_weight * bce_loss``: ``(N, ...) -> ()``.
 
     BCE gives every pixel a gradient from the start; Dice counters the foreground/background imbalance.

@@ -65,9 +65,11 @@ class TorchvisionModelInfo:
 
 MODELS: dict[str, TorchvisionModelInfo] = {
     "deeplab": TorchvisionModelInfo(
-        "deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", "semantic", 21),
+        "deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", "semantic", 21
+    ),
     "deeplab_mobilenet": TorchvisionModelInfo(
-        "deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "semantic", 21),
+        "deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", "semantic", 21
+    ),
     "fcn": TorchvisionModelInfo("fcn_resnet50", "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", "semantic", 21),
     "maskrcnn": TorchvisionModelInfo("maskrcnn_resnet50_fpn", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "instance", 91),
 }
@@ -100,16 +102,17 @@ def pretrained_state_dict(name: str, allow_download: bool = True) -> dict[str, t
     if cached.is_file():
         log.info("loading %s weights from %s", name, cached)
         return load_state_dict_file(cached)
-    how = (f"Either run once with internet access (they are cached in $TORCH_HOME/hub/checkpoints), "
-           f"copy {file_name} into {cache_dir}/, or give the file in the segmenter spec: {name}:/path/to/{file_name}.")
+    how = (
+        f"Either run once with internet access (they are cached in $TORCH_HOME/hub/checkpoints), "
+        f"copy {file_name} into {cache_dir}/, or give the file in the segmenter spec: {name}:/path/to/{file_name}."
+    )
     if not allow_download:
         raise WeightsUnavailableError(f"the pretrained weights of {name} ({info.builder}) are not cached. {how}")
     try:
         return _download_state_dict(enum)
     except Exception as exc:  # network errors come in many types (URLError, socket errors, HTTP errors)
         raise WeightsUnavailableError(
-            f"could not get the pretrained weights of {name} ({info.builder}; "
-            f"{exc.__class__.__name__}: {exc}). {how}"
+            f"could not get the pretrained weights of {name} ({info.builder}; {exc.__class__.__name__}: {exc}). {how}"
         ) from exc
 
 
@@ -137,8 +140,10 @@ def build_network(name: str, weights: str | None = None, allow_download: bool = 
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("aux_classifier.")]
         if missing or unexpected:
-            raise ValueError(f"{weights or weights_file_name(name)} does not match {info.builder}: "
-                             f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+            raise ValueError(
+                f"{weights or weights_file_name(name)} does not match {info.builder}: "
+                f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+            )
     if info.kind == "semantic":
         model.aux_classifier = None
     return model.eval()
@@ -159,8 +164,17 @@ class TorchvisionSegmenter:
     Images whose shorter side is below :data:`segmentation.classical.MIN_SIDE` get an all-True mask.
     """
 
-    def __init__(self, model: nn.Module, kind: str, spec: str, device: str = "cpu", resize: int = 520,
-                 max_side: int = 1024, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        spec: str,
+        device: str = "cpu",
+        resize: int = 520,
+        max_side: int = 1024,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+    ) -> None:
         if kind not in ("semantic", "instance"):
             raise ValueError(f"kind must be 'semantic' or 'instance', not {kind!r}")
         self.spec = spec
@@ -203,9 +217,14 @@ class TorchvisionSegmenter:
         return (fg[0, 0] > 0.5).cpu().numpy()
 
 
-def build_torchvision_segmenter(name: str, weights: str | None = None, device: str = "cpu",
-                                allow_download: bool = True, model: nn.Module | None = None,
-                                **options: Any) -> TorchvisionSegmenter:
+def build_torchvision_segmenter(
+    name: str,
+    weights: str | None = None,
+    device: str = "cpu",
+    allow_download: bool = True,
+    model: nn.Module | None = None,
+    **options: Any,
+) -> TorchvisionSegmenter:
     """Build the segmenter ``name`` (a key of :data:`MODELS`). ``model`` replaces the network (tests pass a fake
     or a randomly initialised one); ``options`` go to :class:`TorchvisionSegmenter` (``resize``, thresholds)."""
     info = MODELS[name]

@@ -109,9 +109,13 @@ class InMemoryPairs:
         self.items = list(items)
 
     @classmethod
-    def from_files(cls, pairs: Sequence[MaskedImage], max_side: int | None = None,
-                   on_load: Callable[[int], None] | None = None,
-                   on_skip: Callable[[MaskedImage, Exception], None] | None = None) -> InMemoryPairs:
+    def from_files(
+        cls,
+        pairs: Sequence[MaskedImage],
+        max_side: int | None = None,
+        on_load: Callable[[int], None] | None = None,
+        on_skip: Callable[[MaskedImage, Exception], None] | None = None,
+    ) -> InMemoryPairs:
         """Read ``pairs``; ``on_load(1)`` after each. An unreadable pair raises, or with ``on_skip`` is
         reported to it and left out."""
         items = []
@@ -146,8 +150,9 @@ def shrink_pair(pixels: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np
     return small, small_mask
 
 
-def split_validation(pairs: Sequence[MaskedImage], fraction: float, seed: int = 0
-                     ) -> tuple[list[MaskedImage], list[MaskedImage]]:
+def split_validation(
+    pairs: Sequence[MaskedImage], fraction: float, seed: int = 0
+) -> tuple[list[MaskedImage], list[MaskedImage]]:
     """A seeded random ``fraction`` of ``pairs`` held out for validation: ``(train, val)``.
 
     At least one pair is held out when ``fraction > 0`` and there are two or more pairs; none when ``fraction`` is 0.
@@ -172,8 +177,9 @@ class JointAugment:
         from torchvision.transforms import v2
 
         if cfg.augment:
-            self.transform = Augment(size, TrainConfig(crop_scale=cfg.crop_scale, flip=True,
-                                                        color_jitter=cfg.color_jitter)).transform
+            self.transform = Augment(
+                size, TrainConfig(crop_scale=cfg.crop_scale, flip=True, color_jitter=cfg.color_jitter)
+            ).transform
         else:
             self.transform = v2.Resize((size, size), antialias=True)
 
@@ -207,7 +213,7 @@ def cosine_factor(epoch: int, epochs: int) -> float:
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One shuffled epoch of index batches; a trailing batch of one joins the previous (BatchNorm needs two)."""
     order = rng.permutation(n)
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches[-2] = np.concatenate(batches[-2:])
         batches.pop()
@@ -223,9 +229,13 @@ def _as_set(data: Sequence[MaskedImage] | MaskedImageSet, max_side: int | None) 
 class SegTrainer:
     """Trains a U-Net on ``train`` pairs, validating on ``val`` pairs, writing checkpoints to ``out``."""
 
-    def __init__(self, config: SegTrainConfig, out: str | Path,
-                 on_epoch: Callable[[SegEpochReport], None] | None = None,
-                 on_step: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: SegTrainConfig,
+        out: str | Path,
+        on_epoch: Callable[[SegEpochReport], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.config = config
         self.model_config = config.model_config()
         self.out = Path(out)
@@ -234,8 +244,12 @@ class SegTrainer:
         self.on_step = on_step or (lambda i, n: None)
         self.device = resolve_device(config.device)
 
-    def fit(self, train: Sequence[MaskedImage] | MaskedImageSet,
-            val: Sequence[MaskedImage] | MaskedImageSet | None = None, resume: bool = False) -> SegTrainResult:
+    def fit(
+        self,
+        train: Sequence[MaskedImage] | MaskedImageSet,
+        val: Sequence[MaskedImage] | MaskedImageSet | None = None,
+        resume: bool = False,
+    ) -> SegTrainResult:
         """Train for ``config.epochs`` epochs (after the last finished one in ``out.last`` when ``resume``).
 
         File lists are read into memory first (training images shrunk to twice ``image_size``).
@@ -260,13 +274,21 @@ class SegTrainer:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         loop: EpochLoop[SegEpochReport] = EpochLoop(
-            self.out, epochs=cfg.epochs, train_config=cfg.to_dict(), report_type=SegEpochReport, score="val_iou",
-            score_label="IoU", on_epoch=self.on_epoch)
+            self.out,
+            epochs=cfg.epochs,
+            train_config=cfg.to_dict(),
+            report_type=SegEpochReport,
+            score="val_iou",
+            score_label="IoU",
+            on_epoch=self.on_epoch,
+        )
         ck = loop.resumable() if resume else None
         if ck is not None:
             if ck["model_config"] != self.model_config.to_dict():
-                raise ValueError(f"{self.last} was trained with a different network ({ck['model_config']}); "
-                                 "use the same options, or start afresh without resuming")
+                raise ValueError(
+                    f"{self.last} was trained with a different network ({ck['model_config']}); "
+                    "use the same options, or start afresh without resuming"
+                )
             net.load_state_dict(ck["state_dict"])
 
         augment = JointAugment(size, cfg)
@@ -293,6 +315,5 @@ class SegTrainer:
             return {"loss": float(np.mean(losses))}
 
         validate = None if val_set is None or len(val_set) == 0 else (lambda: mean_iou(net, val_set, size))
-        result = loop.run(net, opt, train_epoch, validate, model_config=self.model_config.to_dict(),
-                          resume_from=ck)
+        result = loop.run(net, opt, train_epoch, validate, model_config=self.model_config.to_dict(), resume_from=ck)
         return SegTrainResult(best_epoch=result.best_epoch, best_val_iou=result.best_score, history=result.history)

@@ -71,8 +71,9 @@ class UNetConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if len(self.decoder_channels) != 4 or min(self.decoder_channels) < 1:
-            raise ValueError(f"decoder_channels needs 4 positive numbers (strides 16, 8, 4, 2), "
-                             f"got {self.decoder_channels}")
+            raise ValueError(
+                f"decoder_channels needs 4 positive numbers (strides 16, 8, 4, 2), got {self.decoder_channels}"
+            )
         if self.image_size < STRIDE:
             raise ValueError(f"image_size must be at least {STRIDE}, got {self.image_size}")
 
@@ -104,8 +105,9 @@ def pad_to_multiple(x: Tensor, multiple: int = STRIDE) -> Tensor:
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+    )
 
 
 class DecoderBlock(nn.Module):
@@ -210,8 +212,9 @@ class UNetSegmenter:
     ``image_size`` defaults to the size the network was trained at; ``threshold`` applies to the sigmoid.
     """
 
-    def __init__(self, path: str | Path, image_size: int | None = None, threshold: float = 0.5,
-                 device: str = "auto") -> None:
+    def __init__(
+        self, path: str | Path, image_size: int | None = None, threshold: float = 0.5, device: str = "auto"
+    ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.net = load_unet(self.path, device)
         self.image_size = image_size or self.net.config.image_size

@@ -80,8 +80,7 @@ def test_prelude_keeps_the_docstring_as_written() -> None:
 # --------------------------------------------------------------------------------------------- results
 
 
-def test_results_go_by_name_into_the_results_folder_and_by_path_anywhere(tmp_path: Path, monkeypatch,
-                                                                         capsys) -> None:
+def test_results_go_by_name_into_the_results_folder_and_by_path_anywhere(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     assert result_path("a.json") == tmp_path / "results" / "a.json"
     written = write_json("a.json", {"x": 1})
@@ -200,8 +199,12 @@ def test_lfw_pairs_folds_and_the_people_of_a_half(tmp_path: Path) -> None:
     assert got.root == root and got.pairs_file == pairs_file and len(got.pairs) == 4
     first = in_folds(got.pairs, range(0, 1))
     assert [(Path(p.a).name, Path(p.b).name, p.same, p.fold) for p in first] == [
-        ("A_0001.jpg", "A_0002.jpg", True, 0), ("A_0003.jpg", "B_0001.jpg", False, 0)]
-    assert pair_paths(first) == [str(root / "A" / f"A_000{i}.jpg") for i in (1, 2, 3)] + [str(root / "B" / "B_0001.jpg")]
+        ("A_0001.jpg", "A_0002.jpg", True, 0),
+        ("A_0003.jpg", "B_0001.jpg", False, 0),
+    ]
+    assert pair_paths(first) == [str(root / "A" / f"A_000{i}.jpg") for i in (1, 2, 3)] + [
+        str(root / "B" / "B_0001.jpg")
+    ]
     # B has a single photo: no use for training on pairs of the same person
     files, labels = people_images(root, first)
     assert labels == ["A", "A", "A"] and files == [str(root / "A" / f"A_000{i}.jpg") for i in (1, 2, 3)]
@@ -212,7 +215,7 @@ def test_lfw_pairs_folds_and_the_people_of_a_half(tmp_path: Path) -> None:
 def test_people_with_photos_takes_the_first_people_with_all_of_them(tmp_path: Path) -> None:
     root, _ = _lfw(tmp_path)
     assert [name for name, _ in people_with_photos(root, 5, photos=2)] == ["A", "C", "D"]
-    (name, photos), = people_with_photos(root, 1, photos=3)
+    ((name, photos),) = people_with_photos(root, 1, photos=3)
     assert name == "A" and [p.name for p in photos] == ["A_0001.jpg", "A_0002.jpg", "A_0003.jpg"]
 
 

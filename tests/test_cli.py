@@ -81,11 +81,14 @@ def test_broken_files_are_listed_and_set_the_exit_status(tmp_path, image_folder)
     assert stats["error_files"][0]["path"].endswith("broken.jpg")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["index", "/no/such/folder"], "folder not found"),
-    (["index", "{folder}", "--backbone", "alexnet"], "unknown backbone 'alexnet'; known:"),
-    (["search", "/no/such.jpg"], "query not found"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["index", "/no/such/folder"], "folder not found"),
+        (["index", "{folder}", "--backbone", "alexnet"], "unknown backbone 'alexnet'; known:"),
+        (["search", "/no/such.jpg"], "query not found"),
+    ],
+)
 def test_mistakes_get_one_clear_line_not_a_traceback(tmp_path, image_folder, args, message):
     args = [a.replace("{folder}", str(image_folder)) for a in args]
     res = run(tmp_path / "home", *args)
@@ -131,8 +134,23 @@ def test_kill_9_during_indexing_then_restart_finishes_with_a_consistent_index(tm
     folder = tmp_path / "photos"
     make_folder(folder, 160)
     home = tmp_path / "home"
-    cmd = [sys.executable, "-m", "indexer.cli", "--home", str(home), "--workers", "0", "--batch-size", "4",
-           "--device", "cpu", "index", str(folder), "--image-size", "64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "indexer.cli",
+        "--home",
+        str(home),
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "index",
+        str(folder),
+        "--image-size",
+        "64",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db_path = home / "lookalike.db"
     deadline = time.time() + 120
@@ -163,12 +181,15 @@ def test_kill_9_during_indexing_then_restart_finishes_with_a_consistent_index(tm
     assert coll.doctor().ok
 
 
-@pytest.mark.parametrize("args,message", [
-    (["index", "{folder}", "--weights", "{seg}"], "holds a unet segmentation network, not an embedding network"),
-    (["index", "{folder}", "--scales", "1,x"], "--scales takes numbers separated by commas"),
-    (["eval", "{folder}", "--mask", "no-such"], "cannot build the segmenter 'no-such'"),
-    (["train", "{folder}", "--out", "{seg}.new"], "is not in a class sub-folder"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["index", "{folder}", "--weights", "{seg}"], "holds a unet segmentation network, not an embedding network"),
+        (["index", "{folder}", "--scales", "1,x"], "--scales takes numbers separated by commas"),
+        (["eval", "{folder}", "--mask", "no-such"], "cannot build the segmenter 'no-such'"),
+        (["train", "{folder}", "--out", "{seg}.new"], "is not in a class sub-folder"),
+    ],
+)
 def test_option_and_data_mistakes_are_one_line_too(tmp_path, image_folder, args, message):
     from retrieval.checkpoint import save_checkpoint
 

@@ -30,8 +30,13 @@ def command(exc: BaseException | None = None, exit_code: int | None = None, **de
     return cmd
 
 
-@pytest.mark.parametrize("exc", [LookalikeError("the collection is empty; index a folder first"),
-                                 CollectionBusyError("another lookalike process is writing; wait for it")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        LookalikeError("the collection is empty; index a folder first"),
+        CollectionBusyError("another lookalike process is writing; wait for it"),
+    ],
+)
 def test_a_library_error_is_one_line_on_stderr_and_exit_1(exc):
     res = CliRunner().invoke(command(exc))
     assert res.exit_code == 1
@@ -46,8 +51,9 @@ def test_errors_the_library_does_not_translate_yet_are_caught_too():
 
 
 def test_an_os_error_can_name_what_was_being_done():
-    res = CliRunner().invoke(command(PermissionError("denied"), os_error="cannot write the checkpoint {out}: {exc}"),
-                             ["--out", "x.pt"])
+    res = CliRunner().invoke(
+        command(PermissionError("denied"), os_error="cannot write the checkpoint {out}: {exc}"), ["--out", "x.pt"]
+    )
     assert res.exit_code == 1 and res.stderr == "Error: cannot write the checkpoint x.pt: denied\n"
     missing = CliRunner().invoke(command(FileNotFoundError("folder not found: /data"), os_error="cannot write {out}"))
     assert missing.stderr == "Error: folder not found: /data\n"

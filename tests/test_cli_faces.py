@@ -24,9 +24,15 @@ if "faces" not in main.commands:
 
 @pytest.fixture
 def fake_gallery(monkeypatch):
-    monkeypatch.setattr(cli_faces, "FaceGallery", functools.partial(
-        FaceGallery, detector_factory=lambda name: BlobDetector(),
-        face_embedder_factory=lambda settings, runtime: ThumbEmbedder()))
+    monkeypatch.setattr(
+        cli_faces,
+        "FaceGallery",
+        functools.partial(
+            FaceGallery,
+            detector_factory=lambda name: BlobDetector(),
+            face_embedder_factory=lambda settings, runtime: ThumbEmbedder(),
+        ),
+    )
 
 
 def run(home: Path, *args: str) -> object:
@@ -37,7 +43,9 @@ def run(home: Path, *args: str) -> object:
 def home(tmp_path: Path, fake_gallery) -> Path:
     photos = tmp_path / "photos"
     for person, name in ((ALICE, "alice"), (BOB, "bob")):
-        r = run(tmp_path / "home", "enroll", name, *[save_photo(photos / f"{name}{v}.png", [person], v) for v in range(2)])
+        r = run(
+            tmp_path / "home", "enroll", name, *[save_photo(photos / f"{name}{v}.png", [person], v) for v in range(2)]
+        )
         assert r.exit_code == 0, r.output
         assert f"enrolled 2 faces of {name}" in r.output
     return tmp_path / "home"
@@ -51,7 +59,11 @@ def test_verify_as_prints_the_decision_and_exits_0_same_4_different_5_no_face(ho
     other = run(home, "verify", probe, "--as", "bob", "--json")
     assert other.exit_code == 4
     d = json.loads(other.output)
-    assert d["same"] is False and d["calibrated"] is False and d["score"] < d["threshold"] == DEFAULT_THRESHOLDS["lookalike"]
+    assert (
+        d["same"] is False
+        and d["calibrated"] is False
+        and d["score"] < d["threshold"] == DEFAULT_THRESHOLDS["lookalike"]
+    )
     empty = tmp_path / "wall.png"
     Image.new("RGB", (80, 60)).save(empty)
     none = run(home, "verify", empty, "--as", "alice")

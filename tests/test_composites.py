@@ -21,8 +21,18 @@ from benchmarks.composites import (
     object_mask,
 )
 
-TINY = CompositeConfig(objects=(1, 2, 3), poses=3, query_poses=1, backgrounds=5, db_backgrounds_per_pose=2,
-                       query_backgrounds_per_pose=1, size=64, min_cover=0.15, max_cover=0.3, min_patch_side=32)
+TINY = CompositeConfig(
+    objects=(1, 2, 3),
+    poses=3,
+    query_poses=1,
+    backgrounds=5,
+    db_backgrounds_per_pose=2,
+    query_backgrounds_per_pose=1,
+    size=64,
+    min_cover=0.15,
+    max_cover=0.3,
+    min_patch_side=32,
+)
 
 
 def make_coil(folder: Path, objects: tuple[int, ...] = (1, 2, 3), poses: int = 72, size: int = 32) -> Path:
@@ -66,8 +76,11 @@ def sources(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_object_mask_thresholds_noise_and_fills_dark_parts() -> None:
@@ -122,10 +135,15 @@ def test_masks_match_where_objects_were_pasted(tmp_path: Path, sources) -> None:
         inside = pixels[mask]
         assert (inside[:, 0] == inside[:, 1]).all() and (inside[:, 1] == inside[:, 2]).all()
         assert inside.mean() > 50
-        bg = np.asarray(Image.open(out / next(x.image for x in manifest.records
-                                              if x.background == r.background and x is not r))).astype(int)
-        other = np.asarray(Image.open(out / next(x.mask for x in manifest.records
-                                                 if x.background == r.background and x is not r))) > 127
+        bg = np.asarray(
+            Image.open(out / next(x.image for x in manifest.records if x.background == r.background and x is not r))
+        ).astype(int)
+        other = (
+            np.asarray(
+                Image.open(out / next(x.mask for x in manifest.records if x.background == r.background and x is not r))
+            )
+            > 127
+        )
         both_bg = ~mask & ~other
         assert both_bg.any() and (pixels[both_bg] == bg[both_bg]).all()
 
@@ -177,9 +195,35 @@ def test_too_few_backgrounds_for_the_slots_is_refused(tmp_path: Path, sources) -
 def test_cli_builds_the_set(tmp_path: Path, sources, capsys) -> None:
     coil, bgs, masks = sources
     out = tmp_path / "out"
-    main([str(out), "--seed", "1", "--objects", "1-2", "--poses", "2", "--query-poses", "1", "--backgrounds", "4",
-          "--db-backgrounds-per-pose", "2", "--query-backgrounds-per-pose", "1", "--size", "48", "--min-patch-side", "32",
-          "--coil-dir", str(coil), "--background-dir", str(bgs), "--background-mask-dir", str(masks)])
+    main(
+        [
+            str(out),
+            "--seed",
+            "1",
+            "--objects",
+            "1-2",
+            "--poses",
+            "2",
+            "--query-poses",
+            "1",
+            "--backgrounds",
+            "4",
+            "--db-backgrounds-per-pose",
+            "2",
+            "--query-backgrounds-per-pose",
+            "1",
+            "--size",
+            "48",
+            "--min-patch-side",
+            "32",
+            "--coil-dir",
+            str(coil),
+            "--background-dir",
+            str(bgs),
+            "--background-mask-dir",
+            str(masks),
+        ]
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary == {"out_dir": str(out), "images": 6, "queries": 2, "database": 4, "backgrounds": 4}
     data = json.loads((out / "manifest.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.faces import dlib_backend
+from retrieval.faces import Face, build_detector, dlib_backend, nearest_to
 from retrieval.faces.dlib_backend import (
     DLIB_RAW_THRESHOLD,
     INSTALL_HINT,
@@ -23,7 +23,6 @@ from retrieval.faces.dlib_backend import (
     models_dir,
     shape_to_landmarks,
 )
-from retrieval.faces import Face, build_detector, nearest_to
 from tests.test_face_detection import draw_face
 
 
@@ -150,7 +149,9 @@ def test_hog_detector_finds_the_face_with_five_point_landmarks(dlib, photo):
     assert max(ly, ry) < ny < f.y1
     # The same face on a 2x larger copy, detected on a downscaled working copy, maps back to 2x the box.
     big = np.repeat(np.repeat(photo, 2, axis=0), 2, axis=1)
-    g = nearest_to(build_detector("dlib-hog", upsample=1, max_side=max(h, w)).detect(big), 2 * f.centre[0], 2 * f.centre[1])
+    g = nearest_to(
+        build_detector("dlib-hog", upsample=1, max_side=max(h, w)).detect(big), 2 * f.centre[0], 2 * f.centre[1]
+    )
     np.testing.assert_allclose(np.array(g.box) / 2, f.box, atol=3)
 
 

@@ -15,7 +15,6 @@ from retrieval.model import Embedder
 
 from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image, make_folder
 
-
 _EMBEDDERS: dict[ModelConfig, Embedder] = {}
 
 
@@ -42,11 +41,20 @@ class CountingEmbedder:
         return self.inner.embed_batch(pixels, mask)
 
 
-def open_collection(home: Path, counter: list[int] | None = None, fail_after: int | None = None,
-                    model: ModelConfig = SMALL_MODEL, commit_every: int = 4) -> Collection:
+def open_collection(
+    home: Path,
+    counter: list[int] | None = None,
+    fail_after: int | None = None,
+    model: ModelConfig = SMALL_MODEL,
+    commit_every: int = 4,
+) -> Collection:
     counter = counter if counter is not None else [0]
-    coll = Collection(home, runtime=FAST_RUNTIME, commit_every=commit_every,
-                      embedder_factory=lambda cfg, rt: CountingEmbedder(cfg, rt, counter, fail_after))
+    coll = Collection(
+        home,
+        runtime=FAST_RUNTIME,
+        commit_every=commit_every,
+        embedder_factory=lambda cfg, rt: CountingEmbedder(cfg, rt, counter, fail_after),
+    )
     coll.configure(model=model)
     return coll
 

@@ -38,8 +38,9 @@ def test_images_outside_class_folders_are_refused_with_advice(tmp_path):
 
 def test_eval_command_reports_retrieval_metrics(tmp_path):
     data = make_classes(tmp_path / "data")
-    res = CliRunner().invoke(main, ["--workers", "0", "--device", "cpu", "eval", str(data), "--image-size", "64",
-                                    "--json"])
+    res = CliRunner().invoke(
+        main, ["--workers", "0", "--device", "cpu", "eval", str(data), "--image-size", "64", "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["images"] == 12 and out["classes"] == 3
@@ -55,8 +56,10 @@ def test_eval_with_a_query_folder_searches_the_database(tmp_path):
     queries = tmp_path / "queries" / "class1"
     queries.mkdir(parents=True)
     draw_image(1001, (96, 96)).rotate(3).save(queries / "q.png")
-    res = CliRunner().invoke(main, ["--workers", "0", "eval", str(data), "--queries", str(tmp_path / "queries"),
-                                    "--image-size", "64", "--json"])
+    res = CliRunner().invoke(
+        main,
+        ["--workers", "0", "eval", str(data), "--queries", str(tmp_path / "queries"), "--image-size", "64", "--json"],
+    )
     m = json.loads(res.output)["metrics"]
     assert m["queries"] == 1 and m["recall@1"] == 1.0
 
@@ -68,12 +71,22 @@ def test_eval_pairs_scores_verification_with_the_kfold_protocol(tmp_path):
         base = draw_image(seed, (96, 96))
         for i in (1, 2):  # the same picture twice: "same" pairs score the maximum, 1.0
             base.save(people / name / f"{name}_{i:04d}.jpg")
-    lines = ["2\t2", "Ann\t1\t2", "Bob\t1\t2", "Ann\t1\tBob\t1", "Ann\t2\tBob\t2",
-             "Cid\t1\t2", "Dee\t1\t2", "Cid\t1\tDee\t1", "Cid\t2\tDee\t2"]
+    lines = [
+        "2\t2",
+        "Ann\t1\t2",
+        "Bob\t1\t2",
+        "Ann\t1\tBob\t1",
+        "Ann\t2\tBob\t2",
+        "Cid\t1\t2",
+        "Dee\t1\t2",
+        "Cid\t1\tDee\t1",
+        "Cid\t2\tDee\t2",
+    ]
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("\n".join(lines) + "\n")
-    res = CliRunner().invoke(main, ["--workers", "0", "eval", str(people), "--pairs", str(pairs),
-                                    "--image-size", "64", "--json"])
+    res = CliRunner().invoke(
+        main, ["--workers", "0", "eval", str(people), "--pairs", str(pairs), "--image-size", "64", "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["pairs"] == 8 and out["images"] == 8

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from retrieval.faces import Face, HaarDetector
 from retrieval.faces.alignment import (
     CANONICAL_FACE,
     align_face,
@@ -18,22 +19,24 @@ from retrieval.faces.alignment import (
     template_points,
     warp,
 )
-from retrieval.faces import Face, HaarDetector
 from tests.test_face_detection import DRAWN_EYES, draw_face
 
 
 def similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
     a = np.deg2rad(angle_deg)
-    return np.array([[scale * np.cos(a), -scale * np.sin(a), shift[0]],
-                     [scale * np.sin(a), scale * np.cos(a), shift[1]]])
+    return np.array(
+        [[scale * np.cos(a), -scale * np.sin(a), shift[0]], [scale * np.sin(a), scale * np.cos(a), shift[1]]]
+    )
 
 
 # --- estimate_similarity --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 40])
-@pytest.mark.parametrize("angle,scale,shift", [(0.0, 1.0, (0.0, 0.0)), (37.0, 2.5, (-14.0, 3.0)),
-                                               (-170.0, 0.3, (100.0, -250.0)), (90.0, 1.0, (5.0, 5.0))])
+@pytest.mark.parametrize(
+    "angle,scale,shift",
+    [(0.0, 1.0, (0.0, 0.0)), (37.0, 2.5, (-14.0, 3.0)), (-170.0, 0.3, (100.0, -250.0)), (90.0, 1.0, (5.0, 5.0))],
+)
 def test_recovers_a_known_similarity_exactly(n, angle, scale, shift):
     rng = np.random.default_rng(n)
     src = rng.uniform(-50, 200, (n, 2))
@@ -71,13 +74,16 @@ def test_mirrored_points_give_a_rotation_not_a_reflection():
     assert est[0, 0] == pytest.approx(est[1, 1]) and est[0, 1] == pytest.approx(-est[1, 0])
 
 
-@pytest.mark.parametrize("src,dst", [
-    (np.zeros((1, 2)), np.zeros((1, 2))),              # one point
-    (np.ones((3, 2)), np.zeros((3, 2))),               # coincident source points
-    (np.zeros((3, 2)), np.zeros((4, 2))),              # shape mismatch
-    (np.zeros((3, 3)), np.zeros((3, 3))),              # not 2-D points
-    (np.array([[0, 0], [1, np.nan]]), np.zeros((2, 2))),
-])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        (np.zeros((1, 2)), np.zeros((1, 2))),  # one point
+        (np.ones((3, 2)), np.zeros((3, 2))),  # coincident source points
+        (np.zeros((3, 2)), np.zeros((4, 2))),  # shape mismatch
+        (np.zeros((3, 3)), np.zeros((3, 3))),  # not 2-D points
+        (np.array([[0, 0], [1, np.nan]]), np.zeros((2, 2))),
+    ],
+)
 def test_degenerate_inputs_are_refused(src, dst):
     with pytest.raises(ValueError):
         estimate_similarity(src, dst)
@@ -117,7 +123,7 @@ def cross_pattern(size: int = 240) -> tuple[Image.Image, np.ndarray]:
     d = ImageDraw.Draw(img)
     c = size / 2
     d.rectangle([c - 60, c - 4, c + 60, c + 4], fill=(255, 255, 255))  # horizontal bar
-    d.rectangle([c - 4, c - 4, c + 4, c + 70], fill=(255, 255, 255))   # stem downwards
+    d.rectangle([c - 4, c - 4, c + 4, c + 70], fill=(255, 255, 255))  # stem downwards
     eyes = np.array([[c - 40, c - 20], [c + 40, c - 20]])
     for x, y in eyes:
         d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=(255, 0, 0))
@@ -196,7 +202,7 @@ def test_drawn_face_detected_and_aligned_puts_eyes_on_the_template():
     target = template_points(128, 0.2, 2)
     for t in target:
         x, y = np.round(t).astype(int)
-        assert dark[y - 6:y + 7, x - 6:x + 7].any()
+        assert dark[y - 6 : y + 7, x - 6 : x + 7].any()
 
 
 def test_faces_without_landmarks_are_cropped_from_the_box():
@@ -208,7 +214,9 @@ def test_faces_without_landmarks_are_cropped_from_the_box():
     np.testing.assert_array_equal(crop, crop_box(img, (140, 40, 160, 60), 30, 0.0))
     with_margin = align_face(img, Face(140, 40, 160, 60), size=40, margin=0.25)
     assert with_margin[20, 20].min() > 200 and with_margin[2, 2].max() == 0
-    np.testing.assert_allclose(apply_transform(box_matrix((140, 40, 160, 60), 30, 0.0), [[149.5, 49.5]]), [[14.5, 14.5]])
+    np.testing.assert_allclose(
+        apply_transform(box_matrix((140, 40, 160, 60), 30, 0.0), [[149.5, 49.5]]), [[14.5, 14.5]]
+    )
 
 
 def test_grey_pixels_and_border_modes():

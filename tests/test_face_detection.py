@@ -125,8 +125,9 @@ def test_uniform_image_has_no_faces(haar, value):
     assert haar.detect(np.full((240, 320, 3), value, np.uint8)) == []
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 3), (23, 23, 3), (0, 10, 3), (8, 3000, 3), (3000, 8, 3),
-                                   (40, 2000, 3), (2000, 40, 3)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 3), (5, 7, 3), (23, 23, 3), (0, 10, 3), (8, 3000, 3), (3000, 8, 3), (40, 2000, 3), (2000, 40, 3)]
+)
 def test_tiny_and_extreme_aspect_images_do_not_crash(haar, shape):
     rng = np.random.default_rng(0)
     faces = haar.detect(rng.integers(0, 256, shape, dtype=np.uint8))

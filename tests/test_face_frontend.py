@@ -91,8 +91,9 @@ def test_face_crops_with_every_face_and_with_a_custom_pick_and_margin():
     every = face_crops(img, FixedDetector([SMALL, BIG]), size=48, pick=None)
     assert every.faces == [BIG, SMALL] and every.detected == 2
     np.testing.assert_array_equal(every.crops, np.stack([align_face(img, f, 48) for f in (BIG, SMALL)]))
-    smallest = face_crops(img, FixedDetector([SMALL, BIG]), size=48, margin=0.5,
-                          pick=lambda faces, w, h: min(faces, key=lambda f: f.area))
+    smallest = face_crops(
+        img, FixedDetector([SMALL, BIG]), size=48, margin=0.5, pick=lambda faces, w, h: min(faces, key=lambda f: f.area)
+    )
     assert smallest.faces == [SMALL]
     np.testing.assert_array_equal(smallest.crops[0], align_face(img, SMALL, 48, margin=0.5))
 
@@ -164,8 +165,7 @@ def test_aligned_face_embedder_embeds_the_aligned_crops_of_a_photo_in_one_batch(
 
 
 def test_importing_the_package_registers_every_detector_without_importing_dlib():
-    code = ("import sys, retrieval.faces as f; print(','.join(f.DETECTORS.names())); "
-            "print('dlib' in sys.modules)")
+    code = "import sys, retrieval.faces as f; print(','.join(f.DETECTORS.names())); print('dlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["dlib-cnn,dlib-hog,haar", "False"]
     assert DETECTORS.names() == ["dlib-cnn", "dlib-hog", "haar"]

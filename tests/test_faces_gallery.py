@@ -53,7 +53,7 @@ class ThumbEmbedder:
         self.calls[0] += len(faces)
         out = []
         for f in faces:
-            crop = pixels[int(f.y0):int(f.y1), int(f.x0):int(f.x1)].astype(np.float32)
+            crop = pixels[int(f.y0) : int(f.y1), int(f.x0) : int(f.x1)].astype(np.float32)
             v = cv2.resize(crop, (12, 12), interpolation=cv2.INTER_AREA).ravel()
             v -= v.mean()
             out.append(v / max(np.linalg.norm(v), 1e-9))
@@ -73,15 +73,19 @@ def save_photo(path: Path, people: list[int], variant: int, sizes: list[int] | N
     for slot, person in enumerate(people):
         size = (sizes or [PATCH] * len(people))[slot]
         x, y = 10 + slot * 90, 20 + variant % 3
-        img[y:y + size, x:x + size] = face_patch(person, variant, size)
+        img[y : y + size, x : x + size] = face_patch(person, variant, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path, quality=95)
     return path
 
 
 def open_gallery(home: Path, det_calls: list[int] | None = None, emb_calls: list[int] | None = None) -> FaceGallery:
-    return FaceGallery(home, runtime=FAST_RUNTIME, detector_factory=lambda name: BlobDetector(det_calls),
-                       face_embedder_factory=lambda settings, runtime: ThumbEmbedder(emb_calls))
+    return FaceGallery(
+        home,
+        runtime=FAST_RUNTIME,
+        detector_factory=lambda name: BlobDetector(det_calls),
+        face_embedder_factory=lambda settings, runtime: ThumbEmbedder(emb_calls),
+    )
 
 
 ALICE, BOB, CAROL = 1, 2, 3
@@ -153,8 +157,9 @@ def test_calibrate_stores_a_threshold_that_meets_the_far_and_eval_uses_the_lfw_p
         for v in range(1, 4):
             save_photo(root / name / f"{name}_{v:04d}.jpg", [10 + p], v)
     # 2 folds x (2 same + 2 different pairs)
-    (tmp_path / "pairs.txt").write_text("2 2\nAnn 1 2\nBen 1 3\nAnn 1 Ben 2\nCat 1 Dan 1\n"
-                                        "Cat 2 3\nDan 1 2\nAnn 3 Cat 3\nBen 2 Dan 3\n")
+    (tmp_path / "pairs.txt").write_text(
+        "2 2\nAnn 1 2\nBen 1 3\nAnn 1 Ben 2\nCat 1 Dan 1\nCat 2 3\nDan 1 2\nAnn 3 Cat 3\nBen 2 Dan 3\n"
+    )
     rep = g.calibrate(tmp_path / "pairs.txt", root, far=0.25)
     st = g.settings
     assert st.calibrated and st.calibration.far <= 0.25 and st.calibration.tar == 1.0
@@ -246,8 +251,12 @@ def test_the_real_network_on_aligned_crops_ranks_the_right_person_first(tmp_path
         settings_seen.append(settings)
         return default_face_embedder(settings, runtime)
 
-    g = FaceGallery(tmp_path / "home", runtime=FAST_RUNTIME, detector_factory=lambda name: BlobDetector(),
-                    face_embedder_factory=factory)
+    g = FaceGallery(
+        tmp_path / "home",
+        runtime=FAST_RUNTIME,
+        detector_factory=lambda name: BlobDetector(),
+        face_embedder_factory=factory,
+    )
     g.configure(model=ModelConfig(image_size=64))
     photos = tmp_path / "photos"
     for person, name in ((ALICE, "alice"), (BOB, "bob")):
@@ -269,8 +278,12 @@ class PickyDetector(BlobDetector):
 
 
 def test_a_photo_the_detector_cannot_take_is_reported_not_a_crash(tmp_path):
-    g = FaceGallery(tmp_path / "home", runtime=FAST_RUNTIME, detector_factory=lambda name: PickyDetector(),
-                    face_embedder_factory=lambda settings, runtime: ThumbEmbedder())
+    g = FaceGallery(
+        tmp_path / "home",
+        runtime=FAST_RUNTIME,
+        detector_factory=lambda name: PickyDetector(),
+        face_embedder_factory=lambda settings, runtime: ThumbEmbedder(),
+    )
     photos = tmp_path / "photos"
     save_photo(photos / "wide.png", [ALICE], 0)  # 200 px wide: the detector fails
     small = photos / "small.png"

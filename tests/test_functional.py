@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from retrieval import functional as RF
-from retrieval.pooling import POOLINGS, GeM, RMAC, build_pooling
+from retrieval.pooling import POOLINGS, RMAC, GeM, build_pooling
 from retrieval.registry import UnknownNameError
 
 

@@ -36,7 +36,7 @@ def test_exif_orientation_is_applied():
 def test_every_common_mode_becomes_rgb(mode):
     img = draw_image(2, (40, 30))
     if mode == "I;16":
-        arr = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+        arr = np.asarray(img.convert("L"), dtype=np.uint16) * 257
         img = Image.fromarray(arr)
         assert img.mode.startswith("I;16")
     else:
@@ -67,10 +67,13 @@ def test_jpeg_reduced_decode_gives_the_exact_target_size():
     assert np.abs(full.astype(int) - pixels.astype(int)).mean() < 12
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"", "empty file"),
-    (b"this is not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not an image"),
+    ],
+)
 def test_empty_and_non_image_files_are_refused_with_a_reason(data, reason):
     with pytest.raises(ImageLoadError, match=reason):
         decode_image(data, 224)

@@ -67,8 +67,12 @@ def scene(obj: int, background: int, jitter: int = 0, size: int = 96) -> Image.I
 
 
 def masked_collection(home: Path, apply: str = "pool", model: ModelConfig = SMALL_MODEL) -> Collection:
-    coll = Collection(home, runtime=FAST_RUNTIME, embedder_factory=embedder,
-                      masker_factory=lambda s: Masker(s, segmenter=not_background))
+    coll = Collection(
+        home,
+        runtime=FAST_RUNTIME,
+        embedder_factory=embedder,
+        masker_factory=lambda s: Masker(s, segmenter=not_background),
+    )
     coll.configure(model=model, mask=MaskSettings(segmenter="fake", apply=apply))
     return coll
 
@@ -166,12 +170,18 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE images DROP COLUMN mask_fallback"))
         conn.execute(text("ALTER TABLE images DROP COLUMN mask_fraction"))
-        conn.execute(text("INSERT INTO images (path, size, mtime_ns, status, added_at, updated_at) "
-                          "VALUES ('a.png', 1, 1, 'pending', '2026-01-01', '2026-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO images (path, size, mtime_ns, status, added_at, updated_at) "
+                "VALUES ('a.png', 1, 1, 'pending', '2026-01-01', '2026-01-01')"
+            )
+        )
     engine.dispose()
     engine = db.make_engine(url)
     with engine.begin() as conn:
-        assert conn.execute(text("SELECT path, mask_fraction, mask_fallback FROM images")).all() == [("a.png", None, None)]
+        assert conn.execute(text("SELECT path, mask_fraction, mask_fallback FROM images")).all() == [
+            ("a.png", None, None)
+        ]
 
 
 def test_cli_index_with_a_mask_then_a_different_mask_needs_reembed(tmp_path):

@@ -29,8 +29,12 @@ def known(id_, path, size=10, mtime=1, status="indexed", h="h"):
 
 
 def test_plan_sorts_files_into_new_changed_removed_unchanged_and_resume():
-    scanned = [ScannedFile("/r/a", 10, 1), ScannedFile("/r/b", 11, 2), ScannedFile("/r/c", 5, 1),
-               ScannedFile("/r/p", 10, 1)]
+    scanned = [
+        ScannedFile("/r/a", 10, 1),
+        ScannedFile("/r/b", 11, 2),
+        ScannedFile("/r/c", 5, 1),
+        ScannedFile("/r/p", 10, 1),
+    ]
     db = [known(1, "/r/a"), known(2, "/r/b"), known(3, "/r/gone", size=99), known(4, "/r/p", status="pending")]
     plan = plan_sync(scanned, db, hash_of=lambda p: pytest.fail("no hashing needed"))
     assert plan.unchanged == 1

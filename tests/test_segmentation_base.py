@@ -66,8 +66,14 @@ def test_iou() -> None:
     assert iou(a, a) == 1.0
 
 
-def _dataset(root: Path, n: int, images: str = "rgb", masks: str = "figure_ground",
-             image_size: tuple[int, int] = (40, 30), mask_size: tuple[int, int] = (20, 15)) -> None:
+def _dataset(
+    root: Path,
+    n: int,
+    images: str = "rgb",
+    masks: str = "figure_ground",
+    image_size: tuple[int, int] = (40, 30),
+    mask_size: tuple[int, int] = (20, 15),
+) -> None:
     (root / images).mkdir(parents=True)
     (root / masks).mkdir(parents=True)
     for i in range(n):

@@ -39,8 +39,15 @@ def drawn_object(seed: int, size: tuple[int, int] = (160, 120)) -> tuple[np.ndar
     draw = ImageDraw.Draw(mask_img)
     ox, oy = rng.integers(-10, 11), rng.integers(-8, 9)
     draw.ellipse([w * 0.28 + ox, h * 0.32 + oy, w * 0.72 + ox, h * 0.72 + oy], fill=255)
-    draw.polygon([(w * 0.62 + ox, h * 0.45 + oy), (w * 0.78 + ox, h * 0.2 + oy), (w * 0.84 + ox, h * 0.26 + oy),
-                  (w * 0.7 + ox, h * 0.55 + oy)], fill=255)
+    draw.polygon(
+        [
+            (w * 0.62 + ox, h * 0.45 + oy),
+            (w * 0.78 + ox, h * 0.2 + oy),
+            (w * 0.84 + ox, h * 0.26 + oy),
+            (w * 0.7 + ox, h * 0.55 + oy),
+        ],
+        fill=255,
+    )
     truth = np.asarray(mask_img) > 127
     colour = np.array([200, 90, 40]) + rng.normal(0, 10, (h, w, 3))
     pixels = np.where(truth[:, :, None], colour, background)

@@ -118,8 +118,16 @@ def test_random_deeplab_mobilenet_gives_bool_mask_of_input_shape() -> None:
 
 
 def test_random_maskrcnn_gives_bool_mask_of_input_shape() -> None:
-    net = build_network("maskrcnn", "random", min_size=64, max_size=96, rpn_pre_nms_top_n_test=20,
-                        rpn_post_nms_top_n_test=5, box_detections_per_img=3, box_score_thresh=0.0)
+    net = build_network(
+        "maskrcnn",
+        "random",
+        min_size=64,
+        max_size=96,
+        rpn_pre_nms_top_n_test=20,
+        rpn_post_nms_top_n_test=5,
+        box_detections_per_img=3,
+        box_score_thresh=0.0,
+    )
     seg = build_torchvision_segmenter("maskrcnn", "random", model=net, score_threshold=0.0)
     pixels, _ = red_square(50, 70)
     mask = seg(pixels)

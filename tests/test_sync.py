@@ -42,8 +42,12 @@ class Files:
     def __init__(self, home: Path, commit_every: int = 2) -> None:
         self.store = Store(home, None, None, max_pixels=1, commit_every=commit_every)
         self.sync = FileSync(ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None))
-        self.cache = IndexCache(self.store, IndexFile(self.store.home, "t.faiss", "t.json"), db.VECTOR_VERSION,
-                                RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "t_dim"))
+        self.cache = IndexCache(
+            self.store,
+            IndexFile(self.store.home, "t.faiss", "t.json"),
+            db.VECTOR_VERSION,
+            RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "t_dim"),
+        )
         self.processed: list[str] = []
         self.fail_after: int | None = None
 
@@ -56,8 +60,16 @@ class Files:
                 writer.put(dict(id=row_id, status=ERROR, error="unreadable", vector=None))
                 report.skipped.append((path, "unreadable"))
                 continue
-            writer.put(dict(id=row_id, status=INDEXED, error=None, vector=vector_of(path).tobytes(),
-                            content_hash=file_hash(path)), indexed=True)
+            writer.put(
+                dict(
+                    id=row_id,
+                    status=INDEXED,
+                    error=None,
+                    vector=vector_of(path).tobytes(),
+                    content_hash=file_hash(path),
+                ),
+                indexed=True,
+            )
             report.embedded += 1
 
     def index(self, folder: Path) -> IndexReport:
@@ -182,14 +194,20 @@ class Photos(Files):
     def __init__(self, home: Path) -> None:
         super().__init__(home)
         self.sync = FileSync(FacePhoto, "v_faces", reset=dict(faces=None), dependents=Photos.Faces())
-        self.cache = IndexCache(self.store, IndexFile(self.store.home, "p.faiss", "p.json"), "v_faces",
-                                RowVectors(FaceRecord, (FaceRecord.source == "t",), "t_dim"))
+        self.cache = IndexCache(
+            self.store,
+            IndexFile(self.store.home, "p.faiss", "p.json"),
+            "v_faces",
+            RowVectors(FaceRecord, (FaceRecord.source == "t",), "t_dim"),
+        )
 
     def process(self, todo, report, writer: BatchWriter) -> None:
         for row_id, path in todo:
             v = vector_of(path)
-            faces = [FaceRecord(source="t", photo_id=row_id, path=path, x0=0, y0=0, x1=1, y1=1,
-                                vector=(sign * v).tobytes()) for sign in (1, -1)]
+            faces = [
+                FaceRecord(source="t", photo_id=row_id, path=path, x0=0, y0=0, x1=1, y1=1, vector=(sign * v).tobytes())
+                for sign in (1, -1)
+            ]
             writer.put(dict(id=row_id, status=INDEXED, error=None, faces=2, content_hash=file_hash(path)), faces)
             report.embedded += 1
 

@@ -25,12 +25,15 @@ from .types import Box, Face, check_pixels
 #: jaw from x = -0.67 to 1.70, brows from y = -0.37, chin at y = 1.96 (inter-ocular distances). The
 #: square is 2.4 inter-ocular distances wide, centred on x = 0.5 and y = 0.65: brows to chin, cheek to cheek.
 CANONICAL_FACE = np.array(
-    [[0.2917, 0.2292],   # left eye (image-left)
-     [0.7083, 0.2292],   # right eye
-     [0.5000, 0.5542],   # nose base
-     [0.3125, 0.6917],   # mouth corner, image-left
-     [0.6875, 0.6917]],  # mouth corner, image-right
-    dtype=np.float64)
+    [
+        [0.2917, 0.2292],  # left eye (image-left)
+        [0.7083, 0.2292],  # right eye
+        [0.5000, 0.5542],  # nose base
+        [0.3125, 0.6917],  # mouth corner, image-left
+        [0.6875, 0.6917],
+    ],  # mouth corner, image-right
+    dtype=np.float64,
+)
 
 #: Default margin: 20% of the face square on each side, so the 160 px crop shows the forehead and chin,
 #: with the eyes ~48 px apart. (For the *untrained* ImageNet model on LFW folds 1-3, margins 0 / 0.2 / 0.5
@@ -83,8 +86,9 @@ def invert_transform(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(m)[:2]
 
 
-def template_points(size: int, margin: float = DEFAULT_MARGIN, n: int = 5,
-                    template: np.ndarray = CANONICAL_FACE) -> np.ndarray:
+def template_points(
+    size: int, margin: float = DEFAULT_MARGIN, n: int = 5, template: np.ndarray = CANONICAL_FACE
+) -> np.ndarray:
     """The first ``n`` canonical points in the pixel coordinates of an ``S x S`` crop with ``margin``: ``(n, 2)``."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
@@ -96,8 +100,9 @@ def template_points(size: int, margin: float = DEFAULT_MARGIN, n: int = 5,
     return unit * size - 0.5  # unit square edge to edge -> pixel-centre coordinates
 
 
-def alignment_matrix(landmarks: np.ndarray, size: int = 160, margin: float = DEFAULT_MARGIN,
-                     template: np.ndarray = CANONICAL_FACE) -> np.ndarray:
+def alignment_matrix(
+    landmarks: np.ndarray, size: int = 160, margin: float = DEFAULT_MARGIN, template: np.ndarray = CANONICAL_FACE
+) -> np.ndarray:
     """``(2, 3)`` matrix taking image pixels to crop pixels, fitted on ``landmarks (K, 2)`` (``K >= 2``, in
     :data:`~retrieval.faces.types.LANDMARK_NAMES` order) and the first ``K`` template points."""
     pts = np.asarray(landmarks, np.float64)
@@ -134,7 +139,9 @@ def warp(pixels: np.ndarray, matrix: np.ndarray, size: int, border: str = "repli
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.5 and img.shape[0] > 1 and img.shape[1] > 1:
         # Crop the source region the output needs (plus a few pixels), shrink it to 2x the output scale.
-        corners = apply_transform(invert_transform(m), np.array([[-1, -1], [size, -1], [-1, size], [size, size]], float))
+        corners = apply_transform(
+            invert_transform(m), np.array([[-1, -1], [size, -1], [-1, size], [size, size]], float)
+        )
         pad = 2.0 / scale
         x0 = int(np.clip(np.floor(corners[:, 0].min() - pad), 0, img.shape[1] - 1))
         y0 = int(np.clip(np.floor(corners[:, 1].min() - pad), 0, img.shape[0] - 1))
@@ -152,8 +159,9 @@ def warp(pixels: np.ndarray, matrix: np.ndarray, size: int, border: str = "repli
     return cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), flags=cv2.INTER_LINEAR, borderMode=mode)
 
 
-def align_face(pixels: np.ndarray, face: Face, size: int = 160, margin: float = DEFAULT_MARGIN,
-               border: str = "replicate") -> np.ndarray:
+def align_face(
+    pixels: np.ndarray, face: Face, size: int = 160, margin: float = DEFAULT_MARGIN, border: str = "replicate"
+) -> np.ndarray:
     """Aligned crop of one face: ``(H, W, 3)`` uint8 RGB -> ``(size, size, 3)`` uint8.
 
     Uses the face's landmarks (eyes level and at the canonical places; with the nose base and mouth corners
@@ -168,8 +176,13 @@ def align_face(pixels: np.ndarray, face: Face, size: int = 160, margin: float = 
     return warp(pixels, matrix, size, border)
 
 
-def align_faces(pixels: np.ndarray, faces: Sequence[Face], size: int = 160, margin: float = DEFAULT_MARGIN,
-                border: str = "replicate") -> np.ndarray:
+def align_faces(
+    pixels: np.ndarray,
+    faces: Sequence[Face],
+    size: int = 160,
+    margin: float = DEFAULT_MARGIN,
+    border: str = "replicate",
+) -> np.ndarray:
     """Aligned crops of several faces of one image (:func:`align_face` each):
     ``(H, W, 3)`` uint8 -> ``(len(faces), size, size, 3)`` uint8 (``(0, size, size, 3)`` for no faces)."""
     if not faces:
@@ -177,7 +190,8 @@ def align_faces(pixels: np.ndarray, faces: Sequence[Face], size: int = 160, marg
     return np.stack([align_face(pixels, f, size, margin, border) for f in faces])
 
 
-def crop_box(pixels: np.ndarray, box: Box, size: int = 160,
-             margin: float = DEFAULT_MARGIN, border: str = "replicate") -> np.ndarray:
+def crop_box(
+    pixels: np.ndarray, box: Box, size: int = 160, margin: float = DEFAULT_MARGIN, border: str = "replicate"
+) -> np.ndarray:
     """Square crop around ``box`` (no landmarks): ``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8."""
     return warp(pixels, box_matrix(box, size, margin), size, border)

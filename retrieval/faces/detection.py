@@ -101,8 +101,10 @@ def _cascade_path(filename: str) -> str:
 def _load_cascade(filename: str) -> cv2.CascadeClassifier:
     cascade = cv2.CascadeClassifier(_cascade_path(filename))
     if cascade.empty():
-        raise RuntimeError(f"OpenCV could not load {_cascade_path(filename)}; "
-                           "opencv-python(-headless) 4.x ships it (5.x dropped the cascades)")
+        raise RuntimeError(
+            f"OpenCV could not load {_cascade_path(filename)}; "
+            "opencv-python(-headless) 4.x ships it (5.x dropped the cascades)"
+        )
     return cascade
 
 
@@ -159,23 +161,26 @@ class HaarDetector:
         grey = to_grey(pixels)
         h, w = grey.shape
         s = working_scale(h, w, cfg.max_side)
-        small = grey if s == 1.0 else cv2.resize(grey, (max(1, round(w * s)), max(1, round(h * s))),
-                                                 interpolation=cv2.INTER_AREA)
+        small = (
+            grey
+            if s == 1.0
+            else cv2.resize(grey, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        )
         if cfg.equalize and small.size:
             small = cv2.equalizeHist(small)
         min_px = max(cfg.min_face_px, int(cfg.min_face * min(small.shape)))
         if min(small.shape) < min_px:
             return []
         boxes, neighbours = self._faces.detectMultiScale2(
-            small, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_px, min_px))
+            small, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_px, min_px)
+        )
         faces = []
         for (bx, by, bw, bh), n in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).reshape(-1)):
             box = (max(0.0, bx / s), max(0.0, by / s), min(float(w), (bx + bw) / s), min(float(h), (by + bh) / s))
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             eyes, estimated = self._find_eyes(grey, box)
-            faces.append(Face(*box, score=float(n), landmarks=eyes, landmarks_estimated=estimated,
-                              detector=self.name))
+            faces.append(Face(*box, score=float(n), landmarks=eyes, landmarks_estimated=estimated, detector=self.name))
         log.debug("haar: %d face(s) in a %dx%d image (searched at %.2fx)", len(faces), w, h, s)
         return sort_faces(faces)
 
@@ -197,15 +202,19 @@ class HaarDetector:
         if band.shape[0] < 4 or band.shape[1] < 8:
             return expected, True
         k = self._EYE_BOX_WIDTH / band.shape[1]
-        band = cv2.resize(band, (self._EYE_BOX_WIDTH, max(1, round(band.shape[0] * k))),
-                          interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+        band = cv2.resize(
+            band,
+            (self._EYE_BOX_WIDTH, max(1, round(band.shape[0] * k))),
+            interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+        )
         lo, hi = int(0.12 * self._EYE_BOX_WIDTH), int(0.4 * self._EYE_BOX_WIDTH)
         if min(band.shape) < lo:
             return expected, True
-        found = self._eyes.detectMultiScale(band, scaleFactor=1.1, minNeighbors=3, minSize=(lo, lo),
-                                            maxSize=(hi, hi))
-        centres = [np.array([left + (ex + ew / 2) / k, top + (ey + eh / 2) / k], np.float32)
-                   for ex, ey, ew, eh in np.asarray(found).reshape(-1, 4)]
+        found = self._eyes.detectMultiScale(band, scaleFactor=1.1, minNeighbors=3, minSize=(lo, lo), maxSize=(hi, hi))
+        centres = [
+            np.array([left + (ex + ew / 2) / k, top + (ey + eh / 2) / k], np.float32)
+            for ex, ey, ew, eh in np.asarray(found).reshape(-1, 4)
+        ]
         # A candidate counts for an eye only if it lies within 12% of the box width of where that eye usually is.
         reach = 0.12 * bw
         picked: list[np.ndarray | None] = []

@@ -152,8 +152,14 @@ class DlibDetector:
     more faces). The CNN detector is slow on a CPU (~1 s for a 640 px photo).
     """
 
-    def __init__(self, kind: str = "hog", upsample: int = 1, max_side: int | None = 640,
-                 threshold: float = 0.0, landmarks: bool = True) -> None:
+    def __init__(
+        self,
+        kind: str = "hog",
+        upsample: int = 1,
+        max_side: int | None = 640,
+        threshold: float = 0.0,
+        landmarks: bool = True,
+    ) -> None:
         if kind not in ("hog", "cnn"):
             raise ValueError(f"kind must be 'hog' or 'cnn', got {kind!r}")
         import_dlib()
@@ -169,11 +175,14 @@ class DlibDetector:
         if h < 2 or w < 2:
             return []
         s = working_scale(h, w, self.max_side)
-        small = img if s == 1.0 else cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
-                                                interpolation=cv2.INTER_AREA)
+        small = (
+            img
+            if s == 1.0
+            else cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        )
         # Smaller than the detection window (HOG 80 px, CNN ~40 px) even after upsampling: no face can be
         # there, and dlib's CNN raises on inputs under ~7 px.
-        if min(small.shape[:2]) * 2 ** self.upsample < (80 if self.kind == "hog" else 40):
+        if min(small.shape[:2]) * 2**self.upsample < (80 if self.kind == "hog" else 40):
             return []
         if self.kind == "hog":
             rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
@@ -183,8 +192,12 @@ class DlibDetector:
             scores = [d.confidence for d in found]
         faces = []
         for r, score in zip(rects, scores):
-            box = (max(0.0, r.left() / s), max(0.0, r.top() / s),
-                   min(float(w), (r.right() + 1) / s), min(float(h), (r.bottom() + 1) / s))
+            box = (
+                max(0.0, r.left() / s),
+                max(0.0, r.top() / s),
+                min(float(w), (r.right() + 1) / s),
+                min(float(h), (r.bottom() + 1) / s),
+            )
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             marks = None
@@ -225,8 +238,9 @@ class DlibFaceEncoder:
         shapes = dlib.full_object_detections()
         for f in faces:
             shapes.append(self._shape(img, _rectangle(f.box)))
-        vecs = np.array(self._net.compute_face_descriptor(img, shapes, self.num_jitters, self.padding),
-                        dtype=np.float32).reshape(len(faces), self.dim)
+        vecs = np.array(
+            self._net.compute_face_descriptor(img, shapes, self.num_jitters, self.padding), dtype=np.float32
+        ).reshape(len(faces), self.dim)
         if self.normalize:
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs

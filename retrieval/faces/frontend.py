@@ -59,8 +59,13 @@ def pick_faces(faces: Sequence[Face], width: int, height: int, pick: Pick | None
     return [] if face is None else [face]
 
 
-def face_crops(pixels: np.ndarray, detector: FaceDetector | str = "haar", size: int = 160,
-               margin: float = DEFAULT_MARGIN, pick: Pick | None = largest_face) -> FaceCrops:
+def face_crops(
+    pixels: np.ndarray,
+    detector: FaceDetector | str = "haar",
+    size: int = 160,
+    margin: float = DEFAULT_MARGIN,
+    pick: Pick | None = largest_face,
+) -> FaceCrops:
     """Detect, pick and align: ``(H, W, 3)`` uint8 RGB -> :class:`FaceCrops` with ``(N, size, size, 3)`` crops.
 
     ``detector``: a :class:`~retrieval.faces.detection.FaceDetector` or a registered name (built with its

@@ -80,9 +80,13 @@ class Face:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready)."""
-        return {"box": [float(v) for v in self.box], "score": float(self.score),
-                "landmarks": None if self.landmarks is None else self.landmarks.tolist(),
-                "landmarks_estimated": self.landmarks_estimated, "detector": self.detector}
+        return {
+            "box": [float(v) for v in self.box],
+            "score": float(self.score),
+            "landmarks": None if self.landmarks is None else self.landmarks.tolist(),
+            "landmarks_estimated": self.landmarks_estimated,
+            "detector": self.detector,
+        }
 
 
 def check_pixels(pixels: np.ndarray) -> np.ndarray:
