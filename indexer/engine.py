@@ -141,11 +141,10 @@ class Collection(Store):
         self._embedder: Embedder | None = None
         self._masker_factory = masker_factory
         self._masker: Masker | None = None
-        self._files = IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE)
         self._sync = FileSync(ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None))
         self._cache = IndexCache(
             self,
-            self._files,
+            IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE),
             db.VECTOR_VERSION,
             RowVectors(ImageRecord, (ImageRecord.status == INDEXED,), "model_dim", self._transform),
             config=lambda: self.index_config,
@@ -486,7 +485,7 @@ class Collection(Store):
             whitening = self._whitening(s)
             fallbacks = s.scalar(select(func.count()).where(ImageRecord.mask_fallback.is_not(None))) or 0
         model = self.model_config
-        state = self._files.read_state()
+        state = self._cache.files.read_state()
         return Stats(
             home=str(self.home),
             database=redact_url(self.db_url),
