@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 from retrieval.backbones import BACKBONES, WeightsUnavailableError, build_backbone
-from retrieval.efficientnet_lite import cpu_has_fast_bf16
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.model import EmbeddingNet, Embedder, resolve_device
+from retrieval.efficientnet_lite import cpu_has_fast_bf16
+from retrieval.model import Embedder, EmbeddingNet, resolve_device
 from retrieval.registry import UnknownNameError
 
 

@@ -81,9 +81,7 @@ def test_features_and_logits_match_reference(
 
 
 @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
-def test_channels_last_and_fused_match(
-    ours: EfficientNetLite, fused: EfficientNetLite, hw: tuple[int, int]
-) -> None:
+def test_channels_last_and_fused_match(ours: EfficientNetLite, fused: EfficientNetLite, hw: tuple[int, int]) -> None:
     x = _batch(*hw, seed=1)
     assert fused.is_fused and not ours.is_fused
     with torch.inference_mode():
@@ -105,9 +103,7 @@ def test_channels_last_unfused_matches(ours: EfficientNetLite) -> None:
     assert (got - expected).abs().max().item() < ATOL
 
 
-def test_state_dict_round_trip(
-    tmp_path: Path, ours: EfficientNetLite, fused: EfficientNetLite
-) -> None:
+def test_state_dict_round_trip(tmp_path: Path, ours: EfficientNetLite, fused: EfficientNetLite) -> None:
     x = _batch(*SIZES[1], seed=3)
     # Our key format.
     ours_path = tmp_path / "ours.pth"

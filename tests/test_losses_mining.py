@@ -272,7 +272,6 @@ def test_contrastive_tuples_hold_a_query_its_positive_and_hard_negatives(collect
 # --------------------------------------------------------------------------------------------- end to end
 
 
-
 def test_training_a_linear_embedding_with_batch_triplet_loss_improves_map(one_thread):
     rng = np.random.default_rng(0)
     n_classes, per_class, d_in, d_out = 6, 8, 16, 8

@@ -45,8 +45,10 @@ def draw_pair(seed: int, size: tuple[int, int] = (72, 56)) -> tuple[Image.Image,
     d = ImageDraw.Draw(img)
     for _ in range(4):  # clutter in cool colours
         x0, y0 = rng.randrange(w), rng.randrange(h)
-        d.rectangle([x0, y0, x0 + rng.randrange(4, w // 3), y0 + rng.randrange(4, h // 3)],
-                    fill=(rng.randrange(0, 80), rng.randrange(80, 200), rng.randrange(80, 255)))
+        d.rectangle(
+            [x0, y0, x0 + rng.randrange(4, w // 3), y0 + rng.randrange(4, h // 3)],
+            fill=(rng.randrange(0, 80), rng.randrange(80, 200), rng.randrange(80, 255)),
+        )
     mask = Image.new("L", size, 0)
     bw, bh = rng.randrange(w // 3, 2 * w // 3), rng.randrange(h // 3, 2 * h // 3)
     x0, y0 = rng.randrange(0, w - bw), rng.randrange(0, h - bh)
@@ -75,8 +77,15 @@ def pairs_in_memory(n: int, start_seed: int = 0) -> InMemoryPairs:
 
 
 def fast_config(**kw) -> SegTrainConfig:
-    base: dict = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "image_size": SIZE, "augment": False, "device": "cpu",
-                  "seed": 0}
+    base: dict = {
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "image_size": SIZE,
+        "augment": False,
+        "device": "cpu",
+        "seed": 0,
+    }
     return SegTrainConfig(**{**base, **kw})
 
 
@@ -90,6 +99,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 # --------------------------------------------------------------------------- encoder pyramid and shapes
 
+
 def test_pyramid_maps_have_strides_2_to_32_and_the_last_is_forwards_output():
     torch.manual_seed(0)
     net = efficientnet_lite0(None).eval()
@@ -97,7 +107,7 @@ def test_pyramid_maps_have_strides_2_to_32_and_the_last_is_forwards_output():
     maps = net.pyramid(x)
     assert [m.shape[1] for m in maps] == list(net.pyramid_channels) == [16, 24, 40, 112, 1280]
     for level, m in enumerate(maps, start=1):
-        stride = 2 ** level
+        stride = 2**level
         assert m.shape[-2:] == (-(-70 // stride), -(-45 // stride))
     with torch.no_grad():
         assert torch.equal(net.pyramid(x)[-1], net(x))
@@ -123,6 +133,7 @@ def test_unet_config_round_trips_and_names_its_kind():
 
 
 # --------------------------------------------------------------------------- losses
+
 
 def test_perfect_prediction_gives_dice_loss_near_zero_and_the_opposite_near_one():
     target = (torch.rand(3, 1, 16, 16) > 0.5).float()
@@ -153,6 +164,7 @@ def test_loss_gradient_pushes_logits_towards_the_target():
 
 # --------------------------------------------------------------------------- data and augmentation
 
+
 def test_split_validation_is_seeded_disjoint_and_complete():
     pairs = [MaskedImage(Path(f"{i}.jpg"), Path(f"{i}.png")) for i in range(20)]
     train, val = split_validation(pairs, 0.25, seed=3)
@@ -177,6 +189,7 @@ def test_augmentation_moves_the_mask_with_the_image():
 
 
 # --------------------------------------------------------------------------- training, checkpoints, resume
+
 
 def test_training_lowers_the_loss_and_learns_the_shapes(trained):
     _, result = trained
@@ -238,6 +251,7 @@ def test_frozen_encoder_keeps_its_weights(tmp_path):
 
 # --------------------------------------------------------------------------- the segmenter
 
+
 def test_segmenter_from_spec_returns_a_bool_mask_of_the_input_shape(trained):
     path, _ = trained
     seg = build_segmenter(f"unet:{path}")
@@ -267,11 +281,28 @@ def test_embedding_network_refuses_a_unet_checkpoint(trained):
 
 # --------------------------------------------------------------------------- the CLI
 
+
 def test_train_seg_command_trains_end_to_end_on_a_small_folder(tmp_path):
     data = make_pairs_folder(tmp_path / "shapes", 10, layout=("rgb", "figure_ground"))
     out = tmp_path / "seg.pt"
-    result = CliRunner().invoke(train_seg, [str(data), "--out", str(out), "--epochs", "1", "--image-size", "32",
-                                            "--batch-size", "4", "--device", "cpu", "--val-fraction", "0.3"])
+    result = CliRunner().invoke(
+        train_seg,
+        [
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "training on 7 image + mask pairs, validating on 3" in result.output
     assert "epoch 1/1" in result.output and "validation IoU" in result.output
@@ -285,8 +316,20 @@ def test_train_seg_command_with_a_validation_folder_and_resume(tmp_path):
     data = make_pairs_folder(tmp_path / "train", 6)
     val = make_pairs_folder(tmp_path / "val", 2, start_seed=60)
     out = tmp_path / "seg.pt"
-    args = [str(data), "--out", str(out), "--val", str(val), "--image-size", "32", "--batch-size", "6",
-            "--device", "cpu", "--no-augment"]
+    args = [
+        str(data),
+        "--out",
+        str(out),
+        "--val",
+        str(val),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "6",
+        "--device",
+        "cpu",
+        "--no-augment",
+    ]
     first = CliRunner().invoke(train_seg, args + ["--epochs", "1"])
     assert first.exit_code == 0, first.output
     assert "training on 6 image + mask pairs, validating on 2" in first.output
@@ -307,8 +350,22 @@ def test_train_seg_command_skips_unreadable_pairs(tmp_path):
     data = make_pairs_folder(tmp_path / "d", 4)
     (data / "images" / "shape_000.jpg").write_bytes(b"not an image")
     out = tmp_path / "seg.pt"
-    result = CliRunner().invoke(train_seg, [str(data), "--out", str(out), "--epochs", "1", "--image-size", "32",
-                                            "--device", "cpu", "--val-fraction", "0.25"])
+    result = CliRunner().invoke(
+        train_seg,
+        [
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.25",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "skipped" in result.output and "shape_000" in result.output
     assert find_pairs(data)  # the folder itself is untouched

@@ -41,8 +41,17 @@ class Synthetic:
 
 
 def quick(loss: str = "triplet", epochs: int = 1, **kw) -> TrainConfig:
-    return TrainConfig(loss=loss, epochs=epochs, batch_size=8, images_per_class=4, queries_per_epoch=8,
-                       negatives_per_query=2, mining_pool=None, device="cpu", **kw)
+    return TrainConfig(
+        loss=loss,
+        epochs=epochs,
+        batch_size=8,
+        images_per_class=4,
+        queries_per_epoch=8,
+        negatives_per_query=2,
+        mining_pool=None,
+        device="cpu",
+        **kw,
+    )
 
 
 def test_checkpoints_load_safely_and_reproduce_the_trained_vectors(tmp_path):
@@ -59,8 +68,11 @@ def test_checkpoints_load_safely_and_reproduce_the_trained_vectors(tmp_path):
     reference = EmbeddingNet(model).eval()
     reference.load_state_dict(last["state_dict"])
     data = Synthetic(range(2))
-    np.testing.assert_allclose(embed_all(trained, data, SIZE, torch.device("cpu")),
-                               embed_all(reference, data, SIZE, torch.device("cpu")), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_all(trained, data, SIZE, torch.device("cpu")),
+        embed_all(reference, data, SIZE, torch.device("cpu")),
+        atol=1e-5,
+    )
 
 
 def test_resume_continues_after_the_last_finished_epoch(tmp_path):
@@ -98,8 +110,27 @@ def test_train_command_then_index_with_the_checkpoint(tmp_path):
             base.rotate(15 * j).save(data / f"c{c}" / f"{j}.png")
     out = tmp_path / "net.pt"
     runner = CliRunner()
-    res = runner.invoke(main, ["--workers", "0", "--batch-size", "8", "--device", "cpu", "train", str(data),
-                               "--out", str(out), "--epochs", "1", "--image-size", str(SIZE), "--val-fraction", "0.34"])
+    res = runner.invoke(
+        main,
+        [
+            "--workers",
+            "0",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            str(SIZE),
+            "--val-fraction",
+            "0.34",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "validating on 8 images of 2 other classes" in res.output and "epoch 1/1" in res.output
     home = tmp_path / "home"
@@ -155,14 +186,16 @@ def test_whitening_layer_is_initialised_trained_and_carried_by_the_checkpoint(tm
         EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(out)))
     # Resuming rebuilds the layer from the resumable checkpoint before loading the optimiser state.
     resumed = Trainer(model, quick(epochs=2, whitening="layer", whitening_dim=8), out).fit(
-        Synthetic(range(4)), Synthetic(range(4, 6)), resume=True)
+        Synthetic(range(4)), Synthetic(range(4, 6)), resume=True
+    )
     assert [h.epoch for h in resumed.history] == [1, 2]
 
 
 def test_supervised_whitening_is_learned_after_training_and_scored(tmp_path):
     out = tmp_path / "net.pt"
     result = Trainer(ModelConfig(image_size=SIZE), quick(epochs=1, whitening="supervised"), out).fit(
-        Synthetic(range(6)), Synthetic(range(6, 8)))
+        Synthetic(range(6)), Synthetic(range(6, 8))
+    )
     assert result.whitened_val_map is not None and 0.0 < result.whitened_val_map <= 1.0
     ck = torch.load(out, map_location="cpu", weights_only=True)
     lw = ck["train"]["supervised_whitening"]
@@ -190,9 +223,27 @@ def test_train_command_whitening_then_index_uses_the_whitened_vectors(tmp_path):
             draw_image(950 + c, (64, 64)).rotate(15 * j).save(data / f"c{c}" / f"{j}.png")
     out = tmp_path / "net.pt"
     runner = CliRunner()
-    res = runner.invoke(main, ["--workers", "0", "--device", "cpu", "train", str(data), "--out", str(out),
-                               "--epochs", "1", "--image-size", str(SIZE), "--val-fraction", "0.34",
-                               "--whitening", "supervised"])
+    res = runner.invoke(
+        main,
+        [
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--image-size",
+            str(SIZE),
+            "--val-fraction",
+            "0.34",
+            "--whitening",
+            "supervised",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "supervised whitening" in res.output
     home = tmp_path / "home"

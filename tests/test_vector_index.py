@@ -43,9 +43,7 @@ def clustered(n: int, n_queries: int, dim: int = DIM, clusters: int = 40, seed: 
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(
-        np.mean([np.intersect1d(f, t).size for f, t in zip(found, truth)]) / truth.shape[1]
-    )
+    return float(np.mean([np.intersect1d(f, t).size for f, t in zip(found, truth)]) / truth.shape[1])
 
 
 # --------------------------------------------------------------------------- #
@@ -136,9 +134,7 @@ def test_hnsw_removal_compacts_after_many_tombstones():
 # --------------------------------------------------------------------------- #
 # persistence
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize(
-    "kind, storage", [("flat", "fp16"), ("ivf", "fp16"), ("ivf", "flat"), ("hnsw", "fp16")]
-)
+@pytest.mark.parametrize("kind, storage", [("flat", "fp16"), ("ivf", "fp16"), ("ivf", "flat"), ("hnsw", "fp16")])
 def test_save_load_round_trip(tmp_path, kind, storage):
     x, q = clustered(2000, 20, seed=7)
     ids = np.arange(2000, dtype=np.int64) + 100
@@ -171,9 +167,7 @@ def test_load_missing_file(tmp_path):
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("approx_kind", ["ivf", "hnsw"])
 def test_auto_picks_flat_below_threshold_and_approx_at_or_above(approx_kind):
-    cfg = IndexConfig(
-        approx_threshold=1000, approx_kind=approx_kind, hnsw_m=16, ef_construction=40, **CPU
-    )
+    cfg = IndexConfig(approx_threshold=1000, approx_kind=approx_kind, hnsw_m=16, ef_construction=40, **CPU)
     assert cfg.resolve_kind(999) == "flat"
     assert cfg.resolve_kind(1000) == approx_kind
     x, _ = clustered(1000, 0, seed=8)
@@ -195,9 +189,7 @@ def test_ivf_with_too_few_vectors_falls_back_to_flat(caplog):
 
 
 def test_empty_build_needs_dim():
-    index = VectorIndex.build(
-        np.empty(0, np.int64), np.empty((0, DIM), np.float32), IndexConfig(**CPU)
-    )
+    index = VectorIndex.build(np.empty(0, np.int64), np.empty((0, DIM), np.float32), IndexConfig(**CPU))
     assert len(index) == 0 and index.dim == DIM
     scores, found = index.search(random_vectors(2, seed=10), 3)
     assert (found == -1).all() and np.isneginf(scores).all()
@@ -279,6 +271,4 @@ def test_gpu_probe():
     assert isinstance(faiss_gpu_available(), bool)
     if not faiss_gpu_available():
         with pytest.raises(RuntimeError):
-            VectorIndex.build(
-                np.arange(3), random_vectors(3), IndexConfig(kind="flat", device="gpu")
-            )
+            VectorIndex.build(np.arange(3), random_vectors(3), IndexConfig(kind="flat", device="gpu"))

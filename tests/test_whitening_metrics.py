@@ -100,8 +100,9 @@ def test_supervised_whitening_suppresses_what_varies_within_a_class():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(12), 8)
     centres = rng.normal(size=(12, 4))
-    x = np.concatenate([centres[labels] + 0.05 * rng.normal(size=(len(labels), 4)),
-                        3.0 * rng.normal(size=(len(labels), 28))], axis=1).astype(np.float32)
+    x = np.concatenate(
+        [centres[labels] + 0.05 * rng.normal(size=(len(labels), 4)), 3.0 * rng.normal(size=(len(labels), 28))], axis=1
+    ).astype(np.float32)
     pairs = positive_pairs(labels)
     lw = learn_supervised_whitening(x, pairs, dim=4)
     assert lw.proj.shape == (4, 32) and lw.apply(x).shape == (len(x), 4)
