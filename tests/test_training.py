@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from indexer.cli import main
+from retrieval import losses as L
 from retrieval.config import ModelConfig
 from retrieval.metrics import retrieval_metrics
 from retrieval.model import EmbeddingNet
@@ -84,16 +86,53 @@ def test_resume_continues_after_the_last_finished_epoch(tmp_path):
     assert resumed.history[0] == first.history[0]
 
 
+def pair_objective(vecs: np.ndarray, labels: np.ndarray, loss: str, margin: float) -> float:
+    """What ``loss`` asks of the vectors, over every pair (contrastive) or every triplet (triplet) of the
+    images as they are indexed: no augmentation and no mining, so a deterministic function of the network."""
+    v, y = torch.from_numpy(vecs), np.asarray(labels)
+    if loss == "contrastive":
+        i, j = np.triu_indices(len(y), 1)
+        return float(L.contrastive_loss(v[i], v[j], torch.from_numpy(y[i] == y[j]), margin))
+    a, p, n = zip(
+        *((a, p, n) for a, p, n in itertools.product(range(len(y)), repeat=3) if a != p and y[a] == y[p] != y[n])
+    )
+    return float(L.triplet_loss(v[list(a)], v[list(p)], v[list(n)], margin))
+
+
 @pytest.mark.parametrize("loss", ["triplet", "contrastive"])
 def test_training_pulls_the_training_classes_together(tmp_path, loss, one_thread):
+    """An easy task trained to the end: 16 images (4 drawings x 4 rotations) fitted in 24 optimiser steps, seen
+    exactly as they are scored (no crop, flip or jitter), so the outcome does not hang on one lucky trajectory.
+
+    Measured (training seeds 0-4, each with its own drawings, x 1 and 2 threads x three CPU code paths: native
+    AVX-512, ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=SSE41
+    ATEN_CPU_CAPABILITY=default``): mAP 0.49-0.77 before, 1.000 after in all 30 runs of each loss; the
+    all-pairs/triplets objective falls to at most 3.3% (triplet) / 1.6% (contrastive) of its start, and the
+    contrastive epoch loss to at most 3.4% of the first epoch's. (The old 8-step run with crops went down on
+    AVX2 with 2 threads: 0.771 -> 0.751.)
+    With ``lr=0``, no optimiser step or a flipped gradient the assertions fail.
+    """
     data = Synthetic(range(4))
     model = ModelConfig(image_size=SIZE)
-    before = retrieval_metrics(embed_all(EmbeddingNet(model), data, SIZE, torch.device("cpu")), data.labels)["mAP"]
-    cfg = quick(loss, epochs=4, lr=1e-3, color_jitter=0.0)
-    Trainer(model, cfg, tmp_path / "net.pt").fit(data)
+    cpu = torch.device("cpu")
+    # triplet: 2 P x K batches per epoch, contrastive: 4 batches of 2 tuples; 24 steps either way
+    cfg = quick(
+        loss, epochs=12 if loss == "triplet" else 6, lr=5e-4, crop_scale=(1.0, 1.0), flip=False, color_jitter=0.0
+    )
+    margin = cfg.resolved_margin()
+    start = embed_all(EmbeddingNet(model), data, SIZE, cpu)
+    result = Trainer(model, cfg, tmp_path / "net.pt").fit(data)
     trained = EmbeddingNet(ModelConfig(image_size=SIZE, weights=str(tmp_path / "net.pt"))).eval()
-    after = retrieval_metrics(embed_all(trained, data, SIZE, torch.device("cpu")), data.labels)["mAP"]
-    assert after > before + 0.05, (before, after)
+    end = embed_all(trained, data, SIZE, cpu)
+    before = retrieval_metrics(start, data.labels)["mAP"]
+    after = retrieval_metrics(end, data.labels)["mAP"]
+    assert before < 0.85, before  # room to improve: the untrained network confuses the classes
+    assert after >= 0.95 and after >= before + 0.1, (before, after)
+    # the objective the loss stands for falls to a small fraction of where it started
+    objective = (pair_objective(start, data.labels, loss, margin), pair_objective(end, data.labels, loss, margin))
+    assert objective[1] < 0.25 * objective[0], objective
+    if loss == "contrastive":  # its per-epoch training loss falls steadily (semi-hard triplet mining's need not)
+        assert result.history[-1].loss < 0.25 * result.history[0].loss, [h.loss for h in result.history]
 
 
 def test_unknown_loss_is_refused():
