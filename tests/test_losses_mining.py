@@ -273,6 +273,12 @@ def test_contrastive_tuples_hold_a_query_its_positive_and_hard_negatives(collect
 
 
 def test_training_a_linear_embedding_with_batch_triplet_loss_improves_map(one_thread):
+    """Semi-hard triplet loss finds the 4 informative coordinates among 16 in 100 full-batch SGD steps.
+
+    Measured over data/initialisation seeds 0-9 x 1 and 2 threads x native / ``ATEN_CPU_CAPABILITY=default``:
+    mAP 0.25-0.37 before, 0.95-1.00 after; the mean loss of the last 10 steps is at most 0.31 x that of the
+    first 10 (a frozen projection: 1.0).
+    """
     rng = np.random.default_rng(0)
     n_classes, per_class, d_in, d_out = 6, 8, 16, 8
     labels = np.repeat(np.arange(n_classes), per_class)
@@ -291,10 +297,13 @@ def test_training_a_linear_embedding_with_batch_triplet_loss_improves_map(one_th
     before = mean_ap()
     opt = torch.optim.SGD(proj.parameters(), lr=0.5)
     criterion = L.TripletLoss(margin=0.2, strategy="semihard")
+    losses = []
     for _ in range(100):
         loss = criterion(l2n(proj(x)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
     after = mean_ap()
-    assert before < 0.5 and after > before + 0.3
+    assert before < 0.5 and after > 0.85 and after > before + 0.3, (before, after)
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
