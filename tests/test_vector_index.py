@@ -212,12 +212,25 @@ def test_config_round_trip():
 # --------------------------------------------------------------------------- #
 # approximate quality
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-def test_approximate_recall_on_clustered_data(kind):
+@pytest.mark.parametrize(
+    "kind, search",
+    [("ivf", {}), ("hnsw", {}), ("ivf", {"nprobe": 4}), ("hnsw", {"ef_search": 16})],
+    ids=["ivf", "hnsw", "ivf-nprobe4", "hnsw-ef16"],
+)
+def test_approximate_recall_on_clustered_data(kind, search):
+    """recall@10 against brute force. At the defaults 4000 vectors make 64 IVF lists, all of them probed
+    (nprobe 128), so ``nprobe=4`` and ``ef_search=16`` check searches that really skip most of the data.
+
+    Measured over 8 data seeds x ``FAISS_SIMD_LEVEL`` AVX512 / AVX2 / NONE x 1 and 2 OpenMP threads: >= 0.999 at the
+    defaults, 0.998-1.000 with nprobe 4, 0.982-0.994 with ef_search 16 (nprobe 1: 0.80-0.89, ef_search 10:
+    0.95-0.96), the same on every path.
+    """
     x, q = clustered(4000, 100, seed=12)
     ids = np.arange(4000, dtype=np.int64)
-    index = VectorIndex.build(ids, x, cfg_for(kind))
+    index = VectorIndex.build(ids, x, cfg_for(kind, **search))
     assert index.kind == kind
+    if "nprobe" in search:
+        assert index.faiss_index.nlist > 4 * search["nprobe"]  # most lists are skipped
     _, found = index.search(q, 10)
     _, truth = brute_force_search(x, ids, q, 10)
     assert recall(found, truth) > 0.9
