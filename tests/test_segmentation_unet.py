@@ -89,11 +89,24 @@ def fast_config(**kw) -> SegTrainConfig:
     return SegTrainConfig(**{**base, **kw})
 
 
+#: Epochs of the shared ``trained`` U-Net: 12 steps, enough to learn the drawn shapes with a margin (see below).
+TRAINED_EPOCHS = 6
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    """A U-Net trained for a few epochs on 16 drawn pairs, validated on 6 others: (checkpoint, result)."""
+    """A U-Net trained for 6 epochs (2 steps each) on 16 drawn pairs, validated on 6 others: (checkpoint, result).
+
+    Measured over seeds 0-7 (training seed and drawings) x 1 and 2 threads x native AVX-512 /
+    ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` / ``ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default``:
+    best validation IoU 0.840-0.919 (an untrained U-Net: 0.00-0.53, at least 0.37 below it), last epoch's loss at
+    most 0.76 x the first's, IoU on odd-sized held-out pictures 0.70-0.95; paths differ by < 0.005 IoU. (After the
+    former 4 epochs the weakest seed reached only 0.78.) With ``lr=0`` or no optimiser step these tests fail.
+    """
     out = tmp_path_factory.mktemp("unet") / "unet.pt"
-    result = SegTrainer(fast_config(epochs=4), out).fit(pairs_in_memory(16), pairs_in_memory(6, start_seed=100))
+    result = SegTrainer(fast_config(epochs=TRAINED_EPOCHS), out).fit(
+        pairs_in_memory(16), pairs_in_memory(6, start_seed=100)
+    )
     return out, result
 
 
@@ -173,7 +186,20 @@ def test_split_validation_is_seeded_disjoint_and_complete():
     assert split_validation(pairs, 0.0)[1] == []
 
 
+def _grow(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` and its 4-neighbours: one pixel wider all round."""
+    out = mask.clone()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
 def test_augmentation_moves_the_mask_with_the_image():
+    """Measured over 60 pictures x 10 draws (x native / ``ATEN_CPU_CAPABILITY=avx2`` / ``default``, 1 and 2 threads,
+    all alike): reddish pixels inside the mask grown by one pixel >= 99.8%; the mask's interior (one pixel in
+    from its resampled edge) >= 97.6% reddish. The whole mask, edge included, went down to 79% on small crops."""
     img, mask = draw_pair(7)
     pixels, truth = np.asarray(img), np.asarray(mask) > 127
     augment = JointAugment(48, SegTrainConfig(image_size=48, augment=True, color_jitter=0.0, crop_scale=(0.3, 1.0)))
@@ -181,11 +207,13 @@ def test_augmentation_moves_the_mask_with_the_image():
     for _ in range(10):
         x, m = augment(pixels, truth)
         assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and m.shape == (48, 48)
-        reddish = (x[0].int() > 150) & (x[1].int() < 100)  # the object's colour, away from its resampled edge
+        reddish = (x[0].int() > 150) & (x[1].int() < 100)  # the object's colour
         inside = m.bool()
-        assert (inside | ~reddish).float().mean() > 0.97  # object-coloured pixels lie inside the mask
-        if inside.any():
-            assert reddish[inside].float().mean() > 0.8
+        assert (inside | ~reddish).float().mean() > 0.97  # object-coloured pixels lie inside the mask...
+        assert (_grow(inside) | ~reddish).float().mean() > 0.99  # ...all but a few on its resampled edge
+        interior = ~_grow(~inside)
+        if interior.any():  # and the mask, away from its edge, covers the object's colour
+            assert reddish[interior].float().mean() > 0.9
 
 
 # --------------------------------------------------------------------------- training, checkpoints, resume
@@ -194,8 +222,8 @@ def test_augmentation_moves_the_mask_with_the_image():
 def test_training_lowers_the_loss_and_learns_the_shapes(trained):
     _, result = trained
     losses = [h.loss for h in result.history]
-    assert len(losses) == 4 and losses[-1] < losses[0]
-    assert result.best_val_iou is not None and result.best_val_iou > 0.6
+    assert len(losses) == TRAINED_EPOCHS and losses[-1] < 0.85 * losses[0], losses
+    assert result.best_val_iou is not None and result.best_val_iou > 0.7
 
 
 def test_trained_network_beats_an_untrained_one_on_validation(trained):
@@ -213,8 +241,8 @@ def test_checkpoints_load_with_weights_only_and_say_they_hold_a_unet(trained):
     last = torch.load(path.with_name(path.name + ".last"), map_location="cpu", weights_only=True)
     assert best["model_config"]["kind"] == "unet" and best["model_config"]["image_size"] == SIZE
     assert best["train"]["epoch"] == result.best_epoch and "optimizer" not in best["train"]
-    assert last["train"]["epoch"] == 4 and "optimizer" in last["train"]
-    assert len(last["train"]["history"]) == 4
+    assert last["train"]["epoch"] == TRAINED_EPOCHS and "optimizer" in last["train"]
+    assert len(last["train"]["history"]) == TRAINED_EPOCHS
 
 
 def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(tmp_path):
