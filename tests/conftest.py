@@ -60,3 +60,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 convolutions in oneDNN's bf16 kernels (as the library decides:
+    ``retrieval.efficientnet_lite.cpu_has_fast_bf16``), and a line saying what was found, for skip reasons.
+
+    Without them (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA`` below AVX-512) PyTorch falls back to slow reference
+    kernels. Native bf16 shows in /proc/cpuinfo as ``avx512_bf16`` (Cooper Lake, Zen 4) or ``amx_bf16``
+    (Sapphire Rapids); the same tests then run there on those kernels.
+    """
+    from retrieval.efficientnet_lite import cpu_has_fast_bf16
+
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}) or ["none"]
+    found = (
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"oneDNN bf16 kernels {'yes' if cpu_has_fast_bf16() else 'no'}, CPU bf16 flags: {', '.join(native)}"
+    )
+    return cpu_has_fast_bf16(), found
+
+
+#: Marks a test of the bf16 autocast path: run where the CPU has oneDNN bf16 kernels, skipped (with what was
+#: found) where bf16 would crawl through PyTorch's reference kernels.
+needs_cpu_bf16 = pytest.mark.skipif(
+    not cpu_bf16()[0], reason=f"no oneDNN bf16 kernels on this CPU, bf16 would be emulated slowly ({cpu_bf16()[1]})"
+)

