@@ -167,5 +167,5 @@ def test_aligned_face_embedder_embeds_the_aligned_crops_of_a_photo_in_one_batch(
 def test_importing_the_package_registers_every_detector_without_importing_dlib():
     code = "import sys, retrieval.faces as f; print(','.join(f.DETECTORS.names())); print('dlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["dlib-cnn,dlib-hog,haar", "False"]
-    assert DETECTORS.names() == ["dlib-cnn", "dlib-hog", "haar"]
+    assert out == ["dlib-cnn,dlib-hog,haar,yunet", "False"]
+    assert DETECTORS.names() == ["dlib-cnn", "dlib-hog", "haar", "yunet"]
