@@ -33,7 +33,7 @@ from .masking import Masker, MaskSettings
 from .pipeline import embed_files
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
-from .vector_index import IndexConfig
+from .vector_index import IndexConfig, VectorIndex
 
 __all__ = [
     "Collection",
@@ -437,24 +437,40 @@ class Collection(Store):
             raise LookalikeError(
                 f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair"
             )
-        scores, ids = index.search(q, k)
-        wanted = {int(i) for i in ids.ravel() if i >= 0}
-        with self._session() as s:
-            rows = {}
-            for chunk in chunks(sorted(wanted), 500):
-                for r in s.execute(
-                    select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height).where(
-                        ImageRecord.id.in_(chunk)
-                    )
-                ):
-                    rows[r[0]] = r
         for row_pos, pos in enumerate(order):
-            for score, i in zip(scores[row_pos], ids[row_pos]):
-                if i < 0 or int(i) not in rows or (threshold is not None and score < threshold):
-                    continue
-                r = rows[int(i)]
-                results[pos].hits.append(SearchHit(id=r[0], path=r[1], score=float(score), width=r[2], height=r[3]))
+            results[pos].hits = self._live_hits(index, q[row_pos], k, threshold)
         return results
+
+    def _live_hits(self, index: VectorIndex, query: np.ndarray, k: int, threshold: float | None) -> list[SearchHit]:
+        """The ``k`` best hits of one query vector whose files still exist: files gone from disk since they
+        were indexed are left out (and forgotten by the next ``index`` run of any folder); the search widens
+        until ``k`` live hits are found or the index is exhausted."""
+        hits: list[SearchHit] = []
+        want = k
+        while True:
+            scores, ids = index.search(query[None], min(want, len(index)))
+            found = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
+            if threshold is not None:
+                found = [(sc, i) for sc, i in found if sc >= threshold]
+            rows = self._rows_of([i for _, i in found])
+            hits = [
+                SearchHit(id=i, path=rows[i][0], score=sc, width=rows[i][1], height=rows[i][2])
+                for sc, i in found
+                if i in rows and os.path.exists(rows[i][0])
+            ]
+            exhausted = len(found) < want or want >= len(index)
+            if len(hits) >= k or exhausted:
+                return hits[:k]
+            want *= 4
+
+    def _rows_of(self, ids: list[int]) -> dict[int, tuple[str, int | None, int | None]]:
+        rows: dict[int, tuple[str, int | None, int | None]] = {}
+        with self._session() as s:
+            for chunk in chunks(sorted(set(ids)), 500):
+                q = select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height)
+                for r in s.execute(q.where(ImageRecord.id.in_(chunk))):
+                    rows[r[0]] = (r[1], r[2], r[3])
+        return rows
 
     # ------------------------------------------------------------------ maintenance
     def remove(self, path: str | Path) -> int:

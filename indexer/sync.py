@@ -62,6 +62,8 @@ class IndexReport:
     earlier_errors: int = 0
     #: Masked collections: images embedded whole because their mask was unusable (empty, full, failed).
     mask_fallbacks: int = 0
+    #: Of ``removed``: files outside the folder that are gone from disk (forgotten by this run).
+    pruned: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -135,11 +137,39 @@ class FileSync:
         )
         return [KnownFile(*r) for r in rows]
 
+    def gone_elsewhere(self, s: Session, root: Path) -> list[KnownFile]:
+        """Rows outside ``root`` whose file no longer exists (one directory listing per folder, not one stat
+        per file). A folder that cannot be listed for another reason than its absence counts as present."""
+        m = self.model
+        prefix = str(root).rstrip(os.sep) + os.sep
+        rows = s.execute(
+            select(m.id, m.path, m.size, m.mtime_ns, m.status, m.content_hash).where(
+                ~m.path.startswith(prefix, autoescape=True)
+            )
+        )
+        by_dir: dict[str, list[KnownFile]] = {}
+        for r in rows:
+            by_dir.setdefault(os.path.dirname(r[1]), []).append(KnownFile(*r))
+        gone: list[KnownFile] = []
+        for folder, known in by_dir.items():
+            try:
+                present = set(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                present = set()
+            except OSError:
+                continue
+            gone.extend(k for k in known if os.path.basename(k.path) not in present)
+        return gone
+
     def apply(self, s: Session, root: Path, scan: ScanResult, report: IndexReport) -> SyncChanges:
-        """Record the scan of ``root`` in the table (inside the caller's transaction ``s``)."""
+        """Record the scan of ``root`` in the table (inside the caller's transaction ``s``).
+
+        Files gone from anywhere else in the table take part too: a new file here with the content of one
+        that disappeared elsewhere is that file, moved (its vector is kept); the others are forgotten."""
         m = self.model
         known = self.known_under(s, root)
-        plan = plan_sync(scan.files, known, safe_hash, PENDING)
+        elsewhere = self.gone_elsewhere(s, root)
+        plan = plan_sync(scan.files, known + elsewhere, safe_hash, PENDING)
         report.new, report.moved, report.unchanged = len(plan.new), len(plan.moved), plan.unchanged
         report.resumed = len(plan.resume)
         by_id = {k.id: k for k in known}
@@ -177,6 +207,8 @@ class FileSync:
         for chunk in chunks(plan.removed, 500):
             s.execute(delete(m).where(m.id.in_(chunk)))
         report.removed = len(plan.removed)
+        outside = {k.id for k in elsewhere}
+        report.pruned = sum(1 for i in plan.removed if i in outside)
         if plan.new:
             rows = [m(path=f.path, size=f.size, mtime_ns=f.mtime_ns, status=PENDING) for f in plan.new]
             s.add_all(rows)

@@ -272,3 +272,34 @@ def test_a_home_or_database_that_cannot_be_opened_is_a_clear_error(tmp_path):
         Collection(tmp_path / "file" / "home")
     with pytest.raises(LookalikeError, match=r"cannot open the database nosuchdb://user:\*\*\*@host/db"):
         Collection(tmp_path / "home", db_url="nosuchdb://user:secret@host/db")
+
+
+def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_them(tmp_path):
+    coll = open_collection(tmp_path / "home")
+    make_folder(tmp_path / "a", 6)
+    make_folder(tmp_path / "b", 6, start_seed=50)
+    coll.index_folder(tmp_path / "a")
+    coll.index_folder(tmp_path / "b")
+    query = tmp_path / "a" / "img_0002.png"
+    shutil.copy(query, tmp_path / "query.png")
+    shutil.rmtree(tmp_path / "a")
+    [res] = coll.search([tmp_path / "query.png"], k=5)
+    assert len(res.hits) == 5 and all(Path(h.path).parent == tmp_path / "b" for h in res.hits)
+    report = coll.index_folder(tmp_path / "b")  # another folder: the deleted one is pruned all the same
+    assert (report.removed, report.pruned, report.total_indexed) == (6, 6, 6)
+    assert coll.stats().images == 6
+
+
+def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path):
+    counter = [0]
+    coll = open_collection(tmp_path / "home", counter)
+    make_folder(tmp_path / "old" / "photos", 8)
+    coll.index_folder(tmp_path / "old")
+    embedded = counter[0]
+    (tmp_path / "new").mkdir()
+    os.rename(tmp_path / "old" / "photos", tmp_path / "new" / "photos")
+    report = coll.index_folder(tmp_path / "new")
+    assert (report.moved, report.new, report.embedded, report.total_indexed) == (8, 0, 0, 8)
+    assert counter[0] == embedded and coll.stats().images == 8
+    [res] = coll.search([tmp_path / "new" / "photos" / "img_0003.png"], k=1)
+    assert res.hits[0].path == str(tmp_path / "new" / "photos" / "img_0003.png")
