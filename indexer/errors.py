@@ -15,6 +15,10 @@ class CollectionBusyError(LookalikeError):
     """Another process holds the collection's write lock."""
 
 
+class Interrupted(LookalikeError):
+    """A long run was interrupted (Ctrl-C); what it finished is kept and the same command resumes it."""
+
+
 class SettingsError(LookalikeError, ValueError):
     """A setting cannot be used as given: a value out of range, a checkpoint of another kind of network, a
     model or segmenter that cannot be built. The message says which and why."""
@@ -24,4 +28,4 @@ class DataError(LookalikeError, ValueError):
     """Input data (a labelled folder, a pairs file) cannot be used as given; the message says why."""
 
 
-__all__ = ["LookalikeError", "ModelMismatchError", "CollectionBusyError", "SettingsError", "DataError"]
+__all__ = ["LookalikeError", "ModelMismatchError", "CollectionBusyError", "Interrupted", "SettingsError", "DataError"]

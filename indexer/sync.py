@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from . import db
 from .db import ERROR, INDEXED, PENDING
-from .errors import LookalikeError
+from .errors import Interrupted, LookalikeError
 from .imageio import IMAGE_EXTENSIONS, file_hash
 from .index_cache import IndexCache
 from .scan import KnownFile, ScanResult, plan_sync, scan_folder
@@ -233,11 +233,16 @@ class BatchWriter:
     """Commits the results of processing pending files in small transactions.
 
     :meth:`put` takes one file's result: the column values of its tracked row (``id`` included) and the
-    derived rows it produced; every ``every`` files the batch is committed in one transaction that also
-    bumps ``version_key``. ``changed`` collects the index ids of the vectors committed: the tracked rows
-    put with ``indexed=True``, and the derived rows. Used as a context manager, it starts and finishes the
-    progress bar, times the work into ``report.embed_seconds`` and commits the last batch on success.
+    derived rows it produced. The batch is committed in one transaction that also bumps ``version_key``: as
+    soon as the first result exists, then every ``store.commit_every`` files or ``commit_seconds``, whichever
+    comes first, so an interrupted run keeps nearly all its work. ``changed`` collects the index ids of the
+    vectors committed: the tracked rows put with ``indexed=True``, and the derived rows. Used as a context
+    manager, it starts and finishes the progress bar, times the work into ``report.embed_seconds`` and
+    commits what is left, also when the work is interrupted (every result put is complete).
     """
+
+    #: Longest time results wait for their commit.
+    commit_seconds = 2.0
 
     def __init__(
         self,
@@ -256,17 +261,24 @@ class BatchWriter:
         self._values: list[dict[str, Any]] = []
         self._rows: list[Any] = []
         self._indexed: list[int] = []
-        self._t0 = 0.0
+        self._t0 = self._last_commit = 0.0
+        #: results committed so far
+        self.done = 0
 
     def __enter__(self) -> BatchWriter:
         self.progress.start(self.total, self.description)
-        self._t0 = time.perf_counter()
+        self._t0 = self._last_commit = time.perf_counter()
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         try:
             if exc_type is None:
                 self.flush()
+            else:
+                try:  # keep the finished results of an interrupted run
+                    self.flush()
+                except Exception as exc:  # the original error matters more
+                    log.warning("could not commit the last %d results: %s", len(self._values), exc)
         finally:
             self.progress.finish()
             if self.report is not None:
@@ -278,7 +290,8 @@ class BatchWriter:
         if indexed:
             self._indexed.append(values["id"])
         self.progress.advance(1)
-        if len(self._values) >= self.store.commit_every:
+        due = time.perf_counter() - self._last_commit >= self.commit_seconds
+        if self.done == 0 or due or len(self._values) >= self.store.commit_every:
             self.flush()
 
     def flush(self) -> None:
@@ -292,7 +305,9 @@ class BatchWriter:
             db.bump_vector_version(s, self.version_key)
         self.changed.update(self._indexed)
         self.changed.update(r.id for r in self._rows)
+        self.done += len(self._values)
         self._values, self._rows, self._indexed = [], [], []
+        self._last_commit = time.perf_counter()
 
 
 #: ``process(todo, report, writer)``: process the pending ``(id, path)`` files, putting each result in ``writer``.
@@ -323,13 +338,21 @@ def index_folder(
         with store._session() as s, s.begin():
             changes = sync.apply(s, root, scan, report)
         changed = set(changes.refresh)
+        interrupted: BatchWriter | None = None
         if changes.todo:
-            with BatchWriter(
-                store, sync.model, sync.version_key, progress, report, description, len(changes.todo)
-            ) as writer:
-                process(changes.todo, report, writer)
+            writer = BatchWriter(store, sync.model, sync.version_key, progress, report, description, len(changes.todo))
+            try:
+                with writer:
+                    process(changes.todo, report, writer)
+            except KeyboardInterrupt:
+                interrupted = writer
             changed |= writer.changed
         index = cache.update(start_version, changed, changes.removed)
+    if interrupted is not None:
+        raise Interrupted(
+            f"interrupted: {interrupted.done} of {interrupted.total} files done and kept; "
+            "run the same command to resume"
+        )
     report.index_kind, report.total_indexed = index.kind, len(index)
     report.total_seconds = time.perf_counter() - t_start
     return index

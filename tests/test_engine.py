@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from indexer.engine import Collection, LookalikeError, ModelMismatchError, WhiteningSettings
+from indexer.errors import Interrupted
 from retrieval.config import ModelConfig
 from retrieval.model import Embedder
 
@@ -166,10 +167,10 @@ def test_interrupted_run_resumes_without_embedding_anything_twice(tmp_path):
     folder = tmp_path / "photos"
     make_folder(folder, 30)
     counter = [0]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="interrupted: 8 of 30 files done and kept; run the same command"):
         open_collection(tmp_path / "home", counter, fail_after=12).index_folder(folder)
     committed = open_collection(tmp_path / "home").stats()
-    assert committed.indexed == 8 and committed.pending == 22  # two commits of 4 made it, the third batch was lost
+    assert committed.indexed == 8 and committed.pending == 22  # every image embedded before the interruption
     first = counter[0]
     report = open_collection(tmp_path / "home", counter).index_folder(folder)
     assert report.resumed == 22 and report.embedded == 22

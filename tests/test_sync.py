@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from indexer import db
 from indexer.db import ERROR, INDEXED, FacePhoto, FaceRecord, ImageRecord
-from indexer.errors import LookalikeError
+from indexer.errors import Interrupted, LookalikeError
 from indexer.imageio import file_hash
 from indexer.index_cache import IndexCache, RowVectors
 from indexer.store import IndexFile, Store, write_lock
@@ -148,18 +148,40 @@ def test_moves_are_followed_by_content_and_deleted_files_leave_the_index(tmp_pat
     assert_index_matches_database(kind)
 
 
-def test_an_interrupted_run_keeps_its_committed_batches_and_the_next_run_resumes_the_rest(tmp_path, folder):
+def test_an_interrupted_run_keeps_what_it_finished_and_the_next_run_resumes_the_rest(tmp_path, folder):
     kind = Files(tmp_path / "home", commit_every=2)
     kind.fail_after = 3
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="3 of 5 files done and kept"):
         kind.index(folder)
     statuses = sorted(st for _, st in kind.rows().values())
-    assert statuses == ["indexed", "indexed", "pending", "pending", "pending"]  # the batch in flight is lost
+    assert statuses == ["indexed", "indexed", "indexed", "pending", "pending"]
+    assert_index_matches_database(kind)  # the index file was brought up to date too
     kind.fail_after = None
     report = kind.index(folder)
-    assert (report.resumed, report.embedded, report.total_indexed) == (3, 3, 5)
-    assert len(kind.processed) == 3 + 3 and len(set(kind.processed)) == 5
+    assert (report.resumed, report.embedded, report.total_indexed) == (2, 2, 5)
+    assert len(kind.processed) == 3 + 2 and len(set(kind.processed)) == 5
     assert_index_matches_database(kind)
+
+
+def test_results_are_committed_from_the_first_one_then_by_count_or_time(tmp_path, folder, monkeypatch):
+    kind = Files(tmp_path / "home", commit_every=100)
+    commits: list[int] = []
+    flush = BatchWriter.flush
+
+    def counting_flush(self):
+        if self._values:
+            commits.append(len(self._values))
+        flush(self)
+
+    monkeypatch.setattr(BatchWriter, "flush", counting_flush)
+    kind.index(folder)
+    assert commits == [1, 4]  # the first result at once, the rest at the end (well within 2 s)
+    commits.clear()
+    monkeypatch.setattr(BatchWriter, "commit_seconds", 0.0)
+    for i in range(5):
+        write(folder / f"{i}.png", f"changed {i}".encode())
+    kind.index(folder)
+    assert commits == [1, 1, 1, 1, 1]  # every result is due at once
 
 
 def test_unreadable_files_are_recorded_and_not_retried_until_they_change(tmp_path, folder):
