@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .cli_common import EXIT_SKIPPED, TqdmProgress, library_errors
-from .faces import UNKNOWN, Decision, FaceGallery
+from .faces import BACKENDS, UNKNOWN, Decision, FaceGallery, default_face_model
 from .settings import model_config_with
 
 #: Exit statuses of the decision commands (verify, identify, search); 1 is an error, 2 a usage error.
@@ -45,21 +45,28 @@ def _box(box: Any) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--detector", help="Face detector: haar (default), dlib-hog, dlib-cnn.")
+@click.option(
+    "--detector",
+    help="Face detector: yunet (default for new galleries; OpenCV zoo's YuNet, 5 landmarks), haar, "
+    "dlib-hog, dlib-cnn (dlib extra).",
+)
 @click.option(
     "--backend",
-    type=click.Choice(["lookalike", "dlib"]),
-    help="Face vectors: the lookalike network on aligned crops (default) or dlib's 128-d ResNet "
-    "descriptor (best with --detector dlib-hog, whose boxes its landmark model was trained on).",
+    type=click.Choice(list(BACKENDS)),
+    help="Face vectors: sface (default for new galleries; OpenCV zoo's SFace, 128-d, 99.3% on LFW), "
+    "lookalike (our network on aligned crops, see --weights) or dlib (dlib's 128-d ResNet descriptor, "
+    "best with --detector dlib-hog).",
 )
 @click.option(
     "--weights",
     metavar="CKPT",
-    help="lookalike backend: imagenet (default) or a checkpoint from `lookalike train` (its input size "
-    "becomes the crop size unless --crop-size is given).",
+    help="lookalike backend (implied when --backend is not given): imagenet or a checkpoint from `lookalike "
+    "train` (its input size becomes the crop size unless --crop-size is given).",
 )
 @click.option(
-    "--crop-size", type=click.IntRange(32), help="Side of the aligned face crop fed to the network (default 160)."
+    "--crop-size",
+    type=click.IntRange(32),
+    help="lookalike backend: side of the aligned face crop fed to the network (default 160).",
 )
 @click.option(
     "--reembed", is_flag=True, help="Allow a detector/backend/model change on a gallery with faces: re-embed them."
@@ -87,8 +94,10 @@ def faces(
 
     The gallery lives with the collection (--home / --db of `lookalike`). The detector / backend / model
     options change the gallery's settings; a change that alters the vectors of stored faces needs --reembed.
-    Decisions compare the cosine similarity of face vectors with the gallery's threshold, which is an
-    uncalibrated default until `lookalike faces calibrate` sets one.
+    Settings are stored with the gallery: a new one starts with yunet + sface, an existing one keeps its own.
+    Decisions compare the cosine similarity of face vectors with the gallery's threshold: the backend's default
+    (sface's was calibrated on LFW; the others' are rough) until `lookalike faces calibrate` sets one on your
+    own labelled pairs.
     """
     obj = ctx.ensure_object(dict)
     try:
@@ -97,7 +106,9 @@ def faces(
         raise click.ClickException(f"cannot open the face gallery: {exc}") from None
     model = None
     if weights is not None:
-        model = model_config_with(gallery.settings.model, weights=weights)
+        if backend is None:
+            backend = "lookalike"
+        model = model_config_with(gallery.settings.model or default_face_model(crop_size or 160), weights=weights)
         if crop_size is None:
             crop_size = model.image_size
     if any(v is not None for v in (detector, backend, model, crop_size)):
@@ -117,7 +128,7 @@ def _decision_lines(d: Decision, what: str) -> list[str]:
     lines = [verdict]
     if d.faces > 1:
         lines.append(f"  {d.faces} faces in the photo; used the largest, at {_box(d.box)}")
-    lines.append(("  calibrated: " if d.calibrated else "  UNCALIBRATED: ") + d.note)
+    lines.append(("  calibrated: " if d.calibrated else "  default threshold: ") + d.note)
     return lines
 
 
@@ -200,7 +211,7 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
         lines.append(f"face {i} at {_box(m.box)}: {m.identity} (best similarity {score}, threshold {st.threshold:.4f})")
         lines += [f"    {c.score:.4f}  {c.name}" for c in m.candidates]
     if not st.calibrated:
-        lines.append("UNCALIBRATED: " + st.describe_threshold())
+        lines.append("default threshold: " + st.describe_threshold())
     _emit(
         as_json,
         {
@@ -377,3 +388,6 @@ def forget(ctx: click.Context, name: str) -> None:
     gallery = _gallery(ctx)
     n = gallery.forget(name)
     click.echo(f"forgot {name} ({n} faces)")
+
+
+from . import cli_face_clusters  # noqa: E402, F401  (registers faces cluster / name / merge / split)

@@ -7,12 +7,14 @@ are caches of it, each with its own file and version counter, written atomically
 database when stale or missing: the *gallery* (enrolled faces, ``faces_enrolled.faiss``) and the *photo
 faces* (every face found by :meth:`FaceGallery.index_folder`, ``faces_photos.faiss``).
 
-Pipeline for every photo: decode (EXIF, any mode, bomb guard) -> detector (``haar``, ``dlib-hog``,
-``dlib-cnn``) -> per face either landmarks-based alignment to a ``crop_size`` square and the lookalike
-network (``backend="lookalike"``), or dlib's 128-d ResNet descriptor (``backend="dlib"``) -> unit vector.
-Two faces are the same person when the cosine similarity of their vectors is at least the gallery's
-threshold. The threshold is either a default per backend (*uncalibrated*; every decision says so) or
-calibrated by :meth:`FaceGallery.calibrate` on a labelled pairs file at a chosen false-accept rate.
+Pipeline for every photo: decode (EXIF, any mode, bomb guard) -> detector (``yunet`` by default, ``haar``,
+``dlib-hog``, ``dlib-cnn``) -> per face either SFace's 128-d vector of a 112 px crop aligned on the ArcFace
+template (``backend="sface"``, the default), landmarks-based alignment to a ``crop_size`` square and the
+lookalike network (``backend="lookalike"``), or dlib's 128-d ResNet descriptor (``backend="dlib"``) -> unit
+vector. Two faces are the same person when the cosine similarity of their vectors is at least the gallery's
+threshold. The threshold is either a default per backend (sface's chosen on LFW, the others' rough; every
+decision says which) or calibrated by :meth:`FaceGallery.calibrate` on the user's labelled pairs at a chosen
+false-accept rate.
 
 A photo without a face is a result (reported), not an error; an unreadable file is skipped and reported
 when indexing, and an error (:class:`~indexer.engine.LookalikeError`) when it is the one probe asked about.
@@ -66,12 +68,24 @@ UNKNOWN = "unknown"
 #: Photos are decoded at most this large (longest side) for detection and alignment.
 FACE_MAX_SIDE = 1280
 
-#: Uncalibrated cosine-similarity thresholds per backend: about the best-accuracy threshold of genuine vs
-#: impostor verifications of 100 LFW people against 2 enrolled photos each (benchmarks/bench_faces_speed.py:
-#: 0.648 for haar + ImageNet Lite0 on 160 px crops, 76% accuracy; 0.925 for dlib-hog + dlib, 98.5%).
-#: A small sample, for a default only: calibrate for real use (`lookalike faces calibrate`).
-DEFAULT_THRESHOLDS = {"lookalike": 0.65, "dlib": 0.92}
-BACKENDS = ("lookalike", "dlib")
+#: Default cosine-similarity thresholds per backend.
+#: - ``sface``: calibrated on LFW View 2 with the default pipeline (yunet + sface): the mean of the 10 fold
+#:   thresholds of ``lookalike faces eval pairs.txt`` (each maximising accuracy on the other 9 folds);
+#:   recomputed by ``python -m benchmarks.bench_faces_lfw`` (``default_threshold_recomputed``).
+#: - ``lookalike`` / ``dlib``: uncalibrated, about the best-accuracy threshold of genuine vs impostor
+#:   verifications of 100 LFW people against 2 enrolled photos each (benchmarks/bench_faces_speed.py: 0.648 for
+#:   haar + ImageNet Lite0 on 160 px crops, 76% accuracy; 0.925 for dlib-hog + dlib, 98.5%).
+#: ``lookalike faces calibrate`` chooses one on the user's own labelled pairs.
+DEFAULT_THRESHOLDS = {"sface": 0.363, "lookalike": 0.65, "dlib": 0.92}
+#: Where each backend's default threshold comes from (said with every decision).
+THRESHOLD_ORIGINS = {
+    "sface": "the sface backend's default, calibrated on LFW View 2 (best accuracy, 10 folds)",
+    "lookalike": "the uncalibrated default of the lookalike backend",
+    "dlib": "the uncalibrated default of the dlib backend",
+}
+BACKENDS = ("sface", "lookalike", "dlib")
+#: Backends with a fixed model of their own (no lookalike ``ModelConfig``, no crop size).
+_OWN_MODEL_BACKENDS = ("sface", "dlib")
 
 _SETTINGS_KEY = "faces"
 _DIM_KEY = "faces_dim"
@@ -108,13 +122,14 @@ class Calibration:
 class FaceSettings:
     """What makes a gallery's vectors (detector, backend, model, crop size) and how it decides.
 
-    ``model`` is the lookalike network (``None`` with the dlib backend); its ``image_size`` is the crop
-    size. ``threshold``: cosine similarity at or above which two faces are the same person; ``None`` takes
-    the backend's uncalibrated default. ``calibration`` says how a calibrated threshold was set.
+    ``model`` is the lookalike network (``None`` with the sface and dlib backends); its ``image_size`` is the
+    crop size. ``threshold``: cosine similarity at or above which two faces are the same person; ``None`` takes
+    the backend's default (:data:`DEFAULT_THRESHOLDS`). ``calibration`` says how a threshold was calibrated
+    on the user's pairs. Galleries keep the settings stored with them; these defaults apply to new ones.
     """
 
-    detector: str = "haar"
-    backend: str = "lookalike"
+    detector: str = "yunet"
+    backend: str = "sface"
     model: ModelConfig | None = None
     crop_size: int = 160
     threshold: float | None = None
@@ -125,7 +140,7 @@ class FaceSettings:
             raise ValueError(f"unknown face backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         if self.crop_size < 32:
             raise ValueError(f"crop_size must be at least 32, got {self.crop_size}")
-        if self.backend == "dlib":
+        if self.backend in _OWN_MODEL_BACKENDS:
             object.__setattr__(self, "model", None)
         else:
             model = self.model or default_face_model(self.crop_size)
@@ -149,15 +164,22 @@ class FaceSettings:
     def describe(self) -> str:
         if self.backend == "dlib":
             return f"{self.detector} detector + dlib ResNet 128-d descriptor"
+        if self.backend == "sface":
+            return f"{self.detector} detector + SFace 128-d (112 px crops aligned on the ArcFace template)"
         assert self.model is not None
         return f"{self.detector} detector + {self.crop_size} px aligned crops + {self.model.describe()}"
 
     def describe_threshold(self) -> str:
         c = self.calibration
         if c is None:
+            origin = (
+                THRESHOLD_ORIGINS[self.backend]
+                if self.threshold == DEFAULT_THRESHOLDS[self.backend]
+                else "set without calibration"
+            )
             return (
-                f"threshold {self.threshold:.4f} is the uncalibrated default of the {self.backend} backend; "
-                "run `lookalike faces calibrate PAIRS --root DIR` to set one for a chosen false-accept rate"
+                f"threshold {self.threshold:.4f} is {origin}; run `lookalike faces calibrate PAIRS --root DIR` "
+                "to set one on your own labelled pairs for a chosen false-accept rate"
             )
         return (
             f"threshold {self.threshold:.4f} calibrated on {c.pairs_file} for FAR <= {c.far_target:g} "
@@ -192,7 +214,12 @@ FaceEmbedderFactory = Callable[[FaceSettings, RuntimeOptions], FaceEmbedder]
 
 
 def default_face_embedder(settings: FaceSettings, runtime: RuntimeOptions) -> FaceEmbedder:
-    """The embedder ``settings`` name: :class:`AlignedFaceEmbedder` over the lookalike network, or dlib's."""
+    """The embedder ``settings`` name: SFace (:class:`~retrieval.faces.SFaceEmbedder`), :class:`AlignedFaceEmbedder`
+    over the lookalike network, or dlib's."""
+    if settings.backend == "sface":
+        from retrieval.faces import SFaceEmbedder
+
+        return SFaceEmbedder()
     if settings.backend == "dlib":
         from retrieval.faces import DlibFaceEncoder
 
@@ -365,7 +392,8 @@ class FaceGallery(Store):
         crop_size: int | None = None,
         reembed: bool = False,
     ) -> list[tuple[str, str]]:
-        """Change the detector / backend / model / crop size (``None``: keep). A change that alters the vectors
+        """Change the detector / backend / model / crop size (``None``: keep; a ``model`` implies the lookalike
+        backend). A change that alters the vectors
         while faces are stored is refused with :class:`ModelMismatchError` unless ``reembed``: then enrolled
         faces are re-embedded from their photos and indexed photos are re-processed at the next
         :meth:`index_folder`. Any such change drops the calibration. Returns ``(path, reason)`` of enrolled
@@ -378,6 +406,8 @@ class FaceGallery(Store):
         }
         if model is not None and crop_size is None:
             changes["crop_size"] = model.image_size  # the model's input size is the crop's
+        if model is not None and backend is None:
+            changes["backend"] = "lookalike"  # a lookalike network is only used by the lookalike backend
         if backend is not None and backend != current.backend and model is None:
             changes["model"] = None  # the new backend's default
         from retrieval.faces import DETECTORS
