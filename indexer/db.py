@@ -139,6 +139,22 @@ class FaceRecord(Base):
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    #: An indexed face: the :class:`FaceCluster` (person) it was grouped into, or null (unclustered).
+    cluster_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: An enrolled face copied from an indexed face when its cluster was named: that face's id.
+    from_face_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class FaceCluster(Base):
+    """A person found by ``lookalike faces cluster``: its faces are the :class:`FaceRecord` rows with this
+    ``cluster_id``. ``identity_id``: the :class:`Identity` it was named as (``faces name``), or null. Plain
+    integers, no foreign keys: forgetting an identity leaves the cluster, unnamed."""
+
+    __tablename__ = "face_clusters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 def make_engine(url: str) -> Engine:
@@ -227,6 +243,7 @@ __all__ = [
     "Identity",
     "FacePhoto",
     "FaceRecord",
+    "FaceCluster",
     "make_engine",
     "get_setting",
     "set_setting",
