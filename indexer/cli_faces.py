@@ -391,3 +391,6 @@ def forget(ctx: click.Context, name: str) -> None:
 
 
 from . import cli_face_clusters  # noqa: E402, F401  (registers faces cluster / name / merge / split)
+
+
+from . import cli_face_clusters  # noqa: E402, F401  (registers faces cluster / name / merge / split)

@@ -612,6 +612,63 @@ class FaceGallery(Store):
             self._caches[ENROLLED].update(start, set(), ids)
         return len(ids)
 
+    def enroll_indexed_faces(self, name: str, face_ids: Iterable[int]) -> tuple[int, int]:
+        """Enroll ``name`` from faces found by :meth:`index_folder` (a named cluster, :mod:`indexer.face_clusters`):
+        afterwards ``name``'s enrolled copies of indexed faces are exactly copies of ``face_ids`` (same photo, box,
+        landmarks and vector); faces enrolled from photos stay. The identity is created when needed and removed
+        when left without a face. Returns ``(added, removed)``."""
+        name = name.strip()
+        if not name or name == UNKNOWN:
+            raise LookalikeError(f"a person needs a non-empty name other than {UNKNOWN!r}")
+        wanted = set(face_ids)
+        with write_lock(self.home):
+            start = self._caches[ENROLLED].version()
+            with self._session() as s, s.begin():
+                ident = s.scalar(select(Identity).where(Identity.name == name))
+                if ident is None:
+                    if not wanted:
+                        return 0, 0
+                    ident = Identity(name=name)
+                    s.add(ident)
+                    s.flush()
+                copies = s.execute(
+                    select(FaceRecord.from_face_id, FaceRecord.id).where(
+                        FaceRecord.identity_id == ident.id, FaceRecord.from_face_id.is_not(None)
+                    )
+                )
+                have = {int(f): int(i) for f, i in copies}
+                gone = {have[f] for f in set(have) - wanted}
+                rows = []
+                for chunk in chunks(sorted(wanted - set(have)), 500):
+                    for r in s.scalars(select(FaceRecord).where(FaceRecord.id.in_(chunk), FaceRecord.source == INDEX)):
+                        rows.append(
+                            FaceRecord(
+                                source=ENROLLED,
+                                identity_id=ident.id,
+                                from_face_id=r.id,
+                                path=r.path,
+                                content_hash=r.content_hash,
+                                x0=r.x0,
+                                y0=r.y0,
+                                x1=r.x1,
+                                y1=r.y1,
+                                landmarks=r.landmarks,
+                                score=r.score,
+                                vector=r.vector,
+                            )
+                        )
+                s.add_all(rows)
+                for chunk in chunks(sorted(gone), 500):
+                    s.execute(delete(FaceRecord).where(FaceRecord.id.in_(chunk)))
+                s.flush()
+                added = {r.id for r in rows}
+                if added or gone:
+                    db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
+                if not s.scalar(select(func.count()).where(FaceRecord.identity_id == ident.id)):
+                    s.execute(delete(Identity).where(Identity.id == ident.id))
+            self._caches[ENROLLED].update(start, added, gone)
+        return len(added), len(gone)
+
     def identities(self) -> list[IdentitySummary]:
         with self._session() as s:
             rows = s.execute(
