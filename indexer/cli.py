@@ -31,6 +31,7 @@ from .cli_common import (
     open_collection,
     step_progress,
 )
+from .cli_duplicates import duplicates
 from .cli_faces import faces
 from .cli_segmentation import train_seg
 from .masking import MaskSettings
@@ -610,6 +611,7 @@ def models() -> None:
 
 main.add_command(train_seg)
 main.add_command(faces)
+main.add_command(duplicates)
 
 if __name__ == "__main__":
     main()

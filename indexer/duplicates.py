@@ -1,0 +1,790 @@
+"""Duplicates across a collection: copies of the same picture, found, grouped, and given a keeper.
+
+Two tiers:
+
+- **exact**: files with the same content hash (byte-identical), found from the database alone, no network;
+- **near**: edited copies (crops, resizes, rotations, colour, re-encoding, overlays, flips), found by the
+  collection's vectors: a k-nearest-neighbour graph from the FAISS index (no N x N matrix), its edges at or
+  above the threshold joined into connected components, then each component split so that every member of a
+  group is itself within the threshold of the group's keeper (a guard against chains of barely-similar pairs:
+  A ~ B ~ C does not put A and C together unless C ~ A too).
+
+The keeper of a group is a file under the ``reference`` folder when there is one (reference files are never
+touched), else the largest picture (pixel count), then the oldest file, then the first path.
+
+The threshold means something: :func:`calibrate` makes seeded edited copies of a sample of the collection's
+own images (:mod:`indexer.copy_edits`), embeds them with the collection's model, and picks the lowest threshold
+at which the copies, scored against their original, are told apart from the best-scoring *other* image with
+the target precision (default 0.99); the expected recall comes with it. It is stored with the collection.
+Near-identical shots (bursts, the same scene a second later) score like copies: they are "similar", not
+copies, and the calibration counts them as mistakes, which raises the threshold in collections full of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+
+from . import db
+from .copy_edits import edited_copy
+from .db import INDEXED, ImageRecord
+from .errors import LookalikeError, SettingsError
+from .imageio import ImageLoadError, file_hash, load_image
+from .store import NullProgress, Progress
+from .vector_index import IndexConfig, VectorIndex
+
+if TYPE_CHECKING:
+    from .engine import Collection
+
+__all__ = [
+    "Calibration",
+    "DuplicateFile",
+    "DuplicateGroup",
+    "DuplicateReport",
+    "DuplicateFinder",
+    "FileTable",
+    "CALIBRATION_SETTING",
+    "calibrate_scores",
+    "connected_components",
+    "group_vectors",
+    "group_exact",
+    "knn_edges",
+    "threshold_for_precision",
+]
+
+log = logging.getLogger(__name__)
+
+#: The setting the calibration is stored in.
+CALIBRATION_SETTING = "duplicates_calibration"
+#: Neighbours per image in the k-NN graph.
+DEFAULT_K = 16
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class DuplicateFile:
+    id: int
+    path: str
+    #: cosine similarity to the group's keeper (1.0 for the keeper and for byte-identical copies)
+    score: float
+    keep: bool
+    #: byte-identical to the keeper (same content hash)
+    exact: bool = False
+    #: under the reference folder: never touched
+    reference: bool = False
+    size: int | None = None
+    mtime_ns: int | None = None
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class DuplicateGroup:
+    #: the keeper first, then the others, most similar first
+    files: list[DuplicateFile]
+    #: ``(i, j, score)`` over ``files``: the k-NN graph's edges inside the group at or above the threshold
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+
+    @property
+    def tier(self) -> str:
+        """``"exact"`` when every file is byte-identical to the keeper, else ``"near"``."""
+        return "exact" if all(f.exact or f.keep for f in self.files) and self._all_same_hash() else "near"
+
+    def _all_same_hash(self) -> bool:
+        hashes = {f.content_hash for f in self.files}
+        return len(hashes) == 1 and None not in hashes
+
+    @property
+    def keeper(self) -> DuplicateFile:
+        return self.files[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "files": [
+                {"path": f.path, "score": round(f.score, 6), "keep": f.keep, "exact": f.exact, "id": f.id}
+                | ({"reference": True} if f.reference else {})
+                for f in self.files
+            ],
+            "pairs": [[i, j, round(s, 6)] for i, j, s in self.pairs],
+        }
+
+
+@dataclass
+class Calibration:
+    """A threshold chosen for a target precision on edited copies of the collection's own images."""
+
+    threshold: float
+    target_precision: float
+    #: on the calibration copies: share of copies scoring at or above the threshold with their original
+    expected_recall: float
+    #: on the calibration copies: precision at the threshold
+    expected_precision: float
+    originals: int
+    copies: int
+    seed: int
+    #: the model (and whitening) whose scores it was made for
+    model: str
+    created: float = field(default_factory=time.time)
+    #: recall at the threshold by edit strength (0 light, 1 medium, 2 strong)
+    recall_by_strength: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class DuplicateReport:
+    #: the threshold used (``None``: exact copies only)
+    threshold: float | None
+    calibration: Calibration | None
+    groups: list[DuplicateGroup]
+    #: images considered
+    images: int
+    #: indexed files no longer on disk (left out; ``lookalike index`` forgets them)
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "images": self.images,
+            "missing": self.missing,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+
+# --------------------------------------------------------------------------------------------- pure functions
+
+
+def threshold_for_precision(positives: np.ndarray, negatives: np.ndarray, target: float) -> tuple[float, float, float]:
+    """The lowest threshold ``t`` such that, at ``t`` and at every higher candidate, ``#(pos >= t) /
+    (#(pos >= t) + #(neg >= t)) >= target`` -> ``(t, recall, precision)`` at ``t``.
+
+    ``positives``: scores of true copies with their original; ``negatives``: for each copy, the best score of
+    an image that is not its original. When no threshold reaches the target, one above every score is returned
+    (recall 0)."""
+    pos = np.sort(np.asarray(positives, np.float64))
+    neg = np.sort(np.asarray(negatives, np.float64))
+    if pos.size == 0:
+        raise ValueError("no positive scores to calibrate on")
+    cand = np.unique(pos)[::-1]  # thresholds at positive scores, highest first
+    tp = pos.size - np.searchsorted(pos, cand, side="left")
+    fp = neg.size - np.searchsorted(neg, cand, side="left")
+    prec = tp / np.maximum(tp + fp, 1)
+    ok = prec >= target
+    # the run of candidates from the top down that all reach the target
+    bad = np.flatnonzero(~ok)
+    last = (bad[0] - 1) if bad.size else cand.size - 1
+    if last < 0:
+        t = max(float(cand[0]), float(neg[-1]) if neg.size else -1.0) + 1e-6
+        return t, 0.0, 1.0
+    t = float(cand[last])
+    return t, float(tp[last] / pos.size), float(prec[last])
+
+
+def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on ``n`` nodes with edges ``a[i] - b[i]`` -> ``(n,)`` labels (each
+    component labelled by its smallest node). Vectorised hooking + pointer jumping: no Python loop per edge."""
+    parent = np.arange(n, dtype=np.int64)
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    while a.size:
+        pa, pb = parent[a], parent[b]
+        diff = pa != pb
+        if not diff.any():
+            break
+        a, b, pa, pb = a[diff], b[diff], pa[diff], pb[diff]
+        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
+        np.minimum.at(parent, hi, lo)
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+    return parent
+
+
+def knn_edges(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    threshold: float,
+    k: int = DEFAULT_K,
+    id_to_pos: np.ndarray | None = None,
+    batch: int = 16384,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k-NN graph's edges at or above ``threshold``: each row of ``vectors`` searched in ``index`` ->
+    ``(a, b, score)`` with ``a < b`` positions (each pair once). ``id_to_pos`` maps the index's ids to rows of
+    ``vectors`` (sorted ids -> positions, via ``np.searchsorted``); ``None``: the ids are the positions."""
+    progress = progress or NullProgress()
+    n = vectors.shape[0]
+    k = max(1, min(k + 1, len(index)))
+    out_a, out_b, out_s = [], [], []
+    progress.start(n, "neighbours")
+    try:
+        for start in range(0, n, batch):
+            q = np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)
+            scores, ids = index.search(q, k)
+            rows = np.repeat(np.arange(start, start + q.shape[0]), k).reshape(q.shape[0], k)
+            keep = (ids >= 0) & (scores >= threshold)
+            nb = ids[keep]
+            if id_to_pos is not None:
+                pos = np.searchsorted(id_to_pos, nb)
+                pos = np.clip(pos, 0, len(id_to_pos) - 1)
+                found = id_to_pos[pos] == nb
+                nb_pos = np.where(found, pos, -1)
+            else:
+                nb_pos = nb
+            r = rows[keep]
+            s = scores[keep]
+            valid = (nb_pos >= 0) & (nb_pos != r)
+            out_a.append(np.minimum(r, nb_pos)[valid])
+            out_b.append(np.maximum(r, nb_pos)[valid])
+            out_s.append(s[valid])
+            progress.advance(q.shape[0])
+    finally:
+        progress.finish()
+    if not out_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    a, b, s = np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
+    if a.size:
+        key = a * n + b
+        _, first = np.unique(key, return_index=True)
+        a, b, s = a[first], b[first], s[first]
+    return a.astype(np.int64), b.astype(np.int64), s.astype(np.float32)
+
+
+@dataclass
+class FileTable:
+    """What the keeper rule and the exact tier need of each file, as arrays (``(N,)`` each): pixel count,
+    mtime, whether it is a reference file, and the content hash as an integer code (-1: unknown)."""
+
+    pixels: np.ndarray
+    mtime_ns: np.ndarray
+    reference: np.ndarray
+    hash_code: np.ndarray
+
+    @classmethod
+    def plain(cls, n: int) -> FileTable:
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), np.full(n, -1, np.int64))
+
+    def keeper_rank(self) -> np.ndarray:
+        """``(N,)`` rank, lower keeps: reference files first, then more pixels, then older, then position."""
+        order = np.lexsort((np.arange(len(self.pixels)), self.mtime_ns, -self.pixels, ~self.reference))
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        return rank
+
+
+def group_exact(hash_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges joining every file to the first file with the same hash code (codes < 0 are left alone)."""
+    code = np.asarray(hash_code, np.int64)
+    pos = np.flatnonzero(code >= 0)
+    if not pos.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = pos[np.argsort(code[pos], kind="stable")]
+    c = code[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(c)) + 1]
+    first = np.repeat(order[starts], np.diff(np.r_[starts, len(order)]))
+    same = first != order
+    return first[same], order[same]
+
+
+def group_vectors(
+    vectors: np.ndarray,
+    threshold: float,
+    files: FileTable | None = None,
+    index: VectorIndex | None = None,
+    k: int = DEFAULT_K,
+    id_to_pos: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
+    """Groups of copies among ``vectors`` (``(N, D)``, L2-normalised) -> for each group ``(members, scores,
+    pairs)``: positions with the keeper first (then by score, highest first), each one's score with the keeper,
+    and the graph's edges inside the group as ``(i, j, score)`` over ``members``.
+
+    ``index`` (ids = positions, or mapped by ``id_to_pos``) gives the k-NN graph; ``None`` builds one over
+    ``vectors``. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = vectors.shape[0]
+    files = files or FileTable.plain(n)
+    if n < 2:
+        return []
+    if index is None:
+        index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, IndexConfig(device="cpu"))
+        id_to_pos = None
+    a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
+    ea, eb = group_exact(files.hash_code)
+    all_a = np.concatenate([a, ea])
+    all_b = np.concatenate([b, eb])
+    all_s = np.concatenate([s, np.ones(ea.size, np.float32)])
+    labels = connected_components(n, all_a, all_b)
+    rank = files.keeper_rank()
+    code = files.hash_code
+
+    # nodes of each component with more than one node, and the edges of each
+    counts = np.bincount(labels, minlength=n)
+    multi = np.flatnonzero(counts[labels] > 1)
+    if not multi.size:
+        return []
+    node_order = multi[np.argsort(labels[multi], kind="stable")]
+    node_labels = labels[node_order]
+    node_starts = np.r_[0, np.flatnonzero(np.diff(node_labels)) + 1, len(node_order)]
+    edge_labels = labels[all_a]
+    edge_order = np.argsort(edge_labels, kind="stable")
+    sorted_edge_labels = edge_labels[edge_order]
+
+    groups: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]] = []
+    for ci in range(len(node_starts) - 1):
+        comp = node_order[node_starts[ci] : node_starts[ci + 1]]
+        lab = node_labels[node_starts[ci]]
+        lo, hi = np.searchsorted(sorted_edge_labels, [lab, lab + 1])
+        e = edge_order[lo:hi]
+        groups.extend(_split_component(comp, all_a[e], all_b[e], all_s[e], vectors, threshold, rank, code))
+    groups.sort(key=lambda g: int(rank[g[0][0]]))
+    return groups
+
+
+def _split_component(
+    comp: np.ndarray,
+    ea: np.ndarray,
+    eb: np.ndarray,
+    es: np.ndarray,
+    vectors: np.ndarray,
+    threshold: float,
+    rank: np.ndarray,
+    code: np.ndarray,
+) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
+    """The chaining guard: the best keeper of ``comp`` takes every member within the threshold of itself (and
+    its byte-identical copies); what is left is split again by its own edges, and so on."""
+    out = []
+    stack = [comp]
+    while stack:
+        m = stack.pop()
+        if m.size < 2:
+            continue
+        keeper = m[np.argmin(rank[m])]
+        sims = vectors[m] @ vectors[keeper]
+        same = (code[m] == code[keeper]) & (code[keeper] >= 0)
+        sims = np.where(same, 1.0, sims)
+        ok = (sims >= threshold) | same
+        members, scores = m[ok], sims[ok]
+        if members.size >= 2:
+            order = np.lexsort((rank[members], -scores))
+            order = np.r_[order[members[order] == keeper], order[members[order] != keeper]]
+            members, scores = members[order], scores[order]
+            where = {int(p): i for i, p in enumerate(members)}
+            inside = np.isin(ea, members) & np.isin(eb, members)
+            best: dict[tuple[int, int], float] = {}
+            for x, y, sc in zip(ea[inside], eb[inside], es[inside]):
+                i, j = sorted((where[int(x)], where[int(y)]))
+                best[(i, j)] = max(best.get((i, j), -1.0), float(sc))
+            pairs = [(i, j, sc) for (i, j), sc in sorted(best.items())]
+            out.append((members, scores.astype(np.float32), pairs))
+        rest = m[~ok]
+        if rest.size < 2:
+            continue
+        inside = np.isin(ea, rest) & np.isin(eb, rest)
+        ra, rb = ea[inside], eb[inside]
+        if not ra.size:
+            continue
+        local = {int(p): i for i, p in enumerate(rest)}
+        la = np.fromiter((local[int(x)] for x in ra), np.int64, ra.size)
+        lb = np.fromiter((local[int(x)] for x in rb), np.int64, rb.size)
+        sub = connected_components(rest.size, la, lb)
+        for lab in np.unique(sub):
+            part = rest[sub == lab]
+            if part.size >= 2:
+                stack.append(part)
+    return out
+
+
+def calibrate_scores(
+    copy_vectors: np.ndarray,
+    copy_original: np.ndarray,
+    vectors: np.ndarray,
+    index: VectorIndex,
+    id_to_pos: np.ndarray | None = None,
+    hash_code: np.ndarray | None = None,
+    k: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores for calibration: each copy's score with its original (``copy_original``: the original's
+    position in ``vectors``), and the best score of an image that is not its original -> ``(positives,
+    negatives)``. Images already in the collection that look like copies of the original (same hash, or closer
+    to the original than the copies' median score) are not counted as "other" images."""
+    copy_vectors = np.ascontiguousarray(copy_vectors, np.float32)
+    pos = np.einsum("ij,ij->i", copy_vectors, vectors[copy_original])
+    level = float(np.median(pos))
+    scores, ids = index.search(copy_vectors, min(k, len(index)))
+    if id_to_pos is not None:
+        p = np.clip(np.searchsorted(id_to_pos, ids), 0, len(id_to_pos) - 1)
+        ids = np.where((ids >= 0) & (id_to_pos[p] == ids), p, -1)
+    neg = np.full(len(copy_vectors), -1.0, np.float32)
+    for i in range(len(copy_vectors)):
+        o = int(copy_original[i])
+        for sc, j in zip(scores[i], ids[i]):
+            if j < 0 or j == o:
+                continue
+            if hash_code is not None and hash_code[o] >= 0 and hash_code[j] == hash_code[o]:
+                continue
+            if float(vectors[j] @ vectors[o]) >= level:
+                continue  # already a copy of the original in the collection
+            neg[i] = sc
+            break
+    return pos.astype(np.float32), neg
+
+
+# --------------------------------------------------------------------------------------------- the collection
+
+
+@dataclass
+class _Rows:
+    ids: np.ndarray
+    paths: list[str]
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    hashes: list[str | None]
+    width: np.ndarray
+    height: np.ndarray
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class DuplicateFinder:
+    """Duplicates in a :class:`~indexer.engine.Collection`: groups, calibration, "is this file already here?"."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.coll = collection
+
+    # ------------------------------------------------------------------ data
+    def _rows(self, ids: np.ndarray | None = None) -> _Rows:
+        q = select(
+            ImageRecord.id,
+            ImageRecord.path,
+            ImageRecord.size,
+            ImageRecord.mtime_ns,
+            ImageRecord.content_hash,
+            ImageRecord.width,
+            ImageRecord.height,
+        ).where(ImageRecord.status == INDEXED)
+        with self.coll._session() as s:
+            rows = list(s.execute(q.order_by(ImageRecord.id)))
+        if ids is not None:
+            by_id = {r[0]: r for r in rows}
+            missing = [int(i) for i in ids if int(i) not in by_id]
+            if missing:
+                raise LookalikeError("the collection changed while reading it; run the command again")
+            rows = [by_id[int(i)] for i in ids]
+        return _Rows(
+            ids=np.array([r[0] for r in rows], np.int64),
+            paths=[r[1] for r in rows],
+            size=np.array([r[2] for r in rows], np.int64),
+            mtime_ns=np.array([r[3] for r in rows], np.int64),
+            hashes=[r[4] for r in rows],
+            width=np.array([r[5] or 0 for r in rows], np.int64),
+            height=np.array([r[6] or 0 for r in rows], np.int64),
+        )
+
+    def _model_description(self) -> str:
+        cfg = self.coll.model_config
+        st = self.coll.stats()
+        return f"{cfg.describe() if cfg else 'none'}; {st.whitening or 'no whitening'}; {st.mask}"
+
+    def _require_indexed(self) -> None:
+        if self.coll.model_config is None:
+            raise LookalikeError(
+                f"the collection in {self.coll.home} is empty; index a folder first (lookalike index DIR)"
+            )
+
+    # ------------------------------------------------------------------ calibration
+    def stored_calibration(self) -> Calibration | None:
+        """The stored calibration, when it was made for the collection's current model."""
+        with self.coll._session() as s:
+            d = db.get_setting(s, CALIBRATION_SETTING)
+        if d is None:
+            return None
+        cal = Calibration.from_dict(d)
+        if cal.model != self._model_description():
+            log.info("the stored duplicates calibration was made for another model; it will be redone")
+            return None
+        return cal
+
+    def calibrate(
+        self,
+        precision: float = 0.99,
+        samples: int = 100,
+        copies_per_image: int = 6,
+        seed: int = 0,
+        store: bool = True,
+        progress: Progress | None = None,
+    ) -> Calibration:
+        """Choose the threshold for ``precision`` on seeded edited copies of ``samples`` of the collection's
+        images (``copies_per_image`` each, strengths light / medium / strong in turn); store it unless not
+        ``store``. Needs the network (the copies are embedded)."""
+        if not 0.5 <= precision < 1.0:
+            raise SettingsError(f"the target precision must be in [0.5, 1), got {precision}")
+        self._require_indexed()
+        ids, vectors = self.coll.vectors()
+        if ids.size < 2:
+            raise LookalikeError("calibration needs at least 2 indexed images; index more first")
+        rows = self._rows(ids)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(ids.size)
+        originals: list[int] = []
+        copy_paths: list[str] = []
+        copy_orig: list[int] = []
+        copy_strength: list[int] = []
+        with tempfile.TemporaryDirectory(prefix="lookalike-calibration-") as tmp:
+            for pos in order:
+                if len(originals) >= samples:
+                    break
+                try:
+                    img = Image.fromarray(
+                        load_image(rows.paths[pos], max_side=768, max_pixels=self.coll.max_pixels).pixels
+                    )
+                except ImageLoadError:
+                    continue
+                originals.append(int(pos))
+                for c in range(copies_per_image):
+                    strength = c % 3
+                    copy = edited_copy(img, rng, strength=strength)
+                    p = os.path.join(tmp, f"{pos}_{c}.png")
+                    copy.image.save(p, compress_level=1)
+                    copy_paths.append(p)
+                    copy_orig.append(int(pos))
+                    copy_strength.append(strength)
+            if not originals:
+                raise LookalikeError("no indexed image could be read for calibration; are the files still there?")
+            log.info("calibrating on %d copies of %d images", len(copy_paths), len(originals))
+            progress = progress or NullProgress()
+            vecs: dict[int, np.ndarray] = {}
+            progress.start(len(copy_paths), "calibrating")
+            try:
+                for i, vec, error in self.coll.embed_paths(copy_paths):
+                    if vec is not None:
+                        vecs[i] = vec
+                    else:
+                        log.warning("a calibration copy could not be embedded: %s", error)
+                    progress.advance()
+            finally:
+                progress.finish()
+        done = sorted(vecs)
+        cv = np.stack([vecs[i] for i in done]).astype(np.float32)
+        co = np.array([copy_orig[i] for i in done], np.int64)
+        cs = np.array([copy_strength[i] for i in done], np.int64)
+        index = self.coll._cache.current()
+        pos_scores, neg_scores = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes))
+        t, recall, prec = threshold_for_precision(pos_scores, neg_scores, precision)
+        cal = Calibration(
+            threshold=round(t, 6),
+            target_precision=precision,
+            expected_recall=round(recall, 4),
+            expected_precision=round(prec, 4),
+            originals=len(originals),
+            copies=len(done),
+            seed=seed,
+            model=self._model_description(),
+            recall_by_strength={
+                str(st): round(float((pos_scores[cs == st] >= t).mean()), 4) for st in sorted(set(cs.tolist()))
+            },
+        )
+        log.info("duplicates threshold %.4f: precision %.3f, recall %.3f", t, prec, recall)
+        if store:
+            with self.coll._session() as s, s.begin():
+                db.set_setting(s, CALIBRATION_SETTING, cal.to_dict())
+        return cal
+
+    def threshold(
+        self, threshold: float | None = None, precision: float | None = None, progress: Progress | None = None
+    ) -> tuple[float, Calibration | None]:
+        """The threshold to use: ``threshold`` when given; else the stored calibration's (calibrated now when
+        there is none, or when ``precision`` asks for another target)."""
+        if threshold is not None:
+            if not -1.0 <= threshold <= 1.0:
+                raise SettingsError(f"the threshold is a cosine similarity in [-1, 1], got {threshold}")
+            return threshold, self.stored_calibration()
+        cal = self.stored_calibration()
+        if cal is None or (precision is not None and abs(cal.target_precision - precision) > 1e-9):
+            cal = self.calibrate(precision=precision if precision is not None else 0.99, progress=progress)
+        return cal.threshold, cal
+
+    # ------------------------------------------------------------------ groups
+    def find(
+        self,
+        folder: str | Path | None = None,
+        threshold: float | None = None,
+        precision: float | None = None,
+        reference: str | Path | None = None,
+        exact_only: bool = False,
+        k: int = DEFAULT_K,
+        check_files: bool = True,
+        progress: Progress | None = None,
+    ) -> DuplicateReport:
+        """Groups of copies among the indexed images (under ``folder`` when given, plus those under
+        ``reference``, whose files are preferred as keepers and never touched). ``exact_only``: byte-identical
+        copies only, from the database (no network, no calibration). ``check_files``: leave out files no
+        longer on disk."""
+        started = time.perf_counter()
+        self._require_indexed()
+        folder_s = str(Path(folder).expanduser().resolve()) if folder is not None else None
+        ref_s = str(Path(reference).expanduser().resolve()) if reference is not None else None
+        if exact_only:
+            rows = self._rows()
+            vectors = None
+            t, cal = None, None
+        else:
+            t, cal = self.threshold(threshold, precision, progress)
+            ids, vectors = self.coll.vectors()
+            rows = self._rows(ids)
+        n_all = len(rows.paths)
+        keep = np.ones(n_all, bool)
+        if folder_s is not None:
+            keep &= np.array([_under(p, folder_s) or (ref_s is not None and _under(p, ref_s)) for p in rows.paths])
+        missing: list[str] = []
+        if check_files:
+            exists = np.array([bool(k_) and os.path.exists(p) for k_, p in zip(keep, rows.paths)])
+            missing = [p for k_, e, p in zip(keep, exists, rows.paths) if k_ and not e]
+            keep &= exists
+        sel = np.flatnonzero(keep)
+        reference_mask = np.array([ref_s is not None and _under(rows.paths[i], ref_s) for i in sel], bool)
+        table = FileTable(
+            pixels=rows.width[sel] * rows.height[sel],
+            mtime_ns=rows.mtime_ns[sel],
+            reference=reference_mask,
+            hash_code=_hash_codes([rows.hashes[i] for i in sel]),
+        )
+        if exact_only:
+            ea, eb = group_exact(table.hash_code)
+            labels = connected_components(sel.size, ea, eb)
+            raw_groups = []
+            rank = table.keeper_rank()
+            for lab in np.unique(labels[np.bincount(labels, minlength=sel.size)[labels] > 1]):
+                m = np.flatnonzero(labels == lab)
+                m = m[np.argsort(rank[m])]
+                raw_groups.append((m, np.ones(m.size, np.float32), []))
+            raw_groups.sort(key=lambda g: int(rank[g[0][0]]))
+        else:
+            assert vectors is not None
+            if sel.size == n_all:
+                index = self.coll._cache.current()
+                id_to_pos = rows.ids if len(index) == n_all else None
+                if id_to_pos is None:
+                    index = None
+                raw_groups = group_vectors(vectors, t, table, index, k, id_to_pos, progress)
+            else:
+                raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress)
+        groups = []
+        for members, scores, pairs in raw_groups:
+            files = []
+            for j, (m, sc) in enumerate(zip(members, scores)):
+                i = int(sel[m])
+                h = rows.hashes[i]
+                files.append(
+                    DuplicateFile(
+                        id=int(rows.ids[i]),
+                        path=rows.paths[i],
+                        score=float(sc),
+                        keep=j == 0 or bool(reference_mask[m]),
+                        exact=j > 0 and h is not None and h == rows.hashes[int(sel[members[0]])],
+                        reference=bool(reference_mask[m]),
+                        size=int(rows.size[i]),
+                        mtime_ns=int(rows.mtime_ns[i]),
+                        content_hash=h,
+                        width=int(rows.width[i]) or None,
+                        height=int(rows.height[i]) or None,
+                    )
+                )
+            groups.append(DuplicateGroup(files, pairs))
+        if ref_s is not None:  # groups of reference files only have nothing to act on
+            groups = [g for g in groups if any(not f.reference for f in g.files)]
+        return DuplicateReport(
+            threshold=t,
+            calibration=cal,
+            groups=groups,
+            images=int(sel.size),
+            missing=missing,
+            seconds=time.perf_counter() - started,
+        )
+
+    # ------------------------------------------------------------------ one file
+    def of(
+        self,
+        path: str | Path,
+        threshold: float | None = None,
+        precision: float | None = None,
+        k: int = DEFAULT_K,
+    ) -> tuple[float, list[DuplicateFile]]:
+        """Is this file (indexed or not) already in the collection? -> ``(threshold, matches)``: indexed files
+        byte-identical to it, then those scoring at or above the threshold, best first (the file itself left
+        out)."""
+        self._require_indexed()
+        p = str(Path(path).expanduser().resolve())
+        if not os.path.isfile(p):
+            raise LookalikeError(f"{path} is not a file")
+        t, _ = self.threshold(threshold, precision)
+        try:
+            h = file_hash(p)
+        except OSError as exc:
+            raise LookalikeError(f"cannot read {path}: {exc.strerror or exc}") from None
+        vec = None
+        for _, v, error in self.coll.embed_paths([p]):
+            if error is not None:
+                raise LookalikeError(f"cannot read {path} as an image: {error}")
+            vec = v
+        assert vec is not None
+        index = self.coll._cache.current()
+        scores, ids = index.search(vec[None].astype(np.float32), min(k, max(1, len(index))))
+        rows = self._rows()
+        by_id = {int(i): n for n, i in enumerate(rows.ids)}
+        matches: dict[int, DuplicateFile] = {}
+        for n, hh in enumerate(rows.hashes):
+            if hh == h and rows.paths[n] != p:
+                matches[int(rows.ids[n])] = self._file(rows, n, 1.0, exact=True)
+        for sc, i in zip(scores[0], ids[0]):
+            n = by_id.get(int(i))
+            if n is None or sc < t or rows.paths[n] == p or int(i) in matches:
+                continue
+            matches[int(i)] = self._file(rows, n, float(sc), exact=False)
+        return t, sorted(matches.values(), key=lambda f: (-f.score, f.path))
+
+    @staticmethod
+    def _file(rows: _Rows, n: int, score: float, exact: bool) -> DuplicateFile:
+        return DuplicateFile(
+            id=int(rows.ids[n]),
+            path=rows.paths[n],
+            score=score,
+            keep=True,
+            exact=exact,
+            size=int(rows.size[n]),
+            mtime_ns=int(rows.mtime_ns[n]),
+            content_hash=rows.hashes[n],
+            width=int(rows.width[n]) or None,
+            height=int(rows.height[n]) or None,
+        )
+
+
+def _hash_codes(hashes: Sequence[str | None]) -> np.ndarray:
+    codes: dict[str, int] = {}
+    return np.array([-1 if h is None else codes.setdefault(h, len(codes)) for h in hashes], np.int64)

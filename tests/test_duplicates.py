@@ -1,0 +1,261 @@
+"""Duplicate finding: grouping on synthetic vectors (exact tier, near tier, chaining guard, keeper choice,
+reference files), the threshold for a target precision, calibration and the CLI on a small real collection."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import main
+from indexer.copy_edits import EDITS, apply_edit, edited_copy
+from indexer.duplicates import (
+    CALIBRATION_SETTING,
+    DuplicateFinder,
+    FileTable,
+    connected_components,
+    group_exact,
+    group_vectors,
+    threshold_for_precision,
+)
+from indexer.engine import Collection
+from retrieval.model import Embedder
+
+from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image, make_folder
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(rng: np.random.Generator, n_orig: int, copies: int, d: int = 32, noise: float = 0.1):
+    """``n_orig`` random unit vectors, each with ``copies`` noisy copies -> vectors, true group of each row."""
+    base = unit(rng.normal(size=(n_orig, d)))
+    rows, labels = [base], [np.arange(n_orig)]
+    for _ in range(copies):
+        rows.append(unit(base + noise * rng.normal(size=base.shape) / np.sqrt(d)))
+        labels.append(np.arange(n_orig))
+    return np.vstack(rows), np.concatenate(labels)
+
+
+def as_sets(groups) -> set[frozenset[int]]:
+    return {frozenset(int(m) for m in g[0]) for g in groups}
+
+
+# --------------------------------------------------------------------------------------------- pure functions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_connected_components_match_a_plain_union_find(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    a, b = rng.integers(0, n, 250), rng.integers(0, n, 250)
+    labels = connected_components(n, a, b)
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for x, y in zip(a, b):
+        parent[find(int(x))] = find(int(y))
+    for x in range(n):
+        for y in range(x + 1, n, 7):
+            assert (labels[x] == labels[y]) == (find(x) == find(y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_near_copies_are_grouped_and_different_pictures_are_not(seed):
+    rng = np.random.default_rng(seed)
+    vectors, truth = clustered(rng, 200, 2, noise=0.3)
+    groups = group_vectors(vectors, threshold=0.8)
+    found = as_sets(groups)
+    expected = {frozenset(np.flatnonzero(truth == t).tolist()) for t in range(200)}
+    assert found == expected
+    for members, scores, pairs in groups:
+        assert scores[0] == pytest.approx(1.0) and np.all(scores >= 0.8)
+        assert all(0 <= i < j < len(members) and s >= 0.8 for i, j, s in pairs)
+
+
+def test_exact_copies_are_grouped_by_hash_even_with_unrelated_vectors():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.normal(size=(6, 16)))
+    table = FileTable.plain(6)
+    table.hash_code[:] = [5, -1, 5, 7, -1, 7]
+    groups = group_vectors(vectors, threshold=0.99, files=table)
+    assert as_sets(groups) == {frozenset({0, 2}), frozenset({3, 5})}
+    assert all(np.all(g[1] == 1.0) for g in groups)
+    a, b = group_exact(table.hash_code)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(0, 2), (3, 5)]
+
+
+def test_chaining_guard_keeps_a_chain_of_barely_similar_pairs_apart():
+    # points on a circle 25 degrees apart: neighbours score cos 25 = 0.906, two apart cos 50 = 0.64
+    angles = np.radians(np.arange(8) * 25.0)
+    vectors = np.zeros((8, 4), np.float32)
+    vectors[:, 0], vectors[:, 1] = np.cos(angles), np.sin(angles)
+    groups = group_vectors(vectors, threshold=0.9)
+    # without the guard the graph is one component of 8
+    assert len(set(connected_components(8, np.arange(7), np.arange(1, 8)).tolist())) == 1
+    for members, _scores, _ in groups:
+        keeper = vectors[members[0]]
+        assert np.all(vectors[members] @ keeper >= 0.9 - 1e-6)
+        assert len(members) <= 3
+    assert sum(len(g[0]) for g in groups) >= 6  # most points still find a partner
+
+
+def test_keeper_is_the_largest_picture_then_the_oldest_file():
+    v = unit(np.array([[1, 0.01, 0], [1, 0, 0.01], [1, 0.005, 0.005]], np.float32))
+    table = FileTable.plain(3)
+    table.pixels[:] = [100, 400, 400]
+    table.mtime_ns[:] = [1, 50, 20]
+    ((members, scores, _),) = group_vectors(v, threshold=0.9, files=table)
+    assert members[0] == 2  # 400 px like 1, but older
+    table.reference[:] = [True, False, False]
+    ((members, _, _),) = group_vectors(v, threshold=0.9, files=table)
+    assert members[0] == 0  # a reference file is always the keeper
+
+
+def test_threshold_for_precision_is_the_lowest_safe_one():
+    pos = np.array([0.99, 0.97, 0.95, 0.93, 0.90, 0.80])
+    neg = np.array([0.50, 0.60, 0.91, 0.70, 0.40, 0.30])
+    t, recall, precision = threshold_for_precision(pos, neg, 0.99)
+    assert t == pytest.approx(0.93) and recall == pytest.approx(4 / 6) and precision == 1.0
+    t, recall, _ = threshold_for_precision(pos, neg, 0.8)
+    assert t == pytest.approx(0.80) and recall == 1.0  # 6 / 7 >= 0.8
+    t, recall, _ = threshold_for_precision(np.array([0.5]), np.array([0.9]), 0.99)
+    assert recall == 0.0 and t > 0.9
+
+
+def test_edited_copies_are_seeded_and_every_edit_works():
+    img = draw_image(3, (120, 90))
+    for name in EDITS:
+        out = apply_edit(img, name, np.random.default_rng(0), 2)
+        assert out.mode == "RGB" and min(out.size) >= 8
+    a = edited_copy(img, np.random.default_rng(5), strength=1)
+    b = edited_copy(img, np.random.default_rng(5), strength=1)
+    assert a.edits == b.edits and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+# --------------------------------------------------------------------------------------------- a real collection
+
+_EMBEDDER: list[Embedder] = []
+
+
+def small_collection(home: Path) -> Collection:
+    if not _EMBEDDER:
+        _EMBEDDER.append(Embedder(SMALL_MODEL, FAST_RUNTIME))
+    coll = Collection(home, runtime=FAST_RUNTIME, embedder_factory=lambda cfg, rt: _EMBEDDER[0])
+    coll.configure(model=SMALL_MODEL)
+    return coll
+
+
+@pytest.fixture
+def dup_folder(tmp_path: Path) -> Path:
+    """20 drawn pictures, a byte-identical copy of one, and light edited copies (a resize, a re-encode) of two."""
+    folder = tmp_path / "photos"
+    make_folder(folder, 20)
+    shutil.copy(folder / "img_0007.png", folder / "exact_7.png")
+    draw_image(3).resize((48, 40)).save(folder / "small_3.png")
+    draw_image(5).save(folder / "jpeg_5.jpg", quality=80)
+    return folder
+
+
+def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_thread):
+    coll = small_collection(tmp_path / "home")
+    coll.index_folder(dup_folder)
+    finder = DuplicateFinder(coll)
+    cal = finder.calibrate(samples=12, copies_per_image=3, seed=0)
+    assert -1.0 <= cal.threshold <= 1.0 and 0.0 <= cal.expected_recall <= 1.0
+    assert cal.copies == 36 and cal.originals == 12 and set(cal.recall_by_strength) == {"0", "1", "2"}
+    assert finder.stored_calibration() == cal
+    with coll._session() as s:
+        from indexer import db
+
+        assert db.get_setting(s, CALIBRATION_SETTING)["threshold"] == cal.threshold
+
+    # at a threshold the copies pass (the small test model scores a 2x smaller copy ~0.92), they are grouped
+    # with their originals
+    report = finder.find(threshold=0.85)
+    by_name = [{Path(f.path).name for f in g.files} for g in report.groups]
+    assert {"img_0007.png", "exact_7.png"} in by_name
+    assert any({"img_0003.png", "small_3.png"} <= names for names in by_name)
+    assert any({"img_0005.png", "jpeg_5.jpg"} <= names for names in by_name)
+    exact = next(g for g in report.groups if "exact_7.png" in {Path(f.path).name for f in g.files})
+    assert exact.tier == "exact" and exact.keeper.keep and not exact.files[1].keep and exact.files[1].exact
+    keeper_3 = next(g for g in report.groups if "small_3.png" in {Path(f.path).name for f in g.files}).keeper
+    assert Path(keeper_3.path).name == "img_0003.png"  # the larger picture
+
+    # exact copies need no network: a collection whose embedder fails still finds them
+    def broken(cfg, rt):
+        raise RuntimeError("no network here")
+
+    offline = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=broken)
+    exact_only = DuplicateFinder(offline).find(exact_only=True)
+    assert [{Path(f.path).name for f in g.files} for g in exact_only.groups] == [{"img_0007.png", "exact_7.png"}]
+
+    # --of: a new file, indexed nowhere, is found as a copy; a different picture is not
+    probe = tmp_path / "probe.png"
+    draw_image(5).resize((90, 75)).save(probe)
+    t, matches = finder.of(probe, threshold=0.85)
+    assert {Path(m.path).name for m in matches} >= {"img_0005.png"}
+    t, matches = finder.of(dup_folder / "img_0007.png", threshold=0.999)
+    assert [Path(m.path).name for m in matches] == ["exact_7.png"] and matches[0].exact
+
+
+def test_reference_files_are_kept_and_folder_limits_the_search(tmp_path, one_thread):
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    make_folder(ref, 6)
+    new.mkdir()
+    for i in (1, 4):
+        shutil.copy(ref / f"img_{i:04d}.png", new / f"copy_{i}.png")
+    draw_image(50).resize((192, 160)).save(new / "big.png")
+    draw_image(50).save(ref / "small_50.png")  # the reference copy is smaller, and still the keeper
+    coll = small_collection(tmp_path / "home")
+    coll.index_folder(ref)
+    coll.index_folder(new)
+    finder = DuplicateFinder(coll)
+    report = finder.find(folder=new, reference=ref, threshold=0.97)
+    assert report.groups
+    for g in report.groups:
+        assert g.keeper.reference and Path(g.keeper.path).parent == ref
+        assert all(f.keep == f.reference for f in g.files)
+    names = {Path(f.path).name for g in report.groups for f in g.files if not f.keep}
+    assert names == {"copy_1.png", "copy_4.png", "big.png"}
+
+
+def test_cli_json_shape(tmp_path, dup_folder, one_thread):
+    home = tmp_path / "home"
+    small_collection(home).index_folder(dup_folder)
+    runner = CliRunner()
+    result = runner.invoke(main, ["--home", str(home), "duplicates", "--threshold", "0.97", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["threshold"] == 0.97 and "calibration" in data
+    assert data["groups"]
+    for g in data["groups"]:
+        assert g["tier"] in ("exact", "near")
+        assert [f["keep"] for f in g["files"]].count(True) == 1 and g["files"][0]["keep"]
+        assert all(set(f) >= {"path", "score", "keep"} for f in g["files"])
+    result = runner.invoke(main, ["--home", str(home), "duplicates", "--exact", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["groups"]) == 1
+    # a dry run says what it would do and changes nothing
+    before = sorted(p.name for p in dup_folder.iterdir())
+    result = runner.invoke(main, ["--home", str(home), "duplicates", "--exact", "--move-to", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "would move" in result.output and "dry run" in result.output
+    assert sorted(p.name for p in dup_folder.iterdir()) == before and not (tmp_path / "d").exists()
+    result = runner.invoke(
+        main, ["--home", str(home), "duplicates", "--exact", "--move-to", str(tmp_path / "d"), "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (dup_folder / "exact_7.png").exists()
+    result = runner.invoke(main, ["--home", str(home), "duplicates", "--undo"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in dup_folder.iterdir()) == before
