@@ -21,7 +21,9 @@ import click
 from retrieval.config import RuntimeOptions
 
 from .cli_common import (
+    EXIT_EMPTY,
     EXIT_SKIPPED,
+    GlobalOptionsGroup,
     TqdmProgress,
     library_errors,
     mask_from_options,
@@ -45,10 +47,10 @@ from .settings import (
 )
 from .store import default_home
 
-__all__ = ["EXIT_SKIPPED", "main"]
+__all__ = ["EXIT_EMPTY", "EXIT_SKIPPED", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -97,12 +99,18 @@ def main(
       lookalike index ~/Pictures            # embed every image (again: only what changed)
       lookalike search query.jpg -k 5       # nearest neighbours, best first
       lookalike stats                       # what is in the collection
+
+    These options may come before or after the command: `lookalike index DIR --home X` is
+    `lookalike --home X index DIR`.
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
-    runtime = RuntimeOptions(device=device, batch_size=batch_size, workers=workers, precision=precision)
+    try:
+        runtime = RuntimeOptions(device=device, batch_size=batch_size, workers=workers, precision=precision)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--device'") from None
     ctx.obj = {"home": home, "db_url": db_url, "runtime": runtime}
 
 
@@ -158,6 +166,8 @@ def index(
         wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)
     coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
     report = coll.index_folder(folder, progress=TqdmProgress())
+    if report.scanned == 0:
+        _report_empty_folder(ctx, coll, report)
     parts = [f"{report.scanned} images in {report.folder}", f"{report.embedded} embedded"]
     for name in ("new", "changed", "moved", "removed", "resumed"):
         if getattr(report, name):
@@ -171,6 +181,7 @@ def index(
             f"{report.mask_fallbacks} images had no usable mask (empty or covering everything) and were embedded whole"
         )
     click.echo(f"collection: {report.total_indexed} images searchable ({report.index_kind} index), in {coll.home}")
+    _warn_whitening_not_learned(coll)
     if report.ignored:
         click.echo(f"ignored {report.ignored} files that are not images (by extension)")
     if report.earlier_errors:
@@ -187,17 +198,48 @@ def index(
         ctx.exit(EXIT_SKIPPED)
 
 
+def _report_empty_folder(ctx: click.Context, coll: Any, report: Any) -> None:
+    """``index`` found no image: say so (and what else is there), then exit with :data:`EXIT_EMPTY`."""
+    if report.removed:
+        click.echo(f"forgot {report.removed} images that are no longer there")
+    click.echo(f"collection: {report.total_indexed} images searchable, in {coll.home}")
+    click.echo(
+        f"no images found in {report.folder} ({report.ignored} other files ignored; "
+        "images are .jpg, .png, .webp, ... files, in the folder or below)",
+        err=True,
+    )
+    ctx.exit(EXIT_EMPTY)
+
+
+def _warn_whitening_not_learned(coll: Any) -> None:
+    """``--whiten`` asked for, but the collection is too small to learn it from: say so at the default level."""
+    ws = coll.whitening_settings
+    if not ws.enabled:
+        return
+    st = coll.stats()
+    if st.whitening is not None or not st.index_vectors or not st.dim:
+        return
+    kept = min(ws.dim or st.dim, st.dim)
+    need = int(ws.min_vectors_per_dim * kept)
+    click.echo(
+        f"warning: whitening is on but not learned yet: it needs {need} images ({ws.min_vectors_per_dim:g} per "
+        f"dimension kept, {kept}) and the collection has {st.index_vectors}; searching unwhitened vectors until "
+        "then (index more images, or a smaller --whiten-dim)",
+        err=True,
+    )
+
+
 def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
+    """Query files, folders expanded to their images. A query that does not exist stays in the list: the
+    search answers it with an error, as it does an unreadable file, and answers the others."""
     out: list[Path] = []
     for q in queries:
         if q.is_dir():
             out.extend(Path(f.path) for f in scan_folder(q).files)
-        elif q.exists():
-            out.append(q)
         else:
-            raise click.ClickException(f"query not found: {q}")
+            out.append(q)
     if not out:
-        raise click.ClickException("no query images found")
+        raise click.ClickException("no query images found in " + ", ".join(str(q) for q in queries))
     return out
 
 
@@ -209,8 +251,12 @@ def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
 @click.pass_context
 @library_errors
 def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: float | None, as_json: bool) -> None:
-    """Find the images that look most like each query IMAGE (files or folders of images)."""
-    coll = open_collection(ctx)
+    """Find the images that look most like each query IMAGE (files or folders of images).
+
+    A query that cannot be read (missing, not an image) is reported and the others answered; the exit
+    status is then 3.
+    """
+    coll = open_collection(ctx, create=False)
     paths = _expand_queries(queries)
     results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
     if as_json:
@@ -249,7 +295,7 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
 @library_errors
 def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     """Show what the collection holds."""
-    coll = open_collection(ctx)
+    coll = open_collection(ctx, create=False)
     st = coll.stats()
     errors = coll.errors() if show_errors else []
     if as_json:
@@ -262,7 +308,8 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     click.echo(f"database:  {st.database}")
     click.echo(f"model:     {st.model or '(none yet)'}")
     click.echo(f"images:    {st.images} ({st.indexed} indexed, {st.pending} pending, {st.errors} could not be read)")
-    click.echo(f"index:     {st.index_kind or '(none)'}, {st.index_vectors or 0} vectors of dimension {st.dim or '-'}")
+    vectors = f"{st.index_vectors} vectors of dimension {st.dim}" if st.index_vectors else "no vectors yet"
+    click.echo(f"index:     {st.index_kind or '(none)'}, {vectors}")
     click.echo(f"whitening: {st.whitening or 'off'}")
     click.echo(
         f"masking:   {st.mask}"
@@ -278,7 +325,7 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
 @library_errors
 def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Forget images (a file, or every image under a folder). Files on disk are not touched."""
-    coll = open_collection(ctx)
+    coll = open_collection(ctx, create=False)
     total = sum(coll.remove(p) for p in paths)
     if total == 0:
         raise click.ClickException("nothing in the collection matches " + ", ".join(str(p) for p in paths))
@@ -292,7 +339,7 @@ def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 @library_errors
 def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
     """Check that the index, the database and the files on disk agree."""
-    coll = open_collection(ctx)
+    coll = open_collection(ctx, create=False)
     rep = coll.doctor(repair=repair, prune_missing=prune_missing)
     if rep.ok:
         click.echo("ok: the index and the database agree")

@@ -12,6 +12,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -23,11 +24,14 @@ from .engine import Collection
 from .errors import LookalikeError
 from .masking import MaskSettings
 from .settings import mask_settings_with, model_config_with
+from .store import DB_FILE, default_home
 
 log = logging.getLogger(__name__)
 
 #: Exit status: finished, but some files were skipped (index) or some queries could not be read (search).
 EXIT_SKIPPED = 3
+#: Exit status: finished, but there was nothing to work on (index: no images in the folder; faces: no face).
+EXIT_EMPTY = 5
 
 #: Errors raised untranslated by the trainers (``retrieval.training``, ``segmentation.training``), which know
 #: nothing of ``LookalikeError``: ``UnknownNameError``, ``ValueError`` or ``RuntimeError`` for a bad setting,
@@ -67,12 +71,137 @@ def library_errors(fn: F | None = None, *, os_error: str | None = None) -> Any:
     return decorate if fn is None else decorate(fn)
 
 
-def open_collection(ctx: click.Context) -> Collection:
-    """The collection of the main group's ``--home`` / ``--db`` / runtime options."""
+def existing_home(home: Path | None, db_url: str | None) -> Path:
+    """The collection folder of ``--home`` (default: :func:`~indexer.store.default_home`), checked to hold a
+    collection: a database file there, unless ``db_url`` names the database. Read-only commands (search,
+    stats, doctor, faces search/identify/verify, ...) open it this way, so they never create an empty one.
+    Raises :class:`LookalikeError` naming the folder and the command that makes a collection."""
+    folder = (home if home is not None else default_home()).expanduser()
+    if db_url is None and not (folder / DB_FILE).is_file():
+        raise LookalikeError(f"no collection in {folder}; index a folder first: lookalike index DIR")
+    return folder
+
+
+def open_collection(ctx: click.Context, *, create: bool = True) -> Collection:
+    """The collection of the main group's ``--home`` / ``--db`` / runtime options. ``create=False`` (read-only
+    commands): a home without a collection is an error (:func:`existing_home`), not a new empty collection."""
+    home, db_url = ctx.obj["home"], ctx.obj["db_url"]
+    if not create:
+        home = existing_home(home, db_url)
     try:
-        return Collection(ctx.obj["home"], ctx.obj["db_url"], runtime=ctx.obj["runtime"])
+        return Collection(home, db_url, runtime=ctx.obj["runtime"])
     except OSError as exc:  # Store.__init__ does not translate it yet
         raise click.ClickException(f"cannot open the collection: {exc}") from None
+
+
+class GlobalOptionsGroup(click.Group):
+    """A group whose own options (``--home``, ``--device``, ``-v``, ...) may also come after the command, at any
+    depth: ``lookalike index DIR --home X`` is read as ``lookalike --home X index DIR``.
+
+    Before parsing, options of the group found after the command name are moved in front of it, unless the
+    command that would read them declares an option of the same name (``train-seg --device`` stays
+    ``train-seg``'s). Every command added to the group, now or later, gets this for free. Tokens after ``--``
+    are left alone.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self.hoist_global_options(ctx, list(args)))
+
+    def _global_names(self) -> dict[str, bool]:
+        """Option name -> whether it takes a value, for the group's own options (not --help / --version)."""
+        names: dict[str, bool] = {}
+        for p in self.params:
+            if isinstance(p, click.Option) and p.expose_value:
+                for name in (*p.opts, *p.secondary_opts):
+                    names[name] = _takes_value(p)
+        return names
+
+    def hoist_global_options(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``args`` with the group's options that follow the command moved in front of the command name."""
+        globals_ = self._global_names()
+        own = _option_names(self)
+        i = 0
+        while i < len(args):  # the group's own options, up to the command name
+            tok = args[i]
+            if tok == "--" or not tok.startswith("-") or tok == "-":
+                break
+            i += 1 + _value_follows(tok, own)
+        if i >= len(args) or args[i] == "--":
+            return args
+        command_at = i
+        command: click.Command | None = self.get_command(ctx, args[i])
+        if command is None:
+            return args
+        moved: list[str] = []
+        rest: list[str] = []
+        i += 1
+        while i < len(args):
+            tok = args[i]
+            if tok == "--":
+                rest.extend(args[i:])
+                break
+            names = _option_names(command)
+            name = _option_name(tok)
+            if name is not None and name not in names and (name in globals_ or _is_short_cluster(tok, globals_)):
+                n = 1 + (globals_.get(name, False) and "=" not in tok and not _attached_short(tok, name))
+                moved.extend(args[i : i + n])
+                i += n
+                continue
+            if name is not None:
+                n = 1 + _value_follows(tok, names)
+                rest.extend(args[i : i + n])
+                i += n
+                continue
+            if isinstance(command, click.Group):  # a sub-command of a nested group (faces verify ...)
+                sub = command.get_command(ctx, tok)
+                if sub is not None:
+                    command = sub
+            rest.append(tok)
+            i += 1
+        if moved:
+            log.debug("options of lookalike given after the command: %s", " ".join(moved))
+        return args[:command_at] + moved + [args[command_at]] + rest
+
+
+def _takes_value(p: click.Parameter) -> bool:
+    return isinstance(p, click.Option) and not p.is_flag and not p.count
+
+
+def _option_names(command: click.Command) -> dict[str, bool]:
+    """Option name -> whether it takes a value, for ``command``'s options (and -h / --help)."""
+    names = {"-h": False, "--help": False}
+    for p in command.params:
+        if isinstance(p, click.Option):
+            for name in (*p.opts, *p.secondary_opts):
+                names[name] = _takes_value(p)
+    return names
+
+
+def _option_name(tok: str) -> str | None:
+    """``--home=X`` -> ``--home``; ``-vv`` -> ``-v``; ``-k5`` -> ``-k``; a non-option -> ``None``."""
+    if not tok.startswith("-") or tok == "-":
+        return None
+    if tok.startswith("--"):
+        return tok.split("=", 1)[0]
+    return tok[:2]
+
+
+def _attached_short(tok: str, name: str) -> bool:
+    """``-k5``: a short option with its value attached."""
+    return not tok.startswith("--") and len(tok) > len(name)
+
+
+def _is_short_cluster(tok: str, globals_: dict[str, bool]) -> bool:
+    """``-vv``: a cluster of the group's short flags."""
+    return not tok.startswith("--") and len(tok) > 2 and all(f"-{c}" in globals_ for c in tok[1:])
+
+
+def _value_follows(tok: str, names: dict[str, bool]) -> int:
+    """1 when the option ``tok`` takes its value from the next token, else 0."""
+    name = _option_name(tok)
+    if name is None or not names.get(name, False):
+        return 0
+    return 0 if "=" in tok or _attached_short(tok, name) else 1
 
 
 class TqdmProgress:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli_common import EXIT_SKIPPED, TqdmProgress, library_errors
+from .cli_common import EXIT_SKIPPED, TqdmProgress, existing_home, library_errors
 from .faces import BACKENDS, UNKNOWN, Decision, FaceGallery, default_face_model
 from .settings import model_config_with
 
@@ -25,10 +25,15 @@ EXIT_NO_FACE = 5
 __all__ = ["EXIT_DIFFERENT", "EXIT_NO_FACE", "EXIT_SAME", "EXIT_SKIPPED", "faces"]
 
 
-def _gallery(ctx: click.Context) -> FaceGallery:
+def _gallery(ctx: click.Context, *, create: bool = True) -> FaceGallery:
+    """The gallery, opened (and configured by the group's options) on first use. ``create=False`` (commands
+    that only read it): a home without a collection is an error, not a new empty gallery."""
     gallery = ctx.obj.get("face_gallery")
     if gallery is None:
-        raise click.ClickException("internal: the faces group did not open the gallery")
+        opener = ctx.obj.get("open_face_gallery")
+        if opener is None:
+            raise click.ClickException("internal: the faces group did not open the gallery")
+        gallery = ctx.obj["face_gallery"] = opener(create)
     return gallery
 
 
@@ -100,22 +105,30 @@ def faces(
     own labelled pairs.
     """
     obj = ctx.ensure_object(dict)
-    try:
-        gallery = FaceGallery(obj.get("home"), obj.get("db_url"), runtime=obj.get("runtime"))
-    except OSError as exc:  # Store.__init__ does not translate it yet
-        raise click.ClickException(f"cannot open the face gallery: {exc}") from None
-    model = None
-    if weights is not None:
-        if backend is None:
-            backend = "lookalike"
-        model = model_config_with(gallery.settings.model or default_face_model(crop_size or 160), weights=weights)
-        if crop_size is None:
-            crop_size = model.image_size
-    if any(v is not None for v in (detector, backend, model, crop_size)):
-        lost = gallery.configure(detector=detector, backend=backend, model=model, crop_size=crop_size, reembed=reembed)
-        for path, reason in lost:
-            click.echo(f"dropped the enrolled face of {path}: {reason}", err=True)
-    obj["face_gallery"] = gallery
+
+    def open_gallery(create: bool) -> FaceGallery:  # on first use: read-only commands do not create a home
+        nonlocal backend, crop_size
+        home = obj.get("home") if create else existing_home(obj.get("home"), obj.get("db_url"))
+        try:
+            gallery = FaceGallery(home, obj.get("db_url"), runtime=obj.get("runtime"))
+        except OSError as exc:  # Store.__init__ does not translate it yet
+            raise click.ClickException(f"cannot open the face gallery: {exc}") from None
+        model = None
+        if weights is not None:
+            if backend is None:
+                backend = "lookalike"
+            model = model_config_with(gallery.settings.model or default_face_model(crop_size or 160), weights=weights)
+            if crop_size is None:
+                crop_size = model.image_size
+        if any(v is not None for v in (detector, backend, model, crop_size)):
+            lost = gallery.configure(
+                detector=detector, backend=backend, model=model, crop_size=crop_size, reembed=reembed
+            )
+            for path, reason in lost:
+                click.echo(f"dropped the enrolled face of {path}: {reason}", err=True)
+        return gallery
+
+    obj["open_face_gallery"] = open_gallery
 
 
 def _decision_lines(d: Decision, what: str) -> list[str]:
@@ -153,7 +166,7 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
     Exit status: 0 same person, 4 different person, 5 no face found in a photo (no decision),
     1 error (unreadable photo, unknown name), 2 usage error.
     """
-    gallery = _gallery(ctx)
+    gallery = _gallery(ctx, create=name is None)
     if name is not None and len(images) != 1:
         raise click.UsageError("with --as NAME give exactly one IMAGE")
     if name is None and len(images) != 2:
@@ -202,7 +215,7 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
 
     Exit status: 0 at least one face was identified, 4 every face is unknown, 5 no face found, 1 error.
     """
-    gallery = _gallery(ctx)
+    gallery = _gallery(ctx, create=False)
     matches = gallery.identify(image, k=k)
     st = gallery.settings
     lines = [f"no face found in {image}"] if not matches else []
@@ -265,7 +278,7 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
 @library_errors
 def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     """Faces in indexed photos most like each face in IMAGE. Exit status 5 when IMAGE holds no face."""
-    gallery = _gallery(ctx)
+    gallery = _gallery(ctx, create=False)
     found = gallery.search_faces(image, k=k)
     lines = [f"no face found in {image}"] if not found else []
     for i, q in enumerate(found, 1):
@@ -367,7 +380,7 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
 @library_errors
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """The enrolled people, and the gallery's settings."""
-    gallery = _gallery(ctx)
+    gallery = _gallery(ctx, create=False)
     people = gallery.identities()
     st = gallery.stats()
     lines = [f"{p.faces:>4}  {p.name}" for p in people] or ["nobody is enrolled yet"]

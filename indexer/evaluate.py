@@ -17,7 +17,7 @@ import numpy as np
 from retrieval.metrics import query_database_metrics, retrieval_metrics
 from retrieval.model import Embedder
 
-from .errors import DataError
+from .errors import DataError, SettingsError
 from .masking import Masker
 from .pipeline import embed_files
 from .scan import scan_folder
@@ -29,15 +29,28 @@ class LabelError(DataError):
     """The folder's labels cannot be worked out; the message says why and what to do."""
 
 
+def compile_label_regex(label_regex: str) -> re.Pattern[str]:
+    """``label_regex`` compiled; a pattern that is not a valid regular expression raises :class:`SettingsError`
+    saying where it is wrong."""
+    try:
+        return re.compile(label_regex)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise SettingsError(
+            f"--label-regex '{label_regex}' is not a valid regular expression: {exc.msg}{where} "
+            r"(e.g. 'obj(\d+)__': the first group is the label)"
+        ) from None
+
+
 def labelled_files(folder: str | Path, label_regex: str | None = None) -> tuple[list[str], list[str]]:
     """Image paths under ``folder`` and their labels (sub-folder name, or ``label_regex``'s first group)."""
+    pattern = compile_label_regex(label_regex) if label_regex else None
     root = Path(folder).expanduser().resolve()
     files = [f.path for f in scan_folder(root).files]
     if not files:
         raise LabelError(f"no images found in {root}")
     labels: list[str] = []
-    if label_regex:
-        pattern = re.compile(label_regex)
+    if pattern is not None:
         for p in files:
             m = pattern.search(Path(p).name)
             if m is None:

@@ -9,11 +9,12 @@ checkpoint written by ``lookalike train`` brings its own architecture. Every mis
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any, TypeVar
 
-from retrieval.checkpoint import read_checkpoint
-from retrieval.config import ModelConfig, RuntimeOptions
+from retrieval.checkpoint import is_checkpoint_dict, load_weights_file
+from retrieval.config import ModelConfig, RuntimeOptions, available_devices
 from retrieval.model import Embedder, check_embedding_checkpoint
 from retrieval.registry import UnknownNameError
 
@@ -50,7 +51,11 @@ def model_config_with(base: ModelConfig | None = None, **overrides: Any) -> Mode
         given["whitening_layer"] = 0
         if weights not in ("imagenet", "random"):
             weights = given["weights"] = str(Path(weights).expanduser().resolve())
-            checkpoint = read_checkpoint(weights)
+            try:  # a file that cannot be read is said so now, before anything is built or recorded
+                loaded = load_weights_file(weights)
+            except (OSError, ValueError) as exc:
+                raise SettingsError(str(exc)) from None
+            checkpoint = loaded if is_checkpoint_dict(loaded) else None
             if checkpoint is not None:  # a network trained by lookalike, not a plain state dict
                 try:
                     check_embedding_checkpoint(checkpoint, weights)
@@ -91,10 +96,21 @@ def build_masker(settings: MaskSettings) -> Masker | None:
 def build_embedder(model: ModelConfig, runtime: RuntimeOptions | None = None) -> Embedder:
     """The network of ``model`` on ``runtime``'s device (an unknown backbone, a missing or mismatched weights
     file, a bad device or precision raise :class:`SettingsError`)."""
+    check_device_available(runtime.device if runtime is not None else "auto")
     try:
         return Embedder(model, runtime)
-    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
+    except (UnknownNameError, OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise SettingsError(str(exc)) from None
+
+
+def check_device_available(device: str) -> None:
+    """Raise :class:`SettingsError` when ``device`` (already a valid name, see
+    :func:`retrieval.config.check_device`) is not on this machine, naming the devices that are."""
+    if device == "auto" or device == "cpu":
+        return
+    available = available_devices()
+    if device not in available:
+        raise SettingsError(f"device {device!r} is not available here; available: {', '.join(available)}")
 
 
 __all__ = [
@@ -102,6 +118,7 @@ __all__ = [
     "SettingsError",
     "build_embedder",
     "build_masker",
+    "check_device_available",
     "mask_settings_with",
     "model_config_with",
     "settings_with",

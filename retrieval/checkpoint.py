@@ -8,7 +8,9 @@ configuration, the epoch, the validation history, and, in resumable checkpoints,
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 
 FORMAT = "lookalike-checkpoint"
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(
@@ -47,9 +51,63 @@ def save_checkpoint(
         raise
 
 
+class WeightsFileError(ValueError):
+    """A file that is not a weights file lookalike can read; the message says why and what to pass instead."""
+
+
+def load_weights_file(path: str | Path) -> Any:
+    """What a weights file holds, loaded safely (tensors and plain data only, never arbitrary pickled objects).
+
+    Raises ``FileNotFoundError`` when there is no such file, and :class:`WeightsFileError` (a ``ValueError``)
+    when the file is not a PyTorch file, or holds objects that cannot be loaded safely; its message says
+    what lookalike reads instead. Torch's own advice in that case (to load unsafely) is never passed on.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _looks_like_torch_file(path):
+            raise WeightsFileError(
+                f"{path} is not a weights file lookalike can read: it holds Python objects besides tensors and "
+                f"plain data ({_first_line(exc)}); pass a checkpoint from `lookalike train`, or a state dict "
+                "saved with torch.save(model.state_dict(), FILE)"
+            ) from None
+        raise WeightsFileError(_not_weights(path)) from None
+    except (RuntimeError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        log.debug("torch.load(%s) failed", path, exc_info=True)
+        if isinstance(exc, RuntimeError) and _looks_like_torch_file(path):
+            raise WeightsFileError(f"{path} is a damaged or unsupported PyTorch file ({_first_line(exc)})") from None
+        raise WeightsFileError(_not_weights(path)) from None
+
+
+def _not_weights(path: Path) -> str:
+    return (
+        f"{path} is not a weights file lookalike can read (not a PyTorch file); pass a checkpoint from "
+        "`lookalike train`, a state dict saved with torch.save, imagenet or random"
+    )
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle (the legacy format)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of torch's message, without its advice to load the file unsafely."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line and not line.startswith(("Weights only load failed", "(1)", "(2)")):
+            return line.split(". ", 1)[0].rstrip(".")
+    return exc.__class__.__name__
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load safely (no arbitrary pickles); raises ``ValueError`` if the file is not one of our checkpoints."""
-    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    obj = load_weights_file(path)
     if not is_checkpoint_dict(obj):
         raise ValueError(f"{path} is not a lookalike checkpoint")
     return obj

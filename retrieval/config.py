@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,35 @@ class ModelConfig:
         return f"{self.backbone}[{self.weights}] + {self.pooling}{whiten} @ {self.image_size}px scales {scales}"
 
 
+#: The device names :class:`RuntimeOptions` accepts (``cuda:N`` too).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on, e.g. ``["cpu", "cuda", "cuda:0"]`` (imports torch)."""
+    import torch
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(device: str) -> str:
+    """``device`` when it is one of auto, cpu, cuda, cuda:N, mps (checked without importing torch); else a
+    ``ValueError`` that says which names are accepted and which devices this machine has."""
+    if _DEVICE.fullmatch(device):
+        return device
+    raise ValueError(
+        f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps "
+        f"(available here: {', '.join(available_devices())})"
+    )
+
+
 @dataclass
 class RuntimeOptions:
     #: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
@@ -70,3 +100,12 @@ class RuntimeOptions:
     workers: int = 2
     #: "fp32" or "bf16" (autocast; channels_last either way).
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {self.workers}")

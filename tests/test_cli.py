@@ -86,14 +86,22 @@ def test_broken_files_are_listed_and_set_the_exit_status(tmp_path, image_folder)
     [
         (["index", "/no/such/folder"], "folder not found"),
         (["index", "{folder}", "--backbone", "alexnet"], "unknown backbone 'alexnet'; known:"),
-        (["search", "/no/such.jpg"], "query not found"),
+        (["search", "/no/such.jpg"], "no collection in"),
+        (
+            ["eval", "{folder}", "--label-regex", r"obj(\d+"],
+            "is not a valid regular expression: missing ), unterminated",
+        ),
+        (["eval", "{folder}", "--weights", "{folder}/notes.txt"], "is not a weights file lookalike can read"),
+        (["index", "{folder}", "--weights", "/no/such.pt"], "weights file not found: /no/such.pt"),
     ],
 )
 def test_mistakes_get_one_clear_line_not_a_traceback(tmp_path, image_folder, args, message):
+    (image_folder / "notes.txt").write_text("hello: not weights")
     args = [a.replace("{folder}", str(image_folder)) for a in args]
     res = run(tmp_path / "home", *args)
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
+    assert "weights_only" not in res.output  # never advise loading a file unsafely
     assert len(res.output.strip().splitlines()) == 1
 
 
@@ -200,3 +208,73 @@ def test_option_and_data_mistakes_are_one_line_too(tmp_path, image_folder, args,
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_an_unknown_device_is_a_usage_error_naming_the_accepted_ones(tmp_path, image_folder):
+    res = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "--device", "gpu", "eval", str(image_folder)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps (available here: cpu" in res.output
+    assert "ipu" not in res.output  # not torch's list of ~20 device types
+
+
+def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(tmp_path, image_folder, monkeypatch):
+    import retrieval.config
+
+    monkeypatch.setattr(retrieval.config, "available_devices", lambda: ["cpu"])
+    res = CliRunner().invoke(main, ["--device", "cuda:3", "eval", str(image_folder)])
+    assert res.exit_code == 1
+    assert res.output.strip() == "Error: device 'cuda:3' is not available here; available: cpu"
+
+
+def test_a_missing_query_is_reported_and_the_others_answered(indexed):
+    home, folder = indexed
+    res = run(home, "search", "nothere.jpg", str(folder / "img_0001.png"), "-k", "2", "--json")
+    assert res.exit_code == EXIT_SKIPPED
+    missing, found = json.loads(res.output)
+    assert missing["query"].endswith("nothere.jpg") and missing["error"] and missing["results"] == []
+    assert found["error"] is None and found["results"][0]["path"] == str((folder / "img_0001.png").resolve())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["search", "q.jpg"], ["stats"], ["doctor"], ["remove", "x.jpg"], ["faces", "search", "q.jpg"], ["faces", "list"]],
+)
+def test_read_only_commands_say_there_is_no_collection_and_create_nothing(tmp_path, args):
+    home = tmp_path / "nowhere"
+    res = run(home, *args)
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: no collection in {home}; index a folder first: lookalike index DIR"
+    assert not home.exists()
+
+
+def test_indexing_a_folder_without_images_says_so_and_exits_5(tmp_path):
+    from indexer.cli import EXIT_EMPTY
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no pictures here")
+    res = run(tmp_path / "home", "index", str(folder))
+    assert res.exit_code == EXIT_EMPTY == 5
+    assert f"no images found in {folder} (1 other files ignored" in res.output
+    stats = run(tmp_path / "home", "stats").output
+    assert "no vectors yet" in stats and "dimension" not in stats
+
+
+def test_whitening_a_collection_too_small_to_learn_it_says_so(tmp_path, image_folder):
+    home = tmp_path / "home"
+    res = run(home, "index", str(image_folder), "--image-size", "64", "--whiten", "--whiten-dim", "64")
+    assert res.exit_code == 0, res.output
+    assert "whitening is on but not learned yet: it needs 128 images (2 per dimension kept, 64)" in res.output
+    assert "the collection has 16; searching unwhitened vectors" in res.output
+    res = run(home, "index", str(image_folder), "--whiten-dim", "8")  # 16 vectors are enough for 8 dimensions
+    assert "not learned" not in res.output and Collection(home).stats().whitening == "PCA 1280 -> 8"
+
+
+def test_group_options_after_the_command(tmp_path, image_folder):
+    home = tmp_path / "home"
+    args = ["index", str(image_folder), "--image-size", "64", "--home", str(home), *FAST]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert Collection(home).stats().indexed == 16
+    res = CliRunner().invoke(main, ["stats", "--json", "--home", str(home)])
+    assert json.loads(res.output)["indexed"] == 16

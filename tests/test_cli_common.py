@@ -79,3 +79,94 @@ def test_the_command_modules_do_not_import_each_other_back():
         assert "cli" not in imported and "indexer.cli" not in imported, name
     common = ast.parse((root / "cli_common.py").read_text())
     assert not {n.module for n in ast.walk(common) if isinstance(n, ast.ImportFrom)} & {"cli_faces", "cli_segmentation"}
+
+
+def _hoisting_group() -> click.Group:
+    from indexer.cli_common import GlobalOptionsGroup
+
+    @click.group(cls=GlobalOptionsGroup)
+    @click.option("--home")
+    @click.option("--device", default="auto")
+    @click.option("-v", "--verbose", count=True)
+    @click.pass_context
+    def top(ctx: click.Context, home: str | None, device: str, verbose: int) -> None:
+        ctx.obj = {"home": home, "device": device, "verbose": verbose}
+
+    @top.command()
+    @click.argument("folder")
+    @click.option("-k", type=int, default=1)
+    @click.pass_context
+    def index(ctx: click.Context, folder: str, k: int) -> None:
+        click.echo(f"{ctx.obj} {folder} {k}")
+
+    @top.command("train-seg")
+    @click.option("--device", default=None)
+    @click.pass_context
+    def train_seg(ctx: click.Context, device: str | None) -> None:
+        click.echo(f"{ctx.obj} own={device}")
+
+    @top.group()
+    def faces() -> None:
+        pass
+
+    @faces.command()
+    @click.argument("image")
+    @click.pass_context
+    def search(ctx: click.Context, image: str) -> None:
+        click.echo(f"{ctx.find_root().obj} {image}")
+
+    return top
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["index", "DIR", "--home", "X"], "{'home': 'X', 'device': 'auto', 'verbose': 0} DIR 1"),
+        (["index", "--home=X", "DIR", "-vv", "-k", "3"], "{'home': 'X', 'device': 'auto', 'verbose': 2} DIR 3"),
+        (["--home", "A", "index", "DIR", "--home", "B"], "{'home': 'B', 'device': 'auto', 'verbose': 0} DIR 1"),
+        (["faces", "search", "q.jpg", "--device", "cpu"], "{'home': None, 'device': 'cpu', 'verbose': 0} q.jpg"),
+        (["index", "--", "--home"], "{'home': None, 'device': 'auto', 'verbose': 0} --home 1"),
+    ],
+)
+def test_group_options_may_come_after_the_command(args, expected):
+    res = CliRunner().invoke(_hoisting_group(), args)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == expected
+
+
+def test_a_command_keeps_its_own_option_of_the_same_name():
+    res = CliRunner().invoke(_hoisting_group(), ["train-seg", "--device", "cpu", "--home", "X"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == "{'home': 'X', 'device': 'auto', 'verbose': 0} own=cpu"
+
+
+def test_every_command_of_lookalike_takes_the_group_options_after_it():
+    from indexer.cli import main
+
+    def commands(group: click.Group, path: list[str]):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, [*path, name])
+            else:
+                yield [*path, name], cmd
+
+    hoist = main.hoist_global_options  # type: ignore[attr-defined]
+    ctx = click.Context(main)
+    found = list(commands(main, []))
+    assert len(found) > 10
+    for path, cmd in found:
+        owns = "--batch-size" in {n for p in cmd.params for n in getattr(p, "opts", [])}  # train-seg's own
+        moved = hoist(ctx, [*path, "ARG", "--home", "H", "-v", "--batch-size", "4"])
+        if owns:
+            assert moved == ["--home", "H", "-v", *path, "ARG", "--batch-size", "4"], path
+        else:
+            assert moved == ["--home", "H", "-v", "--batch-size", "4", *path, "ARG"], path
+
+
+def test_a_read_only_command_finds_no_collection_in_an_empty_home(tmp_path):
+    from indexer.cli_common import existing_home
+
+    with pytest.raises(LookalikeError, match=r"no collection in .*nowhere; index a folder first: lookalike index DIR"):
+        existing_home(tmp_path / "nowhere", None)
+    assert not (tmp_path / "nowhere").exists()
+    assert existing_home(tmp_path / "nowhere", "postgresql://db/x") == tmp_path / "nowhere"
