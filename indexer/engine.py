@@ -26,7 +26,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
 from . import db, sync
 from .db import ERROR, INDEXED, PENDING, ImageRecord
-from .errors import CollectionBusyError, LookalikeError, ModelMismatchError
+from .errors import CollectionBusyError, LookalikeError, ModelMismatchError, SettingsError
 from .imageio import DEFAULT_MAX_PIXELS
 from .index_cache import IndexCache, RowVectors
 from .masking import Masker, MaskSettings
@@ -193,7 +193,10 @@ class Collection(Store):
 
         A model or masking different from the one that made the stored vectors is refused with
         :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
+        Every new setting is tried first (the network and the segmenter built, the index kind checked), so a
+        setting that cannot work raises :class:`LookalikeError` and nothing is recorded.
         """
+        embedder = self._try_settings(model, index, mask)
         with self._session() as s, s.begin():
             stored_mask = db.get_setting(s, "mask")
             if mask is not None and (MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()) != mask:
@@ -231,9 +234,28 @@ class Collection(Store):
                     db.set_blob(s, "whitening", None)  # relearned at the end of the next index run
                     db.bump_vector_version(s)
                 db.set_setting(s, "whitening", whitening.__dict__)
-        self._embedder = None
-        self._masker = None
+        self._embedder = embedder
         self._cache.forget()
+
+    def _try_settings(
+        self, model: ModelConfig | None, index: IndexConfig | None, mask: MaskSettings | None
+    ) -> Embedder | None:
+        """Build what new settings need, raising :class:`LookalikeError` for any that cannot work. Returns the
+        network of the model the collection will use (``None`` when it stays unbuilt: nothing new)."""
+        if mask is not None and mask != self.mask_settings:
+            self._masker = self._build_masker(mask)
+        stored = self.model_config
+        embedder = self._embedder if model is None or model == stored else self._build_embedder(model)
+        if index is not None and index != self.index_config:
+            dim = embedder.dim if embedder is not None else None
+            if dim is None:
+                with self._session() as s:
+                    dim = int(db.get_setting(s, "model_dim") or 0) or None
+            try:
+                index.check_kind(dim or 1280)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
+        return embedder
 
     def _reset_vectors(self, s: Session) -> None:
         s.execute(
@@ -242,29 +264,31 @@ class Collection(Store):
         db.set_blob(s, "whitening", None)
         db.bump_vector_version(s)
 
+    def _build_masker(self, settings: MaskSettings) -> Masker | None:
+        if not settings.enabled:
+            return None
+        try:
+            return self._masker_factory(settings)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise SettingsError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+
+    def _build_embedder(self, model: ModelConfig) -> Embedder:
+        try:
+            return self._embedder_factory(model, self.runtime)
+        except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:  # unknown backbone, missing weights
+            raise SettingsError(str(exc)) from None
+
     def _get_masker(self) -> Masker | None:
         settings = self.mask_settings
         if not settings.enabled:
             return None
         if self._masker is None or self._masker.settings != settings:
-            try:
-                self._masker = self._masker_factory(settings)
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                raise LookalikeError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+            self._masker = self._build_masker(settings)
         return self._masker
 
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
-            cfg = self.model_config or ModelConfig()
-            try:
-                self._embedder = self._embedder_factory(cfg, self.runtime)
-            except (
-                UnknownNameError,
-                OSError,
-                ValueError,
-                RuntimeError,
-            ) as exc:  # unknown backbone, weights not found...
-                raise LookalikeError(str(exc)) from None
+            self._embedder = self._build_embedder(self.model_config or ModelConfig())
         return self._embedder
 
     # ------------------------------------------------------------------ indexing

@@ -342,6 +342,19 @@ class IndexConfig:
         if not 0.0 < float(self.max_tombstone_fraction) <= 1.0:
             raise ValueError("max_tombstone_fraction must be in (0, 1]")
 
+    def check_kind(self, dim: int) -> None:
+        """Raise ``ValueError`` when ``kind`` is a FAISS factory string that cannot make an index of ``dim``
+        dimensions (checked before the setting is stored, not when the index is first built)."""
+        if self.kind in ("auto", "flat", "ivf", "hnsw"):
+            return
+        try:
+            faiss.index_factory(int(dim), self.kind, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1].split(": ")[-1]
+            raise ValueError(
+                f"invalid index kind {self.kind!r} ({reason}); use auto, flat, ivf, hnsw or a FAISS factory string"
+            ) from None
+
     def resolve_kind(self, n: int) -> str:
         """The concrete kind for a collection of ``n`` vectors.
 

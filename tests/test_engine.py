@@ -304,3 +304,28 @@ def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path):
     assert counter[0] == embedded and coll.stats().images == 8
     [res] = coll.search([tmp_path / "new" / "photos" / "img_0003.png"], k=1)
     assert res.hits[0].path == str(tmp_path / "new" / "photos" / "img_0003.png")
+
+
+def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_path, image_folder):
+    from indexer.masking import MaskSettings
+    from indexer.vector_index import IndexConfig
+
+    fresh = Collection(tmp_path / "fresh", runtime=FAST_RUNTIME)
+    with pytest.raises(LookalikeError, match="no-such-weights.pt"):
+        fresh.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")))
+    assert fresh.model_config is None  # a plain `index` afterwards uses the default model, not the failed one
+
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    before = (coll.model_config, coll.index_config, coll.mask_settings)
+    with pytest.raises(LookalikeError, match="invalid index kind 'Bogus99'"):
+        coll.configure(index=IndexConfig(kind="Bogus99"))
+    with pytest.raises(LookalikeError, match="cannot build the segmenter 'grabcutt'") as refused:
+        coll.configure(mask=MaskSettings(segmenter="grabcutt"))
+    assert "--reembed" not in str(refused.value)  # the real problem, not the mismatch advice
+    with pytest.raises(LookalikeError, match="no-such-weights.pt"):
+        coll.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")), reembed=True)
+    again = open_collection(tmp_path / "home")
+    assert (again.model_config, again.index_config, again.mask_settings) == before
+    assert again.search([image_folder / "img_0002.png"], k=1)[0].hits[0].path.endswith("img_0002.png")
+    assert again.doctor().ok
