@@ -432,7 +432,8 @@ def evaluate(
         else:
             click.echo(f"{prep.pairs} pairs, {prep.images} images, {model.describe()}")
             click.echo(
-                f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (over {len(m['fold_ids'])} folds)"
+                f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (over {len(m['fold_ids'])} folds"
+                + (", dealt: the file has none of its own)" if m.get("folds_dealt") else ")")
             )
             click.echo(f"  ROC AUC       {m['auc']:.4f}")
             click.echo(f"  TAR@FAR=1e-3  {m['tar@far=1e-3']:.4f}")

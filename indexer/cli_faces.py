@@ -354,7 +354,8 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
     m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rep.metrics.items()}
     lines = [
         f"{rep.pairs} pairs, {rep.images} faces, {gallery.settings.describe()}",
-        f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} ({len(m['fold_ids'])} folds)",
+        f"  accuracy      {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} ({len(m['fold_ids'])} folds"
+        + (", dealt: the file has none of its own)" if m.get("folds_dealt") else ")"),
     ]
     lines += [
         f"  {label:<13} {m[key]:.4f}"

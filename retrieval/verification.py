@@ -230,15 +230,36 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float((s_sorted[cuts[c] - 1] + s_sorted[cuts[c]]) / 2.0)
 
 
+#: Folds a pairs file without folds of its own (no header, or a one-number header) is dealt into.
+DEFAULT_FOLDS = 10
+
+
+def deal_folds(same: np.ndarray, k: int = DEFAULT_FOLDS) -> np.ndarray:
+    """Folds for pairs that have none: ``same (N,)`` bool -> ``folds (N,)`` int in ``[0, min(k, N))``.
+
+    The "same" pairs, then the "different" ones, are dealt in file order to folds 0, 1, 2, ... in turn (one
+    count running through both), so every fold gets its share of each kind and the result is reproducible.
+    """
+    y = np.asarray(same, dtype=bool)
+    k = max(1, min(k, y.size))
+    order = np.r_[np.nonzero(y)[0], np.nonzero(~y)[0]]
+    folds = np.empty(y.size, dtype=np.int64)
+    folds[order] = np.arange(y.size) % k
+    return folds
+
+
 def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, float | np.ndarray]:
     """The LFW protocol over ``scores (N,)``, ``same (N,)`` bool and ``folds (N,)`` int.
 
     For each fold, the threshold is chosen (:func:`best_threshold`) on all the other folds and the
-    accuracy measured on this fold. Returns:
+    accuracy measured on this fold. Pairs that all lie in one fold (a pairs file without folds: no header,
+    or a one-number header) are first dealt into :data:`DEFAULT_FOLDS` folds (:func:`deal_folds`; fewer
+    when there are fewer pairs), and ``folds_dealt`` says so. Returns:
 
     - ``accuracy``: mean of the per-fold accuracies; ``accuracy_std``: their standard deviation
       (population, ``ddof=0``, as LFW tables usually report);
     - ``fold_ids (F,)``, ``fold_accuracies (F,)``, ``fold_thresholds (F,)``, in sorted fold order;
+      ``folds_dealt``: whether the folds were dealt by :func:`deal_folds`;
     - ``auc``, ``tar@far=1e-3``, ``threshold@far=1e-3``, ``tar@far=1e-2``, ``threshold@far=1e-2``:
       computed over all pairs at once.
     """
@@ -249,8 +270,13 @@ def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) 
     if not np.issubdtype(f.dtype, np.integer):
         raise ValueError(f"folds must be integers, got dtype {f.dtype}")
     fold_ids = np.unique(f)
-    if fold_ids.size < 2:
-        raise ValueError(f"need at least 2 folds, got {fold_ids.size}")
+    dealt = fold_ids.size < 2
+    if dealt:
+        if s.size < 2:
+            raise ValueError(f"need at least 2 pairs to measure the k-fold accuracy, got {s.size}")
+        f = deal_folds(y)
+        fold_ids = np.unique(f)
+        log.info("the pairs have no folds of their own: dealt into %d folds", fold_ids.size)
 
     accs = np.empty(fold_ids.size)
     thrs = np.empty(fold_ids.size)
@@ -266,6 +292,7 @@ def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) 
         "fold_ids": fold_ids,
         "fold_accuracies": accs,
         "fold_thresholds": thrs,
+        "folds_dealt": dealt,
         "auc": roc_auc(s, y),
     }
     for far, name in ((1e-3, "1e-3"), (1e-2, "1e-2")):

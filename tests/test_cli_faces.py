@@ -134,6 +134,21 @@ def test_weights_of_another_kind_of_network_are_one_line_exit_1(tmp_path, fake_g
 
     seg = tmp_path / "seg.pt"
     save_checkpoint(seg, {"kind": "unet", "image_size": 64}, {})
-    r = run(tmp_path / "home", "--weights", seg, "list")
+    r = run(tmp_path / "home", "--weights", seg, "enroll", "ann", tmp_path / "ann.png")
     assert r.exit_code == 1 and "segmentation network, not an embedding network" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_pairs_file_without_folds_is_taken_by_eval_as_by_calibrate(tmp_path, fake_gallery):
+    """One rule for pairs files: without a header (one fold), `faces eval` deals the pairs into folds."""
+    root = tmp_path / "lfw"
+    for p, name in enumerate(["Ann", "Ben", "Cat", "Dan"]):
+        for v in range(1, 4):
+            save_photo(root / name / f"{name}_{v:04d}.jpg", [10 + p], v)
+    pairs = root / "pairs.txt"
+    pairs.write_text("Ann 1 2\nBen 1 3\nAnn 1 Ben 2\nCat 1 Dan 1\nCat 2 3\nDan 1 2\nAnn 3 Cat 3\nBen 2 Dan 3\n")
+    home = tmp_path / "home"
+    assert run(home, "calibrate", pairs, "--far", "0.25").exit_code == 0
+    ev = run(home, "eval", pairs)
+    assert ev.exit_code == 0, ev.output
+    assert "8 folds, dealt: the file has none of its own" in ev.output

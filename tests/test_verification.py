@@ -12,6 +12,7 @@ from retrieval.verification import (
     Pair,
     accuracy,
     best_threshold,
+    deal_folds,
     kfold_verification,
     read_pairs_file,
     roc_auc,
@@ -203,5 +204,31 @@ def test_invalid_inputs_raise_clear_errors():
         roc_curve([0.1, 0.2], [True, True])
     with pytest.raises(ValueError, match="finite"):
         accuracy([np.nan], [True], 0.0)
-    with pytest.raises(ValueError, match="2 folds"):
-        kfold_verification([0.1, 0.2], [True, False], [0, 0])
+    with pytest.raises(ValueError, match="both"):
+        kfold_verification([0.1, 0.2], [True, True], [0, 1])
+    assert kfold_verification([0.1, 0.2], [True, False], [0, 0])["fold_ids"].tolist() == [0, 1]  # dealt
+
+
+def test_deal_folds_gives_every_fold_its_share_of_each_kind():
+    same = np.array([True] * 20 + [False] * 30)
+    folds = deal_folds(same)
+    assert sorted(set(folds.tolist())) == list(range(10))
+    for k in range(10):
+        assert (folds[same] == k).sum() == 2 and (folds[~same] == k).sum() == 3
+    assert deal_folds(np.array([True, False])).tolist() == [0, 1]
+
+
+def test_pairs_without_folds_are_dealt_into_ten_folds_as_one_rule(tmp_path):
+    """A pairs file without a header (or with a one-number header) holds one fold: the k-fold accuracy is
+    measured on 10 dealt folds, as `faces calibrate` takes the same file."""
+    rng = np.random.default_rng(0)
+    lines = [f"P{i} 1 2" for i in range(20)] + [f"P{i} 1 Q{i} 1" for i in range(20)]
+    pairs = read_pairs_file(write(tmp_path, "\n".join(lines)))
+    assert {p.fold for p in pairs} == {0}
+    same = np.array([p.same for p in pairs])
+    scores = np.where(same, 0.8, 0.3) + rng.normal(0, 0.1, same.size)
+    out = kfold_verification(scores, same, np.array([p.fold for p in pairs]))
+    assert out["folds_dealt"] is True and len(out["fold_ids"]) == 10
+    assert out["accuracy"] > 0.9
+    two = kfold_verification(scores, same, np.arange(same.size) % 2)
+    assert two["folds_dealt"] is False and len(two["fold_ids"]) == 2
