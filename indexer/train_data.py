@@ -70,8 +70,23 @@ def split_classes(labels: Sequence[str], val_fraction: float, seed: int = 0) -> 
     labels = np.asarray(labels)
     classes = np.unique(labels)
     n_val = round(len(classes) * val_fraction)
-    if val_fraction > 0 and n_val < 2:
+    if val_fraction > 0 and n_val < 2:  # mAP on one class measures nothing
+        asked = n_val
         n_val = 2 if len(classes) >= 4 else 0
+        if n_val:
+            log.warning(
+                "holding out %d of the %d classes for validation, not %d (%g of them): validation needs at "
+                "least 2 classes; pass --val-fraction 0 for none, or --val DIR",
+                n_val,
+                len(classes),
+                asked,
+                val_fraction,
+            )
+        else:
+            log.warning(
+                "no validation: %d classes are too few to hold 2 out and still train on 2 (give --val DIR)",
+                len(classes),
+            )
     rng = np.random.default_rng(seed)
     val_classes = set(rng.choice(classes, size=n_val, replace=False).tolist()) if n_val else set()
     is_val = np.array([label in val_classes for label in labels.tolist()], dtype=bool)

@@ -94,10 +94,11 @@ def mine_hard_negatives(
                 _, first = np.unique(cand_labels[ranked], return_index=True)
                 ranked = ranked[np.sort(first)]
             if ranked.shape[0] < n_negatives:
-                what = "classes of negatives" if one_per_class else "negatives"
+                what = "other classes (negatives are at most one per class)" if one_per_class else "negatives"
                 raise ValueError(
-                    f"query {int(query)} (label {labels[query]!r}) has {ranked.shape[0]} {what} among "
-                    f"{candidates.shape[0]} candidates, {n_negatives} requested"
+                    f"{n_negatives} hard negatives asked for, but query {int(query)} (label {str(labels[query])!r}) "
+                    f"has only {ranked.shape[0]} {what} among {candidates.shape[0]} candidate images: ask for "
+                    f"at most {ranked.shape[0]} negatives, or train on more classes"
                 )
             out[start + row] = candidates[ranked[:n_negatives]]
     return out

@@ -252,6 +252,7 @@ class Trainer:
         labels = np.asarray(train.labels)
         label_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)  # any label type -> 0..C-1
         margin = cfg.resolved_margin()
+        negatives = contrastive_negatives(cfg, labels) if cfg.loss == "contrastive" else 0
 
         def train_epoch(epoch: int) -> dict[str, float]:
             rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -262,11 +263,11 @@ class Trainer:
                     embed_all(net, train, size, self.device),
                     labels,
                     cfg.queries_per_epoch,
-                    cfg.negatives_per_query,
+                    negatives,
                     rng=rng,
                     pool=cfg.mining_pool,
                 )
-                per_batch = max(1, cfg.batch_size // (2 + cfg.negatives_per_query))
+                per_batch = max(1, cfg.batch_size // (2 + negatives))
                 batches = [tuples[i : i + per_batch] for i in range(0, len(tuples), per_batch)]
             net.train()
             _freeze_batchnorm(net)
@@ -332,7 +333,7 @@ class Trainer:
                 log.info("R-MAC regional whitening learned from %d regions", len(regions))
         if cfg.whitening == "layer":
             x = embed_all(net, sample, self.model_config.image_size, self.device, whiten=False)
-            dim = min(cfg.whitening_dim or x.shape[1], x.shape[1], len(x) - 1)
+            dim = whitening_dim(cfg.whitening_dim, x)
             w = learn_pca_whitening(x, dim, shrinkage=cfg.whitening_shrinkage)
             net.set_whitening(w.shift, w.proj)
             log.info("whitening layer to %d dimensions, initialised by PCA on %d images", dim, len(x))
@@ -349,7 +350,7 @@ class Trainer:
         sample = _Sample(train, cfg.whitening_sample, cfg.seed)
         x = embed_all(net, sample, size, self.device, whiten=False)
         pairs = positive_pairs(sample.labels, rng=cfg.seed, per_class=WHITENING_PAIRS_PER_CLASS)
-        dim = min(cfg.whitening_dim or x.shape[1], x.shape[1], len(x) - 1)
+        dim = whitening_dim(cfg.whitening_dim, x)
         w = learn_supervised_whitening(x, pairs, dim, ridge=cfg.whitening_ridge)
         net.set_whitening(w.shift, w.proj)
         val_map = None
@@ -364,6 +365,41 @@ class Trainer:
         }
         save_checkpoint(self.out, net.config.to_dict(), net.state_dict(), train_state)
         return val_map
+
+
+def whitening_dim(asked: int | None, x: np.ndarray) -> int:
+    """The output size of a whitening learned from descriptors ``x (N, C)``: ``asked`` (default: ``C``), but at
+    most ``C`` and ``N - 1`` (more carry no information); a smaller one than asked is a warning saying why."""
+    n, c = x.shape
+    dim = min(asked or c, c, n - 1)
+    if asked is not None and dim < asked:
+        why = f"descriptors have {c} dimensions" if dim == c else f"{n} images give at most {n - 1} dimensions"
+        log.warning(
+            "whitening to %d dimensions, not the %d asked for: %s (use more training images, or a smaller "
+            "--whitening-dim)",
+            dim,
+            asked,
+            why,
+        )
+    return dim
+
+
+def contrastive_negatives(cfg: TrainConfig, labels: np.ndarray) -> int:
+    """Hard negatives per query for the contrastive loss: ``cfg.negatives_per_query``, but at most one per other
+    class of ``labels`` (a smaller number than asked is a warning saying why); ``ValueError`` with one class."""
+    classes = len(np.unique(labels))
+    if classes < 2:
+        raise ValueError(f"contrastive training needs at least two classes, the training set has {classes}")
+    if cfg.negatives_per_query > classes - 1:
+        log.warning(
+            "the contrastive loss mines %d hard negatives per query, not the %d asked for: the training set has "
+            "%d classes and negatives are at most one per other class (train on more classes, or --negatives %d)",
+            classes - 1,
+            cfg.negatives_per_query,
+            classes,
+            classes - 1,
+        )
+    return min(cfg.negatives_per_query, classes - 1)
 
 
 class _Sample:

@@ -73,6 +73,20 @@ def test_mistakes_are_library_errors(tmp_path):
         training_data(data, label_regex=r"zzz(\d)", max_side=32)
     with pytest.raises(SettingsError, match="validation fraction"):
         split_classes(["a", "b"], 1.0)
+    with pytest.raises(SettingsError, match=r"--label-regex 'obj\(\\d\+' is not a valid regular expression"):
+        training_data(data, label_regex=r"obj(\d+", max_side=32)
+
+
+def test_a_validation_share_rounded_up_to_two_classes_is_a_warning(caplog):
+    labels = ["a", "b", "c", "d"] * 3
+    with caplog.at_level("WARNING"):
+        train, val = split_classes(labels, 0.1)
+    assert len({labels[i] for i in val}) == 2 and len({labels[i] for i in train}) == 2
+    assert "holding out 2 of the 4 classes for validation, not 0 (0.1 of them)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(split_classes(labels[:3], 0.1)[1]) == 0
+    assert "no validation: 3 classes are too few" in caplog.text
 
 
 def make_pairs(root: Path, n: int) -> Path:

@@ -291,3 +291,34 @@ def test_train_command_whitening_then_index_uses_the_whitened_vectors(tmp_path):
     from indexer.engine import Collection
 
     assert Collection(home).stats().dim == 11  # 12 training images - 1
+
+
+def test_a_whitening_smaller_than_asked_is_a_warning_saying_why(caplog):
+    from retrieval.training import whitening_dim
+
+    x = np.zeros((24, 64), np.float32)
+    with caplog.at_level("WARNING"):
+        assert whitening_dim(32, x) == 23
+    assert "whitening to 23 dimensions, not the 32 asked for: 24 images give at most 23 dimensions" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert whitening_dim(None, x) == 23 and whitening_dim(16, x) == 16
+    assert caplog.text == ""
+
+
+def test_contrastive_negatives_are_clamped_to_the_other_classes_with_a_warning(caplog):
+    from retrieval.training import contrastive_negatives
+
+    labels = np.array(["obj1", "obj2"] * 12)
+    with caplog.at_level("WARNING"):
+        assert contrastive_negatives(TrainConfig(loss="contrastive"), labels) == 1
+    assert "mines 1 hard negatives per query, not the 5 asked for: the training set has 2 classes" in caplog.text
+    with pytest.raises(ValueError, match="at least two classes"):
+        contrastive_negatives(quick("contrastive"), labels[:1])
+
+
+def test_contrastive_training_with_the_default_negatives_on_two_classes_runs(tmp_path, one_thread):
+    images = Synthetic(range(2), per_class=3)
+    cfg = dataclasses.replace(quick("contrastive"), queries_per_epoch=4, negatives_per_query=5)
+    Trainer(ModelConfig(weights="random", image_size=SIZE), cfg, tmp_path / "net.pt").fit(images)
+    assert (tmp_path / "net.pt").exists()
