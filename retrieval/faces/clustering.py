@@ -196,10 +196,12 @@ def enforce_cannot_link(labels: np.ndarray, vectors: np.ndarray, groups: np.ndar
 
 
 # ------------------------------------------------------------------------------------------------ algorithms
-def dbscan(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None) -> np.ndarray:
+def dbscan(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
     """DBSCAN with ``params.threshold`` as the similarity radius and ``params.min_samples`` (itself included)."""
     n = len(vectors)
-    graph = knn_graph(vectors, params.k, groups)
+    graph = graph if graph is not None else knn_graph(vectors, params.k, groups)
     close = (graph.neighbours >= 0) & (graph.similarities >= params.threshold)
     core = close.sum(1) + 1 >= params.min_samples
     parent = np.arange(n)
@@ -226,11 +228,13 @@ def dbscan(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None
     return relabel(enforce_cannot_link(labels, vectors, groups), params.min_size)
 
 
-def immich(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None) -> np.ndarray:
+def immich(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
     """Immich's incremental DBSCAN, faces in the given order (see the module's description). ``groups`` is
     ignored, as Immich does."""
     n = len(vectors)
-    graph = knn_graph(vectors, max(params.k, params.min_samples), None)
+    graph = graph if graph is not None else knn_graph(vectors, max(params.k, params.min_samples), None)
     person = np.full(n, -1, np.int64)
     next_person = 0
     min_faces = params.min_samples
@@ -277,11 +281,13 @@ def immich(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None
     return relabel(person, params.min_size)
 
 
-def chinese_whispers(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None) -> np.ndarray:
+def chinese_whispers(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
     """Chinese Whispers on the graph of faces at similarity ``>= params.threshold`` (unit weights and a self-edge,
     as dlib), sweeps in a random order drawn from ``params.seed``."""
     n = len(vectors)
-    graph = knn_graph(vectors, params.k, groups)
+    graph = graph if graph is not None else knn_graph(vectors, params.k, groups)
     a, b, _ = graph.edges(params.threshold)
     adj: list[list[int]] = [[] for _ in range(n)]
     for i, j in zip(a.tolist(), b.tolist()):
@@ -306,40 +312,38 @@ def chinese_whispers(vectors: np.ndarray, params: ClusterParams, groups: np.ndar
     return relabel(enforce_cannot_link(labels, vectors, groups), params.min_size)
 
 
-def agglomerative(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None) -> np.ndarray:
+def agglomerative(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
     """Average-linkage agglomerative clustering over the graph, with cannot-link constraints, stopped when the
     best remaining pair's mean similarity falls below ``params.threshold``."""
     n = len(vectors)
-    x = _as_unit(vectors).astype(np.float64)
-    graph = knn_graph(vectors, params.k, groups)
+    sums = _as_unit(vectors).astype(np.float64)  # row r: the vector sum of the cluster rooted at face r
+    size = np.ones(n, np.float64)
+    graph = graph if graph is not None else knn_graph(vectors, params.k, groups)
     a, b, _ = graph.edges(params.threshold)
-    sums = {i: x[i].copy() for i in range(n)}
-    size = dict.fromkeys(range(n), 1)
     members: dict[int, list[int]] = {i: [i] for i in range(n)}
     photos: dict[int, set] = {i: {g} for i, g in enumerate(groups.tolist())} if groups is not None else {}
     adj: dict[int, set[int]] = {i: set() for i in range(n)}
     for i, j in zip(a.tolist(), b.tolist()):
         adj[i].add(j)
         adj[j].add(i)
-    version = dict.fromkeys(range(n), 0)
-
-    def score(p: int, q: int) -> float:
-        return float(sums[p] @ sums[q]) / (size[p] * size[q])
-
-    heap = [(-score(i, j), i, j, 0, 0) for i, j in zip(a.tolist(), b.tolist())]
+    version = [0] * n
+    first = np.einsum("ij,ij->i", sums[a], sums[b])
+    heap = [(-float(sc), i, j, 0, 0) for sc, i, j in zip(first.tolist(), a.tolist(), b.tolist())]
     heapq.heapify(heap)
     while heap:
         neg, p, q, vp, vq = heapq.heappop(heap)
         if -neg < params.threshold:
             break
-        if p not in size or q not in size or version[p] != vp or version[q] != vq:
+        if p not in members or q not in members or version[p] != vp or version[q] != vq:
             continue
         if photos and not photos[p].isdisjoint(photos[q]):
             continue
         if size[p] < size[q]:
             p, q = q, p
-        sums[p] += sums.pop(q)
-        size[p] += size.pop(q)
+        sums[p] += sums[q]
+        size[p] += size[q]
         members[p] += members.pop(q)
         if photos:
             photos[p] |= photos.pop(q)
@@ -349,18 +353,22 @@ def agglomerative(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray
         for c in nbrs:
             adj[c].discard(q)
             adj[c].add(p)
+        if not nbrs:
+            continue
+        cs = np.fromiter(nbrs, np.int64, len(nbrs))
+        scores = (sums[cs] @ sums[p]) / (size[cs] * size[p])
+        good = scores >= params.threshold
+        for c, sc in zip(cs[good].tolist(), scores[good].tolist()):
             if photos and not photos[p].isdisjoint(photos[c]):
                 continue
-            sc = score(p, c)
-            if sc >= params.threshold:
-                heapq.heappush(heap, (-sc, p, c, version[p], version[c]))
+            heapq.heappush(heap, (-sc, p, c, version[p], version[c]))
     labels = np.full(n, -1, np.int64)
     for root, ids in members.items():
         labels[ids] = root
     return relabel(labels, params.min_size)
 
 
-Algorithm = Callable[[np.ndarray, ClusterParams, "np.ndarray | None"], np.ndarray]
+Algorithm = Callable[..., np.ndarray]
 ALGORITHMS: dict[str, Algorithm] = {
     "agglomerative": agglomerative,
     "chinese_whispers": chinese_whispers,
@@ -369,15 +377,18 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def cluster_faces(vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None) -> np.ndarray:
+def cluster_faces(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
     """Cluster ``(N, D)`` face vectors: ``(N,)`` int64 labels ``0..C-1`` (largest cluster first), ``-1`` for
     unclustered faces. ``groups`` ``(N,)``: faces of one group (photo) are never in one cluster (except with
-    ``immich``, which ignores it)."""
+    ``immich``, which ignores it). ``graph``: the :func:`knn_graph` of these vectors and groups, when already made
+    (e.g. to try several parameters; ``immich`` wants one made without groups)."""
     if len(vectors) == 0:
         return np.zeros(0, np.int64)
     if groups is not None and len(groups) != len(vectors):
         raise ValueError(f"groups has {len(groups)} entries for {len(vectors)} vectors")
-    return ALGORITHMS[params.algorithm](vectors, params, None if groups is None else np.asarray(groups))
+    return ALGORITHMS[params.algorithm](vectors, params, None if groups is None else np.asarray(groups), graph)
 
 
 def attach(
