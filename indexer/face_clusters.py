@@ -129,11 +129,19 @@ class FaceClusters:
     # ------------------------------------------------------------------ settings
     @property
     def params(self) -> ClusterParams:
+        """The parameters given, else those stored by the last run with parameters, else the default: for the
+        ``sface`` backend :data:`DEFAULT_PARAMS` (tuned on its vectors); for another backend, whose similarities
+        run on another scale, the same algorithm at the gallery's decision threshold."""
         if self._params is not None:
             return self._params
         with self.gallery._session() as s:
             d = db.get_setting(s, _SETTINGS_KEY)
-        return DEFAULT_PARAMS if d is None else ClusterParams.from_dict(d)
+        if d is not None:
+            return ClusterParams.from_dict(d)
+        settings = self.gallery.settings
+        if settings.backend == "sface" or settings.threshold is None:
+            return DEFAULT_PARAMS
+        return dataclasses.replace(DEFAULT_PARAMS, threshold=float(settings.threshold))
 
     # ------------------------------------------------------------------ reading
     def _faces(self, s: Session) -> list[Any]:

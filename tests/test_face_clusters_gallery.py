@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from indexer.engine import LookalikeError
-from indexer.face_clusters import FaceClusters
+from indexer.face_clusters import DEFAULT_PARAMS, FaceClusters
 from indexer.faces import UNKNOWN
 from retrieval.faces.clustering import ClusterParams
 
@@ -171,3 +171,12 @@ def test_cli_cluster_json_name_merge_split(tmp_path, fake_gallery):  # noqa: F81
     assert sorted(len(c["faces"]) for c in json.loads(run(home, "cluster", "--json").output)["clusters"]) == [2, 2]
     bad = run(home, "name", 999, "x")
     assert bad.exit_code == 1 and "no face cluster 999" in bad.output
+
+
+def test_default_parameters_follow_the_backend(tmp_path):
+    g = open_gallery(tmp_path / "home")
+    assert FaceClusters(g).params == DEFAULT_PARAMS  # sface, the default backend: tuned on its vectors
+    g.configure(backend="lookalike")
+    assert FaceClusters(g).params.threshold == pytest.approx(g.settings.threshold)
+    FaceClusters(g).cluster(params=PARAMS)  # given parameters are kept for later runs
+    assert FaceClusters(g).params == PARAMS
