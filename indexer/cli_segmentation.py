@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from retrieval.config import check_device
+
 from .cli_common import TqdmProgress, library_errors, step_progress
 
 if TYPE_CHECKING:
@@ -102,6 +104,10 @@ def train_seg(
 
     runtime = ctx.obj.get("runtime") if isinstance(ctx.obj, dict) else None  # lookalike --device ...
     device = device or (runtime.device if runtime is not None else "auto")
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--device'") from None
     cfg = SegTrainConfig(
         epochs=epochs,
         batch_size=batch_size,

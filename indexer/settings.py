@@ -13,8 +13,9 @@ import pickle
 from pathlib import Path
 from typing import Any, TypeVar
 
+from retrieval import config as retrieval_config
 from retrieval.checkpoint import is_checkpoint_dict, load_weights_file
-from retrieval.config import ModelConfig, RuntimeOptions, available_devices
+from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder, check_embedding_checkpoint
 from retrieval.registry import UnknownNameError
 
@@ -99,8 +100,24 @@ def build_embedder(model: ModelConfig, runtime: RuntimeOptions | None = None) ->
     check_device_available(runtime.device if runtime is not None else "auto")
     try:
         return Embedder(model, runtime)
-    except (UnknownNameError, OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:  # UnknownNameError is a KeyError
         raise SettingsError(str(exc)) from None
+    except (pickle.UnpicklingError, KeyError, EOFError) as exc:  # torch.load on a file that is not weights
+        message = _unreadable_weights(model.weights)  # (torch's advice to load it unsafely is never passed on)
+        if message is None:
+            raise
+        raise SettingsError(message) from exc
+
+
+def _unreadable_weights(weights: str) -> str | None:
+    """Why the weights file cannot be read; ``None`` when it can (or ``weights`` names no file)."""
+    if weights in ("imagenet", "random"):
+        return None
+    try:
+        load_weights_file(weights)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def check_device_available(device: str) -> None:
@@ -108,7 +125,7 @@ def check_device_available(device: str) -> None:
     :func:`retrieval.config.check_device`) is not on this machine, naming the devices that are."""
     if device == "auto" or device == "cpu":
         return
-    available = available_devices()
+    available = retrieval_config.available_devices()
     if device not in available:
         raise SettingsError(f"device {device!r} is not available here; available: {', '.join(available)}")
 

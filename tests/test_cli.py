@@ -278,3 +278,8 @@ def test_group_options_after_the_command(tmp_path, image_folder):
     assert Collection(home).stats().indexed == 16
     res = CliRunner().invoke(main, ["stats", "--json", "--home", str(home)])
     assert json.loads(res.output)["indexed"] == 16
+
+
+def test_train_seg_checks_its_own_device_option_the_same_way(tmp_path):
+    res = CliRunner().invoke(main, ["train-seg", str(tmp_path), "--out", str(tmp_path / "s.pt"), "--device", "tpu0"])
+    assert res.exit_code == 2 and "unknown device 'tpu0': use auto, cpu, cuda, cuda:N or mps" in res.output

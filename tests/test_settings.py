@@ -107,3 +107,58 @@ def test_parts_that_cannot_be_built_raise_settings_errors():
         build_masker(MaskSettings(segmenter="no-such"))
     with pytest.raises(SettingsError, match="unknown backbone 'alexnet'; known:"):
         build_embedder(ModelConfig(backbone="alexnet"), FAST_RUNTIME)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"these are my notes", "is not a weights file lookalike can read (not a PyTorch file)"),
+        ("module", "holds Python objects besides tensors and plain data"),
+        ("truncated", "is a damaged or unsupported PyTorch file"),
+    ],
+)
+def test_a_file_that_is_not_weights_is_a_settings_error_that_never_advises_unsafe_loading(tmp_path, content, message):
+    path = tmp_path / "weights.bin"
+    if content == "module":
+        torch.save(torch.nn.Linear(2, 2), path)  # a pickled module: not loadable safely
+    elif content == "truncated":
+        torch.save({"w": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SettingsError, match="weights") as err:
+        model_config_with(None, weights=str(path))
+    assert message in str(err.value) and "weights_only" not in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(SettingsError, match="weights file not found"):
+        model_config_with(None, weights=str(tmp_path / "missing.pt"))
+
+
+def test_an_unpickling_error_while_building_the_network_is_translated_too(tmp_path):
+    from indexer.settings import build_embedder
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(SettingsError, match="not a weights file lookalike can read") as err:
+        build_embedder(ModelConfig(weights=str(notes), image_size=64), FAST_RUNTIME)
+    assert "weights_only" not in str(err.value)
+
+
+def test_devices_are_checked_by_name_and_by_what_the_machine_has(monkeypatch):
+    import retrieval.config
+    from indexer.settings import check_device_available
+    from retrieval.config import RuntimeOptions, check_device
+
+    for good in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert check_device(good) == good
+    with pytest.raises(
+        ValueError, match=r"unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps \(available here: cpu"
+    ):
+        RuntimeOptions(device="gpu")
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        RuntimeOptions(precision="fp16")
+    monkeypatch.setattr(retrieval.config, "available_devices", lambda: ["cpu", "cuda", "cuda:0"])
+    check_device_available("cuda:0")
+    check_device_available("auto")
+    with pytest.raises(SettingsError, match="device 'cuda:1' is not available here; available: cpu, cuda, cuda:0"):
+        check_device_available("cuda:1")
