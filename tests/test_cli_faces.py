@@ -54,15 +54,13 @@ def home(tmp_path: Path, fake_gallery) -> Path:
 def test_verify_as_prints_the_decision_and_exits_0_same_4_different_5_no_face(home, tmp_path):
     probe = save_photo(tmp_path / "probe.png", [ALICE], 7)
     same = run(home, "verify", probe, "--as", "alice")
-    assert same.exit_code == 0 and "SAME person as alice" in same.output and "UNCALIBRATED" in same.output
-    assert f"threshold {DEFAULT_THRESHOLDS['lookalike']:.4f}" in same.output
+    assert same.exit_code == 0 and "SAME person as alice" in same.output and "default threshold" in same.output
+    assert f"threshold {DEFAULT_THRESHOLDS['sface']:.4f}" in same.output
     other = run(home, "verify", probe, "--as", "bob", "--json")
     assert other.exit_code == 4
     d = json.loads(other.output)
     assert (
-        d["same"] is False
-        and d["calibrated"] is False
-        and d["score"] < d["threshold"] == DEFAULT_THRESHOLDS["lookalike"]
+        d["same"] is False and d["calibrated"] is False and d["score"] < d["threshold"] == DEFAULT_THRESHOLDS["sface"]
     )
     empty = tmp_path / "wall.png"
     Image.new("RGB", (80, 60)).save(empty)
@@ -122,11 +120,18 @@ def test_calibrate_and_eval_on_a_pairs_file(tmp_path, fake_gallery):
 
 
 def test_a_backend_change_needs_reembed(home, tmp_path):
+    assert FaceGallery(home, runtime=FAST_RUNTIME).settings.backend == "sface"  # a new gallery's default
+    r = run(home, "--backend", "lookalike", "list")
+    assert r.exit_code == 1 and "--reembed" in r.output
+    ok = run(home, "--backend", "lookalike", "--reembed", "list")
+    assert ok.exit_code == 0, ok.output
+    assert FaceGallery(home, runtime=FAST_RUNTIME).settings.backend == "lookalike"
     r = run(home, "--crop-size", "64", "list")
     assert r.exit_code == 1 and "--reembed" in r.output
     ok = run(home, "--crop-size", "64", "--reembed", "list")
     assert ok.exit_code == 0, ok.output
-    assert FaceGallery(home, runtime=FAST_RUNTIME).settings.crop_size == 64
+    settings = FaceGallery(home, runtime=FAST_RUNTIME).settings
+    assert settings.crop_size == 64 and settings.backend == "lookalike"  # stored settings are kept
 
 
 def test_weights_of_another_kind_of_network_are_one_line_exit_1(tmp_path, fake_gallery):
