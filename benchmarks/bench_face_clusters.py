@@ -19,7 +19,7 @@ person), scoring the labelled faces.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import time
 from typing import Any
 
@@ -34,18 +34,15 @@ from retrieval.faces.clustering import (
     immich_params,
     knn_graph,
     pairwise_scores,
+    relabel,
 )
 
-THRESHOLDS = [round(t, 3) for t in np.arange(0.20, 0.651, 0.025)]
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    "agglomerative": [{"threshold": t, "min_size": m} for t, m in itertools.product(THRESHOLDS, (2, 3))],
-    "chinese_whispers": [{"threshold": t, "min_size": m} for t, m in itertools.product(THRESHOLDS, (2, 3))],
-    "dbscan": [
-        {"threshold": t, "min_size": m, "min_samples": s}
-        for t, m, s in itertools.product(THRESHOLDS, (2, 3), (2, 3))
-        if m >= s
-    ],
-}
+#: The grid: thresholds 0.20-0.65 by 0.05, then by 0.0125 around the best; clusters of at least 2 or 3 faces;
+#: DBSCAN's core size 2 or 3 (scored from one run per threshold: ``min_size`` only dissolves small clusters).
+COARSE = [round(t, 4) for t in np.arange(0.20, 0.651, 0.05)]
+FINE = (-0.0375, -0.025, -0.0125, 0.0125, 0.025, 0.0375)
+MIN_SIZES = (2, 3)
+MIN_SAMPLES = {"agglomerative": (3,), "chinese_whispers": (3,), "dbscan": (2, 3)}
 PHOTO_SIDE = 250
 
 
@@ -87,14 +84,28 @@ def run(vectors: np.ndarray, people: np.ndarray, params: ClusterParams, graph: A
 def tune(vectors: np.ndarray, people: np.ndarray, algorithm: str, k: int) -> tuple[ClusterParams, dict[str, Any]]:
     """The grid point with the best mean of pairwise and BCubed F1 on these faces."""
     graph = knn_graph(vectors, k)
+    tried: dict[tuple[float, int], np.ndarray] = {}
     best: tuple[float, ClusterParams, dict[str, Any]] | None = None
-    for point in GRIDS[algorithm]:
-        params = ClusterParams(algorithm=algorithm, k=k, **point)
-        r = run(vectors, people, params, graph)
-        key = (r["pairwise_f1"] + r["bcubed_f1"]) / 2
-        if best is None or key > best[0]:
-            best = (key, params, r)
+
+    def at(threshold: float, samples: int) -> None:
+        nonlocal best
+        if (threshold, samples) in tried or not -1 <= threshold <= 1:
+            return
+        raw = ClusterParams(algorithm=algorithm, k=k, threshold=threshold, min_samples=samples, min_size=1)
+        tried[threshold, samples] = labels = cluster_faces(vectors, raw, graph=graph)
+        for m in MIN_SIZES:
+            r = score(people, relabel(labels, m))
+            key = (r["pairwise_f1"] + r["bcubed_f1"]) / 2
+            if best is None or key > best[0]:
+                best = (key, dataclasses.replace(raw, min_size=m), r)
+
+    for t in COARSE:
+        for samples in MIN_SAMPLES[algorithm]:
+            at(t, samples)
     assert best is not None
+    centre = best[1]
+    for d in FINE:
+        at(round(centre.threshold + d, 4), centre.min_samples)
     return best[1], best[2]
 
 
@@ -159,7 +170,7 @@ def main() -> None:
         rows = [c[name] for c in result["cross"].values()]
         summary[name] = {m: float(np.mean([r[m] for r in rows])) for m in ("pairwise_f1", "bcubed_f1")}
     result["cross_mean"] = summary
-    result["grids"] = {a: GRIDS[a] for a in algorithms}
+    result["grid"] = {"coarse": COARSE, "fine": FINE, "min_sizes": MIN_SIZES, "min_samples": MIN_SAMPLES}
     write_json(args.out, result)
 
 
