@@ -1,4 +1,5 @@
-"""LFW face verification with a real face front end: dlib's descriptor beside the ImageNet baseline.
+"""LFW face verification with a real face front end: the default (YuNet + SFace) beside dlib, Haar + SFace and
+our network.
 
 Protocol. Data: LFW deep-funneled (Huang et al. 2007; Huang, Mattar, Lee & Learned-Miller 2012), 13,233
 photos of 5,749 people, 250x250, the labelled person centred. Pairs: View 2 ``pairs.txt``, 10 folds of 300
@@ -9,8 +10,18 @@ deviation of the 10 fold accuracies are reported (``retrieval.verification.kfold
 ``indexer.evaluate.score_pairs``, the code behind ``lookalike eval --pairs``; lookalike models embed through
 ``indexer.evaluate.embed_paths``), with ROC AUC and TAR at FAR 1e-3 / 1e-2 over all 6,000 pairs. No pair is dropped: an image where no face is found is still scored, from a fallback crop.
 
-Rows:
+Rows (the first four go through :class:`indexer.faces.FaceGallery`, i.e. the face pipeline of ``lookalike
+faces``, each in a fresh home; the gallery keeps the largest face of each photo and leaves out pairs with a photo
+where no face is found, counting them):
 
+- ``default``: ``lookalike faces eval pairs.txt --root DIR --json`` run as a command with no option (a fresh
+  ``--home``): YuNet -> similarity alignment on the ArcFace template -> SFace -> cosine. Also gives the sface
+  backend's default threshold (``default_threshold_recomputed``: the mean of the 10 fold thresholds, each the
+  best-accuracy threshold of the other 9 folds) and its TAR / FAR over all pairs.
+- ``yunet-sface-aligncrop``: the same with OpenCV's ``FaceRecognizerSF.alignCrop`` instead of our alignment.
+- ``haar-sface``: ``--detector haar`` (eye centres only) + SFace.
+- ``haar-lookalike``: ``--detector haar --backend lookalike``: the untrained lookalike network (ImageNet Lite0 +
+  GeM) on Haar-aligned 160 px crops, the default before YuNet + SFace.
 - ``dlib``: dlib's own pipeline - HOG detector (no upsampling: LFW faces are ~110 px), the face nearest the
   centre, its 5-point shape predictor and ``compute_face_descriptor`` (150 px chip, padding 0.25, no
   jitter), the 128-d vectors L2-normalised. Fallback when no face is found: the median dlib box on LFW,
@@ -45,14 +56,19 @@ model configuration match), so adding a row later costs only that row:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, BenchParser, machine, trained_config, write_json
+from benchmarks.common import RESULTS, BenchParser, machine, set_threads, trained_config, write_json
 from benchmarks.prepare_lfw_faces import lfw_detector
 from benchmarks.shared_data import LFW_HALVES, in_folds, lfw_pairs, pair_paths
 from benchmarks.timing import Stopwatch, rate
@@ -64,7 +80,22 @@ from retrieval.faces import centre_face as pick_face
 from retrieval.model import Embedder
 
 ANCHORS = {"FaceNet (published, 10 folds)": 0.9963, "dlib ResNet (published, 10 folds)": 0.9938}
-ROWS = ("dlib", "imagenet-aligned", "imagenet-whole")
+ROWS = (
+    "default",
+    "yunet-sface-aligncrop",
+    "haar-sface",
+    "haar-lookalike",
+    "dlib",
+    "imagenet-aligned",
+    "imagenet-whole",
+)
+DEFAULT_ROWS = ("default", "yunet-sface-aligncrop", "haar-sface", "haar-lookalike", "dlib")
+#: detector, backend, SFace alignment of the gallery rows run in-process
+GALLERY_ROWS = {
+    "yunet-sface-aligncrop": ("yunet", "sface", "opencv"),
+    "haar-sface": ("haar", "sface", "similarity"),
+    "haar-lookalike": ("haar", "lookalike", None),
+}
 #: Median dlib HOG box over 300 random LFW deep-funneled photos (x1, y1 exclusive).
 LFW_DLIB_BOX = (77.0, 89.0, 183.0, 183.0)
 
@@ -170,11 +201,78 @@ def score_all(pairs: list, vectors: dict[str, np.ndarray], info: dict[str, Any])
     return out
 
 
+def eval_command(pairs_file: Path, root: Path) -> dict[str, Any]:
+    """``lookalike --home TMP faces eval PAIRS --root ROOT --json``, no other option, as a command -> the row."""
+    exe = Path(sys.executable).with_name("lookalike")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from indexer.cli import main; main()"]
+    with tempfile.TemporaryDirectory() as home:
+        args = ["--home", home, "faces", "eval", str(pairs_file), "--root", str(root), "--json"]
+        print("running:", " ".join(["lookalike", *args]), flush=True)
+        with Stopwatch() as clock:
+            done = subprocess.run(cmd + args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lookalike faces eval failed ({done.returncode}): {done.stderr[-2000:]}")
+    out = json.loads(done.stdout)
+    m = out["metrics"]
+    row = summarise(m, out["pairs"])
+    thresholds = np.array(m["fold_thresholds"], float)
+    row.update(
+        command="lookalike faces eval PAIRS --root DIR --json (no other option, fresh --home)",
+        settings=out["settings"],
+        images=out["images"],
+        images_without_face_or_unreadable=len(out["skipped"]),
+        skipped=out["skipped"][:20],
+        fold_thresholds=[round(float(t), 4) for t in thresholds],
+        default_threshold_recomputed=round(float(thresholds.mean()), 3),
+        threshold_at_far_1e_3=round(float(m["threshold@far=1e-3"]), 4),
+        seconds=round(clock.seconds, 1),
+        images_per_second=rate(out["images"], clock.seconds, 2),
+    )
+    return row
+
+
+def gallery_row(
+    pairs_file: Path, root: Path, detector: str, backend: str, alignment: str | None, workers: int
+) -> dict[str, Any]:
+    """The face gallery's ``evaluate`` (the code behind ``lookalike faces eval``) with these settings."""
+    from indexer.faces import FaceGallery, default_face_embedder
+    from retrieval.faces import SFaceEmbedder
+
+    def embedder(settings: Any, runtime: RuntimeOptions) -> Any:
+        if settings.backend == "sface" and alignment is not None:
+            return SFaceEmbedder(alignment=alignment)
+        return default_face_embedder(settings, runtime)
+
+    with tempfile.TemporaryDirectory() as home:
+        g = FaceGallery(
+            home, runtime=RuntimeOptions(device="cpu", batch_size=32, workers=workers), face_embedder_factory=embedder
+        )
+        g.configure(detector=detector, backend=backend)
+        with Stopwatch() as clock:
+            rep = g.evaluate(pairs_file, root)
+        describe = g.settings.describe()
+    row = summarise(rep.metrics, rep.pairs)
+    row.update(
+        pipeline=describe + (f", alignment {alignment}" if alignment else ""),
+        images=rep.images,
+        images_without_face_or_unreadable=len(rep.skipped),
+        seconds=round(clock.seconds, 1),
+        images_per_second=rate(rep.images, clock.seconds, 2),
+    )
+    return row
+
+
+def dlib_row(pairs: list, paths: list[str], cache: Path | None) -> dict[str, Any]:
+    vectors, info = dlib_vectors(paths, cache)
+    return score_all(pairs, vectors, {**info, "pipeline": "dlib-hog (upsample 0) + 5-point + resnet v1, L2n"})
+
+
 def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
     """faces/s (photos/s; LFW has one target face per photo) of detection alone and of the whole front end."""
     images = [load_image(p, None).pixels for p in paths]
     out: dict[str, Any] = {"photos": len(images), "photo_size": list(images[0].shape[:2])}
     detectors = {
+        "yunet (default)": build_detector("yunet"),
         "haar (LFW settings: 160 px copy, faces >= 1/4)": lfw_detector("haar", 160),
         "haar (defaults)": build_detector("haar"),
     }
@@ -190,6 +288,15 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
     out["detection_faces_per_second"] = detect_rates
 
     full = {}
+    from retrieval.faces import SFaceEmbedder
+
+    yunet, sface = build_detector("yunet"), SFaceEmbedder()
+    with Stopwatch() as clock:
+        for img in images:
+            face = pick_face(yunet.detect(img), img.shape[1], img.shape[0])
+            if face is not None:
+                sface.embed(img, [face])
+    full["yunet + align + sface (the default)"] = rate(len(images), clock.seconds, 1)
     haar = lfw_detector("haar", 160)
     embedder = Embedder(ModelConfig(image_size=size), RuntimeOptions(device="cpu", batch_size=32, workers=0))
     align, embed = Stopwatch(), Stopwatch()
@@ -220,7 +327,9 @@ def speed(paths: list[str], with_dlib: bool, size: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = BenchParser(__doc__, threads=1, threads_for=("torch", "opencv"), workers=1, out="faces_lfw.json")
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} ('' for none)")
+    ap.add_argument(
+        "--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated subset of {', '.join(ROWS)} ('' for none)"
+    )
     ap.add_argument(
         "--aligned",
         type=Path,
@@ -238,10 +347,18 @@ def main() -> None:
         "--halves both --keep): each half is scored by the one that never saw its people",
     )
     ap.add_argument("--size", type=int, default=160, help="embedding size of the aligned crops")
+    ap.add_argument("--pairs", type=Path, help="pairs file in LFW format (default: the shared View 2 pairs.txt)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="rows run side by side in this many processes (one thread each; the default row's command runs "
+        "with the library's threads)",
+    )
     ap.add_argument("--speed-images", type=int, default=200, help="photos timed for the speed figures (0: skip)")
     args = ap.parse_args()
 
-    root, pairs_file, pairs = lfw_pairs()
+    root, pairs_file, pairs = lfw_pairs(None, args.pairs)
     paths = pair_paths(pairs)
     rows = [r for r in args.rows.split(",") if r]
     unknown = set(rows) - set(ROWS)
@@ -253,12 +370,28 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     cache = RESULTS / "lfw_faces_cache"  # vectors of each row, so that a later run (e.g. --weights) only adds rows
+    # The rows that read every photo, side by side: one process each when --jobs > 1 (the longest first).
+    jobs: dict[str, tuple[Any, ...]] = {}
     if "dlib" in rows:
-        vectors, info = dlib_vectors(paths, cache / "dlib_hog.npz")
-        results["dlib"] = score_all(
-            pairs, vectors, {**info, "pipeline": "dlib-hog (upsample 0) + 5-point + resnet v1, L2n"}
-        )
-        print("dlib", results["dlib"], flush=True)
+        jobs["dlib"] = (dlib_row, pairs, paths, cache / "dlib_hog.npz")
+    if "default" in rows:
+        jobs["default"] = (eval_command, pairs_file, root)
+    for name, (detector, backend, alignment) in GALLERY_ROWS.items():
+        if name in rows:
+            jobs[name] = (gallery_row, pairs_file, root, detector, backend, alignment, args.workers)
+    if args.jobs > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, context, initializer=set_threads, initargs=(1, ("torch", "opencv"))
+        ) as pool:
+            futures = {name: pool.submit(*job) for name, job in jobs.items()}
+            for name, future in futures.items():
+                results[name] = future.result()
+                print(name, results[name], flush=True)
+    else:
+        for name, (fn, *fn_args) in jobs.items():
+            results[name] = fn(*fn_args)
+            print(name, results[name], flush=True)
     if "imagenet-aligned" in rows:
         results["imagenet-aligned"] = pipeline_row(
             pairs, args.aligned, root, ModelConfig(image_size=args.size), args.workers, cache / "imagenet_aligned.npz"
