@@ -333,14 +333,17 @@ def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
-@click.option("--repair", is_flag=True, help="Rebuild the index from the database and fix what can be fixed.")
-@click.option("--prune-missing", is_flag=True, help="With --repair: forget images whose files are gone.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Fix what the check reports: forget images whose files are gone, rebuild the index from the database.",
+)
 @click.pass_context
 @library_errors
-def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
-    """Check that the index, the database and the files on disk agree."""
+def doctor(ctx: click.Context, repair: bool) -> None:
+    """Check the database, and that the index, the database and the files on disk agree."""
     coll = open_collection(ctx, create=False)
-    rep = coll.doctor(repair=repair, prune_missing=prune_missing)
+    rep = coll.doctor(repair=repair)
     if rep.ok:
         click.echo("ok: the index and the database agree")
         return
@@ -350,8 +353,9 @@ def doctor(ctx: click.Context, repair: bool, prune_missing: bool) -> None:
         click.echo(f"  missing: {path}")
     for r in rep.repaired:
         click.echo(f"repaired: {r}")
-    if not repair:
-        click.echo("run `lookalike doctor --repair` to rebuild the index from the database")
+    if not repair and not rep.damaged:
+        click.echo("run `lookalike doctor --repair` to fix these")
+    if not repair or rep.damaged:
         ctx.exit(1)
 
 

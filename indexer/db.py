@@ -7,6 +7,7 @@ FAISS index file can always be rebuilt from it. ``Image.id`` is the id the FAISS
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import DamagedDatabaseError
 
 PENDING = "pending"
 INDEXED = "indexed"
@@ -157,11 +160,42 @@ class FaceCluster(Base):
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+#: What to do with a damaged database: the images on disk are the originals, the database is rebuilt from them.
+RECOVERY = "move {url} aside and index your folders again (lookalike index DIR): the images on disk are untouched"
+
+
+def database_location(url: str) -> str:
+    """Where a database is, for a person: the file of a SQLite URL, else the URL without its password."""
+    return url.split(":///", 1)[1] if url.startswith("sqlite:///") else redact_url(url)
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables. SQLite gets WAL mode and a busy timeout."""
+    """Create the engine and the tables. SQLite gets WAL mode and a busy timeout. A damaged SQLite file
+    (cut short by a full disk, overwritten) raises :class:`~indexer.errors.DamagedDatabaseError`, whenever
+    it is noticed, with what to do about it."""
     is_sqlite = url.startswith("sqlite")
     engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     if is_sqlite:
+
+        @event.listens_for(engine, "handle_error")
+        def _damaged(context: Any) -> None:
+            message = str(context.original_exception)
+            if isinstance(context.original_exception, sqlite3.DatabaseError) and any(
+                sign in message for sign in ("malformed", "not a database", "disk image")
+            ):
+                raise DamagedDatabaseError(
+                    f"the database is damaged ({message}); {RECOVERY.format(url=database_location(url))}"
+                ) from None
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -109,6 +109,8 @@ class DoctorReport:
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    #: the database file itself is damaged (nothing else was checked; the problem says how to recover)
+    damaged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -554,9 +556,17 @@ class Collection(Store):
                 )
             ]
 
-    def doctor(self, repair: bool = False, prune_missing: bool = False) -> DoctorReport:
-        """Check that the index file, the database and the files on disk agree; optionally repair."""
+    def doctor(self, repair: bool = False) -> DoctorReport:
+        """Check the database's integrity, and that the index file, the database and the files on disk agree.
+        ``repair`` fixes what the check reports: images whose files are gone are forgotten, malformed vectors
+        marked for re-embedding, the index rebuilt from the database. (A damaged database cannot be repaired in
+        place: the report says how to recover.)"""
         report = DoctorReport()
+        damage = self.integrity_problem()
+        if damage is not None:
+            report.problems.append(damage)
+            report.damaged = True
+            return report
         with write_lock(self.home) if repair else contextlib.nullcontext():
             version = self._vector_version()
             index, state = self._cache.load()
@@ -611,7 +621,7 @@ class Collection(Store):
                         report.repaired.append(
                             f"{len(bad_vectors)} images marked for re-embedding on the next index run"
                         )
-                if prune_missing and missing_ids:
+                if missing_ids:
                     for chunk in chunks(missing_ids, 500):
                         s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                     report.repaired.append(f"forgot {len(missing_ids)} images whose files are gone")

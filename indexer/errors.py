@@ -15,6 +15,10 @@ class CollectionBusyError(LookalikeError):
     """Another process holds the collection's write lock."""
 
 
+class DamagedDatabaseError(LookalikeError):
+    """The metadata database file is damaged; the message says which and how to recover."""
+
+
 class Interrupted(LookalikeError):
     """A long run was interrupted (Ctrl-C); what it finished is kept and the same command resumes it."""
 
@@ -28,4 +32,12 @@ class DataError(LookalikeError, ValueError):
     """Input data (a labelled folder, a pairs file) cannot be used as given; the message says why."""
 
 
-__all__ = ["LookalikeError", "ModelMismatchError", "CollectionBusyError", "Interrupted", "SettingsError", "DataError"]
+__all__ = [
+    "LookalikeError",
+    "ModelMismatchError",
+    "CollectionBusyError",
+    "DamagedDatabaseError",
+    "Interrupted",
+    "SettingsError",
+    "DataError",
+]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from retrieval.config import RuntimeOptions
 
 from . import db
+from .db import redact_url
 from .errors import CollectionBusyError, LookalikeError
 from .vector_index import IndexConfig, VectorIndex
 
@@ -81,11 +82,23 @@ class Store:
         self.commit_every = commit_every
         try:
             self._engine = db.make_engine(self.db_url)
+        except LookalikeError:
+            raise
         except (SQLAlchemyError, OSError, ImportError) as exc:  # a bad URL, a missing driver, an unreachable server
             raise LookalikeError(f"cannot open the database {redact_url(self.db_url)}: {exc}") from None
 
     def _session(self) -> Session:
         return Session(self._engine, expire_on_commit=False)
+
+    def integrity_problem(self) -> str | None:
+        """What SQLite's integrity check finds wrong with the database file (``None``: nothing, or not SQLite)."""
+        if self._engine.dialect.name != "sqlite":
+            return None
+        with self._engine.connect() as conn:
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check")]
+        if rows == ["ok"]:
+            return None
+        return f"the database is damaged ({'; '.join(rows[:3])}); {db.RECOVERY.format(url=db.database_location(self.db_url))}"
 
 
 @contextlib.contextmanager
@@ -161,13 +174,3 @@ def chunks(items: Sequence[int] | list[int], size: int) -> Iterator[list[int]]:
     items = list(items)
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def redact_url(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

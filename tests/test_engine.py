@@ -329,3 +329,35 @@ def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_p
     assert (again.model_config, again.index_config, again.mask_settings) == before
     assert again.search([image_folder / "img_0002.png"], k=1)[0].hits[0].path.endswith("img_0002.png")
     assert again.doctor().ok
+
+
+def test_a_damaged_database_is_named_with_how_to_recover(tmp_path, image_folder):
+    import sqlite3
+
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    coll._engine.dispose()
+    path = tmp_path / "home" / "lookalike.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert path.stat().st_size > 8 * 4096
+    with open(path, "r+b") as fh:  # overwrite a page in the middle, as a bad disk or a half-written copy would
+        fh.seek(6 * 4096)
+        fh.write(b"\xff" * 4096)
+    try:
+        problems = Collection(tmp_path / "home", runtime=FAST_RUNTIME).doctor().problems
+    except LookalikeError as exc:  # noticed as soon as the database was opened
+        problems = [str(exc)]
+    assert len(problems) == 1 and "the database is damaged" in problems[0]
+    assert f"move {path} aside and index your folders again" in problems[0]
+
+
+def test_doctor_repair_fixes_what_doctor_reports_missing_files_included(tmp_path, image_folder):
+    coll = open_collection(tmp_path / "home")
+    coll.index_folder(image_folder)
+    shutil.rmtree(image_folder / "sub")
+    report = coll.doctor()
+    assert not report.ok and len(report.missing_files) == 4
+    repaired = coll.doctor(repair=True)
+    assert any("forgot 4 images" in r for r in repaired.repaired)
+    assert coll.doctor().ok and coll.stats().images == 12
