@@ -131,6 +131,16 @@ def main(
 @click.option(
     "--reembed", is_flag=True, help="Re-embed everything when the model or mask options differ from the collection's."
 )
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out, now and in every later run, a file or folder path, a path with wildcards, or a name "
+    "pattern matched against file and folder names (*.gif, thumbnails). Stored with the collection.",
+)
+@click.option(
+    "--include", multiple=True, metavar="PATTERN", help="Drop an exclusion (as it was given), so its files are indexed."
+)
 @click.pass_context
 @library_errors
 def index(
@@ -148,6 +158,8 @@ def index(
     mask_spec: str | None,
     mask_apply: str | None,
     reembed: bool,
+    exclude: tuple[str, ...],
+    include: tuple[str, ...],
 ) -> None:
     """Index the images in FOLDER (recursively).
 
@@ -165,6 +177,10 @@ def index(
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
         wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)
     coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
+    if include:
+        coll.include(include)
+    if exclude:
+        coll.exclude(exclude)
     report = coll.index_folder(folder, progress=TqdmProgress())
     if report.scanned == 0:
         _report_empty_folder(ctx, coll, report)
@@ -184,6 +200,9 @@ def index(
     _warn_whitening_not_learned(coll)
     if report.ignored:
         click.echo(f"ignored {report.ignored} files that are not images (by extension)")
+    if report.excluded:
+        patterns = ", ".join(coll.exclusions.patterns)
+        click.echo(f"left out {report.excluded} excluded images (exclusions: {patterns}; --include PATTERN drops one)")
     if report.earlier_errors:
         click.echo(
             f"{report.earlier_errors} files could not be read in an earlier run and are unchanged "
@@ -300,6 +319,8 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     errors = coll.errors() if show_errors else []
     if as_json:
         d = dataclasses.asdict(st)
+        if not st.index_vectors:
+            d["dim"] = None  # no vectors, no dimension
         if show_errors:
             d["error_files"] = [{"path": p, "reason": r} for p, r in errors]
         click.echo(json.dumps(d, indent=2))
@@ -324,12 +345,17 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
 @click.pass_context
 @library_errors
 def remove(ctx: click.Context, paths: tuple[Path, ...]) -> None:
-    """Forget images (a file, or every image under a folder). Files on disk are not touched."""
+    """Forget images (a file, or every image under a folder) and exclude them from later index runs.
+
+    Files on disk are not touched. `lookalike index DIR --include PATH` takes them back.
+    """
     coll = open_collection(ctx, create=False)
     total = sum(coll.remove(p) for p in paths)
     if total == 0:
         raise click.ClickException("nothing in the collection matches " + ", ".join(str(p) for p in paths))
-    click.echo(f"removed {total} images from the collection")
+    excluded = ", ".join(str(p.expanduser().resolve()) for p in paths)
+    click.echo(f"removed {total} images from the collection (files on disk untouched)")
+    click.echo(f"excluded from later index runs: {excluded} (lookalike index DIR --include PATH takes them back)")
 
 
 @main.command()

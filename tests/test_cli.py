@@ -258,6 +258,7 @@ def test_indexing_a_folder_without_images_says_so_and_exits_5(tmp_path):
     assert f"no images found in {folder} (1 other files ignored" in res.output
     stats = run(tmp_path / "home", "stats").output
     assert "no vectors yet" in stats and "dimension" not in stats
+    assert json.loads(run(tmp_path / "home", "stats", "--json").output)["dim"] is None
 
 
 def test_whitening_a_collection_too_small_to_learn_it_says_so(tmp_path, image_folder):
