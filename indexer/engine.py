@@ -499,8 +499,10 @@ class Collection(Store):
         return rows
 
     # ------------------------------------------------------------------ maintenance
-    def remove(self, path: str | Path) -> int:
-        """Forget an image, or every image under a folder (files on disk are not touched). Returns the count."""
+    def remove(self, path: str | Path, exclude: bool = True) -> int:
+        """Forget an image, or every image under a folder (files on disk are not touched), and unless
+        ``exclude`` is false, exclude the path from later index runs (:meth:`include` takes it back).
+        Returns how many images were forgotten (nothing is excluded when none was)."""
         p = str(Path(path).expanduser().resolve())
         with write_lock(self.home):
             start_version = self._vector_version()
@@ -519,6 +521,8 @@ class Collection(Store):
                     db.bump_vector_version(s)
             if ids:
                 self._cache.update(start_version, set(), set(ids))
+        if ids and exclude:
+            self.exclude([p])
         return len(ids)
 
     def stats(self) -> Stats:

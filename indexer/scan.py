@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -134,3 +135,42 @@ def plan_sync(
         plan.new.append(f)
     plan.removed = [k.id for k in missing if k.id not in moved_ids]
     return plan
+
+
+_GLOB = set("*?[")
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Paths a collection leaves out of every index run (``lookalike index --exclude``, ``lookalike remove``).
+
+    A pattern with a ``/`` is a path: without wildcards it excludes that file or everything under that
+    folder, with wildcards (``*``, ``?``, ``[...]``) it is matched against whole paths (``~/Pictures/*/tmp``).
+    A pattern without ``/`` is matched against every file and folder name (``*.gif``, ``thumbnails``).
+    """
+
+    patterns: tuple[str, ...] = ()
+
+    @staticmethod
+    def normalise(pattern: str) -> str:
+        """Absolute paths for path patterns (the collection outlives the working folder); names as given."""
+        pattern = pattern.strip()
+        if not pattern:
+            raise ValueError("an exclusion pattern cannot be empty")
+        if os.sep not in pattern and not pattern.startswith("~"):
+            return pattern
+        if _GLOB & set(pattern):
+            return os.path.abspath(os.path.expanduser(pattern))
+        return str(Path(pattern).expanduser().resolve())
+
+    def matches(self, path: str) -> bool:
+        for pattern in self.patterns:
+            if os.sep not in pattern:
+                if any(fnmatch.fnmatchcase(part, pattern) for part in Path(path).parts[1:]):
+                    return True
+            elif _GLOB & set(pattern):
+                if fnmatch.fnmatchcase(path, pattern):
+                    return True
+            elif path == pattern or path.startswith(pattern.rstrip(os.sep) + os.sep):
+                return True
+        return False

@@ -23,12 +23,14 @@ from retrieval.config import RuntimeOptions
 
 from . import db
 from .db import redact_url
-from .errors import CollectionBusyError, LookalikeError
+from .errors import CollectionBusyError, LookalikeError, SettingsError
+from .scan import Exclusions
 from .vector_index import IndexConfig, VectorIndex
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "lookalike.db"
+EXCLUDE_KEY = "exclude"
 LOCK_FILE = "lock"
 
 
@@ -89,6 +91,38 @@ class Store:
 
     def _session(self) -> Session:
         return Session(self._engine, expire_on_commit=False)
+
+    @property
+    def exclusions(self) -> Exclusions:
+        """What every index run of this home leaves out (a setting shared by images and face photos)."""
+        with self._session() as s:
+            return Exclusions(tuple(db.get_setting(s, EXCLUDE_KEY, [])))
+
+    def exclude(self, patterns: Sequence[str]) -> Exclusions:
+        """Add exclusion patterns (:class:`~indexer.scan.Exclusions`); returns them all."""
+        return self._edit_exclusions(patterns, add=True)
+
+    def include(self, patterns: Sequence[str]) -> Exclusions:
+        """Drop exclusion patterns, so the next index run takes those files again; returns what is left."""
+        return self._edit_exclusions(patterns, add=False)
+
+    def _edit_exclusions(self, patterns: Sequence[str], add: bool) -> Exclusions:
+        try:
+            given = [Exclusions.normalise(p) for p in patterns]
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        with self._session() as s, s.begin():
+            current = list(db.get_setting(s, EXCLUDE_KEY, []))
+            if add:
+                current += [p for p in given if p not in current]
+            else:
+                unknown = [p for p in given if p not in current]
+                if unknown:
+                    listed = ", ".join(current) or "none"
+                    raise SettingsError(f"not excluded: {', '.join(unknown)} (exclusions: {listed})")
+                current = [p for p in current if p not in given]
+            db.set_setting(s, EXCLUDE_KEY, current)
+        return Exclusions(tuple(current))
 
     def integrity_problem(self) -> str | None:
         """What SQLite's integrity check finds wrong with the database file (``None``: nothing, or not SQLite)."""

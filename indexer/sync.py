@@ -64,6 +64,9 @@ class IndexReport:
     mask_fallbacks: int = 0
     #: Of ``removed``: files outside the folder that are gone from disk (forgotten by this run).
     pruned: int = 0
+    #: Image files left out by the collection's exclusions (``Store.exclusions``); excluded files that were
+    #: indexed before are forgotten (counted in ``removed``).
+    excluded: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -329,6 +332,10 @@ def index_folder(
     lock; ``prepare`` runs first inside the lock. Fills ``report``; returns the up-to-date index."""
     t_start = time.perf_counter()
     root, scan = scan_root(folder)
+    exclusions = store.exclusions
+    if exclusions.patterns:
+        kept = [f for f in scan.files if not exclusions.matches(f.path)]
+        report.excluded, scan.files = len(scan.files) - len(kept), kept
     report.folder, report.scanned, report.ignored = str(root), len(scan.files), scan.ignored
     report.skipped.extend((d, f"cannot list folder ({why})") for d, why in scan.unreadable_dirs)
     with write_lock(store.home):

@@ -361,3 +361,20 @@ def test_doctor_repair_fixes_what_doctor_reports_missing_files_included(tmp_path
     repaired = coll.doctor(repair=True)
     assert any("forgot 4 images" in r for r in repaired.repaired)
     assert coll.doctor().ok and coll.stats().images == 12
+
+
+def test_remove_sticks_until_included_and_exclusions_leave_files_out(tmp_path, image_folder):
+    counter = [0]
+    coll = open_collection(tmp_path / "home", counter)
+    coll.index_folder(image_folder)
+    assert coll.remove(image_folder / "sub") == 4
+    again = coll.index_folder(image_folder)
+    assert (again.new, again.excluded, again.total_indexed) == (0, 4, 12)  # removed files do not come back
+    coll.include([str(image_folder / "sub")])
+    back = coll.index_folder(image_folder)
+    assert (back.new, back.total_indexed) == (4, 16)
+    coll.exclude(["*.jpg"])  # the 4 images under sub/ are JPEGs: forgotten at the next run
+    report = coll.index_folder(image_folder)
+    assert (report.excluded, report.removed, report.total_indexed) == (4, 4, 12)
+    with pytest.raises(LookalikeError, match="not excluded: nothing"):
+        coll.include(["nothing"])

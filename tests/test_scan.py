@@ -59,3 +59,24 @@ def test_two_copies_of_a_moved_file_keep_one_row_and_add_the_other():
     scanned = [ScannedFile("/r/x1", 10, 5), ScannedFile("/r/x2", 10, 5)]
     plan = plan_sync(scanned, [known(1, "/r/x", h="AAA")], hash_of=lambda p: "AAA")
     assert len(plan.moved) == 1 and len(plan.new) == 1 and plan.removed == []
+
+
+def test_exclusions_match_paths_folders_wildcards_and_names(tmp_path: Path):
+    from indexer.scan import Exclusions
+
+    folder = str(tmp_path / "photos")
+    ex = Exclusions(
+        (
+            Exclusions.normalise(str(tmp_path / "photos" / "private")),
+            Exclusions.normalise(str(tmp_path / "photos" / "*" / "tmp_*.png")),
+            Exclusions.normalise("*.gif"),
+            Exclusions.normalise("thumbnails"),
+        )
+    )
+    assert ex.matches(f"{folder}/private/a.jpg") and ex.matches(f"{folder}/private/deep/b.jpg")
+    assert not ex.matches(f"{folder}/private-not/a.jpg")  # a folder, not a prefix of names
+    assert ex.matches(f"{folder}/2024/tmp_1.png") and not ex.matches(f"{folder}/2024/keep_1.png")
+    assert ex.matches(f"{folder}/x/anim.gif") and ex.matches(f"{folder}/thumbnails/a.jpg")
+    assert not ex.matches(f"{folder}/x/a.jpg")
+    with pytest.raises(ValueError):
+        Exclusions.normalise("  ")
