@@ -237,7 +237,17 @@ def test_a_missing_query_is_reported_and_the_others_answered(indexed):
 
 @pytest.mark.parametrize(
     "args",
-    [["search", "q.jpg"], ["stats"], ["doctor"], ["remove", "x.jpg"], ["faces", "search", "q.jpg"], ["faces", "list"]],
+    [
+        ["search", "q.jpg"],
+        ["stats"],
+        ["doctor"],
+        ["remove", "x.jpg"],
+        ["duplicates"],
+        ["faces", "search", "q.jpg"],
+        ["faces", "identify", "q.jpg"],
+        ["faces", "verify", "q.jpg", "--as", "ann"],
+        ["faces", "list"],
+    ],
 )
 def test_read_only_commands_say_there_is_no_collection_and_create_nothing(tmp_path, args):
     home = tmp_path / "nowhere"
