@@ -25,6 +25,16 @@ def _echo_report(report: DuplicateReport) -> None:
             f"threshold {report.threshold:.4f}, calibrated for precision {cal.target_precision:.3g} on "
             f"{cal.copies} edited copies of {cal.originals} of your images: expected recall {cal.expected_recall:.3f}"
         )
+        if cal.threshold_strict is not None:
+            click.echo(
+                f"  (--strict, near-identical shots counted as mistakes: threshold {cal.threshold_strict:.4f}, "
+                f"expected recall {cal.expected_recall_strict:.3f})"
+            )
+    elif cal is not None and cal.threshold_strict is not None and abs(cal.threshold_strict - report.threshold) < 1e-9:
+        click.echo(
+            f"strict threshold {report.threshold:.4f} for precision {cal.target_precision:.3g}: expected recall "
+            f"{cal.expected_recall_strict:.3f}"
+        )
     else:
         click.echo(f"threshold {report.threshold:.4f} (given)")
     copies = sum(len(g.files) - 1 for g in report.groups)
@@ -76,6 +86,9 @@ def _echo_actions(report: ActionReport) -> None:
     type=click.FloatRange(0.5, 1, max_open=True),
     help="Target precision to calibrate for (default 0.99).",
 )
+@click.option(
+    "--strict", is_flag=True, help="Use the strict calibrated threshold (near-identical shots count as mistakes)."
+)
 @click.option("--calibrate", is_flag=True, help="Calibrate the threshold again on edited copies of your images.")
 @click.option("--exact", is_flag=True, help="Byte-identical copies only (no network, no calibration).")
 @click.option(
@@ -98,6 +111,7 @@ def duplicates(
     reference: Path | None,
     threshold: float | None,
     precision: float | None,
+    strict: bool,
     calibrate: bool,
     exact: bool,
     k: int,
@@ -159,7 +173,7 @@ def duplicates(
         if not matches:
             ctx.exit(4)
         return
-    report = finder.find(folder, threshold, precision, reference, exact, k, progress=TqdmProgress())
+    report = finder.find(folder, threshold, precision, reference, exact, k, progress=TqdmProgress(), strict=strict)
     if not actions:
         click.echo(json.dumps(report.to_dict(), indent=2)) if as_json else _echo_report(report)
         return

@@ -141,6 +141,10 @@ class Calibration:
     created: float = field(default_factory=time.time)
     #: recall at the threshold by edit strength (0 light, 1 medium, 2 strong)
     recall_by_strength: dict[str, float] = field(default_factory=dict)
+    #: the strict variant: every image but the original's re-encodes counted as a mistake, including copies
+    #: already in the collection and near-identical shots (``--strict``)
+    threshold_strict: float | None = None
+    expected_recall_strict: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -427,14 +431,20 @@ def calibrate_scores(
     id_to_pos: np.ndarray | None = None,
     hash_code: np.ndarray | None = None,
     k: int = 20,
+    same_picture: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores for calibration: each copy's score with its original (``copy_original``: the original's
     position in ``vectors``), and the best score of an image that is not its original -> ``(positives,
-    negatives)``. Images already in the collection that look like copies of the original (same hash, or closer
-    to the original than the copies' median score) are not counted as "other" images."""
+    negatives)``. Images already in the collection that look like copies of the original are not counted as
+    "other" images: those with the same hash, and those scoring at least ``same_picture`` with the original
+    (default: the copies' median score, i.e. closer to the original than a typical edited copy). So existing
+    copies do not count as mistakes, and neither do near-identical shots (bursts) that close: the precision
+    promised is then an upper bound in collections full of them. ``same_picture=0.985`` counts everything but
+    re-encodes and resizes as a mistake (the strict variant, :attr:`Calibration.threshold_strict`)."""
     copy_vectors = np.ascontiguousarray(copy_vectors, np.float32)
     pos = np.einsum("ij,ij->i", copy_vectors, vectors[copy_original])
-    level = float(np.median(pos))
+    if same_picture is None:
+        same_picture = float(np.median(pos))
     scores, ids = index.search(copy_vectors, min(k, len(index)))
     if id_to_pos is not None:
         p = np.clip(np.searchsorted(id_to_pos, ids), 0, len(id_to_pos) - 1)
@@ -447,7 +457,7 @@ def calibrate_scores(
                 continue
             if hash_code is not None and hash_code[o] >= 0 and hash_code[j] == hash_code[o]:
                 continue
-            if float(vectors[j] @ vectors[o]) >= level:
+            if float(vectors[j] @ vectors[o]) >= same_picture:
                 continue  # already a copy of the original in the collection
             neg[i] = sc
             break
@@ -597,6 +607,8 @@ class DuplicateFinder:
         index = self.coll._cache.current()
         pos_scores, neg_scores = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes))
         t, recall, prec = threshold_for_precision(pos_scores, neg_scores, precision)
+        _, strict_neg = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes), same_picture=0.985)
+        t_strict, recall_strict, _ = threshold_for_precision(pos_scores, strict_neg, precision)
         cal = Calibration(
             threshold=round(t, 6),
             target_precision=precision,
@@ -606,6 +618,8 @@ class DuplicateFinder:
             copies=len(done),
             seed=seed,
             model=self._model_description(),
+            threshold_strict=round(t_strict, 6),
+            expected_recall_strict=round(recall_strict, 4),
             recall_by_strength={
                 str(st): round(float((pos_scores[cs == st] >= t).mean()), 4) for st in sorted(set(cs.tolist()))
             },
@@ -617,7 +631,11 @@ class DuplicateFinder:
         return cal
 
     def threshold(
-        self, threshold: float | None = None, precision: float | None = None, progress: Progress | None = None
+        self,
+        threshold: float | None = None,
+        precision: float | None = None,
+        progress: Progress | None = None,
+        strict: bool = False,
     ) -> tuple[float, Calibration | None]:
         """The threshold to use: ``threshold`` when given; else the stored calibration's (calibrated now when
         there is none, or when ``precision`` asks for another target)."""
@@ -628,6 +646,8 @@ class DuplicateFinder:
         cal = self.stored_calibration()
         if cal is None or (precision is not None and abs(cal.target_precision - precision) > 1e-9):
             cal = self.calibrate(precision=precision if precision is not None else 0.99, progress=progress)
+        if strict and cal.threshold_strict is not None:
+            return cal.threshold_strict, cal
         return cal.threshold, cal
 
     # ------------------------------------------------------------------ groups
@@ -641,11 +661,13 @@ class DuplicateFinder:
         k: int = DEFAULT_K,
         check_files: bool = True,
         progress: Progress | None = None,
+        strict: bool = False,
     ) -> DuplicateReport:
         """Groups of copies among the indexed images (under ``folder`` when given, plus those under
         ``reference``, whose files are preferred as keepers and never touched). ``exact_only``: byte-identical
         copies only, from the database (no network, no calibration). ``check_files``: leave out files no
-        longer on disk."""
+        longer on disk. ``strict``: the calibration's strict threshold (near-identical shots counted as
+        mistakes)."""
         started = time.perf_counter()
         self._require_indexed()
         folder_s = str(Path(folder).expanduser().resolve()) if folder is not None else None
@@ -655,7 +677,7 @@ class DuplicateFinder:
             vectors = None
             t, cal = None, None
         else:
-            t, cal = self.threshold(threshold, precision, progress)
+            t, cal = self.threshold(threshold, precision, progress, strict)
             ids, vectors = self.coll.vectors()
             rows = self._rows(ids)
         n_all = len(rows.paths)

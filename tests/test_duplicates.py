@@ -17,12 +17,14 @@ from indexer.duplicates import (
     CALIBRATION_SETTING,
     DuplicateFinder,
     FileTable,
+    calibrate_scores,
     connected_components,
     group_exact,
     group_vectors,
     threshold_for_precision,
 )
 from indexer.engine import Collection
+from indexer.vector_index import IndexConfig, VectorIndex
 from retrieval.model import Embedder
 
 from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image, make_folder
@@ -132,6 +134,31 @@ def test_threshold_for_precision_is_the_lowest_safe_one():
     assert recall == 0.0 and t > 0.9
 
 
+def rotated(v: np.ndarray, towards: np.ndarray, cos: float) -> np.ndarray:
+    """A unit vector at cosine ``cos`` from unit ``v``, in the plane of ``v`` and ``towards``."""
+    w = towards - (towards @ v) * v
+    w /= np.linalg.norm(w)
+    return (cos * v + np.sqrt(1 - cos**2) * w).astype(np.float32)
+
+
+def test_calibration_negatives_leave_out_the_original_and_its_copies_only():
+    rng = np.random.default_rng(0)
+    base = unit(rng.normal(size=(4, 16)))
+    o = base[0]
+    collection = np.stack([o, rotated(o, base[1], 0.99), rotated(o, base[2], 0.93), base[3]])
+    # rows: the original, a resize of it already in the collection (0.99), a near-identical shot (0.93), other
+    copies = np.stack([rotated(o, base[3], c) for c in (0.96, 0.95, 0.94)])
+    index = VectorIndex.build(np.arange(4), collection, IndexConfig(device="cpu"))
+    originals = np.zeros(3, np.int64)
+    pos, neg = calibrate_scores(copies, originals, collection, index)
+    assert np.allclose(pos, [0.96, 0.95, 0.94], atol=1e-5)
+    # median copy score 0.95: the shot at 0.93 to the original is "another image", the 0.99 resize is not
+    expected = copies @ collection[2]
+    assert np.allclose(neg, np.maximum(expected, copies @ collection[3]), atol=1e-5)
+    _, strict = calibrate_scores(copies, originals, collection, index, same_picture=0.995)
+    assert np.all(strict >= copies @ collection[1] - 1e-5)  # now the 0.99 copy counts as a mistake too
+
+
 def test_edited_copies_are_seeded_and_every_edit_works():
     img = draw_image(3, (120, 90))
     for name in EDITS:
@@ -173,6 +200,7 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     cal = finder.calibrate(samples=12, copies_per_image=3, seed=0)
     assert -1.0 <= cal.threshold <= 1.0 and 0.0 <= cal.expected_recall <= 1.0
     assert cal.copies == 36 and cal.originals == 12 and set(cal.recall_by_strength) == {"0", "1", "2"}
+    assert cal.threshold_strict is not None and 0.0 <= cal.expected_recall_strict <= 1.0
     assert finder.stored_calibration() == cal
     with coll._session() as s:
         from indexer import db

@@ -1,0 +1,309 @@
+"""Near-duplicate groups on a seeded set built from the shared data: lookalike at its calibrated threshold
+against perceptual hash, difference hash and a CNN at imagededup's default thresholds; pair precision, recall,
+F1; time and peak memory; the precision the calibration promised against the one measured.
+
+The set (``--work``, default ``benchmarks/results/duplicates-set``; seeded by ``--seed``):
+
+- originals: COIL-20 objects in 3 poses each (0, 30 and 90 degrees: the same object in another pose is a
+  distractor, similar but not a copy), LFW people with 2 photos each (the same person in another photo is a
+  distractor), LFW people with 1 photo, Weizmann horse photos (horses on grass: one scene type);
+- copies: half of the originals get 1 or 2 edited copies (:func:`indexer.copy_edits.edited_copy`: crops,
+  resizes, small rotations, colour, JPEG, overlays, flips, 1-3 edits each), strength light / medium / strong in
+  turn, saved as JPEG quality 90; a few originals get a byte-identical copy.
+
+True groups: an original and its copies. Scores are over pairs: a method's pairs are every pair inside one of
+its groups (lookalike) or the pairs it reports (the hashes and the CNN, as imagededup reports them).
+
+Baselines (reimplemented here, as imagededup computes them): pHash (32 x 32 grey, 2-D DCT, the 8 x 8 low
+frequencies against their median without the DC term) and dHash (9 x 8 grey, each pixel against its right
+neighbour... by rows), 64 bits, Hamming distance <= 10 (imagededup's default ``max_distance_threshold``);
+"CNN @ 0.9": the same lookalike vectors with every pair at cosine >= 0.9 (imagededup's default
+``min_similarity_threshold`` for its CNN; its own MobileNet is not used here).
+
+The calibration never sees the benchmark's copies: it makes its own edited copies of images of the collection
+(which here holds the benchmark's originals and copies), with its own seed.
+
+Keep it small on a shared 2-core machine (about 1,000 images; ``--lfw-singles``, ``--horses`` size it).
+Run: ``python -m benchmarks.bench_duplicates``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import RESULTS, BenchParser, machine, require_dataset, write_json
+from benchmarks.shared_data import COIL20, LFW, coil20, weizmann_photos
+from benchmarks.timing import Stopwatch, loadavg
+from indexer.copy_edits import edited_copy
+from indexer.duplicates import DuplicateFinder
+from indexer.engine import Collection
+from indexer.imageio import load_image
+from retrieval.config import RuntimeOptions
+
+IMAGEDEDUP_HASH_DISTANCE = 10
+IMAGEDEDUP_CNN_SIMILARITY = 0.9
+
+
+# --------------------------------------------------------------------------------------------- the set
+
+
+def build_set(work: Path, seed: int, lfw_pairs: int, lfw_singles: int, horses: int) -> list[dict]:
+    """Write the set under ``work/images`` -> manifest rows ``{path, group, kind, source, strength}``."""
+    rng = np.random.default_rng(seed)
+    images = work / "images"
+    if images.exists():
+        shutil.rmtree(images)
+    (images / "originals").mkdir(parents=True)
+    (images / "copies").mkdir()
+    originals: list[tuple[Path, str]] = []  # (file, source: what a distractor of it shares)
+    files, objects = coil20()
+    for f, o in zip(files, objects):
+        if Path(f).name.split("__")[1] in ("0.png", "6.png", "18.png"):
+            originals.append((Path(f), f"coil-object-{o}"))
+    lfw = require_dataset(LFW)
+    people = sorted(d for d in lfw.iterdir() if d.is_dir())
+    pairs = singles = 0
+    for d in people:
+        photos = sorted(d.glob("*.jpg"))
+        if len(photos) >= 2 and pairs < lfw_pairs:
+            originals += [(photos[0], f"lfw-{d.name}"), (photos[1], f"lfw-{d.name}")]
+            pairs += 1
+        elif len(photos) == 1 and singles < lfw_singles:
+            originals.append((photos[0], f"lfw-{d.name}"))
+            singles += 1
+        if pairs >= lfw_pairs and singles >= lfw_singles:
+            break
+    horse_files = sorted(weizmann_photos().glob("*.jpg"))[:horses]
+    originals += [(p, "horse") for p in horse_files]
+
+    manifest: list[dict] = []
+    strength = 0
+    for g, (src, source) in enumerate(originals):
+        dest = images / "originals" / f"{g:04d}_{src.name}"
+        shutil.copy(src, dest)
+        manifest.append(dict(path=str(dest.resolve()), group=g, kind="original", source=source, strength=None))
+        if rng.random() < 0.5:
+            img = Image.open(src).convert("RGB")
+            for c in range(int(rng.integers(1, 3))):
+                copy = edited_copy(img, rng, strength=strength)
+                p = images / "copies" / f"{g:04d}_{c}_s{strength}_{'-'.join(copy.edits)}.jpg"
+                copy.image.save(p, quality=90)
+                manifest.append(dict(path=str(p.resolve()), group=g, kind="edited", source=source, strength=strength))
+                strength = (strength + 1) % 3
+        if rng.random() < 0.05:
+            p = images / "copies" / f"{g:04d}_exact{src.suffix}"
+            shutil.copy(src, p)
+            manifest.append(dict(path=str(p.resolve()), group=g, kind="exact", source=source, strength=None))
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    m[0] /= np.sqrt(2)
+    return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash(img: Image.Image) -> np.ndarray:
+    """64-bit perceptual hash: 32 x 32 grey, 2-D DCT, the 8 x 8 lowest frequencies against their median
+    (the DC term left out of the median)."""
+    g = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+    coef = (_DCT32 @ g @ _DCT32.T)[:8, :8].ravel()
+    return coef > np.median(coef[1:])
+
+
+def dhash(img: Image.Image) -> np.ndarray:
+    """64-bit difference hash: 9 x 8 grey, each pixel brighter than its left neighbour."""
+    g = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.LANCZOS), np.int16)
+    return (g[:, 1:] > g[:, :-1]).ravel()
+
+
+def hash_pairs(bits: np.ndarray, max_distance: int) -> set[tuple[int, int]]:
+    """Pairs at Hamming distance <= ``max_distance`` (every pair compared, as imagededup's brute force)."""
+    b = bits.astype(np.int16)
+    dist = b.shape[1] - (b @ b.T + (1 - b) @ (1 - b).T)
+    i, j = np.nonzero(np.triu(dist <= max_distance, 1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def group_pairs(groups: list[list[int]]) -> set[tuple[int, int]]:
+    out: set[tuple[int, int]] = set()
+    for g in groups:
+        g = sorted(g)
+        out.update((a, b) for n, a in enumerate(g) for b in g[n + 1 :])
+    return out
+
+
+def score(found: set[tuple[int, int]], truth: set[tuple[int, int]], manifest: list[dict]) -> dict:
+    tp = len(found & truth)
+    precision = tp / len(found) if found else 1.0
+    recall = tp / len(truth) if truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    fp = found - truth
+    same_source = sum(manifest[a]["source"] == manifest[b]["source"] for a, b in fp)
+    by_strength: dict[str, float] = {}
+    for s in (0, 1, 2):
+        pairs = {
+            (a, b)
+            for a, b in truth
+            if manifest[a]["kind"] == "original"
+            and manifest[b]["strength"] == s
+            or manifest[b]["kind"] == "original"
+            and manifest[a]["strength"] == s
+        }
+        if pairs:
+            by_strength[str(s)] = round(len(pairs & found) / len(pairs), 4)
+    return {
+        "pairs_found": len(found),
+        "pair_precision": round(precision, 4),
+        "pair_recall": round(recall, 4),
+        "pair_f1": round(f1, 4),
+        "false_pairs": len(fp),
+        "false_pairs_same_object_or_person_or_horse": same_source,
+        "recall_original_vs_copy_by_strength": by_strength,
+    }
+
+
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def main() -> None:
+    p = BenchParser(__doc__, threads=2, workers=2, seed=0, out="duplicates.json")
+    p.add_argument("--work", type=Path, default=RESULTS / "duplicates-set")
+    p.add_argument("--lfw-pairs", type=int, default=60)
+    p.add_argument("--lfw-singles", type=int, default=300)
+    p.add_argument("--horses", type=int, default=100)
+    p.add_argument("--precision-target", type=float, default=0.99)
+    p.add_argument("--calibration-samples", type=int, default=100)
+    p.add_argument("--reuse", action="store_true", help="reuse the set and the index already in --work")
+    args = p.parse_args()
+    require_dataset(COIL20)
+    load_before = loadavg()
+    work: Path = args.work
+    home = work / "home"
+    if args.reuse and (work / "manifest.json").exists():
+        manifest = json.loads((work / "manifest.json").read_text())
+        build_seconds = None
+    else:
+        if home.exists():
+            shutil.rmtree(home)
+        with Stopwatch() as build:
+            manifest = build_set(work, args.seed, args.lfw_pairs, args.lfw_singles, args.horses)
+        build_seconds = round(build.seconds, 1)
+    pos = {m["path"]: i for i, m in enumerate(manifest)}
+    groups_true: dict[int, list[int]] = {}
+    for i, m in enumerate(manifest):
+        groups_true.setdefault(m["group"], []).append(i)
+    truth = group_pairs(list(groups_true.values()))
+
+    coll = Collection(home, runtime=RuntimeOptions(device="cpu", workers=args.workers))
+    with Stopwatch() as index_clock:
+        report = coll.index_folder(work / "images")
+    finder = DuplicateFinder(coll)
+    with Stopwatch() as cal_clock:
+        cal = finder.calibrate(precision=args.precision_target, samples=args.calibration_samples, seed=args.seed + 1)
+    tracemalloc.start()
+    with Stopwatch() as find_clock:
+        found = finder.find(threshold=cal.threshold)
+    _, find_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    look_groups = [[pos[f.path] for f in g.files] for g in found.groups]
+    results: dict[str, dict] = {}
+    results["lookalike (calibrated)"] = {
+        **score(group_pairs(look_groups), truth, manifest),
+        "threshold": cal.threshold,
+        "group_seconds": round(find_clock.seconds, 3),
+        "group_peak_traced_mb": round(find_peak / 2**20, 1),
+    }
+    strict = finder.find(threshold=cal.threshold_strict)
+    results["lookalike (calibrated, --strict)"] = {
+        **score(group_pairs([[pos[f.path] for f in g.files] for g in strict.groups]), truth, manifest),
+        "threshold": cal.threshold_strict,
+    }
+
+    # the CNN baseline: every pair of lookalike vectors at cosine >= 0.9
+    ids, vecs = coll.vectors()
+    rows = finder._rows(ids)
+    order = np.array([pos[p] for p in rows.paths])
+    with Stopwatch() as cnn_clock:
+        sims = vecs @ vecs.T
+        i, j = np.nonzero(np.triu(sims >= IMAGEDEDUP_CNN_SIMILARITY, 1))
+        cnn = {tuple(sorted((int(order[a]), int(order[b])))) for a, b in zip(i, j)}
+    results["CNN @ 0.9 (lookalike vectors, imagededup's default)"] = {
+        **score(cnn, truth, manifest),
+        "group_seconds": round(cnn_clock.seconds, 3),
+    }
+
+    # the hashes
+    with Stopwatch() as decode:
+        imgs = [Image.fromarray(load_image(m["path"], max_side=None).pixels) for m in manifest]
+    for name, fn in (("pHash", phash), ("dHash", dhash)):
+        tracemalloc.start()
+        with Stopwatch() as clock:
+            bits = np.stack([fn(im) for im in imgs])
+            pairs = hash_pairs(bits, IMAGEDEDUP_HASH_DISTANCE)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        results[f"{name} <= {IMAGEDEDUP_HASH_DISTANCE} (imagededup's default)"] = {
+            **score(pairs, truth, manifest),
+            "seconds_hash_and_pair": round(clock.seconds, 3),
+            "peak_traced_mb": round(peak / 2**20, 1),
+        }
+    del imgs
+    kinds = {k: sum(m["kind"] == k for m in manifest) for k in ("original", "edited", "exact")}
+    write_json(
+        args.out,
+        {
+            "benchmark": "duplicates",
+            "set": {
+                "images": len(manifest),
+                **kinds,
+                "true_pairs": len(truth),
+                "seed": args.seed,
+                "build_seconds": build_seconds,
+                "sources": "COIL-20 (3 poses x 20 objects), LFW deep-funneled, Weizmann horses",
+            },
+            "index": {"seconds": round(index_clock.seconds, 1), "embedded": report.embedded},
+            "calibration": {
+                **cal.to_dict(),
+                "seconds": round(cal_clock.seconds, 1),
+                "promised_precision": cal.expected_precision,
+                "measured_precision": results["lookalike (calibrated)"]["pair_precision"],
+                "promised_recall": cal.expected_recall,
+                "measured_recall": results["lookalike (calibrated)"]["pair_recall"],
+                "strict_measured_precision": results["lookalike (calibrated, --strict)"]["pair_precision"],
+                "strict_promised_recall": cal.expected_recall_strict,
+                "strict_measured_recall": results["lookalike (calibrated, --strict)"]["pair_recall"],
+            },
+            "methods": results,
+            "decode_seconds_for_hashes": round(decode.seconds, 1),
+            "peak_rss_gb": peak_rss_gb(),
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "machine": machine(when=time.strftime("%Y-%m-%d %H:%M")),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
