@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 CALIBRATION_SETTING = "duplicates_calibration"
 #: Neighbours per image in the k-NN graph.
 DEFAULT_K = 16
+#: Search effort while building the graph (at most; an index set lower keeps its own).
+GRAPH_EF_SEARCH = 96
+GRAPH_NPROBE = 16
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -244,6 +247,10 @@ def knn_edges(
     n = vectors.shape[0]
     k = max(1, min(k + 1, len(index)))
     out_a, out_b, out_s = [], [], []
+    # copies are each other's nearest neighbours by a wide margin: the graph needs far less search effort
+    # than the collection's interactive queries are tuned for (HNSW ef_search 384, IVF nprobe 128)
+    saved = index.config
+    index.set_search_params(nprobe=min(saved.nprobe, GRAPH_NPROBE), ef_search=min(saved.ef_search, GRAPH_EF_SEARCH))
     progress.start(n, "neighbours")
     try:
         for start in range(0, n, batch):
@@ -268,6 +275,7 @@ def knn_edges(
             progress.advance(q.shape[0])
     finally:
         progress.finish()
+        index.set_search_params(nprobe=saved.nprobe, ef_search=saved.ef_search)
     if not out_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     a, b, s = np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
