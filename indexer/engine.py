@@ -14,13 +14,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.model import Embedder
 from retrieval.registry import UnknownNameError
 from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
@@ -34,6 +34,9 @@ from .pipeline import embed_files
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
 from .vector_index import IndexConfig, VectorIndex
+
+if TYPE_CHECKING:
+    from retrieval.model import Embedder
 
 __all__ = [
     "Collection",
@@ -117,7 +120,17 @@ class DoctorReport:
         return not self.problems
 
 
-EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], Embedder]
+EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], "Embedder"]
+
+
+def build_network(model: ModelConfig, runtime: RuntimeOptions) -> Embedder:
+    """The embedding network of ``model`` (torch is imported here, when a network is first needed: commands
+    that embed nothing start fast)."""
+    from retrieval.model import Embedder
+
+    return Embedder(model, runtime)
+
+
 MaskerFactory = Callable[[MaskSettings], Masker]
 
 
@@ -133,7 +146,7 @@ class Collection(Store):
         home: str | Path | None = None,
         db_url: str | None = None,
         runtime: RuntimeOptions | None = None,
-        embedder_factory: EmbedderFactory = Embedder,
+        embedder_factory: EmbedderFactory = build_network,
         masker_factory: MaskerFactory = Masker,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,

@@ -20,13 +20,15 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.model import Embedder
-
 from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, load_image
 from .masking import Masker, MaskOutcome
+
+if TYPE_CHECKING:  # torch is imported where a network is built, not by reading files
+    from retrieval.model import Embedder
 
 log = logging.getLogger(__name__)
 

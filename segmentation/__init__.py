@@ -3,14 +3,12 @@
 ``build_segmenter("grabcut")`` returns a callable ``(H, W, 3) uint8 -> (H, W) bool``; see :mod:`segmentation.base`.
 
 Importing the package registers the built-in segmenters: each implementation module registers its names in
-:data:`segmentation.base.SEGMENTERS` when it is imported here (the registry module imports no implementation).
+:data:`segmentation.base.SEGMENTERS` when it is imported (the registry module imports no implementation). The
+weight-free ones are imported here; the torch ones are declared by name and imported on first use, so that
+importing the package (e.g. for a command's ``--help``) does not load torch.
 """
 
-from . import (
-    classical,  # noqa: F401  (grabcut, grabcut_rect, lab_kmeans, border_saliency)
-    torchvision_models,  # noqa: F401  (deeplab, deeplab_mobilenet, fcn, maskrcnn [:WEIGHTS])
-    unet,  # noqa: F401  (unet:PATH)
-)
+from . import classical  # noqa: F401  (grabcut, grabcut_rect, lab_kmeans, border_saliency)
 from .base import (
     DEFAULT_MIN_FRACTION,
     SEGMENTERS,
@@ -21,6 +19,9 @@ from .base import (
     iou,
     parse_spec,
 )
+
+SEGMENTERS.register_lazily(["unet"], "segmentation.unet")  # unet:CHECKPOINT
+SEGMENTERS.register_lazily(["deeplab", "deeplab_mobilenet", "fcn", "maskrcnn"], "segmentation.torchvision_models")
 
 __all__ = [
     "DEFAULT_MIN_FRACTION",
