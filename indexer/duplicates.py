@@ -717,12 +717,11 @@ class DuplicateFinder:
             raw_groups.sort(key=lambda g: int(rank[g[0][0]]))
         else:
             assert vectors is not None
-            if sel.size == n_all:
-                index = self.coll._cache.current()
-                id_to_pos = rows.ids if len(index) == n_all else None
-                if id_to_pos is None:
-                    index = None
-                raw_groups = group_vectors(vectors, t, table, index, k, id_to_pos, progress)
+            # the collection's own index when the selection is most of it (neighbours outside the selection
+            # are dropped); a new one over the selection when it is a small part
+            index = self.coll._cache.current() if 2 * sel.size >= n_all else None
+            if index is not None and len(index) == n_all:
+                raw_groups = group_vectors(vectors[sel], t, table, index, k, rows.ids[sel], progress)
             else:
                 raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress)
         groups = []

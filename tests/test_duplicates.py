@@ -235,6 +235,14 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     t, matches = finder.of(dup_folder / "img_0007.png", threshold=0.999)
     assert [Path(m.path).name for m in matches] == ["exact_7.png"] and matches[0].exact
 
+    # a file deleted since indexing is left out and named; the other groups stay
+    (dup_folder / "exact_7.png").unlink()
+    after = finder.find(threshold=0.85)
+    assert after.missing == [str((dup_folder / "exact_7.png").resolve())]
+    names_after = [{Path(f.path).name for f in g.files} for g in after.groups]
+    assert not any("exact_7.png" in n for n in names_after)
+    assert any({"img_0005.png", "jpeg_5.jpg"} <= n for n in names_after)
+
 
 def test_reference_files_are_kept_and_folder_limits_the_search(tmp_path, one_thread):
     ref, new = tmp_path / "ref", tmp_path / "new"
