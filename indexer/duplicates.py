@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 CALIBRATION_SETTING = "duplicates_calibration"
 #: Neighbours per image in the k-NN graph.
 DEFAULT_K = 16
+#: The k-NN graph kept between runs (in the home), with its edges down to this much below the threshold.
+GRAPH_FILE = "duplicates-graph.npz"
+GRAPH_MARGIN = 0.05
 #: Search effort while building the graph (at most; an index set lower keeps its own).
 GRAPH_EF_SEARCH = 96
 GRAPH_NPROBE = 16
@@ -239,10 +242,13 @@ def knn_edges(
     id_to_pos: np.ndarray | None = None,
     batch: int = 16384,
     progress: Progress | None = None,
+    query_pos: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k-NN graph's edges at or above ``threshold``: each row of ``vectors`` searched in ``index`` ->
     ``(a, b, score)`` with ``a < b`` positions (each pair once). ``id_to_pos`` maps the index's ids to rows of
-    ``vectors`` (sorted ids -> positions, via ``np.searchsorted``); ``None``: the ids are the positions."""
+    ``vectors`` (sorted ids -> positions, via ``np.searchsorted``); ``None``: the ids are the positions.
+    ``query_pos``: the positions of the rows of ``vectors`` (when they are a part of the whole: the rows to
+    check again in an incremental run)."""
     progress = progress or NullProgress()
     n = vectors.shape[0]
     k = max(1, min(k + 1, len(index)))
@@ -256,7 +262,8 @@ def knn_edges(
         for start in range(0, n, batch):
             q = np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)
             scores, ids = index.search(q, k)
-            rows = np.repeat(np.arange(start, start + q.shape[0]), k).reshape(q.shape[0], k)
+            row_pos = np.arange(start, start + q.shape[0]) if query_pos is None else query_pos[start : start + batch]
+            rows = np.repeat(row_pos, k).reshape(q.shape[0], k)
             keep = (ids >= 0) & (scores >= threshold)
             nb = ids[keep]
             if id_to_pos is not None:
@@ -280,7 +287,7 @@ def knn_edges(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     a, b, s = np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
     if a.size:
-        key = a * n + b
+        key = a * (int(max(a.max(), b.max())) + 1) + b
         _, first = np.unique(key, return_index=True)
         a, b, s = a[first], b[first], s[first]
     return a.astype(np.int64), b.astype(np.int64), s.astype(np.float32)
@@ -330,22 +337,27 @@ def group_vectors(
     k: int = DEFAULT_K,
     id_to_pos: np.ndarray | None = None,
     progress: Progress | None = None,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
     """Groups of copies among ``vectors`` (``(N, D)``, L2-normalised) -> for each group ``(members, scores,
     pairs)``: positions with the keeper first (then by score, highest first), each one's score with the keeper,
     and the graph's edges inside the group as ``(i, j, score)`` over ``members``.
 
     ``index`` (ids = positions, or mapped by ``id_to_pos``) gives the k-NN graph; ``None`` builds one over
-    ``vectors``. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
+    ``vectors``; ``edges`` (``(a, b, score)`` positions) gives the graph directly. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = vectors.shape[0]
     files = files or FileTable.plain(n)
     if n < 2:
         return []
-    if index is None:
-        index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, IndexConfig(device="cpu"))
-        id_to_pos = None
-    a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
+    if edges is not None:
+        keep = edges[2] >= threshold
+        a, b, s = edges[0][keep], edges[1][keep], edges[2][keep]
+    else:
+        if index is None:
+            index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, IndexConfig(device="cpu"))
+            id_to_pos = None
+        a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
     ea, eb = group_exact(files.hash_code)
     all_a = np.concatenate([a, ea])
     all_b = np.concatenate([b, eb])
@@ -721,7 +733,9 @@ class DuplicateFinder:
             # are dropped); a new one over the selection when it is a small part
             index = self.coll._cache.current() if 2 * sel.size >= n_all else None
             if index is not None and len(index) == n_all:
-                raw_groups = group_vectors(vectors[sel], t, table, index, k, rows.ids[sel], progress)
+                sel_ids = rows.ids[sel]
+                edges = self._graph(vectors[sel], sel_ids, [rows.hashes[i] for i in sel], index, t, k, progress)
+                raw_groups = group_vectors(vectors[sel], t, table, edges=edges)
             else:
                 raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress)
         groups = []
@@ -756,6 +770,72 @@ class DuplicateFinder:
             missing=missing,
             seconds=time.perf_counter() - started,
         )
+
+    # ------------------------------------------------------------------ the graph, kept between runs
+    def _graph_signature(self) -> str:
+        with self.coll._session() as s:
+            learned_on = db.get_setting(s, "whitening_learned_on", 0)
+        return f"{self._model_description()}; whitening learned on {learned_on}"
+
+    def _graph(
+        self,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        hashes: list[str | None],
+        index: VectorIndex,
+        threshold: float,
+        k: int,
+        progress: Progress | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The k-NN graph's edges at or above ``threshold`` over ``ids`` (positions in ``ids``), kept in the home
+        (``duplicates-graph.npz``) with ``GRAPH_MARGIN`` below the threshold: a later run searches only the
+        images that are new or changed since (and everything again when the model, the whitening, ``k`` or a
+        lower threshold asks for it)."""
+        path = self.coll.home / GRAPH_FILE
+        signature = self._graph_signature()
+        store_t = threshold - GRAPH_MARGIN
+        cached = None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["signature"]) == signature and float(z["threshold"]) <= threshold and int(z["k"]) >= k:
+                    cached = {name: z[name] for name in ("ids", "hashes", "a", "b", "s")}
+                    store_t, k = float(z["threshold"]), int(z["k"])
+        except (OSError, KeyError, ValueError):
+            cached = None
+        hash_strs = np.array([h or "" for h in hashes])
+        if cached is None:
+            todo = np.arange(ids.size)
+            a_id = b_id = np.zeros(0, np.int64)
+            s_old = np.zeros(0, np.float32)
+        else:
+            known = dict(zip(cached["ids"].tolist(), cached["hashes"].tolist()))
+            todo = np.array(
+                [p for p, (i, h) in enumerate(zip(ids.tolist(), hash_strs.tolist())) if known.get(i) != h], np.int64
+            )
+            stale = np.concatenate([ids[todo], np.setdiff1d(cached["ids"], ids)])
+            ok = ~np.isin(cached["a"], stale) & ~np.isin(cached["b"], stale)
+            a_id, b_id, s_old = cached["a"][ok], cached["b"][ok], cached["s"][ok]
+            log.info("duplicates: %d of %d images are new or changed since the last run", todo.size, ids.size)
+        if todo.size:
+            a, b, s_new = knn_edges(index, vectors[todo], store_t, k, ids, progress=progress, query_pos=todo)
+            a_id = np.concatenate([a_id, ids[a]])
+            b_id = np.concatenate([b_id, ids[b]])
+            s_old = np.concatenate([s_old, s_new])
+        tmp = path.with_name(path.name + ".tmp.npz")
+        try:
+            np.savez(
+                tmp, signature=signature, threshold=store_t, k=k, ids=ids, hashes=hash_strs, a=a_id, b=b_id, s=s_old
+            )
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not keep the duplicates graph in %s: %s", path, exc)
+        pos_a = np.searchsorted(ids, a_id)
+        pos_b = np.searchsorted(ids, b_id)
+        lo, hi = np.minimum(pos_a, pos_b), np.maximum(pos_a, pos_b)
+        if lo.size:
+            _, first = np.unique(lo * ids.size + hi, return_index=True)
+            return lo[first], hi[first], s_old[first]
+        return lo, hi, s_old
 
     # ------------------------------------------------------------------ one file
     def of(

@@ -295,3 +295,37 @@ def test_cli_json_shape(tmp_path, dup_folder, one_thread):
     result = runner.invoke(main, ["--home", str(home), "duplicates", "--undo"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in dup_folder.iterdir()) == before
+
+
+def test_a_second_run_checks_only_new_and_changed_images(tmp_path, dup_folder, one_thread, monkeypatch):
+    from indexer import duplicates
+
+    coll = small_collection(tmp_path / "home")
+    coll.index_folder(dup_folder)
+    queried: list[int] = []
+    real = duplicates.knn_edges
+
+    def counting(index, vectors, *args, **kwargs):
+        queried.append(len(vectors))
+        return real(index, vectors, *args, **kwargs)
+
+    monkeypatch.setattr(duplicates, "knn_edges", counting)
+    finder = DuplicateFinder(coll)
+    first = finder.find(threshold=0.85)
+    assert queried == [first.images]
+    draw_image(11).save(dup_folder / "jpeg_11.jpg", quality=85)  # a new copy
+    (dup_folder / "small_3.png").unlink()  # a copy gone
+    draw_image(12).save(dup_folder / "img_0012.png")  # rewritten: same picture, new file
+    coll.index_folder(dup_folder)
+    second = finder.find(threshold=0.85)
+    assert queried[1] <= 2  # the new file, and the rewritten one if its bytes changed
+    names = [{Path(f.path).name for f in g.files} for g in second.groups]
+    assert any({"img_0011.png", "jpeg_11.jpg"} <= n for n in names)
+    assert not any("small_3.png" in n for n in names)
+    # the same groups as a run from scratch
+    (coll.home / duplicates.GRAPH_FILE).unlink()
+    fresh = finder.find(threshold=0.85)
+    assert queried[2] == fresh.images
+    assert sorted(sorted(f.path for f in g.files) for g in fresh.groups) == sorted(
+        sorted(f.path for f in g.files) for g in second.groups
+    )
