@@ -133,7 +133,8 @@ def duplicates(
       lookalike duplicates --undo                     # put them back
 
     The threshold is calibrated on edited copies of your own images for the target precision, and stored.
-    Near-identical shots (bursts) are similar, not copies, and are not grouped at the calibrated threshold.
+    Near-identical shots (bursts) are similar, not copies, but can score like copies: --strict counts them as
+    mistakes when calibrating (higher precision, lower recall). Actions are journaled; --undo reverts them.
     """
     coll = open_collection(ctx, create=False)  # reading: never creates a collection
     actions = [a for a, on in (("move", move_to is not None), ("hardlink", hardlink), ("trash", trash)) if on]
