@@ -12,7 +12,6 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,7 +23,6 @@ from .engine import Collection
 from .errors import LookalikeError
 from .masking import MaskSettings
 from .settings import mask_settings_with, model_config_with
-from .store import DB_FILE, default_home
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +69,10 @@ def library_errors(fn: F | None = None, *, os_error: str | None = None) -> Any:
     return decorate if fn is None else decorate(fn)
 
 
-def existing_home(home: Path | None, db_url: str | None) -> Path:
-    """The collection folder of ``--home`` (default: :func:`~indexer.store.default_home`), checked to hold a
-    collection: a database file there, unless ``db_url`` names the database. Read-only commands (search,
-    stats, doctor, faces search/identify/verify, ...) open it this way, so they never create an empty one.
-    Raises :class:`LookalikeError` naming the folder and the command that makes a collection."""
-    folder = (home if home is not None else default_home()).expanduser()
-    if db_url is None and not (folder / DB_FILE).is_file():
-        raise LookalikeError(f"no collection in {folder}; index a folder first: lookalike index DIR")
-    return folder
-
-
 def open_collection(ctx: click.Context, *, create: bool = True) -> Collection:
     """The collection of the main group's ``--home`` / ``--db`` / runtime options. ``create=False`` (read-only
     commands): a home without a collection is an error (:func:`existing_home`), not a new empty collection."""
-    home, db_url = ctx.obj["home"], ctx.obj["db_url"]
-    if not create:
-        home = existing_home(home, db_url)
-    try:
-        return Collection(home, db_url, runtime=ctx.obj["runtime"])
-    except OSError as exc:  # Store.__init__ does not translate it yet
-        raise click.ClickException(f"cannot open the collection: {exc}") from None
+    return Collection(ctx.obj["home"], ctx.obj["db_url"], runtime=ctx.obj["runtime"], create=create)
 
 
 class GlobalOptionsGroup(click.Group):

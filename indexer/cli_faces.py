@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli_common import EXIT_SKIPPED, TqdmProgress, existing_home, library_errors
+from .cli_common import EXIT_SKIPPED, TqdmProgress, library_errors
 from .faces import BACKENDS, UNKNOWN, Decision, FaceGallery, default_face_model
 from .settings import model_config_with
 
@@ -108,11 +108,7 @@ def faces(
 
     def open_gallery(create: bool) -> FaceGallery:  # on first use: read-only commands do not create a home
         nonlocal backend, crop_size
-        home = obj.get("home") if create else existing_home(obj.get("home"), obj.get("db_url"))
-        try:
-            gallery = FaceGallery(home, obj.get("db_url"), runtime=obj.get("runtime"))
-        except OSError as exc:  # Store.__init__ does not translate it yet
-            raise click.ClickException(f"cannot open the face gallery: {exc}") from None
+        gallery = FaceGallery(obj.get("home"), obj.get("db_url"), runtime=obj.get("runtime"), create=create)
         model = None
         if weights is not None:
             if backend is None:

@@ -31,6 +31,7 @@ from .imageio import DEFAULT_MAX_PIXELS
 from .index_cache import IndexCache, RowVectors
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
+from .settings import build_embedder
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
 from .vector_index import IndexConfig, VectorIndex
@@ -123,14 +124,6 @@ class DoctorReport:
 EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], "Embedder"]
 
 
-def build_network(model: ModelConfig, runtime: RuntimeOptions) -> Embedder:
-    """The embedding network of ``model`` (torch is imported here, when a network is first needed: commands
-    that embed nothing start fast)."""
-    from retrieval.model import Embedder
-
-    return Embedder(model, runtime)
-
-
 MaskerFactory = Callable[[MaskSettings], Masker]
 
 
@@ -146,12 +139,13 @@ class Collection(Store):
         home: str | Path | None = None,
         db_url: str | None = None,
         runtime: RuntimeOptions | None = None,
-        embedder_factory: EmbedderFactory = build_network,
+        embedder_factory: EmbedderFactory = build_embedder,
         masker_factory: MaskerFactory = Masker,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,
+        create: bool = True,
     ) -> None:
-        super().__init__(home, db_url, runtime, max_pixels, commit_every)
+        super().__init__(home, db_url, runtime, max_pixels, commit_every, create)
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
         self._masker_factory = masker_factory

@@ -11,16 +11,19 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.metrics import query_database_metrics, retrieval_metrics
-from retrieval.model import Embedder
 
 from .errors import DataError, SettingsError
 from .masking import Masker
 from .pipeline import embed_files
 from .scan import scan_folder
+
+if TYPE_CHECKING:
+    from retrieval.model import Embedder
 
 log = logging.getLogger(__name__)
 

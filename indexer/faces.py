@@ -358,8 +358,9 @@ class FaceGallery(Store):
         face_embedder_factory: FaceEmbedderFactory = default_face_embedder,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         commit_every: int = 64,
+        create: bool = True,
     ) -> None:
-        super().__init__(home, db_url, runtime, max_pixels, commit_every)
+        super().__init__(home, db_url, runtime, max_pixels, commit_every, create)
         self._detector_factory = detector_factory
         self._embedder_factory = face_embedder_factory
         self._detector: tuple[str, FaceDetector] | None = None

@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from retrieval import config as retrieval_config
-from retrieval.checkpoint import is_checkpoint_dict, load_weights_file
 from retrieval.config import ModelConfig, RuntimeOptions
-from retrieval.model import Embedder, check_embedding_checkpoint
 from retrieval.registry import UnknownNameError
 
 from .errors import SettingsError
 from .masking import Masker, MaskSettings
+
+if TYPE_CHECKING:  # torch: imported where weights are read or a network is built, so commands start fast
+    from retrieval.model import Embedder
 
 T = TypeVar("T")
 
@@ -52,6 +53,9 @@ def model_config_with(base: ModelConfig | None = None, **overrides: Any) -> Mode
         given["whitening_layer"] = 0
         if weights not in ("imagenet", "random"):
             weights = given["weights"] = str(Path(weights).expanduser().resolve())
+            from retrieval.checkpoint import is_checkpoint_dict, load_weights_file
+            from retrieval.model import check_embedding_checkpoint
+
             try:  # a file that cannot be read is said so now, before anything is built or recorded
                 loaded = load_weights_file(weights)
             except (OSError, ValueError) as exc:
@@ -97,6 +101,8 @@ def build_masker(settings: MaskSettings) -> Masker | None:
 def build_embedder(model: ModelConfig, runtime: RuntimeOptions | None = None) -> Embedder:
     """The network of ``model`` on ``runtime``'s device (an unknown backbone, a missing or mismatched weights
     file, a bad device or precision raise :class:`SettingsError`)."""
+    from retrieval.model import Embedder
+
     check_device_available(runtime.device if runtime is not None else "auto")
     try:
         return Embedder(model, runtime)
@@ -113,6 +119,8 @@ def _unreadable_weights(weights: str) -> str | None:
     """Why the weights file cannot be read; ``None`` when it can (or ``weights`` names no file)."""
     if weights in ("imagenet", "random"):
         return None
+    from retrieval.checkpoint import load_weights_file
+
     try:
         load_weights_file(weights)
     except (OSError, ValueError) as exc:

@@ -62,8 +62,19 @@ class NullProgress:
         pass
 
 
+def existing_home(home: Path | None, db_url: str | None) -> Path:
+    """The collection folder ``home`` (default: :func:`default_home`), checked to hold a collection: a database
+    file there, unless ``db_url`` names the database. Reading commands open a home this way, so they never create
+    an empty one. Raises :class:`LookalikeError` naming the folder and the command that makes a collection."""
+    folder = (home if home is not None else default_home()).expanduser()
+    if db_url is None and not (folder / DB_FILE).is_file():
+        raise LookalikeError(f"no collection in {folder}; index a folder first: lookalike index DIR")
+    return folder
+
+
 class Store:
-    """What a collection and a face gallery share: the home folder, the metadata database, run-time options."""
+    """What a collection and a face gallery share: the home folder, the metadata database, run-time options.
+    ``create=False``: open an existing collection only (:func:`existing_home`), never make an empty one."""
 
     def __init__(
         self,
@@ -72,8 +83,11 @@ class Store:
         runtime: RuntimeOptions | None,
         max_pixels: int,
         commit_every: int,
+        create: bool = True,
     ) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
+        if not create:
+            existing_home(self.home, db_url)
         try:
             self.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -164,7 +164,7 @@ def test_every_command_of_lookalike_takes_the_group_options_after_it():
 
 
 def test_a_read_only_command_finds_no_collection_in_an_empty_home(tmp_path):
-    from indexer.cli_common import existing_home
+    from indexer.store import existing_home
 
     with pytest.raises(LookalikeError, match=r"no collection in .*nowhere; index a folder first: lookalike index DIR"):
         existing_home(tmp_path / "nowhere", None)
