@@ -41,7 +41,8 @@ def test_lazy_entries_are_known_at_once_and_imported_on_first_use(monkeypatch):
 
 
 def test_reading_commands_need_no_torch():
-    """The collection, the pipeline and the segmenter registry import no torch: `stats`, `--help` start fast."""
-    code = "import sys, indexer.engine, indexer.pipeline, segmentation; print('torch' in sys.modules)"
+    """The CLI, the collection, the pipeline and the segmenter registry import no torch: `--help`, `stats`,
+    `doctor` start fast; torch comes in where a network or a weights file is used."""
+    code = "import sys, indexer.cli, indexer.engine, indexer.pipeline, segmentation; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
