@@ -319,8 +319,6 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     errors = coll.errors() if show_errors else []
     if as_json:
         d = dataclasses.asdict(st)
-        if not st.index_vectors:
-            d["dim"] = None  # no vectors, no dimension
         if show_errors:
             d["error_files"] = [{"path": p, "reason": r} for p, r in errors]
         click.echo(json.dumps(d, indent=2))

@@ -549,7 +549,7 @@ class Collection(Store):
             errors=counts.get(ERROR, 0),
             index_kind=state.get("kind") if state else None,
             index_vectors=state.get("count") if state else None,
-            dim=state.get("dim") if state else None,
+            dim=state.get("dim") if state and state.get("count") else None,  # no vectors, no dimension
             whitening=f"PCA {whitening.in_dim} -> {whitening.out_dim}" if whitening else None,
             mask=self.mask_settings.describe(),
             mask_fallbacks=fallbacks,
