@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -57,6 +58,9 @@ def library_errors(fn: F | None = None, *, os_error: str | None = None) -> Any:
                 return f(*args, **kwargs)
             except (click.ClickException, click.exceptions.Exit, click.Abort):
                 raise
+            except BrokenPipeError:  # the reader went away (`lookalike stats | head -2`): not an error of ours
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise click.exceptions.Exit(1) from None
             except (LookalikeError, *UNTRANSLATED) as exc:
                 log.debug("%s failed", f.__name__, exc_info=True)
                 message = str(exc)
