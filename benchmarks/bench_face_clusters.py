@@ -109,17 +109,72 @@ def tune(vectors: np.ndarray, people: np.ndarray, algorithm: str, k: int) -> tup
     return best[1], best[2]
 
 
+def incremental(vectors: np.ndarray, people: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """The library's path (:class:`indexer.face_clusters.FaceClusters` on a gallery's database, default parameters):
+    a random half of the photos' faces clustered, then the other half added and clustered incrementally (they join
+    the people found or form new ones); scored on all faces, beside clustering everything at once."""
+    import tempfile
+
+    from sqlalchemy import insert, select
+
+    from indexer.db import FaceRecord
+    from indexer.face_clusters import FaceClusters
+    from indexer.faces import INDEX, FaceGallery
+
+    first = np.random.default_rng(seed).random(len(vectors)) < 0.5
+    out: dict[str, Any] = {"first_batch": int(first.sum()), "second_batch": int((~first).sum())}
+    with tempfile.TemporaryDirectory() as home:
+        gallery = FaceGallery(home)
+        clusters = FaceClusters(gallery)
+
+        def add(rows: np.ndarray) -> None:
+            with gallery._session() as s, s.begin():
+                s.execute(
+                    insert(FaceRecord),
+                    [
+                        dict(
+                            id=int(i) + 1,
+                            source=INDEX,
+                            photo_id=int(i) + 1,
+                            path=f"{i}.jpg",
+                            x0=0.0,
+                            y0=0.0,
+                            x1=1.0,
+                            y1=1.0,
+                            vector=vectors[i].astype(np.float32).tobytes(),
+                        )
+                        for i in rows
+                    ],
+                )
+
+        add(np.flatnonzero(first))
+        out["first"] = dataclasses.asdict(clusters.cluster())
+        add(np.flatnonzero(~first))
+        out["second"] = dataclasses.asdict(clusters.cluster())
+        with gallery._session() as s:
+            got = dict(s.execute(select(FaceRecord.id, FaceRecord.cluster_id)).all())
+        labels = np.array([got.get(i + 1) if got.get(i + 1) is not None else -1 for i in range(len(vectors))])
+        out["incremental"] = score(people, labels)
+        out["at_once"] = run(vectors, people, clusters.params)
+    return out
+
+
 def main() -> None:
     parser = BenchParser(__doc__, threads=2, threads_for=("faiss",), out="face_clusters.json")
     parser.add_argument("--cache", default=str(CACHE), help=f"face vectors (default {CACHE})")
     parser.add_argument("--k", type=int, default=32, help="neighbours per face in the graph (default 32)")
     parser.add_argument("--algorithms", default="agglomerative,chinese_whispers,dbscan")
+    parser.add_argument("--skip-incremental", action="store_true", help="leave out the incremental run")
+    parser.add_argument("--incremental-only", action="store_true", help="only the incremental run")
     args = parser.parse_args()
     cache = np.load(args.cache)
     vectors, people, _, centre = centre_faces(cache)
     names = np.unique(people)
     half_a = np.isin(people, names[0::2])
     halves = {"A": half_a, "B": ~half_a}
+    if args.incremental_only:
+        write_json(args.out, {"incremental": incremental(vectors, people), "machine": machine()})
+        return
     algorithms = [a for a in args.algorithms.split(",") if a]
     result: dict[str, Any] = {
         "data": "LFW deep-funneled, every photo's face nearest the centre",
@@ -170,6 +225,9 @@ def main() -> None:
         rows = [c[name] for c in result["cross"].values()]
         summary[name] = {m: float(np.mean([r[m] for r in rows])) for m in ("pairwise_f1", "bcubed_f1")}
     result["cross_mean"] = summary
+    if not args.skip_incremental:
+        result["incremental"] = incremental(vectors, people)
+        print(f"incremental: {result['incremental']['incremental']} at once: {result['incremental']['at_once']}")
     result["grid"] = {"coarse": COARSE, "fine": FINE, "min_sizes": MIN_SIZES, "min_samples": MIN_SAMPLES}
     write_json(args.out, result)
 
