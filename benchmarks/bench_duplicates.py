@@ -222,18 +222,26 @@ def main() -> None:
     finder = DuplicateFinder(coll)
     with Stopwatch() as cal_clock:
         cal = finder.calibrate(precision=args.precision_target, samples=args.calibration_samples, seed=args.seed + 1)
+    results: dict[str, dict] = {}
     tracemalloc.start()
     with Stopwatch() as find_clock:
-        found = finder.find(threshold=cal.threshold)
+        found = finder.find()
     _, find_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    results["lookalike (calibrated, verified)"] = {
+        **score(group_pairs([[pos[f.path] for f in g.files] for g in found.groups]), truth, manifest),
+        "candidate_threshold": cal.verify_candidate_threshold,
+        "min_inliers": cal.verify_min_inliers,
+        "group_seconds": round(find_clock.seconds, 3),
+        "group_peak_traced_mb": round(find_peak / 2**20, 1),
+    }
+    with Stopwatch() as find_clock:
+        found = finder.find(threshold=cal.threshold)
     look_groups = [[pos[f.path] for f in g.files] for g in found.groups]
-    results: dict[str, dict] = {}
     results["lookalike (calibrated)"] = {
         **score(group_pairs(look_groups), truth, manifest),
         "threshold": cal.threshold,
         "group_seconds": round(find_clock.seconds, 3),
-        "group_peak_traced_mb": round(find_peak / 2**20, 1),
     }
     strict = finder.find(threshold=cal.threshold_strict)
     results["lookalike (calibrated, --strict)"] = {
@@ -287,6 +295,10 @@ def main() -> None:
             "calibration": {
                 **cal.to_dict(),
                 "seconds": round(cal_clock.seconds, 1),
+                "verified_promised_precision": cal.verify_expected_precision,
+                "verified_measured_precision": results["lookalike (calibrated, verified)"]["pair_precision"],
+                "verified_promised_recall": cal.verify_expected_recall,
+                "verified_measured_recall": results["lookalike (calibrated, verified)"]["pair_recall"],
                 "promised_precision": cal.expected_precision,
                 "measured_precision": results["lookalike (calibrated)"]["pair_precision"],
                 "promised_recall": cal.expected_recall,

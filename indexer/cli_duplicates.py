@@ -20,6 +20,13 @@ def _echo_report(report: DuplicateReport) -> None:
     cal = report.calibration
     if report.threshold is None:
         click.echo("exact copies only (same content hash)")
+    elif report.verification is not None and cal is not None:
+        click.echo(
+            f"candidates at cosine >= {report.threshold:.4f}, verified by >= {report.verification['min_inliers']} "
+            f"matching local features; calibrated for precision {cal.target_precision:.3g} on {cal.copies} edited "
+            f"copies of {cal.originals} of your images: expected precision {cal.verify_expected_precision:.3f}, "
+            f"recall {cal.verify_expected_recall:.3f}"
+        )
     elif cal is not None and abs(cal.threshold - report.threshold) < 1e-9:
         click.echo(
             f"threshold {report.threshold:.4f}, calibrated for precision {cal.target_precision:.3g} on "
@@ -89,6 +96,9 @@ def _echo_actions(report: ActionReport) -> None:
 @click.option(
     "--strict", is_flag=True, help="Use the strict calibrated threshold (near-identical shots count as mistakes)."
 )
+@click.option(
+    "--no-verify", is_flag=True, help="Vectors only: no geometric check of candidate pairs (faster, less precise)."
+)
 @click.option("--calibrate", is_flag=True, help="Calibrate the threshold again on edited copies of your images.")
 @click.option("--exact", is_flag=True, help="Byte-identical copies only (no network, no calibration).")
 @click.option(
@@ -112,6 +122,7 @@ def duplicates(
     threshold: float | None,
     precision: float | None,
     strict: bool,
+    no_verify: bool,
     calibrate: bool,
     exact: bool,
     k: int,
@@ -154,6 +165,12 @@ def duplicates(
                 f"threshold {cal.threshold:.4f} for precision {cal.target_precision:.3g}: expected recall "
                 f"{cal.expected_recall:.3f} on {cal.copies} edited copies of {cal.originals} images (stored)"
             )
+            if cal.verify_min_inliers is not None:
+                click.echo(
+                    f"with the geometric check (candidates >= {cal.verify_candidate_threshold:.4f}, >= "
+                    f"{cal.verify_min_inliers} inliers): expected precision {cal.verify_expected_precision:.3f}, "
+                    f"recall {cal.verify_expected_recall:.3f}"
+                )
             return
     if of_file is not None:
         t, matches = finder.of(of_file, threshold, precision, k)
@@ -174,7 +191,9 @@ def duplicates(
         if not matches:
             ctx.exit(4)
         return
-    report = finder.find(folder, threshold, precision, reference, exact, k, progress=TqdmProgress(), strict=strict)
+    report = finder.find(
+        folder, threshold, precision, reference, exact, k, progress=TqdmProgress(), strict=strict, verify=not no_verify
+    )
     if not actions:
         click.echo(json.dumps(report.to_dict(), indent=2)) if as_json else _echo_report(report)
         return

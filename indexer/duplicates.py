@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,12 @@ log = logging.getLogger(__name__)
 CALIBRATION_SETTING = "duplicates_calibration"
 #: Neighbours per image in the k-NN graph.
 DEFAULT_K = 16
+#: ``check(a, b)``: whether positions ``a`` and ``b`` are copies by some other evidence than their vectors.
+PairCheck = Callable[[int, int], bool]
+#: Verification: an image of the collection sharing this many inliers with a calibration original is a copy of
+#: it already there (not "another image").
+EXISTING_COPY_INLIERS = 100
+
 #: The k-NN graph kept between runs (in the home), with its edges down to this much below the threshold.
 GRAPH_FILE = "duplicates-graph.npz"
 GRAPH_MARGIN = 0.05
@@ -151,6 +157,13 @@ class Calibration:
     #: already in the collection and near-identical shots (``--strict``)
     threshold_strict: float | None = None
     expected_recall_strict: float | None = None
+    #: geometric verification (``indexer.verify``): a pair is a copy when its cosine is at least
+    #: ``verify_candidate_threshold`` and one similarity transform explains ``verify_min_inliers`` of its
+    #: local-feature matches; expected precision / recall of that rule on the calibration copies
+    verify_candidate_threshold: float | None = None
+    verify_min_inliers: int | None = None
+    verify_expected_precision: float | None = None
+    verify_expected_recall: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +176,7 @@ class Calibration:
 
 @dataclass
 class DuplicateReport:
-    #: the threshold used (``None``: exact copies only)
+    #: the threshold used (``None``: exact copies only); with verification, the candidates' threshold
     threshold: float | None
     calibration: Calibration | None
     groups: list[DuplicateGroup]
@@ -172,10 +185,13 @@ class DuplicateReport:
     #: indexed files no longer on disk (left out; ``lookalike index`` forgets them)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: ``{"candidate_threshold", "min_inliers"}`` when pairs were also checked geometrically
+    verification: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
+            "verification": self.verification,
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
             "images": self.images,
             "missing": self.missing,
@@ -338,13 +354,15 @@ def group_vectors(
     id_to_pos: np.ndarray | None = None,
     progress: Progress | None = None,
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    verify: PairCheck | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
     """Groups of copies among ``vectors`` (``(N, D)``, L2-normalised) -> for each group ``(members, scores,
     pairs)``: positions with the keeper first (then by score, highest first), each one's score with the keeper,
     and the graph's edges inside the group as ``(i, j, score)`` over ``members``.
 
     ``index`` (ids = positions, or mapped by ``id_to_pos``) gives the k-NN graph; ``None`` builds one over
-    ``vectors``; ``edges`` (``(a, b, score)`` positions) gives the graph directly. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
+    ``vectors``; ``edges`` (``(a, b, score)`` positions) gives the graph directly. ``verify(a, b)``, when given,
+    must also accept a pair (an edge, and a member with its keeper): e.g. a geometric check of the pixels. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = vectors.shape[0]
     files = files or FileTable.plain(n)
@@ -358,6 +376,9 @@ def group_vectors(
             index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, IndexConfig(device="cpu"))
             id_to_pos = None
         a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
+    if verify is not None and a.size:
+        ok = np.fromiter((verify(int(x), int(y)) for x, y in zip(a, b)), bool, a.size)
+        a, b, s = a[ok], b[ok], s[ok]
     ea, eb = group_exact(files.hash_code)
     all_a = np.concatenate([a, ea])
     all_b = np.concatenate([b, eb])
@@ -384,7 +405,7 @@ def group_vectors(
         lab = node_labels[node_starts[ci]]
         lo, hi = np.searchsorted(sorted_edge_labels, [lab, lab + 1])
         e = edge_order[lo:hi]
-        groups.extend(_split_component(comp, all_a[e], all_b[e], all_s[e], vectors, threshold, rank, code))
+        groups.extend(_split_component(comp, all_a[e], all_b[e], all_s[e], vectors, threshold, rank, code, verify))
     groups.sort(key=lambda g: int(rank[g[0][0]]))
     return groups
 
@@ -398,6 +419,7 @@ def _split_component(
     threshold: float,
     rank: np.ndarray,
     code: np.ndarray,
+    verify: PairCheck | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
     """The chaining guard: the best keeper of ``comp`` takes every member within the threshold of itself (and
     its byte-identical copies); what is left is split again by its own edges, and so on."""
@@ -412,6 +434,10 @@ def _split_component(
         same = (code[m] == code[keeper]) & (code[keeper] >= 0)
         sims = np.where(same, 1.0, sims)
         ok = (sims >= threshold) | same
+        if verify is not None:
+            for i in np.flatnonzero(ok & ~same):
+                if m[i] != keeper and not verify(int(m[i]), int(keeper)):
+                    ok[i] = False
         members, scores = m[ok], sims[ok]
         if members.size >= 2:
             order = np.lexsort((rank[members], -scores))
@@ -620,15 +646,18 @@ class DuplicateFinder:
                     progress.advance()
             finally:
                 progress.finish()
-        done = sorted(vecs)
-        cv = np.stack([vecs[i] for i in done]).astype(np.float32)
-        co = np.array([copy_orig[i] for i in done], np.int64)
-        cs = np.array([copy_strength[i] for i in done], np.int64)
-        index = self.coll._cache.current()
-        pos_scores, neg_scores = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes))
-        t, recall, prec = threshold_for_precision(pos_scores, neg_scores, precision)
-        _, strict_neg = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes), same_picture=0.985)
-        t_strict, recall_strict, _ = threshold_for_precision(pos_scores, strict_neg, precision)
+            done = sorted(vecs)
+            cv = np.stack([vecs[i] for i in done]).astype(np.float32)
+            co = np.array([copy_orig[i] for i in done], np.int64)
+            cs = np.array([copy_strength[i] for i in done], np.int64)
+            index = self.coll._cache.current()
+            pos_scores, neg_scores = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes))
+            t, recall, prec = threshold_for_precision(pos_scores, neg_scores, precision)
+            _, strict_neg = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes), same_picture=0.985)
+            t_strict, recall_strict, _ = threshold_for_precision(pos_scores, strict_neg, precision)
+            verified = self._calibrate_verify(
+                precision, cv, co, [copy_paths[i] for i in done], vectors, index, ids, rows, pos_scores, t
+            )
         cal = Calibration(
             threshold=round(t, 6),
             target_precision=precision,
@@ -643,12 +672,65 @@ class DuplicateFinder:
             recall_by_strength={
                 str(st): round(float((pos_scores[cs == st] >= t).mean()), 4) for st in sorted(set(cs.tolist()))
             },
+            **verified,
         )
         log.info("duplicates threshold %.4f: precision %.3f, recall %.3f", t, prec, recall)
         if store:
             with self.coll._session() as s, s.begin():
                 db.set_setting(s, CALIBRATION_SETTING, cal.to_dict())
         return cal
+
+    def _calibrate_verify(
+        self,
+        precision: float,
+        copy_vectors: np.ndarray,
+        copy_original: np.ndarray,
+        copy_paths: list[str],
+        vectors: np.ndarray,
+        index: VectorIndex,
+        ids: np.ndarray,
+        rows: _Rows,
+        pos_scores: np.ndarray,
+        t: float,
+    ) -> dict[str, Any]:
+        """The verification rule's calibration: a candidate threshold that keeps 98% of the copies (at most the
+        plain threshold), and the fewest inliers that reach ``precision`` against the 3 other images nearest to
+        each copy (images sharing their pixels with the original are copies already there, not others)."""
+        from .verify import Verifier
+
+        verifier = Verifier(max_pixels=self.coll.max_pixels)
+        t_c = float(min(t, max(0.5, np.percentile(pos_scores, 2))))
+        codes = _hash_codes(rows.hashes)
+        scores, nb = index.search(copy_vectors, min(8, len(index)))
+        p = np.clip(np.searchsorted(ids, nb), 0, len(ids) - 1)
+        nb = np.where((nb >= 0) & (ids[p] == nb), p, -1)
+        pos_inl = np.full(len(copy_paths), -1.0)
+        neg_inl = np.full(len(copy_paths), -1.0)
+        for i, path in enumerate(copy_paths):
+            o = int(copy_original[i])
+            if pos_scores[i] >= t_c:
+                pos_inl[i] = verifier.inliers(path, rows.paths[o])
+            taken = 0
+            for sc, j in zip(scores[i], nb[i]):
+                if j < 0 or j == o or (codes[o] >= 0 and codes[j] == codes[o]) or taken >= 3:
+                    continue
+                taken += 1
+                if sc < t_c:
+                    break
+                if verifier.inliers(rows.paths[o], rows.paths[j]) >= EXISTING_COPY_INLIERS:
+                    continue
+                neg_inl[i] = max(neg_inl[i], verifier.inliers(path, rows.paths[j]))
+        m, recall, prec = threshold_for_precision(pos_inl, neg_inl, precision)
+        m = max(int(np.ceil(m)), 8)
+        recall = float((pos_inl >= m).mean())
+        fp = int((neg_inl >= m).sum())
+        tp = int((pos_inl >= m).sum())
+        return dict(
+            verify_candidate_threshold=round(t_c, 6),
+            verify_min_inliers=m,
+            verify_expected_precision=round(tp / max(tp + fp, 1), 4),
+            verify_expected_recall=round(recall, 4),
+        )
 
     def threshold(
         self,
@@ -682,12 +764,15 @@ class DuplicateFinder:
         check_files: bool = True,
         progress: Progress | None = None,
         strict: bool = False,
+        verify: bool = True,
     ) -> DuplicateReport:
         """Groups of copies among the indexed images (under ``folder`` when given, plus those under
         ``reference``, whose files are preferred as keepers and never touched). ``exact_only``: byte-identical
         copies only, from the database (no network, no calibration). ``check_files``: leave out files no
         longer on disk. ``strict``: the calibration's strict threshold (near-identical shots counted as
-        mistakes)."""
+        mistakes). ``verify``: with the calibrated threshold, candidate pairs must also pass the geometric check
+        (:mod:`indexer.verify`) with the calibrated number of inliers; a given ``threshold`` or ``strict`` uses the
+        vectors alone."""
         started = time.perf_counter()
         self._require_indexed()
         folder_s = str(Path(folder).expanduser().resolve()) if folder is not None else None
@@ -700,6 +785,23 @@ class DuplicateFinder:
             t, cal = self.threshold(threshold, precision, progress, strict)
             ids, vectors = self.coll.vectors()
             rows = self._rows(ids)
+        check: PairCheck | None = None
+        verification: dict[str, Any] | None = None
+        if (
+            verify
+            and not exact_only
+            and threshold is None
+            and not strict
+            and cal is not None
+            and cal.verify_min_inliers is not None
+            and cal.verify_candidate_threshold is not None
+        ):
+            from .verify import Verifier
+
+            verifier = Verifier(max_pixels=self.coll.max_pixels)
+            t = cal.verify_candidate_threshold
+            min_inliers = cal.verify_min_inliers
+            verification = {"candidate_threshold": t, "min_inliers": min_inliers}
         n_all = len(rows.paths)
         keep = np.ones(n_all, bool)
         if folder_s is not None:
@@ -711,6 +813,9 @@ class DuplicateFinder:
             keep &= exists
         sel = np.flatnonzero(keep)
         reference_mask = np.array([ref_s is not None and _under(rows.paths[i], ref_s) for i in sel], bool)
+        if verification is not None:
+            paths, need = rows.paths, verification["min_inliers"]
+            check = lambda a, b: verifier.inliers(paths[sel[a]], paths[sel[b]]) >= need
         table = FileTable(
             pixels=rows.width[sel] * rows.height[sel],
             mtime_ns=rows.mtime_ns[sel],
@@ -735,9 +840,9 @@ class DuplicateFinder:
             if index is not None and len(index) == n_all:
                 sel_ids = rows.ids[sel]
                 edges = self._graph(vectors[sel], sel_ids, [rows.hashes[i] for i in sel], index, t, k, progress)
-                raw_groups = group_vectors(vectors[sel], t, table, edges=edges)
+                raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check)
             else:
-                raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress)
+                raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress, verify=check)
         groups = []
         for members, scores, pairs in raw_groups:
             files = []
@@ -764,6 +869,7 @@ class DuplicateFinder:
             groups = [g for g in groups if any(not f.reference for f in g.files)]
         return DuplicateReport(
             threshold=t,
+            verification=verification,
             calibration=cal,
             groups=groups,
             images=int(sel.size),

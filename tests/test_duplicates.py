@@ -201,6 +201,16 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     assert -1.0 <= cal.threshold <= 1.0 and 0.0 <= cal.expected_recall <= 1.0
     assert cal.copies == 36 and cal.originals == 12 and set(cal.recall_by_strength) == {"0", "1", "2"}
     assert cal.threshold_strict is not None and 0.0 <= cal.expected_recall_strict <= 1.0
+    assert cal.verify_min_inliers >= 8 and cal.verify_candidate_threshold <= cal.threshold + 1e-6
+    assert 0.0 <= cal.verify_expected_recall <= 1.0
+
+    # the calibrated run checks candidates geometrically; byte-identical copies need no check
+    verified = finder.find()
+    assert verified.verification == {
+        "candidate_threshold": cal.verify_candidate_threshold,
+        "min_inliers": cal.verify_min_inliers,
+    }
+    assert {"img_0007.png", "exact_7.png"} in [{Path(f.path).name for f in g.files} for g in verified.groups]
     assert finder.stored_calibration() == cal
     with coll._session() as s:
         from indexer import db
