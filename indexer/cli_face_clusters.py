@@ -115,7 +115,8 @@ def merge(ctx: click.Context, into: int, other: int) -> None:
 @library_errors
 def split(ctx: click.Context, cluster_id: int, face_ids: tuple[int, ...]) -> None:
     """Split CLUSTER: the faces given (ids from `faces cluster --json`) become a new cluster; with none, the
-    cluster is clustered again, stricter, until it falls apart (its largest part keeps the id and name).
+    cluster is clustered again, stricter, until groups come apart from its largest part, which keeps the id and
+    name. Clusters made by split are kept by later `faces cluster` runs, however small.
 
     Example: lookalike faces split 3 41 42
     """

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -158,6 +159,8 @@ class FaceCluster(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     identity_id: Mapped[int | None] = mapped_column(Integer, index=True)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    #: Made by the user (``faces split``): kept even when smaller than the clustering's ``min_size``.
+    by_user: Mapped[bool | None] = mapped_column(Boolean)
 
 
 #: What to do with a damaged database: the images on disk are the originals, the database is rebuilt from them.

@@ -217,8 +217,14 @@ class FaceClusters:
                     new = self._rebuild(s, vecs, photos, old, p, report)
                 else:
                     new = self._incremental(s, vecs, photos, old, p, report)
-                # an unnamed cluster that lost faces (photos gone) below min_size is dissolved
-                named = set(s.scalars(select(FaceCluster.id).where(FaceCluster.identity_id.is_not(None))))
+                # an unnamed cluster that lost faces (photos gone) below min_size is dissolved (not one the user made)
+                named = set(
+                    s.scalars(
+                        select(FaceCluster.id).where(
+                            (FaceCluster.identity_id.is_not(None)) | (FaceCluster.by_user.is_(True))
+                        )
+                    )
+                )
                 cids, sizes = np.unique(new[new >= 0], return_counts=True)
                 small = [int(c) for c, n in zip(cids, sizes) if n < p.min_size and int(c) not in named]
                 new[np.isin(new, small)] = -1
@@ -248,8 +254,8 @@ class FaceClusters:
         )
         return report
 
-    def _new_cluster(self, s: Session, identity_id: int | None = None) -> int:
-        row = FaceCluster(identity_id=identity_id)
+    def _new_cluster(self, s: Session, identity_id: int | None = None, by_user: bool | None = None) -> int:
+        row = FaceCluster(identity_id=identity_id, by_user=by_user)
         s.add(row)
         s.flush()
         return int(row.id)
@@ -382,9 +388,10 @@ class FaceClusters:
 
     def split(self, cluster_id: int, face_ids: Sequence[int] | None = None) -> list[int]:
         """Split cluster ``cluster_id``. With ``face_ids``: those faces become a new (unnamed) cluster. Without:
-        the cluster is clustered again, stricter by :data:`SPLIT_STEP` at a time, until it falls apart; its
-        largest part keeps the id and name, the other parts of at least ``min_size`` faces become new clusters,
-        the rest unclustered. Returns the new clusters' ids."""
+        the cluster is clustered again, stricter by :data:`SPLIT_STEP` at a time, until parts of at least
+        ``min_size`` faces come apart from its largest part: they become new clusters; the largest part and the
+        faces in smaller parts keep the id and name. New clusters are the user's: kept even when small.
+        Returns the new clusters' ids."""
         p = self.params
         with write_lock(self.gallery.home), self.gallery._session() as s, s.begin():
             self._require(s, cluster_id)
@@ -407,23 +414,20 @@ class FaceClusters:
                 if not wanted or wanted == set(ids):
                     raise LookalikeError("give some, but not all, of the cluster's face ids to split off")
                 parts = [sorted(wanted)]
-                rest: list[int] = []
             else:
-                parts, rest = self._split_parts(rows, p)
+                parts = self._split_parts(rows, p)
             new_ids = []
             for part in parts:
-                cid = self._new_cluster(s)
+                cid = self._new_cluster(s, by_user=True)
                 new_ids.append(cid)
                 for chunk in chunks(part, 500):
                     s.execute(update(FaceRecord).where(FaceRecord.id.in_(chunk)).values(cluster_id=cid))
-            for chunk in chunks(rest, 500):
-                s.execute(update(FaceRecord).where(FaceRecord.id.in_(chunk)).values(cluster_id=None))
         self._sync_names([cluster_id])
         return new_ids
 
-    def _split_parts(self, rows: list[Any], p: ClusterParams) -> tuple[list[list[int]], list[int]]:
-        """The parts of a cluster at the first stricter threshold where it falls apart: ``(parts other than the
-        largest, faces in no part)``."""
+    def _split_parts(self, rows: list[Any], p: ClusterParams) -> list[list[int]]:
+        """The parts of a cluster, other than the largest, of at least ``min_size`` faces, at the first stricter
+        threshold where there are any (faces in smaller parts stay in the cluster)."""
         if len(rows) < 2:
             raise LookalikeError("a cluster of one face cannot be split")
         ids = np.array([r.id for r in rows], np.int64)
@@ -434,12 +438,14 @@ class FaceClusters:
             threshold += SPLIT_STEP
             tight = dataclasses.replace(p, algorithm="agglomerative", threshold=threshold, min_size=1)
             labels = cluster_faces(vecs, tight, photos)
-            if labels.max() >= 1:
-                sizes = np.bincount(labels)
-                parts = [ids[labels == lab].tolist() for lab in range(1, len(sizes)) if sizes[lab] >= p.min_size]
-                rest = ids[(labels >= 1) & (sizes[labels] < p.min_size)].tolist()
-                return parts, rest
-        raise LookalikeError("the cluster does not fall apart at any threshold; give the face ids to split off")
+            sizes = np.bincount(labels)
+            parts = [ids[labels == lab].tolist() for lab in range(1, len(sizes)) if sizes[lab] >= p.min_size]
+            if parts:
+                return parts
+        raise LookalikeError(
+            f"the cluster does not fall apart into groups of {p.min_size} or more faces; "
+            "give the face ids to split off (`lookalike faces split CLUSTER FACE_ID...`)"
+        )
 
 
 __all__ = [

@@ -115,6 +115,11 @@ def test_merge_and_split(indexed):
     assert sorted(f.id for c in clusters.listing().clusters if c.id == part for f in c.faces) == sorted(first)
     with pytest.raises(LookalikeError, match="not in cluster"):
         clusters.split(bob, first)
+    # a face split off alone is the user's correction: the next clustering keeps it apart
+    lone = next(c for c in clusters.listing().clusters if c.id == bob).faces[0].id
+    (alone,) = clusters.split(bob, [lone])
+    clusters.cluster()
+    assert [f.id for c in clusters.listing().clusters if c.id == alone for f in c.faces] == [lone]
 
 
 def test_clusters_survive_photos_that_change_or_go(indexed):
