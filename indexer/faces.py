@@ -609,6 +609,8 @@ class FaceGallery(Store):
                 ids = set(s.scalars(select(FaceRecord.id).where(FaceRecord.identity_id == ident.id)))
                 s.execute(delete(FaceRecord).where(FaceRecord.identity_id == ident.id))
                 s.execute(delete(Identity).where(Identity.id == ident.id))
+                # a face cluster named so is unnamed again (indexer/face_clusters.py)
+                s.execute(update(db.FaceCluster).where(db.FaceCluster.identity_id == ident.id).values(identity_id=None))
                 db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
             self._caches[ENROLLED].update(start, set(), ids)
         return len(ids)
@@ -667,6 +669,9 @@ class FaceGallery(Store):
                     db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
                 if not s.scalar(select(func.count()).where(FaceRecord.identity_id == ident.id)):
                     s.execute(delete(Identity).where(Identity.id == ident.id))
+                    s.execute(
+                        update(db.FaceCluster).where(db.FaceCluster.identity_id == ident.id).values(identity_id=None)
+                    )
             self._caches[ENROLLED].update(start, added, gone)
         return len(added), len(gone)
 

@@ -185,3 +185,14 @@ def test_default_parameters_follow_the_backend(tmp_path):
     assert FaceClusters(g).params.threshold == pytest.approx(g.settings.threshold)
     FaceClusters(g).cluster(params=PARAMS)  # given parameters are kept for later runs
     assert FaceClusters(g).params == PARAMS
+
+
+def test_forgetting_a_name_unnames_its_cluster(indexed):
+    g, photos = indexed
+    clusters = FaceClusters(g, PARAMS)
+    clusters.cluster()
+    alice = people_of(clusters)[frozenset({"alice0", "alice1", "alice2", "group"})][0]
+    clusters.name(alice, "alice")
+    assert g.forget("alice") == 4
+    g.enroll("zed", [photos / "carol0.png"])  # a new identity may reuse the forgotten one's id
+    assert {c.name for c in clusters.listing().clusters} == {None}
