@@ -42,7 +42,7 @@ from retrieval.faces.clustering import (
 COARSE = [round(t, 4) for t in np.arange(0.20, 0.651, 0.05)]
 FINE = (-0.0375, -0.025, -0.0125, 0.0125, 0.025, 0.0375)
 MIN_SIZES = (2, 3)
-MIN_SAMPLES = {"agglomerative": (3,), "chinese_whispers": (3,), "dbscan": (2, 3)}
+MIN_SAMPLES = {"agglomerative": (3,), "chinese_whispers": (3,), "dbscan": (2, 3), "hdbscan": (1, 2, 3)}
 PHOTO_SIDE = 250
 
 
@@ -94,6 +94,8 @@ def tune(vectors: np.ndarray, people: np.ndarray, algorithm: str, k: int) -> tup
         raw = ClusterParams(algorithm=algorithm, k=k, threshold=threshold, min_samples=samples, min_size=1)
         tried[threshold, samples] = labels = cluster_faces(vectors, raw, graph=graph)
         for m in MIN_SIZES:
+            if algorithm == "hdbscan":  # its minimum cluster size shapes the tree: one run each
+                labels = cluster_faces(vectors, dataclasses.replace(raw, min_size=m), graph=graph)
             r = score(people, relabel(labels, m))
             key = (r["pairwise_f1"] + r["bcubed_f1"]) / 2
             if best is None or key > best[0]:
@@ -163,7 +165,7 @@ def main() -> None:
     parser = BenchParser(__doc__, threads=2, threads_for=("faiss",), out="face_clusters.json")
     parser.add_argument("--cache", default=str(CACHE), help=f"face vectors (default {CACHE})")
     parser.add_argument("--k", type=int, default=32, help="neighbours per face in the graph (default 32)")
-    parser.add_argument("--algorithms", default="agglomerative,chinese_whispers,dbscan")
+    parser.add_argument("--algorithms", default="agglomerative,chinese_whispers,dbscan,hdbscan")
     parser.add_argument("--skip-incremental", action="store_true", help="leave out the incremental run")
     parser.add_argument("--incremental-only", action="store_true", help="only the incremental run")
     args = parser.parse_args()

@@ -50,7 +50,7 @@ def test_well_separated_people_are_found_exactly(algorithm, seed):
     assert np.bincount(labels[labels >= 0]).tolist() == sorted(sizes, reverse=True)
 
 
-@pytest.mark.parametrize("algorithm", ["agglomerative", "chinese_whispers", "dbscan"])
+@pytest.mark.parametrize("algorithm", ["agglomerative", "chinese_whispers", "dbscan", "hdbscan"])
 def test_lone_faces_stay_unclustered(algorithm):
     x, y = blobs([6, 5, 1, 1, 1, 1], 3)
     labels = cluster_faces(x, params(algorithm))
@@ -62,7 +62,7 @@ def test_lone_faces_stay_unclustered(algorithm):
     assert bigger.max() == 0 and (bigger >= 0).sum() == 6
 
 
-@pytest.mark.parametrize("algorithm", ["agglomerative", "chinese_whispers", "dbscan"])
+@pytest.mark.parametrize("algorithm", ["agglomerative", "chinese_whispers", "dbscan", "hdbscan"])
 def test_two_faces_of_one_photo_are_never_one_person(algorithm):
     x, y = blobs([5, 5], 4)
     # a near-duplicate of face 0 in face 0's photo, e.g. a reflection: alike, but cannot be the same person

@@ -19,6 +19,9 @@ Algorithms (:data:`ALGORITHMS`, chosen by :class:`ClusterParams.algorithm`):
 - ``dbscan``: DBSCAN (Ester et al. 1996) with ``eps`` as a similarity: a face with at least ``min_samples`` faces
   (itself included) at similarity ``>= threshold`` is a core; cores joined by such edges form clusters, other faces
   join the cluster of their most similar core, the rest is noise.
+- ``hdbscan``: HDBSCAN (Campello et al. 2013) on the graph: mutual-reachability distances from core distances
+  (``min_samples``), a minimum spanning forest, clusters of at least ``min_size`` chosen by excess of mass;
+  ``threshold`` cuts the graph's weaker edges.
 - ``immich``: Immich's own incremental DBSCAN (``server/src/services/person.service.ts``, ``handleRecognizeFaces``):
   faces in order; a face whose ``min_samples`` nearest faces within the distance (itself included) are all found is
   a core and joins the person of the first of them that has one, else the nearest face with a person, else starts a
@@ -368,11 +371,118 @@ def agglomerative(
     return relabel(labels, params.min_size)
 
 
+def hdbscan(
+    vectors: np.ndarray, params: ClusterParams, groups: np.ndarray | None = None, graph: KnnGraph | None = None
+) -> np.ndarray:
+    """HDBSCAN (Campello et al. 2013) over the graph: cosine distances, core distance = distance to the
+    ``params.min_samples``-th nearest face (itself counted), mutual-reachability minimum spanning forest of the
+    graph's edges at similarity ``>= params.threshold`` (an edge cut; ``-1`` keeps them all), clusters of at least
+    ``params.min_size`` faces, chosen by excess of mass (each tree's root may be chosen)."""
+    n = len(vectors)
+    graph = graph if graph is not None else knn_graph(vectors, params.k, groups)
+    m = params.min_size
+    dist = 1.0 - graph.similarities.astype(np.float64)
+    col = params.min_samples - 2  # the face itself is the first of its min_samples
+    core = (
+        np.zeros(n)
+        if col < 0
+        else np.where(graph.neighbours[:, col] >= 0, dist[:, min(col, dist.shape[1] - 1)], np.inf)
+    )
+    a, b, sim = graph.edges(params.threshold)
+    mr = np.maximum(np.maximum(core[a], core[b]), 1.0 - sim.astype(np.float64))
+    order = np.argsort(mr, kind="stable")
+    parent = list(range(n))
+    comp_size = [1] * n
+    comp_cluster = [-1] * n  # the cluster a component is, once it has m faces
+    # clusters: faces at formation, lambda at formation, (lambda, count) of faces that joined later, children
+    formed_size: list[int] = []
+    formed_lam: list[float] = []
+    joined: list[list[tuple[float, int]]] = []
+    children: list[list[int]] = []
+    birth: list[float] = []
+    members: list[list[int]] = []  # faces, for labelling
+    comp_faces: dict[int, list[int]] = {i: [i] for i in range(n)}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def new_cluster(size: int, lam: float, kids: list[int], faces: list[int]) -> int:
+        formed_size.append(size)
+        formed_lam.append(lam)
+        joined.append([])
+        children.append(kids)
+        birth.append(0.0)
+        members.append(faces)
+        return len(formed_size) - 1
+
+    for e in order.tolist():
+        ra, rb = find(int(a[e])), find(int(b[e]))
+        if ra == rb:
+            continue
+        lam = 1.0 / max(float(mr[e]), 1e-12)
+        ca, cb = comp_cluster[ra], comp_cluster[rb]
+        if comp_size[ra] < comp_size[rb]:
+            ra, rb, ca, cb = rb, ra, cb, ca
+        faces = comp_faces.pop(rb)
+        size = comp_size[ra] + comp_size[rb]
+        if ca >= 0 and cb >= 0:  # two clusters meet: both end here, a parent begins
+            birth[ca] = birth[cb] = lam
+            cluster = new_cluster(size, lam, [ca, cb], [])
+        elif ca >= 0 or cb >= 0:  # a cluster takes in a small group
+            cluster = ca if ca >= 0 else cb
+            small = comp_size[rb] if ca >= 0 else comp_size[ra]
+            joined[cluster].append((lam, small))
+            members[cluster].extend(faces if ca >= 0 else comp_faces[ra])
+        elif size >= m:  # a small group grows into a cluster
+            cluster = new_cluster(size, lam, [], comp_faces[ra] + faces)
+        else:
+            cluster = -1
+        parent[rb] = ra
+        comp_size[ra] = size
+        comp_faces[ra].extend(faces)
+        comp_cluster[ra] = cluster
+    # excess of mass, children before parents (they were made first)
+    value = [0.0] * len(formed_size)
+    chosen = [False] * len(formed_size)
+    for c in range(len(formed_size)):
+        stability = formed_size[c] * (formed_lam[c] - birth[c]) + sum(cnt * (lam - birth[c]) for lam, cnt in joined[c])
+        below = sum(value[k] for k in children[c])
+        if children[c] and below > stability:
+            value[c] = below
+        else:
+            value[c] = stability
+            chosen[c] = True
+    labels = np.full(n, -1, np.int64)
+
+    def faces_of(c: int) -> list[int]:
+        out, stack = [], [c]
+        while stack:
+            k = stack.pop()
+            out.extend(members[k])
+            stack.extend(children[k])
+        return out
+
+    # a chosen cluster whose ancestor is chosen too belongs to that ancestor: label from the top down
+    is_child = {k for c in range(len(formed_size)) for k in children[c]}
+    stack = [c for c in range(len(formed_size)) if c not in is_child]
+    while stack:
+        c = stack.pop()
+        if chosen[c]:
+            labels[faces_of(c)] = c
+        else:
+            stack.extend(children[c])
+    return relabel(enforce_cannot_link(labels, vectors, groups), params.min_size)
+
+
 Algorithm = Callable[..., np.ndarray]
 ALGORITHMS: dict[str, Algorithm] = {
     "agglomerative": agglomerative,
     "chinese_whispers": chinese_whispers,
     "dbscan": dbscan,
+    "hdbscan": hdbscan,
     "immich": immich,
 }
 
@@ -478,6 +588,7 @@ __all__ = [
     "cluster_faces",
     "dbscan",
     "enforce_cannot_link",
+    "hdbscan",
     "immich",
     "immich_params",
     "knn_graph",
