@@ -101,7 +101,7 @@ def tune(vectors: np.ndarray, people: np.ndarray, algorithm: str, k: int) -> tup
             if best is None or key > best[0]:
                 best = (key, dataclasses.replace(raw, min_size=m), r)
 
-    for t in COARSE:
+    for t in COARSE + ([-1.0, 0.0, 0.1] if algorithm == "hdbscan" else []):
         for samples in MIN_SAMPLES[algorithm]:
             at(t, samples)
     assert best is not None

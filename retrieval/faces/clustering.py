@@ -20,8 +20,8 @@ Algorithms (:data:`ALGORITHMS`, chosen by :class:`ClusterParams.algorithm`):
   (itself included) at similarity ``>= threshold`` is a core; cores joined by such edges form clusters, other faces
   join the cluster of their most similar core, the rest is noise.
 - ``hdbscan``: HDBSCAN (Campello et al. 2013) on the graph: mutual-reachability distances from core distances
-  (``min_samples``), a minimum spanning forest, clusters of at least ``min_size`` chosen by excess of mass;
-  ``threshold`` cuts the graph's weaker edges.
+  (``min_samples``), a minimum spanning forest, clusters of at least ``min_size`` chosen by excess of mass
+  (a tree's root only when it never splits); ``threshold`` cuts the graph's weaker edges.
 - ``immich``: Immich's own incremental DBSCAN (``server/src/services/person.service.ts``, ``handleRecognizeFaces``):
   faces in order; a face whose ``min_samples`` nearest faces within the distance (itself included) are all found is
   a core and joins the person of the first of them that has one, else the nearest face with a person, else starts a
@@ -377,7 +377,7 @@ def hdbscan(
     """HDBSCAN (Campello et al. 2013) over the graph: cosine distances, core distance = distance to the
     ``params.min_samples``-th nearest face (itself counted), mutual-reachability minimum spanning forest of the
     graph's edges at similarity ``>= params.threshold`` (an edge cut; ``-1`` keeps them all), clusters of at least
-    ``params.min_size`` faces, chosen by excess of mass (each tree's root may be chosen)."""
+    ``params.min_size`` faces, chosen by excess of mass (a tree's root only when it never splits)."""
     n = len(vectors)
     graph = graph if graph is not None else knn_graph(vectors, params.k, groups)
     m = params.min_size
@@ -445,12 +445,15 @@ def hdbscan(
         comp_faces[ra].extend(faces)
         comp_cluster[ra] = cluster
     # excess of mass, children before parents (they were made first)
+    # a tree's root is born at distance infinity: it would always win, so (as HDBSCAN's root) it is chosen only
+    # when it never split
+    is_child = {k for c in range(len(formed_size)) for k in children[c]}
     value = [0.0] * len(formed_size)
     chosen = [False] * len(formed_size)
     for c in range(len(formed_size)):
         stability = formed_size[c] * (formed_lam[c] - birth[c]) + sum(cnt * (lam - birth[c]) for lam, cnt in joined[c])
         below = sum(value[k] for k in children[c])
-        if children[c] and below > stability:
+        if children[c] and (below > stability or c not in is_child):
             value[c] = below
         else:
             value[c] = stability
@@ -466,7 +469,6 @@ def hdbscan(
         return out
 
     # a chosen cluster whose ancestor is chosen too belongs to that ancestor: label from the top down
-    is_child = {k for c in range(len(formed_size)) for k in children[c]}
     stack = [c for c in range(len(formed_size)) if c not in is_child]
     while stack:
         c = stack.pop()
