@@ -1,6 +1,7 @@
-"""Near-duplicate groups on a seeded set built from the shared data: lookalike at its calibrated threshold
-against perceptual hash, difference hash and a CNN at imagededup's default thresholds; pair precision, recall,
-F1; time and peak memory; the precision the calibration promised against the one measured.
+"""Near-duplicate groups on a seeded set built from the shared data: lookalike at its calibrated threshold (the
+default: vectors + geometric check; and vectors only, plain and ``--strict``) against perceptual hash,
+difference hash and a CNN at imagededup's default thresholds; pair precision, recall, F1; time and peak memory;
+the precision and recall the calibration promised against those measured.
 
 The set (``--work``, default ``benchmarks/results/duplicates-set``; seeded by ``--seed``):
 

@@ -173,7 +173,7 @@ def duplicates(
                 )
             return
     if of_file is not None:
-        t, matches = finder.of(of_file, threshold, precision, k)
+        t, matches = finder.of(of_file, threshold, precision, k, verify=not no_verify)
         if as_json:
             payload = {
                 "query": str(of_file),

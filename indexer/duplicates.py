@@ -950,15 +950,24 @@ class DuplicateFinder:
         threshold: float | None = None,
         precision: float | None = None,
         k: int = DEFAULT_K,
+        verify: bool = True,
     ) -> tuple[float, list[DuplicateFile]]:
         """Is this file (indexed or not) already in the collection? -> ``(threshold, matches)``: indexed files
         byte-identical to it, then those scoring at or above the threshold, best first (the file itself left
-        out)."""
+        out). With the calibrated threshold and ``verify``, candidates from the calibration's candidate threshold
+        up must also pass the geometric check, as in :meth:`find`."""
         self._require_indexed()
         p = str(Path(path).expanduser().resolve())
         if not os.path.isfile(p):
             raise LookalikeError(f"{path} is not a file")
-        t, _ = self.threshold(threshold, precision)
+        t, cal = self.threshold(threshold, precision)
+        check = None
+        if verify and threshold is None and cal is not None and cal.verify_min_inliers is not None:
+            from .verify import Verifier
+
+            verifier, need = Verifier(max_pixels=self.coll.max_pixels), cal.verify_min_inliers
+            t = cal.verify_candidate_threshold or t
+            check = lambda other: verifier.inliers(p, other) >= need
         try:
             h = file_hash(p)
         except OSError as exc:
@@ -980,6 +989,8 @@ class DuplicateFinder:
         for sc, i in zip(scores[0], ids[0]):
             n = by_id.get(int(i))
             if n is None or sc < t or rows.paths[n] == p or int(i) in matches:
+                continue
+            if check is not None and not check(rows.paths[n]):
                 continue
             matches[int(i)] = self._file(rows, n, float(sc), exact=False)
         return t, sorted(matches.values(), key=lambda f: (-f.score, f.path))
