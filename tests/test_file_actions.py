@@ -176,3 +176,82 @@ def test_a_run_killed_at_any_stage_is_undone(setup, tmp_path, monkeypatch, stage
     assert snapshot(photos) == before
     dupes = tmp_path / "dupes"
     assert not dupes.exists() or not [p for p in dupes.rglob("*") if p.is_file()]
+
+
+def test_a_full_target_on_another_file_system_leaves_the_source(setup, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    photos, coll, group = setup
+    before = snapshot(photos)
+
+    def other_fs(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(src, dst, **kw):
+        Path(dst).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", other_fs)
+    monkeypatch.setattr(shutil, "copy2", full)
+    report = apply_actions(coll, [group], "move", move_to=tmp_path / "dupes", dry_run=False)
+    assert [r.status for r in report.results] == ["failed", "failed"]
+    assert all("no space" in r.reason for r in report.results)
+    assert snapshot(photos) == before
+    assert not [p for p in (tmp_path / "dupes").rglob("*") if p.is_file()]  # no partial file left
+    assert [e["state"] for e in Journal.read(Path(report.journal))] == ["failed", "failed"]
+    monkeypatch.undo()
+    undo(coll)
+    assert snapshot(photos) == before
+
+
+def test_kill_9_during_a_move_loses_nothing(setup, tmp_path):
+    """A real process killed (SIGKILL) in the middle of its moves; then undo puts every file back."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    photos, coll, group = setup
+    for i in range(6):
+        (photos / f"more_{i}.jpg").write_bytes(bytes([i]) * 300)
+        group.files.append(tracked(photos / f"more_{i}.jpg"))
+    before = snapshot(photos)
+    spec = tmp_path / "groups.json"
+    import json
+
+    spec.write_text(json.dumps([f.__dict__ for f in group.files]))
+    script = textwrap.dedent(
+        f"""
+        import json, os, time
+        from indexer import file_actions
+        from indexer.duplicates import DuplicateFile, DuplicateGroup
+        from indexer.engine import Collection
+        real = file_actions._do
+        def slow(*a):
+            out = real(*a)
+            print("moved", flush=True)
+            time.sleep(0.5)
+            return out
+        file_actions._do = slow
+        files = [DuplicateFile(**d) for d in json.load(open({str(spec)!r}))]
+        file_actions.apply_actions(Collection({str(coll.home)!r}), [DuplicateGroup(files)], "move",
+                                   move_to={str(tmp_path / "dupes")!r}, dry_run=False)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent
+    )
+    assert proc.stdout is not None
+    for _ in range(3):
+        assert proc.stdout.readline().strip() == b"moved"
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(photos.iterdir())) < len(before)  # some moved
+    entries = Journal.read(latest_journal(coll.home))
+    assert len(entries) >= 3 and all(e["state"] in ("begin", "done") for e in entries)
+    undo(coll)
+    assert snapshot(photos) == before
+    assert not [p for p in (tmp_path / "dupes").rglob("*") if p.is_file()]
