@@ -184,7 +184,8 @@ def duplicates(
             }
             click.echo(json.dumps(payload, indent=2))
         elif not matches:
-            click.echo(f"not in the collection (no image scores >= {t:.4f})")
+            checked = " and passes the geometric check" if threshold is None and not no_verify else ""
+            click.echo(f"not in the collection: no indexed image scores >= {t:.4f}{checked}")
         else:
             for m in matches:
                 click.echo(f"  {'same' if m.exact else f'{m.score:.3f}':>5}  {m.path}")
