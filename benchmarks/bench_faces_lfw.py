@@ -11,8 +11,8 @@ deviation of the 10 fold accuracies are reported (``retrieval.verification.kfold
 ``indexer.evaluate.embed_paths``), with ROC AUC and TAR at FAR 1e-3 / 1e-2 over all 6,000 pairs. No pair is dropped: an image where no face is found is still scored, from a fallback crop.
 
 Rows (the first four go through :class:`indexer.faces.FaceGallery`, i.e. the face pipeline of ``lookalike
-faces``, each in a fresh home; the gallery keeps the largest face of each photo and leaves out pairs with a photo
-where no face is found, counting them):
+faces``, each in a fresh home; the gallery keeps the face nearest each photo's centre and leaves out pairs with a
+photo where no face is found, counting them):
 
 - ``default``: ``lookalike faces eval pairs.txt --root DIR --json`` run as a command with no option (a fresh
   ``--home``): YuNet -> similarity alignment on the ArcFace template -> SFace -> cosine. Also gives the sface
