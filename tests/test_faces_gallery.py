@@ -297,3 +297,17 @@ def test_a_photo_the_detector_cannot_take_is_reported_not_a_crash(tmp_path):
         g.verify(photos / "wide.png", "alice")
     with pytest.raises(LookalikeError, match="aggregate"):
         g.verify(small, "alice", aggregate="median")
+
+
+def test_eval_scores_each_photo_of_a_pairs_file_by_the_face_nearest_its_centre(tmp_path):
+    """A larger stranger beside every photo's person: scored by the largest face every pair would look alike."""
+    g = open_gallery(tmp_path / "home")
+    root = tmp_path / "lfw"
+    for p, name in enumerate(["Ann", "Ben", "Cat", "Dan"]):
+        for v in range(1, 4):  # the stranger in slot 0 (x 10-66), the person nearer the centre (x 100-144)
+            save_photo(root / name / f"{name}_{v:04d}.jpg", [CAROL, 10 + p], v, sizes=[56, 44])
+    (tmp_path / "pairs.txt").write_text(
+        "2 2\nAnn 1 2\nBen 1 3\nAnn 1 Ben 2\nCat 1 Dan 1\nCat 2 3\nDan 1 2\nAnn 3 Cat 3\nBen 2 Dan 3\n"
+    )
+    ev = g.evaluate(tmp_path / "pairs.txt", root)
+    assert ev.pairs == 8 and ev.metrics["accuracy"] == 1.0 and ev.metrics["auc"] == 1.0
