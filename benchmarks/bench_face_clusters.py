@@ -130,7 +130,7 @@ def incremental(vectors: np.ndarray, people: np.ndarray, seed: int = 0) -> dict[
         clusters = FaceClusters(gallery)
 
         def add(rows: np.ndarray) -> None:
-            with gallery._session() as s, s.begin():
+            with gallery.session() as s, s.begin():
                 s.execute(
                     insert(FaceRecord),
                     [
@@ -153,7 +153,7 @@ def incremental(vectors: np.ndarray, people: np.ndarray, seed: int = 0) -> dict[
         out["first"] = dataclasses.asdict(clusters.cluster())
         add(np.flatnonzero(~first))
         out["second"] = dataclasses.asdict(clusters.cluster())
-        with gallery._session() as s:
+        with gallery.session() as s:
             got = dict(s.execute(select(FaceRecord.id, FaceRecord.cluster_id)).all())
         labels = np.array([got.get(i + 1) if got.get(i + 1) is not None else -1 for i in range(len(vectors))])
         out["incremental"] = score(people, labels)

@@ -58,14 +58,14 @@ def pad_gallery(g: FaceGallery, total: int, seed: int = 0) -> int:
     """Add synthetic enrolled faces (random unit vectors of the gallery's dimension, two per identity named
     ``synthetic-N``) until the gallery holds ``total`` enrolled faces; returns how many were added. Written
     straight into the database (no photos to embed); the face index is rebuilt at its next use."""
-    with g._session() as s:  # a benchmark may reach inside: there is no API to enroll vectors
+    with g.session() as s:  # a benchmark may reach inside: there is no API to enroll vectors
         rows = s.execute(select(FaceRecord.vector).where(FaceRecord.source == ENROLLED)).scalars().all()
     have = len(rows)
     dim = np.frombuffer(rows[0], np.float32).size
     n = max(0, total - have)
     vecs = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    with g._session() as s, s.begin():
+    with g.session() as s, s.begin():
         for start in range(0, n, 2):
             ident = Identity(name=f"synthetic-{start // 2}")
             s.add(ident)

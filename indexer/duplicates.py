@@ -545,7 +545,7 @@ class DuplicateFinder:
             ImageRecord.width,
             ImageRecord.height,
         ).where(ImageRecord.status == INDEXED)
-        with self.coll._session() as s:
+        with self.coll.session() as s:
             rows = list(s.execute(q.order_by(ImageRecord.id)))
         if ids is not None:
             by_id = {r[0]: r for r in rows}
@@ -577,7 +577,7 @@ class DuplicateFinder:
     # ------------------------------------------------------------------ calibration
     def stored_calibration(self) -> Calibration | None:
         """The stored calibration, when it was made for the collection's current model."""
-        with self.coll._session() as s:
+        with self.coll.session() as s:
             d = db.get_setting(s, CALIBRATION_SETTING)
         if d is None:
             return None
@@ -650,7 +650,7 @@ class DuplicateFinder:
             cv = np.stack([vecs[i] for i in done]).astype(np.float32)
             co = np.array([copy_orig[i] for i in done], np.int64)
             cs = np.array([copy_strength[i] for i in done], np.int64)
-            index = self.coll._cache.current()
+            index = self.coll.index()
             pos_scores, neg_scores = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes))
             t, recall, prec = threshold_for_precision(pos_scores, neg_scores, precision)
             _, strict_neg = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes), same_picture=0.985)
@@ -676,7 +676,7 @@ class DuplicateFinder:
         )
         log.info("duplicates threshold %.4f: precision %.3f, recall %.3f", t, prec, recall)
         if store:
-            with self.coll._session() as s, s.begin():
+            with self.coll.session() as s, s.begin():
                 db.set_setting(s, CALIBRATION_SETTING, cal.to_dict())
         return cal
 
@@ -836,7 +836,7 @@ class DuplicateFinder:
             assert vectors is not None
             # the collection's own index when the selection is most of it (neighbours outside the selection
             # are dropped); a new one over the selection when it is a small part
-            index = self.coll._cache.current() if 2 * sel.size >= n_all else None
+            index = self.coll.index() if 2 * sel.size >= n_all else None
             if index is not None and len(index) == n_all:
                 sel_ids = rows.ids[sel]
                 edges = self._graph(vectors[sel], sel_ids, [rows.hashes[i] for i in sel], index, t, k, progress)
@@ -879,7 +879,7 @@ class DuplicateFinder:
 
     # ------------------------------------------------------------------ the graph, kept between runs
     def _graph_signature(self) -> str:
-        with self.coll._session() as s:
+        with self.coll.session() as s:
             learned_on = db.get_setting(s, "whitening_learned_on", 0)
         return f"{self._model_description()}; whitening learned on {learned_on}"
 
@@ -978,7 +978,7 @@ class DuplicateFinder:
                 raise LookalikeError(f"cannot read {path} as an image: {error}")
             vec = v
         assert vec is not None
-        index = self.coll._cache.current()
+        index = self.coll.index()
         scores, ids = index.search(vec[None].astype(np.float32), min(k, max(1, len(index))))
         rows = self._rows()
         by_id = {int(i): n for n, i in enumerate(rows.ids)}

@@ -164,25 +164,25 @@ class Collection(Store):
     # ------------------------------------------------------------------ settings
     @property
     def model_config(self) -> ModelConfig | None:
-        with self._session() as s:
+        with self.session() as s:
             d = db.get_setting(s, "model")
         return None if d is None else ModelConfig.from_dict(d)
 
     @property
     def mask_settings(self) -> MaskSettings:
-        with self._session() as s:
+        with self.session() as s:
             d = db.get_setting(s, "mask")
         return MaskSettings() if d is None else MaskSettings.from_dict(d)
 
     @property
     def index_config(self) -> IndexConfig:
-        with self._session() as s:
+        with self.session() as s:
             d = db.get_setting(s, "index")
         return IndexConfig() if d is None else IndexConfig.from_dict(d)
 
     @property
     def whitening_settings(self) -> WhiteningSettings:
-        with self._session() as s:
+        with self.session() as s:
             d = db.get_setting(s, "whitening")
         return WhiteningSettings() if d is None else WhiteningSettings(**d)
 
@@ -206,7 +206,7 @@ class Collection(Store):
         setting that cannot work raises :class:`LookalikeError` and nothing is recorded.
         """
         embedder = self._try_settings(model, index, mask)
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             stored_mask = db.get_setting(s, "mask")
             if mask is not None and (MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()) != mask:
                 has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
@@ -258,7 +258,7 @@ class Collection(Store):
         if index is not None and index != self.index_config:
             dim = embedder.dim if embedder is not None else None
             if dim is None:
-                with self._session() as s:
+                with self.session() as s:
                     dim = int(db.get_setting(s, "model_dim") or 0) or None
             try:
                 index.check_kind(dim or 1280)
@@ -325,7 +325,7 @@ class Collection(Store):
     def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
         embedder = self._get_embedder()
         masker = self._get_masker()
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
         paths = [p for _, p in todo]
         for out in embed_files(
@@ -408,9 +408,13 @@ class Collection(Store):
         return True
 
     # ------------------------------------------------------------------ search
+    def index(self) -> VectorIndex:
+        """The FAISS index to search (ids are the images' ids), rebuilt from the database when stale."""
+        return self._cache.current()
+
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every indexed image's vector as searched (whitened or L2-normalised): ``(N,)`` ids, ``(N, D)``."""
-        with self._session() as s:
+        with self.session() as s:
             ids, vecs, _ = self._cache.vectors.indexed(s)
         return ids, vecs
 
@@ -418,7 +422,7 @@ class Collection(Store):
         """Embed query images with the collection's model and whitening: yields ``(position, vector, error)``."""
         embedder = self._get_embedder()
         masker = self._get_masker()
-        with self._session() as s:
+        with self.session() as s:
             final, _ = self._transform(s)
         for out in embed_files(
             list(paths),
@@ -498,7 +502,7 @@ class Collection(Store):
 
     def _rows_of(self, ids: list[int]) -> dict[int, tuple[str, int | None, int | None]]:
         rows: dict[int, tuple[str, int | None, int | None]] = {}
-        with self._session() as s:
+        with self.session() as s:
             for chunk in chunks(sorted(set(ids)), 500):
                 q = select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height)
                 for r in s.execute(q.where(ImageRecord.id.in_(chunk))):
@@ -513,7 +517,7 @@ class Collection(Store):
         p = str(Path(path).expanduser().resolve())
         with write_lock(self.home):
             start_version = self._vector_version()
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 prefix = p.rstrip(os.sep) + os.sep
                 ids = list(
                     s.scalars(
@@ -533,7 +537,7 @@ class Collection(Store):
         return len(ids)
 
     def stats(self) -> Stats:
-        with self._session() as s:
+        with self.session() as s:
             counts = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
             whitening = self._whitening(s)
             fallbacks = s.scalar(select(func.count()).where(ImageRecord.mask_fallback.is_not(None))) or 0
@@ -557,7 +561,7 @@ class Collection(Store):
 
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every image that could not be indexed."""
-        with self._session() as s:
+        with self.session() as s:
             return [
                 (p, e or "")
                 for p, e in s.execute(
@@ -581,7 +585,7 @@ class Collection(Store):
         with write_lock(self.home) if repair else contextlib.nullcontext():
             version = self._vector_version()
             index, state = self._cache.load()
-            with self._session() as s:
+            with self.session() as s:
                 whitening = self._whitening(s)
                 expected_dim = whitening.in_dim if whitening is not None else None
                 bad_vectors: list[int] = []
@@ -620,7 +624,7 @@ class Collection(Store):
                 report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
             if not repair or report.ok:
                 return report
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 if bad_vectors or len(dims) > 1:
                     for chunk in chunks(bad_vectors, 500):
                         s.execute(

@@ -134,7 +134,7 @@ class FaceClusters:
         run on another scale, the same algorithm at the gallery's decision threshold."""
         if self._params is not None:
             return self._params
-        with self.gallery._session() as s:
+        with self.gallery.session() as s:
             d = db.get_setting(s, _SETTINGS_KEY)
         if d is not None:
             return ClusterParams.from_dict(d)
@@ -155,7 +155,7 @@ class FaceClusters:
 
     def listing(self) -> ClusterListing:
         """Every cluster with its name and faces (largest cluster first, faces by path), and the unclustered faces."""
-        with self.gallery._session() as s:
+        with self.gallery.session() as s:
             rows = list(
                 s.execute(
                     select(
@@ -201,7 +201,7 @@ class FaceClusters:
         report = ClusterReport(params=p, rebuilt=rebuild)
         touched: set[int] = set()
         with write_lock(self.gallery.home):
-            with self.gallery._session() as s, s.begin():
+            with self.gallery.session() as s, s.begin():
                 if params is not None:
                     db.set_setting(s, _SETTINGS_KEY, p.to_dict())
                 rows = self._faces(s)
@@ -331,7 +331,7 @@ class FaceClusters:
         """Enroll the named clusters among ``cluster_ids`` from their current faces (outside the write lock: the
         gallery takes it)."""
         todo: list[tuple[str, list[int]]] = []
-        with self.gallery._session() as s:
+        with self.gallery.session() as s:
             for cid in sorted(set(cluster_ids)):
                 row = s.get(FaceCluster, cid)
                 name = None if row is None else self._name_of(s, row)
@@ -344,7 +344,7 @@ class FaceClusters:
         """Name cluster ``cluster_id``: its faces are enrolled as ``name`` (``identify`` then knows them). When
         another cluster already has that name, the two are merged. Returns the id of the named cluster."""
         name = name.strip()
-        with self.gallery._session() as s:
+        with self.gallery.session() as s:
             row = self._require(s, cluster_id)
             current = self._name_of(s, row)
             ident = s.scalar(select(Identity.id).where(Identity.name == name))
@@ -363,7 +363,7 @@ class FaceClusters:
         if current is not None:
             self.gallery.enroll_indexed_faces(current, [])
         self.gallery.enroll_indexed_faces(name, faces)
-        with write_lock(self.gallery.home), self.gallery._session() as s, s.begin():
+        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
             ident = s.scalar(select(Identity.id).where(Identity.name == name))
             s.execute(update(FaceCluster).where(FaceCluster.id == cluster_id).values(identity_id=ident))
         return cluster_id
@@ -374,7 +374,7 @@ class FaceClusters:
         or takes ``other``'s when it had none. Returns ``into``."""
         if into == other:
             raise LookalikeError(f"cannot merge cluster {into} with itself")
-        with write_lock(self.gallery.home), self.gallery._session() as s, s.begin():
+        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
             a, b = self._require(s, into), self._require(s, other)
             name_a, name_b = self._name_of(s, a), self._name_of(s, b)
             s.execute(update(FaceRecord).where(FaceRecord.cluster_id == other).values(cluster_id=into))
@@ -393,7 +393,7 @@ class FaceClusters:
         faces in smaller parts keep the id and name. New clusters are the user's: kept even when small.
         Returns the new clusters' ids."""
         p = self.params
-        with write_lock(self.gallery.home), self.gallery._session() as s, s.begin():
+        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
             self._require(s, cluster_id)
             rows = list(
                 s.execute(

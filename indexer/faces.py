@@ -384,7 +384,7 @@ class FaceGallery(Store):
     # ------------------------------------------------------------------ settings
     @property
     def settings(self) -> FaceSettings:
-        with self._session() as s:
+        with self.session() as s:
             d = db.get_setting(s, _SETTINGS_KEY)
         return FaceSettings() if d is None else FaceSettings.from_dict(d)
 
@@ -428,7 +428,7 @@ class FaceGallery(Store):
         new = new.uncalibrated()
         lost: list[tuple[str, str]] = []
         with write_lock(self.home):
-            with self._session() as s:
+            with self.session() as s:
                 stored = s.scalar(select(func.count()).select_from(FaceRecord)) or 0
             if stored and not reembed:
                 raise ModelMismatchError(
@@ -441,11 +441,11 @@ class FaceGallery(Store):
         return lost
 
     def _store_settings(self, settings: FaceSettings) -> None:
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             db.set_setting(s, _SETTINGS_KEY, settings.to_dict())
 
     def _ensure_settings(self) -> FaceSettings:
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             d = db.get_setting(s, _SETTINGS_KEY)
             if d is None:
                 db.set_setting(s, _SETTINGS_KEY, FaceSettings().to_dict())
@@ -509,7 +509,7 @@ class FaceGallery(Store):
 
     def _remember_dim(self, vecs: np.ndarray) -> None:
         if vecs.size and self._dim_known != vecs.shape[1]:
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 db.set_setting(s, _DIM_KEY, int(vecs.shape[1]))
             self._dim_known = vecs.shape[1]
 
@@ -561,7 +561,7 @@ class FaceGallery(Store):
         settings = self._ensure_settings()
         with write_lock(self.home):
             start = self._caches[ENROLLED].version()
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
                     ident = Identity(name=name)
@@ -589,7 +589,7 @@ class FaceGallery(Store):
                 if len(probe.faces) > 1:
                     report.several_faces.append((path, len(probe.faces)))
                 best = probe.faces.index(largest_face(probe.faces))
-                with self._session() as s, s.begin():
+                with self.session() as s, s.begin():
                     row = self._face_row(probe, best, path, ENROLLED, identity_id=ident_id)
                     s.add(row)
                     s.flush()
@@ -597,7 +597,7 @@ class FaceGallery(Store):
                     db.bump_vector_version(s, _INDEX_FILES[ENROLLED][2])
                 known.add(loaded.content_hash)
                 report.enrolled.append((path, probe.boxes[best]))
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 report.total_faces = s.scalar(select(func.count()).where(FaceRecord.identity_id == ident_id)) or 0
                 if report.total_faces == 0:  # nothing usable: do not keep an empty identity
                     s.execute(delete(Identity).where(Identity.id == ident_id))
@@ -608,7 +608,7 @@ class FaceGallery(Store):
         """Remove an identity and its enrolled faces. Returns the number of faces removed."""
         with write_lock(self.home):
             start = self._caches[ENROLLED].version()
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
                     raise LookalikeError(self._unknown_name(s, name))
@@ -632,7 +632,7 @@ class FaceGallery(Store):
         wanted = set(face_ids)
         with write_lock(self.home):
             start = self._caches[ENROLLED].version()
-            with self._session() as s, s.begin():
+            with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
                 if ident is None:
                     if not wanted:
@@ -682,7 +682,7 @@ class FaceGallery(Store):
         return len(added), len(gone)
 
     def identities(self) -> list[IdentitySummary]:
-        with self._session() as s:
+        with self.session() as s:
             rows = s.execute(
                 select(Identity.name, func.count(FaceRecord.id), Identity.added_at)
                 .outerjoin(FaceRecord, FaceRecord.identity_id == Identity.id)
@@ -718,7 +718,7 @@ class FaceGallery(Store):
         if aggregate not in ("max", "mean"):
             raise LookalikeError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
         settings = self.settings
-        with self._session() as s:
+        with self.session() as s:
             ident = s.scalar(select(Identity).where(Identity.name == name))
             if ident is None:
                 raise LookalikeError(self._unknown_name(s, name))
@@ -758,7 +758,7 @@ class FaceGallery(Store):
         if not probe.faces:
             return []
         per_face = self._search(ENROLLED, probe.vectors, max(8 * k, 64))  # several faces per identity
-        with self._session() as s:
+        with self.session() as s:
             owner = self._owners(s, {i for r in per_face for i, _ in r})
         out: list[FaceMatch] = []
         for box, results in zip(probe.boxes, per_face):
@@ -796,7 +796,7 @@ class FaceGallery(Store):
         per_face = self._search(INDEX, probe.vectors, k)
         wanted = sorted({i for r in per_face for i, _ in r})
         rows: dict[int, Any] = {}
-        with self._session() as s:
+        with self.session() as s:
             for chunk in chunks(wanted, 500):
                 for r in s.execute(
                     select(
@@ -872,7 +872,7 @@ class FaceGallery(Store):
         drop the indexed photos' faces and mark those photos for the next :meth:`index_folder`."""
         settings = self.settings
         lost: list[tuple[str, str]] = []
-        with self._session() as s:
+        with self.session() as s:
             enrolled = list(
                 s.execute(
                     select(
@@ -914,7 +914,7 @@ class FaceGallery(Store):
                     content_hash=row.content_hash,
                 )
             )
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             if updates:
                 s.execute(update(FaceRecord), updates)
             for chunk in chunks(gone, 500):
@@ -1017,7 +1017,7 @@ class FaceGallery(Store):
     def stats(self) -> dict[str, Any]:
         """Counts and settings, JSON-ready."""
         settings = self.settings
-        with self._session() as s:
+        with self.session() as s:
             counts = {
                 r[0]: r[1] for r in s.execute(select(FaceRecord.source, func.count()).group_by(FaceRecord.source))
             }

@@ -89,7 +89,7 @@ class IndexCache:
         self._cached: tuple[int, VectorIndex] | None = None
 
     def version(self) -> int:
-        with self.store._session() as s:
+        with self.store.session() as s:
             return int(db.get_setting(s, self.version_key, 0))
 
     def forget(self) -> None:
@@ -102,7 +102,7 @@ class IndexCache:
 
     def build(self) -> VectorIndex:
         """A new index of every vector in the database."""
-        with self.store._session() as s:
+        with self.store.session() as s:
             return self._build(s, self.config())
 
     def _build(self, s: Session, cfg: IndexConfig) -> VectorIndex:
@@ -121,7 +121,7 @@ class IndexCache:
         ``rebuild``, when the dimension changed, or when the index kind no longer suits its size, it is
         rebuilt from the database."""
         if self.learn is not None:
-            with self.store._session() as s, s.begin():
+            with self.store.session() as s, s.begin():
                 if self.learn(s):
                     db.bump_vector_version(s, self.version_key)
                     rebuild = True
@@ -131,7 +131,7 @@ class IndexCache:
         on_disk = state.get("version") if state is not None else None
         trusted = not rebuild and index is not None and on_disk == start_version
         dirty = on_disk != version
-        with self.store._session() as s:
+        with self.store.session() as s:
             if trusted and version != start_version:
                 assert index is not None
                 stale = changed | removed

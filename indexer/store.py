@@ -103,13 +103,14 @@ class Store:
         except (SQLAlchemyError, OSError, ImportError) as exc:  # a bad URL, a missing driver, an unreachable server
             raise LookalikeError(f"cannot open the database {redact_url(self.db_url)}: {exc}") from None
 
-    def _session(self) -> Session:
+    def session(self) -> Session:
+        """A new session on the metadata database (``with store.session() as s, s.begin(): ...``)."""
         return Session(self._engine, expire_on_commit=False)
 
     @property
     def exclusions(self) -> Exclusions:
         """What every index run of this home leaves out (a setting shared by images and face photos)."""
-        with self._session() as s:
+        with self.session() as s:
             return Exclusions(tuple(db.get_setting(s, EXCLUDE_KEY, [])))
 
     def exclude(self, patterns: Sequence[str]) -> Exclusions:
@@ -125,7 +126,7 @@ class Store:
             given = [Exclusions.normalise(p) for p in patterns]
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
-        with self._session() as s, s.begin():
+        with self.session() as s, s.begin():
             current = list(db.get_setting(s, EXCLUDE_KEY, []))
             if add:
                 current += [p for p in given if p not in current]

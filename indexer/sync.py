@@ -300,7 +300,7 @@ class BatchWriter:
     def flush(self) -> None:
         if not self._values:
             return
-        with self.store._session() as s, s.begin():
+        with self.store.session() as s, s.begin():
             s.execute(update(self.model), self._values)
             if self._rows:
                 s.add_all(self._rows)
@@ -342,7 +342,7 @@ def index_folder(
         if prepare is not None:
             prepare()
         start_version = cache.version()
-        with store._session() as s, s.begin():
+        with store.session() as s, s.begin():
             changes = sync.apply(s, root, scan, report)
         changed = set(changes.refresh)
         interrupted: BatchWriter | None = None

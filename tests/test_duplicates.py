@@ -212,7 +212,7 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     }
     assert {"img_0007.png", "exact_7.png"} in [{Path(f.path).name for f in g.files} for g in verified.groups]
     assert finder.stored_calibration() == cal
-    with coll._session() as s:
+    with coll.session() as s:
         from indexer import db
 
         assert db.get_setting(s, CALIBRATION_SETTING)["threshold"] == cal.threshold

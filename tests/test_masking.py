@@ -150,7 +150,7 @@ def test_collection_records_masks_fallbacks_and_refuses_a_different_masking(tmp_
     assert report.embedded == 4 and report.mask_fallbacks == 1
     st = coll.stats()
     assert st.mask == "fake masks (pool)" and st.mask_fallbacks == 1
-    with coll._session() as s:
+    with coll.session() as s:
         rows = dict(s.execute(text("SELECT path, mask_fallback FROM images")).all())
         fractions = [f for (f,) in s.execute(text("SELECT mask_fraction FROM images"))]
     assert rows[str((folder / "plain.png").resolve())] == "empty mask"

@@ -78,7 +78,7 @@ class Files:
         return report
 
     def rows(self) -> dict[str, tuple[int, str]]:
-        with self.store._session() as s:
+        with self.store.session() as s:
             return {p: (i, st) for i, p, st in s.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.status))}
 
     def nearest(self, path: Path) -> int:
@@ -88,7 +88,7 @@ class Files:
 
 def assert_index_matches_database(kind: Files) -> None:
     index = kind.cache.current()
-    with kind.store._session() as s:
+    with kind.store.session() as s:
         ids, vecs, _ = kind.cache.vectors.indexed(s)
     assert sorted(int(i) for i in index.ids()) == sorted(int(i) for i in ids)
     for i, v in zip(ids, vecs):
@@ -234,7 +234,7 @@ class Photos(Files):
             report.embedded += 1
 
     def face_paths(self) -> list[str]:
-        with self.store._session() as s:
+        with self.store.session() as s:
             return sorted(s.scalars(select(FaceRecord.path)))
 
 
