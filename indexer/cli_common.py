@@ -9,6 +9,7 @@ Every command is shaped the same way: open the API, make one library call, print
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ from retrieval.registry import UnknownNameError
 
 from .engine import Collection
 from .errors import LookalikeError
+from .faces import FaceGallery
 from .masking import MaskSettings
 from .settings import mask_settings_with, model_config_with
 
@@ -71,6 +73,27 @@ def library_errors(fn: F | None = None, *, os_error: str | None = None) -> Any:
         return command  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+def face_gallery(ctx: click.Context, *, create: bool = True) -> FaceGallery:
+    """The gallery, opened (and configured by the group's options) on first use. ``create=False`` (commands
+    that only read it): a home without a collection is an error, not a new empty gallery."""
+    gallery = ctx.obj.get("face_gallery")
+    if gallery is None:
+        opener = ctx.obj.get("open_face_gallery")
+        if opener is None:
+            raise click.ClickException("internal: the faces group did not open the gallery")
+        gallery = ctx.obj["face_gallery"] = opener(create)
+    return gallery
+
+
+def emit(as_json: bool, payload: Any, lines: list[str]) -> None:
+    """Print ``payload`` as JSON, or ``lines`` as text."""
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
 
 
 def open_collection(ctx: click.Context, *, create: bool = True) -> Collection:

@@ -1,7 +1,7 @@
 """``lookalike faces cluster / name / merge / split``: people found in indexed photos without enrolling them.
 
 A thin layer over :class:`indexer.face_clusters.FaceClusters`; the commands register themselves on the ``faces``
-group of :mod:`indexer.cli_faces` (which imports this module).
+group of :mod:`indexer.cli_faces` (which imports this module and adds :data:`COMMANDS`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import click
 
 from retrieval.faces.clustering import ALGORITHMS
 
-from .cli_common import library_errors
-from .cli_faces import _emit, _gallery, faces
+from .cli_common import emit, face_gallery, library_errors
 from .face_clusters import ClusterListing, FaceClusters
 
 
@@ -29,7 +28,7 @@ def _listing_lines(listing: ClusterListing, limit: int = 8) -> list[str]:
     return lines
 
 
-@faces.command()
+@click.command()
 @click.option("--rebuild", is_flag=True, help="Cluster every face again (merges and splits are redone).")
 @click.option(
     "--algorithm",
@@ -63,7 +62,7 @@ def cluster(
       lookalike faces index ~/Pictures && lookalike faces cluster
       lookalike faces name 3 alice        # cluster 3 is alice: `faces identify` knows her
     """
-    clusters = FaceClusters(_gallery(ctx))
+    clusters = FaceClusters(face_gallery(ctx))
     params = None
     if any(v is not None for v in (algorithm, threshold, min_size)):
         changes = {"algorithm": algorithm, "threshold": threshold, "min_size": min_size}
@@ -75,10 +74,10 @@ def cluster(
         f"({rep.new_faces} new faces: {rep.joined} joined a person, {rep.new_clusters} new people; "
         f"{rep.params.algorithm} at {rep.params.threshold:.2f}, {rep.seconds:.1f} s)"
     )
-    _emit(as_json, listing.to_dict(), [*_listing_lines(listing), summary])
+    emit(as_json, listing.to_dict(), [*_listing_lines(listing), summary])
 
 
-@faces.command(name="name")
+@click.command(name="name")
 @click.argument("cluster_id", metavar="CLUSTER", type=int)
 @click.argument("name")
 @click.pass_context
@@ -88,13 +87,13 @@ def name_cmd(ctx: click.Context, cluster_id: int, name: str) -> None:
 
     A name another cluster has merges the two. Example: lookalike faces name 3 alice
     """
-    cid = FaceClusters(_gallery(ctx)).name(cluster_id, name)
+    cid = FaceClusters(face_gallery(ctx)).name(cluster_id, name)
     click.echo(
         f"cluster {cid} is {name.strip()}" + (f" (merged with cluster {cluster_id})" if cid != cluster_id else "")
     )
 
 
-@faces.command()
+@click.command()
 @click.argument("into", metavar="A", type=int)
 @click.argument("other", metavar="B", type=int)
 @click.pass_context
@@ -104,11 +103,11 @@ def merge(ctx: click.Context, into: int, other: int) -> None:
 
     Example: lookalike faces merge 3 7
     """
-    FaceClusters(_gallery(ctx)).merge(into, other)
+    FaceClusters(face_gallery(ctx)).merge(into, other)
     click.echo(f"merged cluster {other} into {into}")
 
 
-@faces.command()
+@click.command()
 @click.argument("cluster_id", metavar="CLUSTER", type=int)
 @click.argument("face_ids", metavar="[FACE_ID]...", nargs=-1, type=int)
 @click.pass_context
@@ -120,5 +119,9 @@ def split(ctx: click.Context, cluster_id: int, face_ids: tuple[int, ...]) -> Non
 
     Example: lookalike faces split 3 41 42
     """
-    new = FaceClusters(_gallery(ctx)).split(cluster_id, list(face_ids) if face_ids else None)
+    new = FaceClusters(face_gallery(ctx)).split(cluster_id, list(face_ids) if face_ids else None)
     click.echo(f"split cluster {cluster_id}: new clusters {', '.join(map(str, new)) or 'none'}")
+
+
+#: The commands the ``faces`` group adds (:mod:`indexer.cli_faces`).
+COMMANDS = [cluster, name_cmd, merge, split]

@@ -7,13 +7,12 @@ A thin layer over :class:`indexer.faces.FaceGallery`, registered on the main gro
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli_common import EXIT_SKIPPED, TqdmProgress, library_errors
+from .cli_common import EXIT_SKIPPED, TqdmProgress, emit, face_gallery, library_errors
 from .faces import BACKENDS, UNKNOWN, Decision, FaceGallery, default_face_model
 from .settings import model_config_with
 
@@ -23,26 +22,6 @@ EXIT_DIFFERENT = 4
 EXIT_NO_FACE = 5
 
 __all__ = ["EXIT_DIFFERENT", "EXIT_NO_FACE", "EXIT_SAME", "EXIT_SKIPPED", "faces"]
-
-
-def _gallery(ctx: click.Context, *, create: bool = True) -> FaceGallery:
-    """The gallery, opened (and configured by the group's options) on first use. ``create=False`` (commands
-    that only read it): a home without a collection is an error, not a new empty gallery."""
-    gallery = ctx.obj.get("face_gallery")
-    if gallery is None:
-        opener = ctx.obj.get("open_face_gallery")
-        if opener is None:
-            raise click.ClickException("internal: the faces group did not open the gallery")
-        gallery = ctx.obj["face_gallery"] = opener(create)
-    return gallery
-
-
-def _emit(as_json: bool, payload: Any, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(payload, indent=2, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
 
 
 def _box(box: Any) -> str:
@@ -162,7 +141,7 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
     Exit status: 0 same person, 4 different person, 5 no face found in a photo (no decision),
     1 error (unreadable photo, unknown name), 2 usage error.
     """
-    gallery = _gallery(ctx, create=name is None)
+    gallery = face_gallery(ctx, create=name is None)
     if name is not None and len(images) != 1:
         raise click.UsageError("with --as NAME give exactly one IMAGE")
     if name is None and len(images) != 2:
@@ -171,7 +150,7 @@ def verify(ctx: click.Context, images: tuple[Path, ...], name: str | None, use_m
         d = gallery.verify(images[0], name, aggregate="mean" if use_mean else "max")
     else:
         d = gallery.verify_pair(images[0], images[1])
-    _emit(as_json, dataclasses.asdict(d), _decision_lines(d, f" as {name}" if name else ""))
+    emit(as_json, dataclasses.asdict(d), _decision_lines(d, f" as {name}" if name else ""))
     ctx.exit(EXIT_NO_FACE if d.reason is not None else EXIT_SAME if d.same else EXIT_DIFFERENT)
 
 
@@ -186,14 +165,14 @@ def enroll(ctx: click.Context, name: str, images: tuple[Path, ...], as_json: boo
 
     Exit status 0; 3 when some photos were skipped (unreadable, or no face found); 1 when none could be used.
     """
-    gallery = _gallery(ctx)
+    gallery = face_gallery(ctx)
     rep = gallery.enroll(name, images)
     lines = [f"enrolled {len(rep.enrolled)} faces of {rep.name} ({rep.total_faces} in all)"]
     lines += [f"  {p}: {n} faces, enrolled the largest" for p, n in rep.several_faces]
     lines += [f"  {p}: already enrolled" for p in rep.duplicates]
     lines += [f"  {p}: no face found" for p in rep.no_face]
     lines += [f"  {p}: skipped, {why}" for p, why in rep.skipped]
-    _emit(as_json, dataclasses.asdict(rep), lines)
+    emit(as_json, dataclasses.asdict(rep), lines)
     if rep.total_faces == 0:
         raise click.ClickException(f"no face of {name} could be enrolled from these photos")
     if rep.no_face or rep.skipped:
@@ -211,7 +190,7 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
 
     Exit status: 0 at least one face was identified, 4 every face is unknown, 5 no face found, 1 error.
     """
-    gallery = _gallery(ctx, create=False)
+    gallery = face_gallery(ctx, create=False)
     matches = gallery.identify(image, k=k)
     st = gallery.settings
     lines = [f"no face found in {image}"] if not matches else []
@@ -221,7 +200,7 @@ def identify(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
         lines += [f"    {c.score:.4f}  {c.name}" for c in m.candidates]
     if not st.calibrated:
         lines.append("default threshold: " + st.describe_threshold())
-    _emit(
+    emit(
         as_json,
         {
             "image": str(image),
@@ -247,7 +226,7 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
 
     Again later: only new and changed photos are read. Exit status 0; 3 when some files were skipped.
     """
-    gallery = _gallery(ctx)
+    gallery = face_gallery(ctx)
     rep = gallery.index_folder(folder, progress=TqdmProgress())
     counts = ", ".join(
         f"{getattr(rep, n)} {n}" for n in ("new", "changed", "moved", "removed", "unchanged") if getattr(rep, n)
@@ -261,7 +240,7 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
     lines += [f"  skipped {p}: {why}" for p, why in rep.skipped]
     payload = dataclasses.asdict(rep)
     payload["skipped"] = [{"path": p, "reason": r} for p, r in rep.skipped]
-    _emit(as_json, payload, lines)
+    emit(as_json, payload, lines)
     if rep.skipped:
         ctx.exit(EXIT_SKIPPED)
 
@@ -274,13 +253,13 @@ def index_cmd(ctx: click.Context, folder: Path, as_json: bool) -> None:
 @library_errors
 def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     """Faces in indexed photos most like each face in IMAGE. Exit status 5 when IMAGE holds no face."""
-    gallery = _gallery(ctx, create=False)
+    gallery = face_gallery(ctx, create=False)
     found = gallery.search_faces(image, k=k)
     lines = [f"no face found in {image}"] if not found else []
     for i, q in enumerate(found, 1):
         lines.append(f"face {i} at {_box(q.box)}:")
         lines += [f"  {r:>3}  {h.score:.4f}  {h.path}  {_box(h.box)}" for r, h in enumerate(q.hits, 1)]
-    _emit(as_json, [dataclasses.asdict(q) for q in found], lines)
+    emit(as_json, [dataclasses.asdict(q) for q in found], lines)
     if not found:
         ctx.exit(EXIT_NO_FACE)
 
@@ -308,7 +287,7 @@ def _pairs_root(pairs: Path, root: Path | None) -> Path:
 @library_errors
 def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as_json: bool) -> None:
     """Choose the decision threshold on labelled PAIRS (LFW format) for a false-accept rate, and keep it."""
-    gallery = _gallery(ctx)
+    gallery = face_gallery(ctx)
     rep = gallery.calibrate(pairs, _pairs_root(pairs, root), far=far)
     c = rep.settings.calibration
     assert c is not None
@@ -321,7 +300,7 @@ def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as
     if rep.warning:
         lines.append("warning: " + rep.warning)
     lines += [f"  left out {p}: {why}" for p, why in rep.skipped]
-    _emit(
+    emit(
         as_json,
         {
             "calibration": dataclasses.asdict(c),
@@ -345,7 +324,7 @@ def calibrate(ctx: click.Context, pairs: Path, root: Path | None, far: float, as
 @library_errors
 def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) -> None:
     """Verification accuracy of the gallery's face pipeline on PAIRS (LFW protocol, as `lookalike eval --pairs`)."""
-    gallery = _gallery(ctx)
+    gallery = face_gallery(ctx)
     rep = gallery.evaluate(pairs, _pairs_root(pairs, root))
     m = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rep.metrics.items()}
     lines = [
@@ -358,7 +337,7 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
         for label, key in (("ROC AUC", "auc"), ("TAR@FAR=1e-3", "tar@far=1e-3"), ("TAR@FAR=1e-2", "tar@far=1e-2"))
     ]
     lines.append(f"  left out {len(rep.skipped)} images (unreadable or no face)" if rep.skipped else "")
-    _emit(
+    emit(
         as_json,
         {
             "settings": gallery.settings.to_dict(),
@@ -377,7 +356,7 @@ def evaluate(ctx: click.Context, pairs: Path, root: Path | None, as_json: bool) 
 @library_errors
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """The enrolled people, and the gallery's settings."""
-    gallery = _gallery(ctx, create=False)
+    gallery = face_gallery(ctx, create=False)
     people = gallery.identities()
     st = gallery.stats()
     lines = [f"{p.faces:>4}  {p.name}" for p in people] or ["nobody is enrolled yet"]
@@ -386,7 +365,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         f"threshold: {st['threshold_note']}",
         f"indexed:   {st['indexed_faces']} faces in {st['photos']} photos",
     ]
-    _emit(as_json, {**st, "people": [{"name": p.name, "faces": p.faces} for p in people]}, lines)
+    emit(as_json, {**st, "people": [{"name": p.name, "faces": p.faces} for p in people]}, lines)
 
 
 @faces.command()
@@ -395,9 +374,12 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 @library_errors
 def forget(ctx: click.Context, name: str) -> None:
     """Remove NAME and their enrolled faces from the gallery (photos on disk are not touched)."""
-    gallery = _gallery(ctx)
+    gallery = face_gallery(ctx)
     n = gallery.forget(name)
     click.echo(f"forgot {name} ({n} faces)")
 
 
-from . import cli_face_clusters  # noqa: E402, F401  (registers faces cluster / name / merge / split)
+from .cli_face_clusters import COMMANDS as _CLUSTER_COMMANDS  # noqa: E402  (faces cluster / name / merge / split)
+
+for _command in _CLUSTER_COMMANDS:
+    faces.add_command(_command)
