@@ -31,7 +31,6 @@ Run: ``python -m benchmarks.bench_duplicates``.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 import tracemalloc
@@ -42,11 +41,12 @@ from PIL import Image
 
 from benchmarks.common import RESULTS, BenchParser, machine, require_dataset, write_json
 from benchmarks.shared_data import COIL20, LFW, coil20, weizmann_photos
-from benchmarks.timing import Stopwatch, loadavg
+from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
 from indexer.copy_edits import edited_copy
 from indexer.duplicates import DuplicateFinder
 from indexer.engine import Collection
 from indexer.imageio import load_image
+from retrieval.baselines import dct_matrix
 from retrieval.config import RuntimeOptions
 
 IMAGEDEDUP_HASH_DISTANCE = 10
@@ -110,15 +110,7 @@ def build_set(work: Path, seed: int, lfw_pairs: int, lfw_singles: int, horses: i
 # --------------------------------------------------------------------------------------------- baselines
 
 
-def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    x = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2 / n)
-    m[0] /= np.sqrt(2)
-    return m
-
-
-_DCT32 = _dct_matrix(32)
+_DCT32 = dct_matrix(32)
 
 
 def phash(img: Image.Image) -> np.ndarray:
@@ -182,10 +174,6 @@ def score(found: set[tuple[int, int]], truth: set[tuple[int, int]], manifest: li
         "false_pairs_same_object_or_person_or_horse": same_source,
         "recall_original_vs_copy_by_strength": by_strength,
     }
-
-
-def peak_rss_gb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def main() -> None:

@@ -13,19 +13,14 @@ Run: ``python -m benchmarks.bench_duplicates_scale --n 1000000`` (the issue's go
 
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
 
 from benchmarks.common import BenchParser, machine, write_json
-from benchmarks.timing import Stopwatch, loadavg
+from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
 from indexer.duplicates import FileTable, group_vectors
 from indexer.vector_index import IndexConfig, VectorIndex
-
-
-def peak_rss_gb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def synthetic(n: int, dim: int, clusters: int, copy_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

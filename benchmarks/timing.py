@@ -86,3 +86,10 @@ def loadavg() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):  # pragma: no cover  (not on every OS)
         return None
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)

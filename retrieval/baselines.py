@@ -28,7 +28,8 @@ def colour_histogram(pixels: np.ndarray, bins: int = 8) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _dct_matrix(n: int) -> np.ndarray:
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal ``(n, n)`` DCT-II matrix: ``D @ x`` is the DCT of ``x``."""
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
@@ -40,7 +41,7 @@ def perceptual_hash(pixels: np.ndarray, hash_size: int = 8, scale: int = 4) -> n
     """``(H, W, 3)`` uint8 -> ``(hash_size**2,)`` +-1 entries (scaled to unit length)."""
     n = hash_size * scale
     grey = np.asarray(Image.fromarray(pixels).convert("L").resize((n, n), Image.Resampling.LANCZOS), np.float64)
-    d = _dct_matrix(n)
+    d = dct_matrix(n)
     low = (d @ grey @ d.T)[:hash_size, :hash_size].ravel()
     bits = low[1:] > np.median(low[1:])  # the DC term carries brightness only
     return _unit(np.where(np.concatenate([[True], bits]), 1.0, -1.0))
