@@ -31,7 +31,7 @@ from .imageio import DEFAULT_MAX_PIXELS
 from .index_cache import IndexCache, RowVectors
 from .masking import Masker, MaskSettings
 from .pipeline import embed_files
-from .settings import build_embedder
+from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
 from .vector_index import IndexConfig, VectorIndex
@@ -274,12 +274,7 @@ class Collection(Store):
         db.bump_vector_version(s)
 
     def _build_masker(self, settings: MaskSettings) -> Masker | None:
-        if not settings.enabled:
-            return None
-        try:
-            return self._masker_factory(settings)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise SettingsError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
+        return build_masker(settings, self._masker_factory)
 
     def _build_embedder(self, model: ModelConfig) -> Embedder:
         try:
@@ -474,31 +469,38 @@ class Collection(Store):
             raise LookalikeError(
                 f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair"
             )
-        for row_pos, pos in enumerate(order):
-            results[pos].hits = self._live_hits(index, q[row_pos], k, threshold)
+        for row_pos, hits in enumerate(self._live_hits(index, q, k, threshold)):
+            results[order[row_pos]].hits = hits
         return results
 
-    def _live_hits(self, index: VectorIndex, query: np.ndarray, k: int, threshold: float | None) -> list[SearchHit]:
-        """The ``k`` best hits of one query vector whose files still exist: files gone from disk since they
-        were indexed are left out (and forgotten by the next ``index`` run of any folder); the search widens
+    def _live_hits(
+        self, index: VectorIndex, queries: np.ndarray, k: int, threshold: float | None
+    ) -> list[list[SearchHit]]:
+        """The ``k`` best hits of each query vector ``(Q, D)`` whose files still exist: files gone from disk
+        since they were indexed are left out (and forgotten by the next ``index`` run of any folder). All
+        queries are searched together; only those that lost hits to missing files are searched again, wider,
         until ``k`` live hits are found or the index is exhausted."""
-        hits: list[SearchHit] = []
-        want = k
-        while True:
-            scores, ids = index.search(query[None], min(want, len(index)))
-            found = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
-            if threshold is not None:
-                found = [(sc, i) for sc, i in found if sc >= threshold]
-            rows = self._rows_of([i for _, i in found])
-            hits = [
-                SearchHit(id=i, path=rows[i][0], score=sc, width=rows[i][1], height=rows[i][2])
-                for sc, i in found
-                if i in rows and os.path.exists(rows[i][0])
-            ]
-            exhausted = len(found) < want or want >= len(index)
-            if len(hits) >= k or exhausted:
-                return hits[:k]
-            want *= 4
+        out: list[list[SearchHit]] = [[] for _ in range(len(queries))]
+        todo, want = list(range(len(queries))), k
+        while todo:
+            scores, ids = index.search(queries[todo], min(want, len(index)))
+            rows = self._rows_of([int(i) for i in ids.ravel() if i >= 0])
+            short = []
+            for row, query in enumerate(todo):
+                found = [(float(sc), int(i)) for sc, i in zip(scores[row], ids[row]) if i >= 0]
+                if threshold is not None:
+                    found = [(sc, i) for sc, i in found if sc >= threshold]
+                hits = [
+                    SearchHit(id=i, path=rows[i][0], score=sc, width=rows[i][1], height=rows[i][2])
+                    for sc, i in found
+                    if i in rows and os.path.exists(rows[i][0])
+                ]
+                out[query] = hits[:k]
+                exhausted = len(found) < want or want >= len(index)
+                if len(hits) < k and not exhausted:
+                    short.append(query)
+            todo, want = short, want * 4
+        return out
 
     def _rows_of(self, ids: list[int]) -> dict[int, tuple[str, int | None, int | None]]:
         rows: dict[int, tuple[str, int | None, int | None]] = {}

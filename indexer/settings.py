@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -88,12 +89,12 @@ def mask_settings_with(base: MaskSettings, segmenter: str | None = None, apply: 
         raise SettingsError(str(exc)) from None
 
 
-def build_masker(settings: MaskSettings) -> Masker | None:
-    """The :class:`Masker` of ``settings``; ``None`` when they mask nothing."""
+def build_masker(settings: MaskSettings, factory: Callable[[MaskSettings], Masker] = Masker) -> Masker | None:
+    """The :class:`Masker` of ``settings`` (made by ``factory``); ``None`` when they mask nothing."""
     if not settings.enabled:
         return None
     try:
-        return Masker(settings)
+        return factory(settings)
     except (UnknownNameError, OSError, ValueError, RuntimeError) as exc:
         raise SettingsError(f"cannot build the segmenter {settings.segmenter!r}: {exc}") from None
 

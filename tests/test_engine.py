@@ -378,3 +378,17 @@ def test_remove_sticks_until_included_and_exclusions_leave_files_out(tmp_path, i
     assert (report.excluded, report.removed, report.total_indexed) == (4, 4, 12)
     with pytest.raises(LookalikeError, match="not excluded: nothing"):
         coll.include(["nothing"])
+
+
+def test_several_queries_each_get_k_live_hits_when_files_are_gone(tmp_path):
+    coll = open_collection(tmp_path / "home")
+    make_folder(tmp_path / "a", 6)
+    make_folder(tmp_path / "b", 6, start_seed=50)
+    coll.index_folder(tmp_path)
+    shutil.copy(tmp_path / "a" / "img_0001.png", tmp_path / "q1.png")
+    shutil.copy(tmp_path / "b" / "img_0051.png", tmp_path / "q2.png")
+    shutil.rmtree(tmp_path / "a")
+    res = coll.search([tmp_path / "q1.png", tmp_path / "q2.png"], k=4)
+    assert [len(r.hits) for r in res] == [4, 4]
+    assert all(Path(h.path).parent == tmp_path / "b" for r in res for h in r.hits)
+    assert res[1].hits[0].path == str(tmp_path / "b" / "img_0051.png")
