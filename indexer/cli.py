@@ -262,14 +262,42 @@ def _expand_queries(queries: tuple[Path, ...]) -> list[Path]:
     return out
 
 
+def _parse_box(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    parts = value.replace(" ", "").split(",")
+    try:
+        x, y, w, h = (float(v) for v in parts)
+    except ValueError:
+        raise click.BadParameter(f"expected X,Y,W,H (four numbers, pixels), got {value!r}") from None
+    if w <= 0 or h <= 0:
+        raise click.BadParameter(f"the box needs a positive width and height, got {value!r}")
+    return x, y, w, h
+
+
 @main.command()
 @click.argument("queries", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Results per query.")
 @click.option("--threshold", type=float, help="Only results with a score (cosine similarity) at least this.")
+@click.option(
+    "--box",
+    callback=_parse_box,
+    metavar="X,Y,W,H",
+    help="Search by this region of the query only (pixels of the image as shown).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: a JSON list, one object per query.")
 @click.pass_context
 @library_errors
-def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: float | None, as_json: bool) -> None:
+def search(
+    ctx: click.Context,
+    queries: tuple[Path, ...],
+    k: int,
+    threshold: float | None,
+    box: tuple[float, float, float, float] | None,
+    as_json: bool,
+) -> None:
     """Find the images that look most like each query IMAGE (files or folders of images).
 
     A query that cannot be read (missing, not an image) is reported and the others answered; the exit
@@ -277,7 +305,7 @@ def search(ctx: click.Context, queries: tuple[Path, ...], k: int, threshold: flo
     """
     coll = open_collection(ctx, create=False)
     paths = _expand_queries(queries)
-    results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None)
+    results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box)
     if as_json:
         payload = [
             {

@@ -27,10 +27,10 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 from . import db, sync
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError, SettingsError
-from .imageio import DEFAULT_MAX_PIXELS
+from .imageio import DEFAULT_MAX_PIXELS, Box
 from .index_cache import IndexCache, RowVectors
 from .masking import Masker, MaskSettings
-from .pipeline import embed_files
+from .pipeline import Source, embed_files
 from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
@@ -81,6 +81,21 @@ class SearchHit:
     score: float
     width: int | None = None
     height: int | None = None
+
+
+@dataclass
+class ImageInfo:
+    """One image as the collection knows it."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    content_hash: str | None
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None = None
 
 
 @dataclass
@@ -413,8 +428,11 @@ class Collection(Store):
             ids, vecs, _ = self._cache.vectors.indexed(s)
         return ids, vecs
 
-    def embed_paths(self, paths: Sequence[str]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-        """Embed query images with the collection's model and whitening: yields ``(position, vector, error)``."""
+    def embed_paths(
+        self, paths: Sequence[Source], box: Box | None = None
+    ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+        """Embed query images (files, or encoded images in memory) with the collection's model, masking and
+        whitening; ``box`` ``(x, y, w, h)``: only that region of each. Yields ``(position, vector, error)``."""
         embedder = self._get_embedder()
         masker = self._get_masker()
         with self.session() as s:
@@ -426,6 +444,7 @@ class Collection(Store):
             workers=min(self.runtime.workers, max(0, len(paths) // 8)),
             max_pixels=self.max_pixels,
             masker=masker,
+            box=box,
         ):
             if out.error is not None:
                 yield out.index, None, out.error
@@ -439,20 +458,83 @@ class Collection(Store):
         k: int = 10,
         threshold: float | None = None,
         progress: Progress | None = None,
+        box: Box | None = None,
     ) -> list[QueryResult]:
-        """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``."""
-        progress = progress or NullProgress()
+        """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``.
+        ``box`` ``(x, y, w, h)``, in pixels of the query as shown: search by that region only."""
+        paths = [str(Path(q).expanduser().resolve()) for q in queries]
+        return self._search_sources(paths, paths, k, threshold, progress, box)
+
+    def search_images(
+        self,
+        images: Sequence[bytes],
+        k: int = 10,
+        threshold: float | None = None,
+        box: Box | None = None,
+        names: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[QueryResult]:
+        """As :meth:`search`, for encoded images in memory (uploads), decoded with the same guards (size
+        limit, content check); ``names`` label the results (default ``upload 1``, ...)."""
+        labels = list(names) if names is not None else [f"upload {i + 1}" for i in range(len(images))]
+        return self._search_sources(list(images), labels, k, threshold, progress, box)
+
+    def search_ids(self, ids: Sequence[int], k: int = 10, threshold: float | None = None) -> list[QueryResult]:
+        """ "More like this": the nearest neighbours of indexed images, from their stored vectors (nothing is
+        decoded); an image is not among its own hits. An id with no indexed vector carries ``error``."""
+        self._require_searchable()
+        ids = [int(i) for i in ids]
+        rows = self._rows_of(ids)
+        results = [QueryResult(query=rows[i][0] if i in rows else f"id {i}") for i in ids]
+        with self.session() as s:
+            found, vecs, _ = self._cache.vectors.indexed(s, ids)
+        by_id = {int(i): v for i, v in zip(found, vecs)}
+        todo = [n for n, i in enumerate(ids) if i in by_id]
+        for n, i in enumerate(ids):
+            if i not in by_id:
+                results[n].error = f"no indexed image with id {i}"
+        if todo:
+            q = np.stack([by_id[ids[n]] for n in todo]).astype(np.float32)
+            for n, hits in zip(todo, self._hits_for_vectors(q, k + 1, threshold)):
+                results[n].hits = [h for h in hits if h.id != ids[n]][:k]
+        return results
+
+    def images(self, ids: Sequence[int]) -> dict[int, ImageInfo]:
+        """What the collection knows of these images (unknown ids are left out)."""
+        out: dict[int, ImageInfo] = {}
+        with self.session() as s:
+            for chunk in chunks(sorted({int(i) for i in ids}), 500):
+                for r in s.scalars(select(ImageRecord).where(ImageRecord.id.in_(chunk))):
+                    out[r.id] = ImageInfo(
+                        r.id, r.path, r.width, r.height, r.content_hash, r.size, r.mtime_ns, r.status, r.error
+                    )
+        return out
+
+    def _require_searchable(self) -> VectorIndex:
         if self.model_config is None:
             raise LookalikeError(f"the collection in {self.home} is empty; index a folder first (lookalike index DIR)")
-        paths = [str(Path(q).expanduser().resolve()) for q in queries]
-        results = [QueryResult(query=p) for p in paths]
         index = self._cache.current()
         if len(index) == 0:
             raise LookalikeError(f"the collection in {self.home} has no indexed images; index a folder first")
+        return index
+
+    def _search_sources(
+        self,
+        sources: Sequence[Source],
+        labels: Sequence[str],
+        k: int,
+        threshold: float | None,
+        progress: Progress | None,
+        box: Box | None,
+    ) -> list[QueryResult]:
+        """Embed ``sources`` (paths or encoded images) and search each; results labelled by ``labels``."""
+        progress = progress or NullProgress()
+        self._require_searchable()
+        results = [QueryResult(query=label) for label in labels]
         vecs: dict[int, np.ndarray] = {}
-        progress.start(len(paths), "queries")
+        progress.start(len(sources), "queries")
         try:
-            for pos, vec, error in self.embed_paths(paths):
+            for pos, vec, error in self.embed_paths(sources, box):
                 if error is not None:
                     results[pos].error = error
                 else:
@@ -461,17 +543,22 @@ class Collection(Store):
                 progress.advance(1)
         finally:
             progress.finish()
-        if not vecs:
-            return results
-        order = sorted(vecs)
-        q = np.stack([vecs[i] for i in order]).astype(np.float32)
-        if q.shape[1] != index.dim:
-            raise LookalikeError(
-                f"query vectors have dimension {q.shape[1]} but the index {index.dim}; run lookalike doctor --repair"
-            )
-        for row_pos, hits in enumerate(self._live_hits(index, q, k, threshold)):
-            results[order[row_pos]].hits = hits
+        if vecs:
+            order = sorted(vecs)
+            q = np.stack([vecs[i] for i in order]).astype(np.float32)
+            for pos, hits in zip(order, self._hits_for_vectors(q, k, threshold)):
+                results[pos].hits = hits
         return results
+
+    def _hits_for_vectors(self, queries: np.ndarray, k: int, threshold: float | None) -> list[list[SearchHit]]:
+        """Query vectors ``(Q, D)``, as indexed -> each one's ``k`` best live hits. Every search goes through here."""
+        index = self._require_searchable()
+        if queries.shape[1] != index.dim:
+            raise LookalikeError(
+                f"query vectors have dimension {queries.shape[1]} but the index {index.dim}; "
+                "run lookalike doctor --repair"
+            )
+        return self._live_hits(index, queries, k, threshold)
 
     def _live_hits(
         self, index: VectorIndex, queries: np.ndarray, k: int, threshold: float | None

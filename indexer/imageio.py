@@ -22,6 +22,8 @@ from retrieval.resize import target_size
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+#: A region of an image: ``(x, y, width, height)`` in pixels.
+Box = tuple[float, float, float, float]
 #: Default refusal limit for decompression bombs (width x height); a 12,000 x 10,000 photo still passes.
 DEFAULT_MAX_PIXELS = 120_000_000
 
@@ -74,12 +76,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def check_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """A region ``(x, y, w, h)`` in pixels of a ``width`` x ``height`` image -> ``(left, top, right, bottom)``
+    clipped to the image. Raises :class:`ImageLoadError` for a box of no size or one outside the image."""
+    x, y, w, h = (int(round(float(v))) for v in box)
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"the box {x},{y},{w},{h} has no area (width and height must be positive)")
+    left, top, right, bottom = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if right - left < 2 or bottom - top < 2:
+        raise ImageLoadError(f"the box {x},{y},{w},{h} lies outside the {width}x{height} image")
+    return left, top, right, bottom
+
+
 def decode_image(
-    data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS, box: Box | None = None
 ) -> tuple[np.ndarray, int, int]:
     """Decode encoded bytes to ``(H, W, 3)`` uint8 RGB resized to ``max_side`` (if given), plus original size.
+    ``box`` ``(x, y, w, h)``, in pixels of the image as shown (after EXIF rotation), keeps only that region
+    (before resizing).
 
-    Raises :class:`ImageLoadError` for empty, truncated, unidentifiable or oversized images.
+    Raises :class:`ImageLoadError` for empty, truncated, unidentifiable or oversized images, and boxes outside.
     """
     if not data:
         raise ImageLoadError("empty file (0 bytes)")
@@ -96,14 +112,18 @@ def decode_image(
             orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
             swapped = orientation in (5, 6, 7, 8)
             ow, oh = (h0, w0) if swapped else (w0, h0)
-            if max_side is not None and img.format == "JPEG":
+            if max_side is not None and img.format == "JPEG" and box is None:
                 tw, th = target_size(ow, oh, max_side)
                 img.draft("RGB", (th, tw) if swapped else (tw, th))  # decode at 1/2, 1/4, 1/8 when that suffices
             img.load()
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
+            shown = (ow, oh)  # the size the image is resized from (a JPEG draft may have decoded it smaller)
+            if box is not None:
+                img = img.crop(check_box(box, *img.size))
+                shown = img.size
             if max_side is not None:
-                size = target_size(ow, oh, max_side)
+                size = target_size(*shown, max_side)
                 if img.size != size:
                     img = img.resize(size, Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
@@ -125,11 +145,17 @@ def decode_image(
     return pixels, ow, oh
 
 
-def load_image(path: str | Path, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Read, hash and decode one file. Raises :class:`ImageLoadError` (including for unreadable files)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read file ({exc.strerror or exc})") from exc
-    pixels, w, h = decode_image(data, max_side, max_pixels)
+def load_image(
+    source: str | Path | bytes, max_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS, box: Box | None = None
+) -> LoadedImage:
+    """Read, hash and decode one file (a path), or encoded bytes already in memory (an upload). Raises
+    :class:`ImageLoadError` (including for unreadable files)."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read file ({exc.strerror or exc})") from exc
+    pixels, w, h = decode_image(data, max_side, max_pixels, box)
     return LoadedImage(pixels=pixels, width=w, height=h, content_hash=content_hash(data))

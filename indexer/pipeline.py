@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, load_image
+from .imageio import DEFAULT_MAX_PIXELS, Box, ImageLoadError, LoadedImage, load_image
 from .masking import Masker, MaskOutcome
 
 if TYPE_CHECKING:  # torch is imported where a network is built, not by reading files
@@ -62,32 +62,40 @@ class Decoded:
     mask: MaskOutcome | None = None
 
 
-def _load(path: str, max_side: int, max_pixels: int, masker: Masker | None = None) -> Decoded | str:
+#: What can be embedded: a file's path, or an encoded image already in memory (an upload).
+Source = str | bytes
+
+
+def _load(
+    source: Source, max_side: int, max_pixels: int, masker: Masker | None = None, box: Box | None = None
+) -> Decoded | str:
     """Decode (and mask) one file; an unusable file gives its reason as a string instead of raising."""
     try:
-        image = load_image(path, max_side, max_pixels)
+        image = load_image(source, max_side, max_pixels, box)
     except ImageLoadError as exc:
         return exc.reason
     except Exception as exc:  # never let one odd file kill a long run; report it instead
-        log.exception("unexpected error reading %s", path)
+        log.exception("unexpected error reading %s", source if isinstance(source, str) else "an image in memory")
         return f"unexpected error: {exc.__class__.__name__}: {exc}"
     return Decoded(image, masker(image.pixels) if masker is not None else None)
 
 
 def decoded(
-    paths: Sequence[str],
+    paths: Sequence[Source],
     max_side: int,
     *,
     workers: int = 2,
     prefetch: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     masker: Masker | None = None,
+    box: Box | None = None,
 ) -> Iterator[tuple[int, Decoded | str]]:
     """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead;
-    with a ``masker``, each image's mask is computed in the same thread, right after decoding."""
+    with a ``masker``, each image's mask is computed in the same thread, right after decoding. ``box``: only
+    that region of every image (see :func:`indexer.imageio.decode_image`)."""
     if workers <= 0:
         for i, p in enumerate(paths):
-            yield i, _load(p, max_side, max_pixels, masker)
+            yield i, _load(p, max_side, max_pixels, masker, box)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode", initializer=_lower_thread_priority) as pool:
         pending: deque[tuple[int, Future]] = deque()
@@ -95,7 +103,7 @@ def decoded(
         try:
             while next_i < len(paths) or pending:
                 while next_i < len(paths) and len(pending) < prefetch:
-                    pending.append((next_i, pool.submit(_load, paths[next_i], max_side, max_pixels, masker)))
+                    pending.append((next_i, pool.submit(_load, paths[next_i], max_side, max_pixels, masker, box)))
                     next_i += 1
                 i, fut = pending.popleft()
                 yield i, fut.result()
@@ -105,16 +113,17 @@ def decoded(
 
 
 def embed_files(
-    paths: Sequence[str],
+    paths: Sequence[Source],
     embedder: Embedder,
     *,
     batch_size: int = 32,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     masker: Masker | None = None,
+    box: Box | None = None,
 ) -> Iterator[Embedded]:
-    """Embed ``paths`` (masked by ``masker`` when given); yields one :class:`Embedded` per path, in completion
-    order (not input order)."""
+    """Embed ``paths`` (files, or encoded images in memory; masked by ``masker`` when given; only the region
+    ``box`` of each when given); yields one :class:`Embedded` per path, in completion order (not input order)."""
     buckets: dict[tuple[int, int], list[tuple[int, Decoded]]] = {}
 
     def run(items: list[tuple[int, Decoded]]) -> list[Embedded]:
@@ -144,6 +153,7 @@ def embed_files(
         prefetch=max(2 * batch_size, 8),
         max_pixels=max_pixels,
         masker=masker,
+        box=box,
     ):
         if isinstance(item, str):
             yield Embedded(i, error=item)
