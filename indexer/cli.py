@@ -36,6 +36,7 @@ from .cli_common import (
 from .cli_duplicates import duplicates
 from .cli_faces import faces
 from .cli_segmentation import train_seg
+from .html_report import write_report
 from .masking import MaskSettings
 from .scan import scan_folder
 from .settings import (
@@ -288,6 +289,12 @@ def _parse_box(
     help="Search by this region of the query only (pixels of the image as shown).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: a JSON list, one object per query.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page of the results (thumbnails embedded) to this file.",
+)
 @click.pass_context
 @library_errors
 def search(
@@ -297,6 +304,7 @@ def search(
     threshold: float | None,
     box: tuple[float, float, float, float] | None,
     as_json: bool,
+    html_out: Path | None,
 ) -> None:
     """Find the images that look most like each query IMAGE (files or folders of images).
 
@@ -306,6 +314,8 @@ def search(
     coll = open_collection(ctx, create=False)
     paths = _expand_queries(queries)
     results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box)
+    if html_out is not None:
+        click.echo(f"report: {write_report(results, html_out)}", err=True)
     if as_json:
         payload = [
             {
