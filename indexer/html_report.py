@@ -43,7 +43,7 @@ h2 { font-size: 17px; margin: 0; word-break: break-all; }
 section.query { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px;
   margin-bottom: 24px; }
 .query-head { display: flex; gap: 16px; align-items: flex-start; }
-.query-head + ol { margin-top: 14px; }
+.query-head + ol.hits { margin-top: 14px; }
 .query-head p { margin: 6px 0 0; }
 .query-head img { max-width: 160px; max-height: 160px; border-radius: 6px; border: 1px solid var(--line); }
 .error { color: var(--bad); font-weight: 600; }
@@ -51,6 +51,7 @@ ol.hits { list-style: none; margin: 0; padding: 0; display: grid; gap: 12px;
   grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
 ol.hits li { border: 1px solid var(--line); border-radius: 8px; overflow: hidden; background: var(--bg); }
 .thumb { display: flex; align-items: center; justify-content: center; aspect-ratio: 1; background: #0001; }
+.thumb a { display: block; width: 100%; height: 100%; }
 .thumb img { width: 100%; height: 100%; object-fit: contain; display: block; }
 .thumb .missing { padding: 8px; font-size: 12px; color: var(--bad); text-align: center; }
 .meta { padding: 6px 8px 8px; font-size: 12px; }
