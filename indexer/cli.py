@@ -47,6 +47,7 @@ from .settings import (
     settings_with,
 )
 from .store import default_home
+from .thumbnails import THUMBNAIL_DIR, Thumbnails
 
 __all__ = ["EXIT_EMPTY", "EXIT_SKIPPED", "main"]
 
@@ -315,7 +316,8 @@ def search(
     paths = _expand_queries(queries)
     results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box)
     if html_out is not None:
-        click.echo(f"report: {write_report(results, html_out)}", err=True)
+        thumbs = Thumbnails(Path(coll.home) / THUMBNAIL_DIR)  # the collection's cache, shared with `serve`
+        click.echo(f"report: {write_report(results, html_out, thumbnails=thumbs)}", err=True)
     if as_json:
         payload = [
             {

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image
-
 from indexer.engine import QueryResult, SearchHit
-from indexer.imageio import ImageLoadError, decode_image
+from indexer.thumbnails import ThumbnailError, Thumbnails
 
 log = logging.getLogger(__name__)
-
-#: ``(path, size) -> JPEG bytes`` with the longest side at most ``size``; raises ``ImageLoadError`` or ``OSError``.
-Thumbnailer = Callable[[Path, int], bytes]
 
 #: Longest side of the embedded thumbnails, in pixels (shown at half that on high-density screens).
 DEFAULT_THUMBNAIL_SIZE = 256
@@ -63,40 +58,26 @@ a { color: var(--accent); }
 """
 
 
-def _default_thumbnailer(path: Path, size: int) -> bytes:
-    """JPEG of the image as shown (EXIF-rotated), longest side at most ``size``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read file ({exc.strerror or exc})") from exc
-    pixels, _, _ = decode_image(data, max_side=None)
-    img = Image.fromarray(pixels)
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=82)
-    return buf.getvalue()
-
-
 def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 class _Thumbs:
-    """Thumbnails as data URIs, each file made once however often it appears; failures give their reason."""
+    """Thumbnails as data URIs, each file's made once however often it appears; failures give their reason."""
 
-    def __init__(self, make: Thumbnailer, size: int) -> None:
-        self.make, self.size = make, size
+    def __init__(self, cache: Thumbnails, size: int) -> None:
+        self.cache, self.size = cache, size
         self.done: dict[str, tuple[str | None, str | None]] = {}
 
     def get(self, path: str) -> tuple[str | None, str | None]:
         """``(data_uri, None)`` or ``(None, reason)``."""
         if path not in self.done:
             try:
-                self.done[path] = (_data_uri(self.make(Path(path), self.size)), None)
-            except ImageLoadError as exc:
-                self.done[path] = (None, exc.reason)
-            except OSError as exc:
-                self.done[path] = (None, f"cannot read file ({exc.strerror or exc})")
+                self.done[path] = (_data_uri(self.cache.get(path, self.size).path.read_bytes()), None)
+            except ThumbnailError as exc:
+                self.done[path] = (None, str(exc))
+            except OSError as exc:  # the cached file vanished under us (another process cleaning the cache)
+                self.done[path] = (None, f"cannot read the thumbnail ({exc.strerror or exc})")
             if self.done[path][1] is not None:
                 log.info("no thumbnail for %s: %s", path, self.done[path][1])
         return self.done[path]
@@ -154,12 +135,16 @@ def render_report(
     *,
     title: str = "lookalike search results",
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
-    thumbnailer: Thumbnailer | None = None,
+    thumbnails: Thumbnails | None = None,
 ) -> str:
     """The HTML page (a string) of ``results`` as :meth:`Collection.search` returns them: per query its thumbnail
-    (or its error), then every hit with rank, score, path and an embedded thumbnail (longest side
-    ``thumbnail_size``). ``thumbnailer`` replaces the default ``(path, size) -> JPEG bytes`` function."""
-    thumbs = _Thumbs(thumbnailer or _default_thumbnailer, thumbnail_size)
+    (or its error), then every hit with rank, score, path and an embedded thumbnail (longest side at most
+    ``thumbnail_size``, 64..1024). ``thumbnails``: the cache to make them with (the collection's, so that they
+    are made once); without one they are made in a temporary folder, removed afterwards."""
+    if thumbnails is None:
+        with tempfile.TemporaryDirectory(prefix="lookalike-report-") as tmp:
+            return render_report(results, title=title, thumbnail_size=thumbnail_size, thumbnails=Thumbnails(tmp))
+    thumbs = _Thumbs(thumbnails, thumbnail_size)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     failed = sum(1 for r in results if r.error)
     summary = f"{len(results)} {'query' if len(results) == 1 else 'queries'}"
@@ -191,11 +176,11 @@ def write_report(
     *,
     title: str = "lookalike search results",
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
-    thumbnailer: Thumbnailer | None = None,
+    thumbnails: Thumbnails | None = None,
 ) -> Path:
     """Write :func:`render_report` of ``results`` to ``out`` (UTF-8); returns the path written."""
     out = Path(out).expanduser()
-    page = render_report(results, title=title, thumbnail_size=thumbnail_size, thumbnailer=thumbnailer)
+    page = render_report(results, title=title, thumbnail_size=thumbnail_size, thumbnails=thumbnails)
     out.write_text(page, encoding="utf-8")
     log.info("wrote %s (%d queries)", out, len(results))
     return out
