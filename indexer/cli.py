@@ -36,6 +36,7 @@ from .cli_common import (
 from .cli_duplicates import duplicates
 from .cli_faces import faces
 from .cli_segmentation import train_seg
+from .cli_serve import serve
 from .html_report import write_report
 from .masking import MaskSettings
 from .scan import scan_folder
@@ -728,6 +729,7 @@ def models() -> None:
 main.add_command(train_seg)
 main.add_command(faces)
 main.add_command(duplicates)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,102 @@
+"""``lookalike serve``: the HTTP API and the web app (:mod:`indexer.server`) on uvicorn, over the current collection.
+
+FastAPI and uvicorn are imported by this command only. The socket is bound here, before uvicorn starts, so that a port in use is one clear line and the printed address
+is the one actually bound (``--port 0`` picks a free port).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import click
+
+from .cli_common import library_errors, open_collection
+from .errors import LookalikeError
+
+log = logging.getLogger(__name__)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _url(host: str, port: int, token: str | None) -> str:
+    shown = host.strip("[]")
+    if shown in ("0.0.0.0", "::"):  # every address of this machine: show its name
+        shown = socket.gethostname()
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+@click.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (other than loopback needs a token)."
+)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
+@click.option(
+    "--token",
+    envvar="LOOKALIKE_TOKEN",
+    help="Every API request must send 'Authorization: Bearer TOKEN'. Env: LOOKALIKE_TOKEN. "
+    "Generated and printed when --host is not a loopback address.",
+)
+@click.option(
+    "--allow-changes", is_flag=True, help="Let the API change the collection (name people). Default: read-only."
+)
+@click.option(
+    "--max-upload-mb",
+    default=25.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Largest upload of a search request, in MB.",
+)
+@click.pass_context
+@library_errors
+def serve(
+    ctx: click.Context, host: str, port: int, token: str | None, allow_changes: bool, max_upload_mb: float
+) -> None:
+    """Serve the collection: a web app to search it by picture, and its HTTP API (docs at /docs).
+
+    Example: lookalike serve   (then open http://127.0.0.1:8765/)
+    """
+    import uvicorn  # the server's modules load only for this command (every other command starts faster)
+
+    from .server import ServeSettings, create_app, is_loopback, new_token
+
+    coll = open_collection(ctx, create=False)
+    if token is None and not is_loopback(host):
+        token = new_token()
+        click.echo(f"--host {host} is reachable from other machines: generated a token for this run", err=True)
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        token=token,
+        allow_changes=allow_changes,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+    )
+    app = create_app(coll, settings)
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    click.echo(f"lookalike: serving {coll.home} at {_url(host, bound, token)}", nl=True)
+    click.echo(f"API docs: {_url(host, bound, None)}docs" + ("" if allow_changes else "  (read-only)"))
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO  # lookalike -v
+    config = uvicorn.Config(
+        app,
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
