@@ -73,18 +73,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from benchmarks.common import BenchParser, require_dataset
 from benchmarks.shared_data import COIL20, WEIZMANN
 from indexer.imageio import load_image
-from segmentation.data import load_mask
+from segmentation.composites import COIL_POSES, coil_path
+from segmentation.composites import coil_object_mask as object_mask
+from segmentation.data import MaskedImage, load_mask, split_pairs
 
 log = logging.getLogger(__name__)
 
-COIL_POSES = 72
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -107,6 +107,12 @@ class CompositeConfig:
     close_size: int = 5
     max_hole_fraction: float = 1.0
     max_horse: float = 0.10
+    #: At least this share of a background patch is horse (0: no minimum): backgrounds that hold a second
+    #: salient thing, the failure mode of salient-object segmenters.
+    min_horse: float = 0.0
+    #: Which background photos: "all", or the "train" / "test" part of ``segmentation.data.split_pairs``
+    #: (the Weizmann held-out split: every 4th photo by name is a test photo).
+    photos: str = "all"
     min_patch_side: int = 128
     image_format: str = "jpg"
     jpeg_quality: int = 95
@@ -131,6 +137,10 @@ class CompositeConfig:
             )
         if not 0 < self.min_cover <= self.max_cover <= 1:
             raise ValueError(f"need 0 < min_cover <= max_cover <= 1, got {self.min_cover}, {self.max_cover}")
+        if not 0 <= self.min_horse <= self.max_horse <= 1:
+            raise ValueError(f"need 0 <= min_horse <= max_horse <= 1, got {self.min_horse}, {self.max_horse}")
+        if self.photos not in ("all", "train", "test"):
+            raise ValueError(f"photos must be all, train or test, got {self.photos!r}")
         if self.image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be jpg or png, got {self.image_format!r}")
 
@@ -217,48 +227,10 @@ def image_mask_files(root: str | Path) -> list[tuple[Path, Path]]:
 # --------------------------------------------------------------------------------------------- objects
 
 
-def object_mask(
-    gray: np.ndarray,
-    threshold: int = 12,
-    min_component_ratio: float = 0.05,
-    close_size: int = 5,
-    max_hole_fraction: float = 1.0,
-) -> np.ndarray:
-    """COIL-style grey image on black ``(H, W) uint8`` -> its object mask ``(H, W) bool``.
-
-    ``gray > threshold``, a 3x3 opening, the connected components of at least ``min_component_ratio`` of the
-    largest one's area, a ``close_size`` elliptical closing (0: none) and the enclosed holes smaller than
-    ``max_hole_fraction`` of the frame filled.
-    """
-    raw = (gray > threshold).astype(np.uint8)
-    opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-    if n <= 1:
-        return opened.astype(bool)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.flatnonzero(areas >= min_component_ratio * areas.max()) + 1
-    mask = np.isin(labels, keep)
-    if close_size > 1:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_size, close_size))
-        mask |= cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
-    # holes: background components that do not touch the border
-    nb, blabels, bstats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
-    h, w = mask.shape
-    border = set(np.unique(np.concatenate([blabels[0], blabels[-1], blabels[:, 0], blabels[:, -1]])).tolist())
-    small = [i for i in range(1, nb) if i not in border and bstats[i, cv2.CC_STAT_AREA] < max_hole_fraction * h * w]
-    if small:
-        mask |= np.isin(blabels, small)
-    return mask
-
-
 def load_gray(path: str | Path) -> np.ndarray:
     """A COIL image as ``(H, W) uint8`` grey levels: decoded by the library (``load_image``), then its luminance
     (exact for grey files: their three channels are equal)."""
     return np.asarray(Image.fromarray(load_image(path, None).pixels).convert("L"))
-
-
-def coil_path(coil_dir: Path, obj: int, pose: int) -> Path:
-    return coil_dir / f"obj{obj}__{pose}.png"
 
 
 def choose_poses(rng: np.random.Generator, poses: int, query_poses: int) -> tuple[list[int], list[int]]:
@@ -293,9 +265,11 @@ def cut_patch(
     max_horse: float,
     min_side: int,
     tries: int = 12,
+    min_horse: float = 0.0,
 ) -> tuple[int, int, int, float | None] | None:
-    """The largest square ``(x, y, side, horse_fraction)`` of ``photo (H, W, 3)`` with at most ``max_horse`` of
-    ``horse (H, W) bool``, trying sides from the short side down to half of it; None when there is none."""
+    """The largest square ``(x, y, side, horse_fraction)`` of ``photo (H, W, 3)`` with at most ``max_horse``
+    (and at least ``min_horse``) of ``horse (H, W) bool``, trying sides from the short side down to half of it;
+    None when there is none."""
     h, w = photo.shape[:2]
     short = min(h, w)
     for frac in (1.0, 0.85, 0.7, 0.55, 0.5):
@@ -308,7 +282,7 @@ def cut_patch(
             if horse is None:
                 return x, y, side, None
             f = float(horse[y : y + side, x : x + side].mean())
-            if f <= max_horse:
+            if min_horse <= f <= max_horse:
                 return x, y, side, round(f, 4)
     return None
 
@@ -318,6 +292,9 @@ def load_backgrounds(
 ) -> tuple[list[BackgroundPatch], list[np.ndarray]]:
     """``config.backgrounds`` patches, one per photo, photos in seeded order -> records and ``(S, S, 3) uint8``."""
     photos = _image_files(photo_dir)
+    if config.photos != "all":
+        train, test = split_pairs([MaskedImage(p, p) for p in photos])
+        photos = sorted(p.image for p in (train if config.photos == "train" else test))
     order = rng.permutation(len(photos))
     patches: list[BackgroundPatch] = []
     pixels: list[np.ndarray] = []
@@ -328,7 +305,7 @@ def load_backgrounds(
         photo = load_image(photo_path, None).pixels
         mpath = _find_mask(mask_dir, photo_path)
         horse = load_mask(mpath, (photo.shape[1], photo.shape[0])) if mpath is not None else None
-        cut = cut_patch(rng, photo, horse, config.max_horse, config.min_patch_side)
+        cut = cut_patch(rng, photo, horse, config.max_horse, config.min_patch_side, min_horse=config.min_horse)
         if cut is None:
             log.debug("no usable patch in %s", photo_path.name)
             continue
@@ -522,6 +499,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-cover", type=float, default=d.min_cover, help="object bounding box / image area, low")
     ap.add_argument("--max-cover", type=float, default=d.max_cover, help="... high")
     ap.add_argument("--max-horse", type=float, default=d.max_horse, help="most horse allowed in a background patch")
+    ap.add_argument("--min-horse", type=float, default=d.min_horse, help="least horse in a background patch")
+    ap.add_argument(
+        "--photos", choices=["all", "train", "test"], default=d.photos, help="Weizmann split the backgrounds come from"
+    )
     ap.add_argument(
         "--min-patch-side",
         type=int,
@@ -547,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
         min_cover=args.min_cover,
         max_cover=args.max_cover,
         max_horse=args.max_horse,
+        min_horse=args.min_horse,
+        photos=args.photos,
         min_patch_side=args.min_patch_side,
         image_format=args.image_format,
     )

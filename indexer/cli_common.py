@@ -24,7 +24,7 @@ from retrieval.registry import UnknownNameError
 from .engine import Collection
 from .errors import LookalikeError
 from .faces import FaceGallery
-from .masking import MaskSettings
+from .masking import DEFAULT_SEGMENTER, MaskSettings
 from .settings import mask_settings_with, model_config_with
 
 log = logging.getLogger(__name__)
@@ -309,9 +309,12 @@ def mask_options(fn: F) -> F:
     return click.option(
         "--mask",
         "mask_spec",
-        metavar="SEGMENTER",
-        help="Mask out the background first: grabcut, unet:CHECKPOINT, deeplab, ... "
-        "(see `lookalike models`); none: whole images.",
+        metavar="[SEGMENTER]",
+        is_flag=False,
+        flag_value=DEFAULT_SEGMENTER,
+        help=f"Mask out the background first; alone: the default segmenter ({DEFAULT_SEGMENTER}, packaged, "
+        "offline). Or name one: grabcut, unet:CHECKPOINT, foreground:grabcut, ... (see `lookalike models`); "
+        "none: whole images. Put it after the folder (`index DIR --mask`).",
     )(fn)
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from segmentation import Segmenter, build_segmenter, check_mask
+from segmentation import DEFAULT_SEGMENTER, Segmenter, build_segmenter, check_mask
 from segmentation.base import DEFAULT_MIN_FRACTION
 
 log = logging.getLogger(__name__)
 
 MASK_APPLY = ("pool", "pixels", "both")
+__all__ = ["DEFAULT_SEGMENTER", "MASK_APPLY", "FILL_COLOUR", "MaskOutcome", "MaskSettings", "Masker"]
 #: The colour background pixels become under ``apply="pixels"``: ImageNet's mean, i.e. zero after normalisation.
 FILL_COLOUR = np.array([124, 116, 104], dtype=np.uint8)
 

@@ -21,10 +21,15 @@ from .base import (
 )
 
 SEGMENTERS.register_lazily(["unet"], "segmentation.unet")  # unet:CHECKPOINT
+SEGMENTERS.register_lazily(["foreground"], "segmentation.foreground")  # the packaged default; foreground:grabcut
+
+#: The segmenter ``--mask`` means when given without a name: the packaged network of :mod:`segmentation.foreground`.
+DEFAULT_SEGMENTER = "foreground"
 SEGMENTERS.register_lazily(["deeplab", "deeplab_mobilenet", "fcn", "maskrcnn"], "segmentation.torchvision_models")
 
 __all__ = [
     "DEFAULT_MIN_FRACTION",
+    "DEFAULT_SEGMENTER",
     "SEGMENTERS",
     "MaskCheck",
     "Segmenter",

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class MaskedImageSet(Protocol):
-    """Image + mask pairs: ``load(i)`` -> ``(H, W, 3)`` uint8 RGB pixels and the ``(H, W)`` bool mask."""
+    """Image + mask pairs: ``load(i)`` -> ``(H, W, 3)`` uint8 RGB pixels and the ``(H, W)`` bool mask.
+
+    A training set that also has ``set_epoch(epoch)`` (e.g. :class:`segmentation.composites.CompositeSet`,
+    drawn on the fly) is told each epoch's number before the epoch is drawn.
+    """
 
     def __len__(self) -> int: ...
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -300,6 +304,8 @@ class SegTrainer:
             net.train()
             if cfg.freeze_encoder:
                 net.encoder.eval()  # keep its BatchNorm statistics
+            if hasattr(train_set, "set_epoch"):  # data drawn on the fly (composites): a new draw every epoch
+                train_set.set_epoch(epoch)
             batches = _batches(len(train_set), cfg.batch_size, np.random.default_rng(cfg.seed * 1000 + epoch))
             losses = []
             for step, batch in enumerate(batches):
