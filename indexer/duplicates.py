@@ -40,6 +40,7 @@ from .copy_edits import edited_copy
 from .db import INDEXED, ImageRecord
 from .errors import LookalikeError, SettingsError
 from .imageio import ImageLoadError, file_hash, load_image
+from .knn_graph import DEFAULT_K, GRAPH_FILE, knn_edges
 from .store import NullProgress, Progress
 from .vector_index import IndexConfig, VectorIndex
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from .engine import Collection
 
 __all__ = [
+    "DEFAULT_K",
+    "GRAPH_FILE",
     "Calibration",
     "DuplicateFile",
     "DuplicateGroup",
@@ -66,20 +69,11 @@ log = logging.getLogger(__name__)
 
 #: The setting the calibration is stored in.
 CALIBRATION_SETTING = "duplicates_calibration"
-#: Neighbours per image in the k-NN graph.
-DEFAULT_K = 16
 #: ``check(a, b)``: whether positions ``a`` and ``b`` are copies by some other evidence than their vectors.
 PairCheck = Callable[[int, int], bool]
 #: Verification: an image of the collection sharing this many inliers with a calibration original is a copy of
 #: it already there (not "another image").
 EXISTING_COPY_INLIERS = 100
-
-#: The k-NN graph kept between runs (in the home), with its edges down to this much below the threshold.
-GRAPH_FILE = "duplicates-graph.npz"
-GRAPH_MARGIN = 0.05
-#: Search effort while building the graph (at most; an index set lower keeps its own).
-GRAPH_EF_SEARCH = 96
-GRAPH_NPROBE = 16
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -248,65 +242,6 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 break
             parent = nxt
     return parent
-
-
-def knn_edges(
-    index: VectorIndex,
-    vectors: np.ndarray,
-    threshold: float,
-    k: int = DEFAULT_K,
-    id_to_pos: np.ndarray | None = None,
-    batch: int = 16384,
-    progress: Progress | None = None,
-    query_pos: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k-NN graph's edges at or above ``threshold``: each row of ``vectors`` searched in ``index`` ->
-    ``(a, b, score)`` with ``a < b`` positions (each pair once). ``id_to_pos`` maps the index's ids to rows of
-    ``vectors`` (sorted ids -> positions, via ``np.searchsorted``); ``None``: the ids are the positions.
-    ``query_pos``: the positions of the rows of ``vectors`` (when they are a part of the whole: the rows to
-    check again in an incremental run)."""
-    progress = progress or NullProgress()
-    n = vectors.shape[0]
-    k = max(1, min(k + 1, len(index)))
-    out_a, out_b, out_s = [], [], []
-    # copies are each other's nearest neighbours by a wide margin: the graph needs far less search effort
-    # than the collection's interactive queries are tuned for (HNSW ef_search 384, IVF nprobe 128)
-    saved = index.config
-    index.set_search_params(nprobe=min(saved.nprobe, GRAPH_NPROBE), ef_search=min(saved.ef_search, GRAPH_EF_SEARCH))
-    progress.start(n, "neighbours")
-    try:
-        for start in range(0, n, batch):
-            q = np.ascontiguousarray(vectors[start : start + batch], dtype=np.float32)
-            scores, ids = index.search(q, k)
-            row_pos = np.arange(start, start + q.shape[0]) if query_pos is None else query_pos[start : start + batch]
-            rows = np.repeat(row_pos, k).reshape(q.shape[0], k)
-            keep = (ids >= 0) & (scores >= threshold)
-            nb = ids[keep]
-            if id_to_pos is not None:
-                pos = np.searchsorted(id_to_pos, nb)
-                pos = np.clip(pos, 0, len(id_to_pos) - 1)
-                found = id_to_pos[pos] == nb
-                nb_pos = np.where(found, pos, -1)
-            else:
-                nb_pos = nb
-            r = rows[keep]
-            s = scores[keep]
-            valid = (nb_pos >= 0) & (nb_pos != r)
-            out_a.append(np.minimum(r, nb_pos)[valid])
-            out_b.append(np.maximum(r, nb_pos)[valid])
-            out_s.append(s[valid])
-            progress.advance(q.shape[0])
-    finally:
-        progress.finish()
-        index.set_search_params(nprobe=saved.nprobe, ef_search=saved.ef_search)
-    if not out_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    a, b, s = np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
-    if a.size:
-        key = a * (int(max(a.max(), b.max())) + 1) + b
-        _, first = np.unique(key, return_index=True)
-        a, b, s = a[first], b[first], s[first]
-    return a.astype(np.int64), b.astype(np.int64), s.astype(np.float32)
 
 
 @dataclass
@@ -838,8 +773,7 @@ class DuplicateFinder:
             # are dropped); a new one over the selection when it is a small part
             index = self.coll.index() if 2 * sel.size >= n_all else None
             if index is not None and len(index) == n_all:
-                sel_ids = rows.ids[sel]
-                edges = self._graph(vectors[sel], sel_ids, [rows.hashes[i] for i in sel], index, t, k, progress)
+                edges = self._graph(rows.ids[sel], t, k, progress)
                 raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check)
             else:
                 raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress, verify=check)
@@ -878,70 +812,18 @@ class DuplicateFinder:
         )
 
     # ------------------------------------------------------------------ the graph, kept between runs
-    def _graph_signature(self) -> str:
-        with self.coll.session() as s:
-            learned_on = db.get_setting(s, "whitening_learned_on", 0)
-        return f"{self._model_description()}; whitening learned on {learned_on}"
-
     def _graph(
-        self,
-        vectors: np.ndarray,
-        ids: np.ndarray,
-        hashes: list[str | None],
-        index: VectorIndex,
-        threshold: float,
-        k: int,
-        progress: Progress | None,
+        self, ids: np.ndarray, threshold: float, k: int, progress: Progress | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The k-NN graph's edges at or above ``threshold`` over ``ids`` (positions in ``ids``), kept in the home
-        (``duplicates-graph.npz``) with ``GRAPH_MARGIN`` below the threshold: a later run searches only the
-        images that are new or changed since (and everything again when the model, the whitening, ``k`` or a
-        lower threshold asks for it)."""
-        path = self.coll.home / GRAPH_FILE
-        signature = self._graph_signature()
-        store_t = threshold - GRAPH_MARGIN
-        cached = None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["signature"]) == signature and float(z["threshold"]) <= threshold and int(z["k"]) >= k:
-                    cached = {name: z[name] for name in ("ids", "hashes", "a", "b", "s")}
-                    store_t, k = float(z["threshold"]), int(z["k"])
-        except (OSError, KeyError, ValueError):
-            cached = None
-        hash_strs = np.array([h or "" for h in hashes])
-        if cached is None:
-            todo = np.arange(ids.size)
-            a_id = b_id = np.zeros(0, np.int64)
-            s_old = np.zeros(0, np.float32)
-        else:
-            known = dict(zip(cached["ids"].tolist(), cached["hashes"].tolist()))
-            todo = np.array(
-                [p for p, (i, h) in enumerate(zip(ids.tolist(), hash_strs.tolist())) if known.get(i) != h], np.int64
-            )
-            stale = np.concatenate([ids[todo], np.setdiff1d(cached["ids"], ids)])
-            ok = ~np.isin(cached["a"], stale) & ~np.isin(cached["b"], stale)
-            a_id, b_id, s_old = cached["a"][ok], cached["b"][ok], cached["s"][ok]
-            log.info("duplicates: %d of %d images are new or changed since the last run", todo.size, ids.size)
-        if todo.size:
-            a, b, s_new = knn_edges(index, vectors[todo], store_t, k, ids, progress=progress, query_pos=todo)
-            a_id = np.concatenate([a_id, ids[a]])
-            b_id = np.concatenate([b_id, ids[b]])
-            s_old = np.concatenate([s_old, s_new])
-        tmp = path.with_name(path.name + ".tmp.npz")
-        try:
-            np.savez(
-                tmp, signature=signature, threshold=store_t, k=k, ids=ids, hashes=hash_strs, a=a_id, b=b_id, s=s_old
-            )
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("could not keep the duplicates graph in %s: %s", path, exc)
-        pos_a = np.searchsorted(ids, a_id)
-        pos_b = np.searchsorted(ids, b_id)
-        lo, hi = np.minimum(pos_a, pos_b), np.maximum(pos_a, pos_b)
-        if lo.size:
-            _, first = np.unique(lo * ids.size + hi, return_index=True)
-            return lo[first], hi[first], s_old[first]
-        return lo, hi, s_old
+        """The edges at or above ``threshold`` among each image's ``k`` nearest neighbours, between images of
+        ``ids`` (sorted) -> ``(a, b, score)`` positions in ``ids``. From the collection's k-NN graph
+        (:mod:`indexer.knn_graph`, kept in the home and shared with re-ranking): a later run searches only the
+        images that are new or changed since."""
+        graph = self.coll.knn_graph(k, progress)
+        a, b, s = graph.edges(threshold, k)
+        pa, pb = _positions_in(ids, graph.ids[a]), _positions_in(ids, graph.ids[b])
+        ok = (pa >= 0) & (pb >= 0)
+        return np.minimum(pa, pb)[ok], np.maximum(pa, pb)[ok], s[ok]
 
     # ------------------------------------------------------------------ one file
     def of(
@@ -1014,3 +896,11 @@ class DuplicateFinder:
 def _hash_codes(hashes: Sequence[str | None]) -> np.ndarray:
     codes: dict[str, int] = {}
     return np.array([-1 if h is None else codes.setdefault(h, len(codes)) for h in hashes], np.int64)
+
+
+def _positions_in(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of ``wanted`` in the sorted ``ids`` (``-1`` where absent)."""
+    if not ids.size:
+        return np.full(wanted.shape, -1, np.int64)
+    pos = np.clip(np.searchsorted(ids, wanted), 0, ids.size - 1)
+    return np.where(ids[pos] == wanted, pos, -1).astype(np.int64)

@@ -9,6 +9,7 @@ database's vector version beside it, and rebuilt from the database whenever the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.registry import UnknownNameError
+from retrieval.rerank import RerankSettings
 from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
 from . import db, sync
@@ -29,8 +31,10 @@ from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError, SettingsError
 from .imageio import DEFAULT_MAX_PIXELS, Box
 from .index_cache import IndexCache, RowVectors
+from .knn_graph import DEFAULT_K, GraphCache, KnnGraph, indexed_fingerprints
 from .masking import Masker, MaskSettings
 from .pipeline import Source, embed_files
+from .reranking import DbaCache, rerank_search
 from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
@@ -103,6 +107,8 @@ class QueryResult:
     query: str
     hits: list[SearchHit] = field(default_factory=list)
     error: str | None = None
+    #: the re-ranking that produced the hits' scores (:meth:`RerankSettings.describe`)
+    rerank: str = "none"
 
 
 @dataclass
@@ -175,6 +181,15 @@ class Collection(Store):
             name="image index",
             learn=self._maybe_learn_whitening,
         )
+        #: the k-NN graph (duplicates, re-ranking) and the DBA vectors: derived caches of the database
+        self._graph = GraphCache(
+            self,
+            self.index,
+            indexed_fingerprints(ImageRecord, (ImageRecord.status == INDEXED,)),
+            self._vectors_of,
+            self._vector_version,
+        )
+        self._dba = DbaCache(self, self._graph, self._vectors_of)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -201,6 +216,13 @@ class Collection(Store):
             d = db.get_setting(s, "whitening")
         return WhiteningSettings() if d is None else WhiteningSettings(**d)
 
+    @property
+    def rerank_settings(self) -> RerankSettings:
+        """The collection's default re-ranking (each search may ask for another)."""
+        with self.session() as s:
+            d = db.get_setting(s, "rerank")
+        return RerankSettings() if d is None else RerankSettings.from_dict(d)
+
     def _whitening(self, s: Session) -> Whitening | None:
         data = db.get_blob(s, "whitening")
         return None if data is None else Whitening.from_bytes(data)
@@ -212,8 +234,9 @@ class Collection(Store):
         whitening: WhiteningSettings | None = None,
         reembed: bool = False,
         mask: MaskSettings | None = None,
+        rerank: RerankSettings | None = None,
     ) -> None:
-        """Set the collection's model / index / whitening / mask settings.
+        """Set the collection's model / index / whitening / mask / re-ranking settings.
 
         A model or masking different from the one that made the stored vectors is refused with
         :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
@@ -258,8 +281,12 @@ class Collection(Store):
                     db.set_blob(s, "whitening", None)  # relearned at the end of the next index run
                     db.bump_vector_version(s)
                 db.set_setting(s, "whitening", whitening.__dict__)
+            if rerank is not None:
+                db.set_setting(s, "rerank", rerank.to_dict())
         self._embedder = embedder
         self._cache.forget()
+        self._graph.forget()
+        self._dba.forget()
 
     def _try_settings(
         self, model: ModelConfig | None, index: IndexConfig | None, mask: MaskSettings | None
@@ -428,6 +455,21 @@ class Collection(Store):
             ids, vecs, _ = self._cache.vectors.indexed(s)
         return ids, vecs
 
+    def _vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Indexed vectors of ``ids`` ``(n,)`` (all indexed), in that order: ``(n, D)``."""
+        with self.session() as s:
+            found, vecs, _ = self._cache.vectors.indexed(s, [int(i) for i in ids])
+        order = np.argsort(found)
+        at = order[np.searchsorted(found, ids, sorter=order)]
+        if found.size != len(set(int(i) for i in ids)) or not np.array_equal(found[at], ids):
+            raise LookalikeError("the collection changed while reading it; run the command again")
+        return vecs[at]
+
+    def knn_graph(self, k: int = DEFAULT_K, progress: Progress | None = None) -> KnnGraph:
+        """The collection's k-nearest-neighbour graph (at least ``k`` neighbours per indexed image), kept in the
+        home and brought up to date incrementally (:mod:`indexer.knn_graph`); shared by duplicates and re-ranking."""
+        return self._graph.current(k, progress)
+
     def embed_paths(
         self, paths: Sequence[Source], box: Box | None = None
     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
@@ -459,11 +501,14 @@ class Collection(Store):
         threshold: float | None = None,
         progress: Progress | None = None,
         box: Box | None = None,
+        rerank: RerankSettings | str | None = None,
     ) -> list[QueryResult]:
         """Nearest neighbours of each query image file, best first. Unreadable queries carry ``error``.
-        ``box`` ``(x, y, w, h)``, in pixels of the query as shown: search by that region only."""
+        ``box`` ``(x, y, w, h)``, in pixels of the query as shown: search by that region only. ``rerank``: a
+        re-ranking for this search (settings, or a method name with the collection's parameters; default: the
+        collection's, :attr:`rerank_settings`); ``threshold`` applies to the re-ranked scores."""
         paths = [str(Path(q).expanduser().resolve()) for q in queries]
-        return self._search_sources(paths, paths, k, threshold, progress, box)
+        return self._search_sources(paths, paths, k, threshold, progress, box, rerank)
 
     def search_images(
         self,
@@ -473,19 +518,27 @@ class Collection(Store):
         box: Box | None = None,
         names: Sequence[str] | None = None,
         progress: Progress | None = None,
+        rerank: RerankSettings | str | None = None,
     ) -> list[QueryResult]:
         """As :meth:`search`, for encoded images in memory (uploads), decoded with the same guards (size
         limit, content check); ``names`` label the results (default ``upload 1``, ...)."""
         labels = list(names) if names is not None else [f"upload {i + 1}" for i in range(len(images))]
-        return self._search_sources(list(images), labels, k, threshold, progress, box)
+        return self._search_sources(list(images), labels, k, threshold, progress, box, rerank)
 
-    def search_ids(self, ids: Sequence[int], k: int = 10, threshold: float | None = None) -> list[QueryResult]:
+    def search_ids(
+        self,
+        ids: Sequence[int],
+        k: int = 10,
+        threshold: float | None = None,
+        rerank: RerankSettings | str | None = None,
+    ) -> list[QueryResult]:
         """ "More like this": the nearest neighbours of indexed images, from their stored vectors (nothing is
         decoded); an image is not among its own hits. An id with no indexed vector carries ``error``."""
         self._require_searchable()
+        settings = self._rerank(rerank)
         ids = [int(i) for i in ids]
         rows = self._rows_of(ids)
-        results = [QueryResult(query=rows[i][0] if i in rows else f"id {i}") for i in ids]
+        results = [QueryResult(query=rows[i][0] if i in rows else f"id {i}", rerank=settings.describe()) for i in ids]
         with self.session() as s:
             found, vecs, _ = self._cache.vectors.indexed(s, ids)
         by_id = {int(i): v for i, v in zip(found, vecs)}
@@ -495,7 +548,7 @@ class Collection(Store):
                 results[n].error = f"no indexed image with id {i}"
         if todo:
             q = np.stack([by_id[ids[n]] for n in todo]).astype(np.float32)
-            for n, hits in zip(todo, self._hits_for_vectors(q, k + 1, threshold)):
+            for n, hits in zip(todo, self._hits_for_vectors(q, k + 1, threshold, settings)):
                 results[n].hits = [h for h in hits if h.id != ids[n]][:k]
         return results
 
@@ -526,11 +579,13 @@ class Collection(Store):
         threshold: float | None,
         progress: Progress | None,
         box: Box | None,
+        rerank: RerankSettings | str | None = None,
     ) -> list[QueryResult]:
         """Embed ``sources`` (paths or encoded images) and search each; results labelled by ``labels``."""
         progress = progress or NullProgress()
         self._require_searchable()
-        results = [QueryResult(query=label) for label in labels]
+        settings = self._rerank(rerank)
+        results = [QueryResult(query=label, rerank=settings.describe()) for label in labels]
         vecs: dict[int, np.ndarray] = {}
         progress.start(len(sources), "queries")
         try:
@@ -546,22 +601,38 @@ class Collection(Store):
         if vecs:
             order = sorted(vecs)
             q = np.stack([vecs[i] for i in order]).astype(np.float32)
-            for pos, hits in zip(order, self._hits_for_vectors(q, k, threshold)):
+            for pos, hits in zip(order, self._hits_for_vectors(q, k, threshold, settings)):
                 results[pos].hits = hits
         return results
 
-    def _hits_for_vectors(self, queries: np.ndarray, k: int, threshold: float | None) -> list[list[SearchHit]]:
-        """Query vectors ``(Q, D)``, as indexed -> each one's ``k`` best live hits. Every search goes through here."""
+    def _rerank(self, rerank: RerankSettings | str | None) -> RerankSettings:
+        """The re-ranking a search asked for: given settings, a method name with the collection's parameters, or
+        (``None``) the collection's default."""
+        if isinstance(rerank, RerankSettings):
+            return rerank
+        stored = self.rerank_settings
+        if rerank is None:
+            return stored
+        try:
+            return dataclasses.replace(stored, method=rerank)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _hits_for_vectors(
+        self, queries: np.ndarray, k: int, threshold: float | None, rerank: RerankSettings | None = None
+    ) -> list[list[SearchHit]]:
+        """Query vectors ``(Q, D)``, as indexed -> each one's ``k`` best live hits, re-ranked by ``rerank``
+        (default: none). Every search goes through here."""
         index = self._require_searchable()
         if queries.shape[1] != index.dim:
             raise LookalikeError(
                 f"query vectors have dimension {queries.shape[1]} but the index {index.dim}; "
                 "run lookalike doctor --repair"
             )
-        return self._live_hits(index, queries, k, threshold)
+        return self._live_hits(index, queries, k, threshold, rerank or RerankSettings())
 
     def _live_hits(
-        self, index: VectorIndex, queries: np.ndarray, k: int, threshold: float | None
+        self, index: VectorIndex, queries: np.ndarray, k: int, threshold: float | None, rerank: RerankSettings
     ) -> list[list[SearchHit]]:
         """The ``k`` best hits of each query vector ``(Q, D)`` whose files still exist: files gone from disk
         since they were indexed are left out (and forgotten by the next ``index`` run of any folder). All
@@ -570,7 +641,15 @@ class Collection(Store):
         out: list[list[SearchHit]] = [[] for _ in range(len(queries))]
         todo, want = list(range(len(queries))), k
         while todo:
-            scores, ids = index.search(queries[todo], min(want, len(index)))
+            scores, ids = rerank_search(
+                index,
+                queries[todo],
+                min(want, len(index)),
+                rerank,
+                graph=lambda k_: self._graph.current(k_),
+                dba_vectors=lambda: self._dba.current(rerank),
+                vectors_of=self._vectors_of,
+            )
             rows = self._rows_of([int(i) for i in ids.ravel() if i >= 0])
             short = []
             for row, query in enumerate(todo):

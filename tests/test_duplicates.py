@@ -308,18 +308,18 @@ def test_cli_json_shape(tmp_path, dup_folder, one_thread):
 
 
 def test_a_second_run_checks_only_new_and_changed_images(tmp_path, dup_folder, one_thread, monkeypatch):
-    from indexer import duplicates
+    from indexer import duplicates, knn_graph
 
     coll = small_collection(tmp_path / "home")
     coll.index_folder(dup_folder)
     queried: list[int] = []
-    real = duplicates.knn_edges
+    real = knn_graph.knn_search  # the k-NN graph shared with re-ranking searches through it
 
     def counting(index, vectors, *args, **kwargs):
         queried.append(len(vectors))
         return real(index, vectors, *args, **kwargs)
 
-    monkeypatch.setattr(duplicates, "knn_edges", counting)
+    monkeypatch.setattr(knn_graph, "knn_search", counting)
     finder = DuplicateFinder(coll)
     first = finder.find(threshold=0.85)
     assert queried == [first.images]

@@ -1,0 +1,300 @@
+"""Re-ranking in a collection: query vectors -> re-ranked hits, over the FAISS index, the shared k-NN graph
+(:mod:`indexer.knn_graph`) and the DBA vectors, a derived cache kept in the home.
+
+The math is :mod:`retrieval.rerank`. Here: :func:`rerank_search` (one call, every method, what every search of a
+collection goes through) and :class:`DbaCache`, the augmented database vectors saved atomically with the
+collection's vector version inside, and brought up to date incrementally: only the rows whose own vector,
+neighbour list or neighbours' vectors changed are recomputed. A missing, unreadable or stale file is rebuilt
+from the database; it is never a source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.rerank import RerankSettings, alpha_qe, dba, diffusion_scores, subgraph
+
+from .errors import CollectionBusyError
+from .knn_graph import GraphCache, KnnGraph, file_stamp, write_npz_atomic
+from .store import Store, write_lock
+from .vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+#: The DBA vectors kept in the collection's home.
+DBA_FILE = "rerank-dba.npz"
+
+#: ``vectors_of(ids (n,)) -> (n, D)``: indexed vectors of those ids, in that order.
+VectorsOf = Callable[[np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------- DBA vectors
+
+
+@dataclass
+class DbaVectors:
+    """Augmented vectors of ``ids`` (sorted), float16 ``(N, D)``, made from the graph lists ``nbr (N, k)`` (ids)
+    and the images' ``fingerprints``, at the collection's vector ``version`` with ``k`` and ``alpha``."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    nbr: np.ndarray
+    fingerprints: np.ndarray
+    version: int
+    k: int
+    alpha: float
+    signature: str
+
+    def matches(self, version: int, settings: RerankSettings) -> bool:
+        return self.version == version and self.k == settings.dba_k and self.alpha == settings.dba_alpha
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        if not self.ids.size:
+            return np.full(np.shape(ids), -1, np.int64)
+        pos = np.clip(np.searchsorted(self.ids, ids), 0, self.ids.size - 1)
+        return np.where((ids >= 0) & (self.ids[pos] == ids), pos, -1)
+
+
+def update_dba(
+    cached: DbaVectors | None, graph: KnnGraph, vectors_of: VectorsOf, settings: RerankSettings
+) -> tuple[DbaVectors, int]:
+    """The DBA vectors of ``graph``'s images, reusing the rows of ``cached`` that nothing changed for ->
+    ``(vectors, rows recomputed)``."""
+    k, alpha = settings.dba_k, settings.dba_alpha
+    ids, nbr = graph.ids, graph.nbr[:, :k]
+    n = ids.size
+    todo = np.arange(n)
+    out = None
+    if cached is not None and cached.k == k and cached.alpha == alpha and cached.signature == graph.signature:
+        pos = cached.rows_of(ids)
+        same_row = (pos >= 0) & (cached.fingerprints[np.maximum(pos, 0)] == graph.fingerprints)
+        same_row &= (cached.nbr[np.maximum(pos, 0)] == nbr).all(axis=1) if n else same_row
+        changed_ids = ids[~same_row]
+        # a row whose neighbours' vectors changed is recomputed as well
+        changed_vec = ids[(pos < 0) | (cached.fingerprints[np.maximum(pos, 0)] != graph.fingerprints)]
+        same_row &= ~np.isin(nbr, changed_vec).any(axis=1)
+        todo = np.flatnonzero(~same_row)
+        out = np.zeros((n, cached.vectors.shape[1]), np.float16)
+        out[same_row] = cached.vectors[pos[same_row]]
+        log.debug("DBA: %d of %d rows to recompute (%d changed)", todo.size, n, changed_ids.size)
+    if todo.size:
+        rows = ids[todo]
+        local_nbr = nbr[todo]
+        need = np.union1d(rows, local_nbr[local_nbr >= 0])
+        vecs = vectors_of(need)
+        at = np.searchsorted(need, rows)
+        nb_at = np.where(local_nbr >= 0, np.searchsorted(need, np.maximum(local_nbr, 0)), -1)
+        fresh = dba(vecs, nb_at, graph.sim[todo, :k], k, alpha, rows=at)
+        if out is None:
+            out = np.zeros((n, vecs.shape[1]), np.float16)
+        out[todo] = fresh.astype(np.float16)
+    if out is None:
+        out = np.zeros((0, 1), np.float16)
+    return (
+        DbaVectors(ids, out, nbr.copy(), graph.fingerprints, graph.version, k, alpha, graph.signature),
+        int(todo.size),
+    )
+
+
+class DbaFile:
+    """The DBA vectors' file in a home: loads as ``None`` when missing or unreadable, saved atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> DbaVectors | None:
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                return DbaVectors(
+                    ids=z["ids"],
+                    vectors=z["vectors"],
+                    nbr=z["nbr"],
+                    fingerprints=z["fingerprints"],
+                    version=int(z["version"]),
+                    k=int(z["k"]),
+                    alpha=float(z["alpha"]),
+                    signature=str(z["signature"]),
+                )
+        except FileNotFoundError:
+            return None
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            log.warning("the DBA vectors %s are unreadable (%s); they will be rebuilt", self.path, exc)
+            return None
+
+    def save(self, d: DbaVectors) -> None:
+        write_npz_atomic(
+            self.path,
+            ids=d.ids,
+            vectors=d.vectors,
+            nbr=d.nbr,
+            fingerprints=d.fingerprints,
+            version=np.array(d.version),
+            k=np.array(d.k),
+            alpha=np.array(d.alpha),
+            signature=np.array(d.signature),
+        )
+
+
+class DbaCache:
+    """A collection's DBA vectors: in memory, in ``home/DBA_FILE``, from its :class:`GraphCache`."""
+
+    def __init__(self, store: Store, graph: GraphCache, vectors_of: VectorsOf, file_name: str = DBA_FILE) -> None:
+        self.store, self.graph, self.vectors_of = store, graph, vectors_of
+        self.file = DbaFile(store.home / file_name)
+        self._dba: DbaVectors | None = None
+        self._stamp: tuple[int, int] | None = None
+        #: rows recomputed by the last :meth:`current` (0: the cache was current)
+        self.last_recomputed = 0
+
+    def forget(self) -> None:
+        self._dba = None
+
+    def current(self, settings: RerankSettings) -> DbaVectors:
+        """The DBA vectors for ``settings``, brought up to date with the database (saved unless another process
+        is writing)."""
+        self.last_recomputed = 0
+        version = self.graph.version()
+        stamp = file_stamp(self.file.path)
+        if self._dba is not None and stamp != self._stamp:
+            self._dba = None  # the file was replaced or deleted since: it is the truth
+        if self._dba is not None and self._dba.matches(version, settings):
+            return self._dba
+        on_disk = self.file.load()
+        if on_disk is not None and on_disk.matches(version, settings):
+            self._dba, self._stamp = on_disk, stamp
+            return on_disk
+        graph = self.graph.current(settings.dba_k)
+        cached = on_disk if on_disk is not None else self._dba
+        self._dba, self.last_recomputed = update_dba(cached, graph, self.vectors_of, settings)
+        try:
+            with write_lock(self.store.home):
+                if self.graph.version() == version:
+                    self.file.save(self._dba)
+                    self._stamp = file_stamp(self.file.path)
+        except CollectionBusyError:
+            log.info("collection busy; using the updated DBA vectors without saving them")
+        except OSError as exc:
+            log.warning("could not keep the DBA vectors in %s: %s", self.file.path, exc)
+        return self._dba
+
+    def check(self) -> str | None:
+        """What is wrong with the DBA file, if one is kept (``None``: nothing, or no file: it is optional)."""
+        if not self.file.path.exists():
+            return None
+        d = self.file.load()
+        if d is None:
+            return f"the re-ranking cache {self.file.path.name} is unreadable"
+        if d.version != self.graph.version():
+            return f"the re-ranking cache {self.file.path.name} is older than the database"
+        return None
+
+
+# --------------------------------------------------------------------------------------------- searching
+
+
+def rerank_search(
+    index: VectorIndex,
+    queries: np.ndarray,
+    k: int,
+    settings: RerankSettings,
+    graph: Callable[[int], KnnGraph] | None = None,
+    dba_vectors: Callable[[], DbaVectors] | None = None,
+    vectors_of: VectorsOf | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(scores, ids)`` ``(Q, k)`` of each query vector ``(Q, D)`` (as indexed) under
+    ``settings``: ``graph(k)`` gives the k-NN graph (diffusion), ``dba_vectors()`` the DBA vectors (dba),
+    ``vectors_of`` the indexed vectors of ids (αQE). Padded with ``-1`` ids and ``-inf`` scores, like
+    :meth:`VectorIndex.search`. Scores: cosine similarities (none, qe, dba: with the expanded query or the
+    augmented vectors), or the diffusion's scaled so each query's best is 1."""
+    q = np.ascontiguousarray(queries, np.float32)
+    method = settings.method
+    if method == "none" or len(index) == 0:
+        return index.search(q, k)
+    if method == "qe":
+        if vectors_of is None:
+            raise ValueError("αQE needs the indexed vectors")
+        sims, ids = index.search(q, settings.qe_k)
+        neighbours = _gather(vectors_of, ids, q.shape[1])
+        return index.search(alpha_qe(q, neighbours, np.where(ids >= 0, sims, np.nan), settings.qe_alpha), k)
+    want = min(max(settings.candidates, k), len(index))
+    sims, cand = index.search(q, want)
+    if method == "dba":
+        if dba_vectors is None:
+            raise ValueError("DBA needs its vectors")
+        return _dba_rank(q, sims, cand, dba_vectors(), k, settings)
+    if graph is None:
+        raise ValueError("diffusion needs the k-NN graph")
+    return _diffusion_rank(sims, cand, graph(settings.graph_k), k, settings)
+
+
+def _gather(vectors_of: VectorsOf, ids: np.ndarray, dim: int) -> np.ndarray:
+    """``(Q, m)`` ids (``-1`` none) -> ``(Q, m, D)`` their vectors (zeros for none)."""
+    flat = ids.ravel()
+    valid = flat >= 0
+    uniq = np.unique(flat[valid])
+    out = np.zeros((flat.size, dim), np.float32)
+    if uniq.size:
+        vecs = vectors_of(uniq)
+        out[valid] = vecs[np.searchsorted(uniq, flat[valid])]
+    return out.reshape(*ids.shape, dim)
+
+
+def _finish(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by ``scores`` (``(Q, R)``, ``-inf`` for none), the best ``k`` kept, padded to ``k``."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    s, i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    i = np.where(np.isfinite(s), i, -1)
+    pad = k - s.shape[1]
+    if pad > 0:
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return s.astype(np.float32), i.astype(np.int64)
+
+
+def _dba_rank(
+    q: np.ndarray, sims: np.ndarray, cand: np.ndarray, d: DbaVectors, k: int, settings: RerankSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = d.rows_of(cand)
+    vecs = d.vectors[np.maximum(rows, 0)].astype(np.float32)  # (Q, R, D)
+    vecs[rows < 0] = 0.0
+    scores = np.einsum("qrd,qd->qr", vecs, q)
+    # candidates the cache does not know (added since it was made: none, when it is current) keep their score
+    scores = np.where(rows >= 0, scores, sims)
+    scores = np.where(cand >= 0, scores, -np.inf)
+    if settings.qe_k:
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : settings.qe_k]
+        top_s = np.take_along_axis(scores, top, 1)
+        top_v = np.take_along_axis(vecs, top[:, :, None], 1)
+        expanded = alpha_qe(q, top_v, np.where(np.isfinite(top_s), top_s, np.nan), settings.qe_alpha)
+        scores = np.where(cand >= 0, np.einsum("qrd,qd->qr", vecs, expanded), -np.inf)
+    return _finish(scores.astype(np.float32), cand, k)
+
+
+def _diffusion_rank(
+    sims: np.ndarray, cand: np.ndarray, graph: KnnGraph, k: int, settings: RerankSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    out_s, out_i = [], []
+    for row_sims, row_ids in zip(sims, cand):
+        nodes = row_ids[row_ids >= 0]
+        plain = row_sims[row_ids >= 0]
+        g = graph.rows_of(nodes)
+        nb = np.where(g[:, None] >= 0, graph.nbr[np.maximum(g, 0), : settings.graph_k], -1)
+        nb_s = graph.sim[np.maximum(g, 0), : settings.graph_k]
+        local, local_s = subgraph(nodes, nb, nb_s)
+        seeds = np.arange(min(settings.seeds, nodes.size))[None]
+        f = diffusion_scores(local, local_s, seeds, plain[None, : seeds.shape[1]], settings)[0]
+        # ties (nodes the diffusion did not reach) keep the plain order: plain scores are below every f > 0
+        order = np.lexsort((-plain, -f))[:k]
+        s, i = f[order], nodes[order]
+        pad = k - s.size
+        out_s.append(np.pad(s, (0, pad), constant_values=-np.inf))
+        out_i.append(np.pad(i, (0, pad), constant_values=-1))
+    return np.stack(out_s).astype(np.float32), np.stack(out_i).astype(np.int64)
+
+
+__all__ = ["DBA_FILE", "DbaCache", "DbaFile", "DbaVectors", "rerank_search", "update_dba"]
