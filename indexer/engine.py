@@ -357,7 +357,24 @@ class Collection(Store):
             description="embedding",
             prepare=prepare,
         )
+        self._refresh_rerank_caches()
         return report
+
+    def _refresh_rerank_caches(self, graph: bool = False, dba: bool = False, locked: bool = False) -> None:
+        """After the collection changed: bring the k-NN graph and the DBA vectors up to date when they are kept
+        (a file exists), the default re-ranking needs them, or ``graph`` / ``dba`` ask for them, so searches
+        find them current. ``locked``: the caller holds the write lock."""
+        settings = self.rerank_settings
+        dba = dba or self._dba.file.path.exists() or settings.method == "dba"
+        graph = graph or dba or self._graph.file.path.exists() or settings.graph_neighbours > 0
+        if self.model_config is None or not graph:
+            return
+        with self.session() as s:
+            if not self._cache.vectors.count(s):
+                return
+        self._graph.current(max(settings.graph_neighbours, DEFAULT_K), locked=locked)
+        if dba:
+            self._dba.current(settings, locked=locked)
 
     def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
         embedder = self._get_embedder()
@@ -700,6 +717,8 @@ class Collection(Store):
                     db.bump_vector_version(s)
             if ids:
                 self._cache.update(start_version, set(), set(ids))
+        if ids:
+            self._refresh_rerank_caches()
         if ids and exclude:
             self.exclude([p])
         return len(ids)
@@ -790,6 +809,10 @@ class Collection(Store):
                     )
             if report.missing_files:
                 report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
+            # the k-NN graph and the DBA vectors, caches like the index (optional: no file is no problem)
+            checked = [(c, c.check()) for c in (self._graph, self._dba)]
+            caches = [c for c, problem in checked if problem is not None]
+            report.problems.extend(problem for _, problem in checked if problem is not None)
             if not repair or report.ok:
                 return report
             with self.session() as s, s.begin():
@@ -813,4 +836,12 @@ class Collection(Store):
             index = self._cache.build()
             self._cache.save(index, version)
             report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
+            for cache in caches:
+                cache.file.path.unlink(missing_ok=True)
+                cache.forget()
+            if len(index):  # the caches kept follow the repaired database; those reported are made anew
+                self._refresh_rerank_caches(self._graph in caches, self._dba in caches, locked=True)
+            if caches:
+                names = " and ".join(c.file.path.name for c in caches)
+                report.repaired.append(f"rebuilt the re-ranking cache {names} from the database")
         return report

@@ -16,6 +16,7 @@ Arrays: ``ids (N,)`` sorted int64 (the images' ids), ``nbr (N, K)`` the neighbou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -313,6 +314,18 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def save_locked(home: Path, save: Callable[[], None], locked: bool, what: str) -> None:
+    """Run ``save`` under the home's write lock (``locked``: already held); when another process holds it, or
+    the file cannot be written, the cache is used unsaved (it is rebuilt later)."""
+    try:
+        with write_lock(home) if not locked else contextlib.nullcontext():
+            save()
+    except CollectionBusyError:
+        log.info("collection busy; using %s without saving it", what)
+    except OSError as exc:
+        log.warning("could not keep %s in %s: %s", what, home, exc)
+
+
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write ``arrays`` to ``path`` as an ``.npz`` so that a crash at any moment leaves the old file or the new
     one, never a torn one: a temp file beside it, flushed to disk, then renamed over it."""
@@ -363,9 +376,15 @@ class GraphCache:
     def is_current(self, graph: KnnGraph | None, version: int, k: int) -> bool:
         return graph is not None and graph.version == version and graph.k >= k
 
-    def current(self, k: int = DEFAULT_K, progress: Progress | None = None, search: Search | None = None) -> KnnGraph:
+    def current(
+        self,
+        k: int = DEFAULT_K,
+        progress: Progress | None = None,
+        search: Search | None = None,
+        locked: bool = False,
+    ) -> KnnGraph:
         """The graph with at least ``k`` neighbours per image, brought up to date with the database (and saved,
-        unless another process is writing)."""
+        unless another process is writing; ``locked``: this process holds the write lock already)."""
         self.last_searched = 0
         version = self.version()
         stamp = self.file.stamp()
@@ -388,15 +407,13 @@ class GraphCache:
             cached, self.index(), ids, fingerprints, self.vectors_of, signature, version, k, progress, search
         )
         self._graph = graph
-        try:
-            with write_lock(self.store.home):
-                if self.version() == version:
-                    self.file.save(graph)
-                    self._stamp = self.file.stamp()
-        except CollectionBusyError:
-            log.info("collection busy; using the updated k-NN graph without saving it")
-        except OSError as exc:
-            log.warning("could not keep the k-NN graph in %s: %s", self.file.path, exc)
+
+        def save() -> None:
+            if self.version() == version:
+                self.file.save(graph)
+                self._stamp = self.file.stamp()
+
+        save_locked(self.store.home, save, locked, "the k-NN graph")
         return graph
 
     def check(self) -> str | None:
@@ -435,5 +452,6 @@ __all__ = [
     "list_edges",
     "update_graph",
     "vectors_signature",
+    "save_locked",
     "write_npz_atomic",
 ]

@@ -19,9 +19,8 @@ import numpy as np
 
 from retrieval.rerank import RerankSettings, alpha_qe, dba, diffusion_scores, subgraph
 
-from .errors import CollectionBusyError
-from .knn_graph import GraphCache, KnnGraph, file_stamp, write_npz_atomic
-from .store import Store, write_lock
+from .knn_graph import GraphCache, KnnGraph, file_stamp, save_locked, write_npz_atomic
+from .store import Store
 from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -154,9 +153,9 @@ class DbaCache:
     def forget(self) -> None:
         self._dba = None
 
-    def current(self, settings: RerankSettings) -> DbaVectors:
+    def current(self, settings: RerankSettings, locked: bool = False) -> DbaVectors:
         """The DBA vectors for ``settings``, brought up to date with the database (saved unless another process
-        is writing)."""
+        is writing; ``locked``: this process holds the write lock already)."""
         self.last_recomputed = 0
         version = self.graph.version()
         stamp = file_stamp(self.file.path)
@@ -168,19 +167,18 @@ class DbaCache:
         if on_disk is not None and on_disk.matches(version, settings):
             self._dba, self._stamp = on_disk, stamp
             return on_disk
-        graph = self.graph.current(settings.dba_k)
+        graph = self.graph.current(settings.dba_k, locked=locked)
         cached = on_disk if on_disk is not None else self._dba
-        self._dba, self.last_recomputed = update_dba(cached, graph, self.vectors_of, settings)
-        try:
-            with write_lock(self.store.home):
-                if self.graph.version() == version:
-                    self.file.save(self._dba)
-                    self._stamp = file_stamp(self.file.path)
-        except CollectionBusyError:
-            log.info("collection busy; using the updated DBA vectors without saving them")
-        except OSError as exc:
-            log.warning("could not keep the DBA vectors in %s: %s", self.file.path, exc)
-        return self._dba
+        fresh, self.last_recomputed = update_dba(cached, graph, self.vectors_of, settings)
+        self._dba = fresh
+
+        def save() -> None:
+            if self.graph.version() == version:
+                self.file.save(fresh)
+                self._stamp = file_stamp(self.file.path)
+
+        save_locked(self.store.home, save, locked, "the DBA vectors")
+        return fresh
 
     def check(self) -> str | None:
         """What is wrong with the DBA file, if one is kept (``None``: nothing, or no file: it is optional)."""
