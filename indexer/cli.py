@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from retrieval.config import RuntimeOptions
+from retrieval.rerank import METHODS as RERANK_METHODS
 
 from .cli_common import (
     EXIT_EMPTY,
@@ -144,6 +145,11 @@ def main(
 @click.option(
     "--include", multiple=True, metavar="PATTERN", help="Drop an exclusion (as it was given), so its files are indexed."
 )
+@click.option(
+    "--rerank",
+    type=click.Choice(RERANK_METHODS),
+    help="The collection's default re-ranking of search results (stored; see README, Re-ranking).",
+)
 @click.pass_context
 @library_errors
 def index(
@@ -163,6 +169,7 @@ def index(
     reembed: bool,
     exclude: tuple[str, ...],
     include: tuple[str, ...],
+    rerank: str | None,
 ) -> None:
     """Index the images in FOLDER (recursively).
 
@@ -179,7 +186,8 @@ def index(
     wcfg = None
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
         wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)
-    coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask)
+    rerank_cfg = settings_with(coll.rerank_settings, method=rerank) if rerank else None
+    coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask, rerank=rerank_cfg)
     if include:
         coll.include(include)
     if exclude:
@@ -290,6 +298,11 @@ def _parse_box(
     metavar="X,Y,W,H",
     help="Search by this region of the query only (pixels of the image as shown).",
 )
+@click.option(
+    "--rerank",
+    type=click.Choice(RERANK_METHODS),
+    help="Re-rank the results this way (default: the collection's; see README, Re-ranking).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: a JSON list, one object per query.")
 @click.option(
     "--html",
@@ -305,6 +318,7 @@ def search(
     k: int,
     threshold: float | None,
     box: tuple[float, float, float, float] | None,
+    rerank: str | None,
     as_json: bool,
     html_out: Path | None,
 ) -> None:
@@ -315,7 +329,9 @@ def search(
     """
     coll = open_collection(ctx, create=False)
     paths = _expand_queries(queries)
-    results = coll.search(paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box)
+    results = coll.search(
+        paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box, rerank=rerank
+    )
     if html_out is not None:
         thumbs = Thumbnails(Path(coll.home) / THUMBNAIL_DIR)  # the collection's cache, shared with `serve`
         click.echo(f"report: {write_report(results, html_out, thumbnails=thumbs)}", err=True)
@@ -324,6 +340,7 @@ def search(
             {
                 "query": r.query,
                 "error": r.error,
+                "rerank": r.rerank,
                 "results": [
                     {"rank": i + 1, "path": h.path, "score": round(h.score, 6), "id": h.id}
                     for i, h in enumerate(r.hits)
