@@ -43,15 +43,19 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import db
+from .db import FaceRecord, ImageRecord
 from .duplicates import DuplicateFinder
-from .engine import Collection, QueryResult
+from .engine import Collection, ImageInfo, QueryResult
 from .errors import CollectionBusyError, LookalikeError
 from .face_clusters import FaceClusters
-from .faces import FaceGallery
+from .faces import INDEX, FaceGallery
+from .imageio import Box
 from .thumbnails import MAX_SIZE, MIN_SIZE, THUMBNAIL_DIR, ThumbnailError, Thumbnails
 
 log = logging.getLogger(__name__)
@@ -424,35 +428,60 @@ class Service:
         self._duplicates: dict[tuple[int, float | None], DuplicatesOut] = {}
 
     # ------------------------------------------------------------------ images
-    def rows(self, ids: Sequence[int]) -> dict[int, Any]:
-        """The collection's rows of ``ids`` (unknown ids left out)."""
-        return {r.id: r for r in self.coll.image_rows(list(ids))}
+    def common_folder(self) -> str:
+        """The deepest folder holding every image of the collection, with a trailing separator ("" when empty):
+        image paths are shown relative to it. (The first and last paths in sort order share the prefix that all
+        paths share, so two index look-ups find it.)"""
+        with self.coll.session() as s:
+            lo, hi = s.execute(select(func.min(ImageRecord.path), func.max(ImageRecord.path))).one()
+        if lo is None:
+            return ""
+        prefix = os.path.commonprefix([lo, hi])
+        return prefix[: prefix.rfind(os.sep) + 1]
 
-    def image(self, image_id: int) -> Any:
-        row = self.rows([image_id]).get(image_id)
-        if row is None:
-            raise HTTPException(404, f"no image {image_id} in the collection")
-        return row
-
-    def image_out(self, row: Any) -> ImageOut:
+    def image_out(self, id: int, path: str, width: int | None, height: int | None, folder: str) -> ImageOut:
         return ImageOut(
-            id=row.id,
-            path=row.relative_path or row.path if hasattr(row, "relative_path") else row.path,
-            name=os.path.basename(row.path),
-            width=row.width,
-            height=row.height,
-            thumbnail=f"{API}/images/{row.id}/thumbnail",
-            file=f"{API}/images/{row.id}/file",
+            id=id,
+            path=path[len(folder) :] if folder and path.startswith(folder) else path,
+            name=os.path.basename(path),
+            width=width,
+            height=height,
+            thumbnail=f"{API}/images/{id}/thumbnail",
+            file=f"{API}/images/{id}/file",
         )
 
-    def hits_out(self, result: QueryResult, leave_out: int | None = None, k: int | None = None) -> list[HitOut]:
-        rows = self.rows([h.id for h in result.hits])
-        out: list[HitOut] = []
-        for hit in result.hits:
-            if hit.id == leave_out or hit.id not in rows:
-                continue
-            out.append(HitOut(**self.image_out(rows[hit.id]).model_dump(), score=hit.score, rank=len(out) + 1))
-        return out if k is None else out[:k]
+    def images(self, ids: Sequence[int]) -> dict[int, ImageOut]:
+        """``ids`` as the API shows them (unknown ids left out)."""
+        infos = self.coll.images(ids)
+        folder = self.common_folder() if infos else ""
+        return {i: self.image_out(i, r.path, r.width, r.height, folder) for i, r in infos.items()}
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        """The collection's record of one image; 404 when there is none."""
+        info = self.coll.images([image_id]).get(image_id)
+        if info is None:
+            raise HTTPException(404, f"no image {image_id} in the collection")
+        return info
+
+    def hits_out(self, result: QueryResult, folder: str) -> list[HitOut]:
+        return [
+            HitOut(**self.image_out(h.id, h.path, h.width, h.height, folder).model_dump(), score=h.score, rank=n)
+            for n, h in enumerate(result.hits, 1)
+        ]
+
+    def ids_at(self, paths: Sequence[str]) -> dict[str, int]:
+        """The ids of the images at ``paths`` (paths the collection does not hold left out)."""
+        out: dict[str, int] = {}
+        with self.coll.session() as s:
+            for n in range(0, len(paths), 500):
+                q = select(ImageRecord.path, ImageRecord.id).where(ImageRecord.path.in_(paths[n : n + 500]))
+                out.update({p: int(i) for p, i in s.execute(q)})
+        return out
+
+    def vector_version(self) -> int:
+        """Changes whenever the collection's indexed vectors change."""
+        with self.coll.session() as s:
+            return int(db.get_setting(s, db.VECTOR_VERSION, 0))
 
     # ------------------------------------------------------------------ faces
     def gallery(self) -> FaceGallery:
@@ -464,6 +493,16 @@ class Service:
     def clusters(self) -> FaceClusters:
         return FaceClusters(self.gallery())
 
+    def indexed_face(self, face_id: int) -> tuple[str, Box] | None:
+        """The photo and box ``(x, y, w, h)`` of an indexed face (``None``: no such face)."""
+        with self.gallery().session() as s:
+            r = s.execute(
+                select(FaceRecord.path, FaceRecord.x0, FaceRecord.y0, FaceRecord.x1, FaceRecord.y1).where(
+                    FaceRecord.id == face_id, FaceRecord.source == INDEX
+                )
+            ).one_or_none()
+        return None if r is None else (r.path, (r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0))
+
     # ------------------------------------------------------------------ duplicates
     def duplicates(self, threshold: float | None) -> DuplicatesOut:
         finder = DuplicateFinder(self.coll)
@@ -473,20 +512,23 @@ class Service:
                 "this collection has no duplicates calibration: run `lookalike duplicates` once to calibrate, "
                 "or ask with ?threshold=0.95",
             )
-        key = (self.coll.vector_version(), threshold)
+        key = (self.vector_version(), threshold)
         with self._lock:
             cached = self._duplicates.get(key)
         if cached is not None:
             return cached
         report = finder.find(threshold=threshold)
-        rows = self.rows([f.id for g in report.groups for f in g.files])
+        folder = self.common_folder()
         groups = [
             DuplicateGroupOut(
                 tier="exact" if g.tier == "exact" else "copies",
                 files=[
-                    DuplicateFileOut(image=self.image_out(rows[f.id]), score=round(f.score, 6), keep=f.keep)
+                    DuplicateFileOut(
+                        image=self.image_out(f.id, f.path, f.width, f.height, folder),
+                        score=round(f.score, 6),
+                        keep=f.keep,
+                    )
                     for f in g.files
-                    if f.id in rows
                 ],
             )
             for g in report.groups
@@ -517,8 +559,11 @@ def _parse_box(box: str | None) -> tuple[float, float, float, float] | None:
 
 
 def _upload_status(error: str) -> int:
-    """The status of an upload that could not be used: 413 for the decompression-bomb guard, else 415."""
-    return 413 if "decompression bomb" in error else 415
+    """The status of an upload that could not be used: 413 over the pixel limit (the decompression-bomb guard),
+    422 for a box outside the picture, else 415 (not an image, or one the decoder cannot read)."""
+    if "decompression bomb" in error:
+        return 413
+    return 422 if error.startswith("the box") else 415
 
 
 def _media_type(path: str) -> str:
@@ -610,26 +655,31 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
             first = failed[0]
             message = "; ".join(f"{r.query}: {r.error}" for r in failed)
             raise HTTPException(_upload_status(first.error or ""), message)
-        return await _in_thread(
-            lambda: SearchOut(
-                results=[QueryOut(query=r.query, error=r.error, hits=service.hits_out(r, k=k)) for r in results]
-            )
+        folder = await asyncio.to_thread(service.common_folder)
+        return SearchOut(
+            results=[QueryOut(query=r.query, error=r.error, hits=service.hits_out(r, folder)) for r in results]
         )
 
     @app.get(f"{API}/images/{{image_id}}/similar", response_model=SimilarOut, dependencies=auth, tags=["search"])
     def similar(image_id: int, k: int = k_query(), threshold: float | None = threshold_query) -> SimilarOut:
         """More like this: the ``k`` indexed images most like image ``image_id`` (itself left out)."""
-        row = service.image(image_id)
+        query = service.images([image_id]).get(image_id)
+        if query is None:
+            raise HTTPException(404, f"no image {image_id} in the collection")
         [result] = collection.search_ids([image_id], k=k, threshold=threshold)
-        if result.error is not None:
+        if result.error is not None:  # in the collection, but not indexed (unreadable, or not embedded yet)
             raise HTTPException(404, result.error)
-        return SimilarOut(query=service.image_out(row), hits=service.hits_out(result, leave_out=image_id, k=k))
+        folder = service.common_folder()
+        return SimilarOut(query=query, hits=service.hits_out(result, folder))
 
     # ------------------------------------------------------------------ images
     @app.get(f"{API}/images/{{image_id}}", response_model=ImageOut, dependencies=auth, tags=["images"])
     def image(image_id: int) -> ImageOut:
         """An indexed image's metadata."""
-        return service.image_out(service.image(image_id))
+        image = service.images([image_id]).get(image_id)
+        if image is None:
+            raise HTTPException(404, f"no image {image_id} in the collection")
+        return image
 
     @app.get(
         f"{API}/images/{{image_id}}/thumbnail",
@@ -642,8 +692,7 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
         image_id: int, size: int = Query(256, ge=MIN_SIZE, le=MAX_SIZE, description="longest side, pixels")
     ) -> FileResponse:
         """A JPEG thumbnail (EXIF-rotated, longest side at most ``size``), made once and cached."""
-        row = service.image(image_id)
-        thumb = service.thumbs.get(row.path, size)
+        thumb = service.thumbs.get(service.image_info(image_id).path, size)
         return FileResponse(thumb.path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     @app.get(
@@ -655,14 +704,11 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     )
     def original(image_id: int) -> FileResponse:
         """The original file, with its type read from its content."""
-        row = service.image(image_id)
-        if not os.path.isfile(row.path):
-            raise HTTPException(410, f"{row.path} is no longer on disk (lookalike index forgets it)")
+        path = service.image_info(image_id).path
+        if not os.path.isfile(path):
+            raise HTTPException(410, f"{path} is no longer on disk (lookalike index forgets it)")
         return FileResponse(
-            row.path,
-            media_type=_media_type(row.path),
-            filename=os.path.basename(row.path),
-            content_disposition_type="inline",
+            path, media_type=_media_type(path), filename=os.path.basename(path), content_disposition_type="inline"
         )
 
     # ------------------------------------------------------------------ duplicates
@@ -678,8 +724,8 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     def people() -> PeopleOut:
         """The people found among the indexed faces (``lookalike faces cluster``), largest first."""
         listing = service.clusters().listing()
-        paths = {f.path for c in listing.clusters for f in c.faces}
-        by_path = {r.path: r for r in collection.image_rows_by_path(sorted(paths))}
+        ids = service.ids_at(sorted({f.path for c in listing.clusters for f in c.faces}))
+        images = service.images(list(ids.values()))
         return PeopleOut(
             people=[
                 PersonOut(
@@ -688,7 +734,7 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
                     faces=[
                         FaceOut(
                             face=f.id,
-                            image=service.image_out(by_path[f.path]) if f.path in by_path else None,
+                            image=images.get(ids.get(f.path, -1)),
                             box=list(f.box),
                             thumbnail=f"{API}/faces/{f.id}/thumbnail",
                         )
@@ -710,10 +756,10 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
         face_id: int, size: int = Query(128, ge=MIN_SIZE, le=MAX_SIZE, description="longest side, pixels")
     ) -> FileResponse:
         """A JPEG crop of an indexed face, with a margin."""
-        face = service.gallery().indexed_face(face_id)
+        face = service.indexed_face(face_id)
         if face is None:
             raise HTTPException(404, f"no indexed face {face_id}")
-        thumb = service.thumbs.get(face.path, size, box=face.box)
+        thumb = service.thumbs.get(face[0], size, box=face[1])
         return FileResponse(thumb.path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     @app.post(
@@ -756,10 +802,6 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
 
     _mount_docs(app)
     return app
-
-
-async def _in_thread(fn: Callable[[], T]) -> T:
-    return await asyncio.to_thread(fn)
 
 
 def _mount_docs(app: FastAPI) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from .errors import LookalikeError
-from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, _to_rgb, content_hash, decode_image
+from .imageio import DEFAULT_MAX_PIXELS, Box, ImageLoadError, _to_rgb, content_hash, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ THUMBNAIL_DIR = "thumbnails"
 MIN_SIZE, MAX_SIZE = 64, 1024
 #: Share of a face box's longer side added around it in a face crop.
 FACE_MARGIN = 0.25
-
-#: ``(x, y, w, h)`` in the pixels of the EXIF-rotated picture.
-Box = tuple[float, float, float, float]
 
 
 class ThumbnailError(LookalikeError):
