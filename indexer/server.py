@@ -66,6 +66,11 @@ WEBAPP_DIR = Path(__file__).resolve().parent / "webapp"
 #: Multipart headers and boundaries allowed on top of the upload limit.
 FORM_OVERHEAD = 64 * 1024
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+#: The web app's pages load nothing from elsewhere, and images only from the server or blob: URLs.
+APP_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 T = TypeVar("T")
 
@@ -335,6 +340,12 @@ class Guard:
 
         await self._send_with_headers(self.app, scope, counted, send)
 
+    def _extra_headers(self, scope: Scope) -> dict[str, str]:
+        path = scope["path"]
+        if path == "/" or path.startswith("/app/"):
+            return {**self.settings.headers, "Content-Security-Policy": APP_CSP}
+        return self.settings.headers
+
     def _refusal(self, scope: Scope, headers: Headers) -> ASGIApp | None:
         if self.hosts is not None:
             host = headers.get("host", "").lower()
@@ -370,10 +381,12 @@ class Guard:
         return f"the upload is larger than the server's limit of {mb:g} MB (lookalike serve --max-upload-mb)"
 
     async def _send_with_headers(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        extra = self._extra_headers(scope)
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in self.settings.headers.items():
+                for name, value in extra.items():
                     if name not in headers:
                         headers[name] = value
             await send(message)

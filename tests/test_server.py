@@ -531,7 +531,9 @@ def test_the_web_app_is_served_from_its_folder_and_a_missing_one_is_said_plainly
     (webapp / "index.html").write_text("<!doctype html><title>lookalike</title>")
     (webapp / "style.css").write_text("body{}")
     with client_for(coll, webapp=webapp) as client:
-        assert "<title>lookalike</title>" in client.get("/").text
+        page = client.get("/")
+        assert "<title>lookalike</title>" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]  # nothing from the internet
         assert client.get("/app/style.css").headers["content-type"].startswith("text/css")
         assert_json_error(client.get("/app/missing.js"), 404)
     with client_for(coll, webapp=tmp_path / "nowhere") as client:
