@@ -2,9 +2,12 @@
 rotation or mirror flip?
 
 ORB keypoints of both (grey, longest side ``max_side``, small pictures enlarged to ``min_side``), matched by
-Hamming distance with Lowe's ratio test, then a similarity transform (rotation, scale, shift) fitted by RANSAC:
-the number of matches it explains (inliers) is the evidence. A copy keeps its pixels' layout, so it explains
-many matches; the same object turned, the same person in another photo, or another horse on grass explain few.
+Hamming distance with Lowe's ratio test, then a similarity transform (rotation, scale, shift) fitted by RANSAC
+with a tight tolerance (2 px): the matches it explains (inliers) are the evidence, discounted when they crowd
+into a small part of the picture. A copy keeps its whole layout, so it explains many matches spread over the
+picture; the same object turned explains a few on one flat face (a box's label), the same person in another
+photo or another horse on grass explain few. On the duplicates benchmark's candidate pairs, the tight tolerance
+and the spread took recall at precision 0.99 from 0.84 to 0.95 (``benchmarks/bench_duplicates.py``).
 The second picture is also tried mirrored, so flipped copies are found. Features are computed once per file.
 
 Global descriptors cannot tell a strong edit of a picture from the same object in another pose (see the
@@ -31,7 +34,10 @@ class VerifySettings:
     min_side: int = 256
     features: int = 1000
     ratio: float = 0.8
-    ransac_px: float = 5.0
+    ransac_px: float = 2.0
+    #: Inliers whose convex hull covers less than this share of the area the first picture's keypoints span
+    #: count proportionally less (a copy's matches spread over the picture).
+    full_spread: float = 0.3
 
 
 Features = tuple[np.ndarray, "np.ndarray | None"]
@@ -89,13 +95,22 @@ class Verifier:
             return 0
         src = pa[[m.queryIdx for m in good]]
         dst = pb[[m.trainIdx for m in good]]
-        _, mask = self._cv2.estimateAffinePartial2D(
-            src, dst, method=self._cv2.RANSAC, ransacReprojThreshold=self.settings.ransac_px
+        cv2 = self._cv2
+        _, mask = cv2.estimateAffinePartial2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=self.settings.ransac_px
         )
-        return int(mask.sum()) if mask is not None else 0
+        if mask is None:
+            return 0
+        inl = src[mask.ravel().astype(bool)]
+        if len(inl) < 3 or self.settings.full_spread <= 0:
+            return len(inl)
+        span = float(np.ptp(pa[:, 0]) * np.ptp(pa[:, 1]))
+        spread = cv2.contourArea(cv2.convexHull(inl)) / span if span > 0 else 0.0
+        return int(round(len(inl) * min(1.0, spread / self.settings.full_spread)))
 
     def inliers(self, path_a: str, path_b: str) -> int:
-        """Matches explained by one similarity transform between the two pictures (the second also mirrored)."""
+        """Matches explained by one similarity transform between the two pictures (the second also mirrored),
+        discounted when they cover less than ``full_spread`` of the picture."""
         key = (path_a, path_b) if path_a <= path_b else (path_b, path_a)
         if key in self._pairs:
             return self._pairs[key]
