@@ -95,11 +95,17 @@ def coil_path(coil_dir: str | Path, obj: int, pose: int) -> Path:
 
 
 def coil_cutouts(coil_dir: str | Path, objects: Sequence[int], poses: Sequence[int] | None = None) -> list[Cutout]:
-    """Every pose (or ``poses``) of COIL-20 ``objects`` in ``coil_dir``, cut from the black background."""
+    """Every pose found (or ``poses``) of COIL-20 ``objects`` in ``coil_dir``, cut from the black background."""
     out = []
     for obj in objects:
-        for pose in range(COIL_POSES) if poses is None else poses:
-            with Image.open(coil_path(coil_dir, obj, pose)) as im:
+        if poses is None:
+            files = sorted(Path(coil_dir).glob(f"obj{obj}__*.png"), key=lambda p: int(p.stem.rpartition("_")[2]))
+            if not files:
+                raise FileNotFoundError(f"no image of COIL object {obj} in {coil_dir} (obj{obj}__<pose>.png)")
+        else:
+            files = [coil_path(coil_dir, obj, pose) for pose in poses]
+        for file in files:
+            with Image.open(file) as im:
                 gray = np.asarray(im.convert("L"))
             cut = crop_to_mask(np.repeat(gray[:, :, None], 3, axis=2), coil_object_mask(gray), f"coil:{obj}", True)
             if cut is not None:
