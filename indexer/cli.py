@@ -739,7 +739,9 @@ def models() -> None:
     )
     click.echo("poolings:  " + ", ".join(POOLINGS.names()) + "  (default gem)")
     click.echo(
-        "segmenters (--mask): " + ", ".join(SEGMENTERS.names()) + "  (unet:CHECKPOINT from `lookalike train-seg`)"
+        "segmenters (--mask): "
+        + ", ".join(SEGMENTERS.names())
+        + "  (--mask alone: foreground, packaged; unet:CHECKPOINT from `lookalike train-seg`)"
     )
 
 
