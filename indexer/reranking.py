@@ -208,7 +208,8 @@ def rerank_search(
     ``settings``: ``graph(k)`` gives the k-NN graph (diffusion), ``dba_vectors()`` the DBA vectors (dba),
     ``vectors_of`` the indexed vectors of ids (αQE). Padded with ``-1`` ids and ``-inf`` scores, like
     :meth:`VectorIndex.search`. Scores: cosine similarities (none, qe, dba: with the expanded query or the
-    augmented vectors), or the diffusion's scaled so each query's best is 1."""
+    augmented vectors), or the diffusion's scaled so each query's best is 1. Images identical to the query
+    (cosine at least :data:`IDENTICAL`) come first whatever the method, scored 1."""
     q = np.ascontiguousarray(queries, np.float32)
     method = settings.method
     if method == "none" or len(index) == 0:
@@ -218,16 +219,40 @@ def rerank_search(
             raise ValueError("αQE needs the indexed vectors")
         sims, ids = index.search(q, settings.qe_k)
         neighbours = _gather(vectors_of, ids, q.shape[1])
-        return index.search(alpha_qe(q, neighbours, np.where(ids >= 0, sims, np.nan), settings.qe_alpha), k)
+        scores, found = index.search(alpha_qe(q, neighbours, np.where(ids >= 0, sims, np.nan), settings.qe_alpha), k)
+        return _identical_first(sims, ids, scores, found, k)
     want = min(max(settings.candidates, k), len(index))
     sims, cand = index.search(q, want)
     if method == "dba":
         if dba_vectors is None:
             raise ValueError("DBA needs its vectors")
-        return _dba_rank(q, sims, cand, dba_vectors(), k, settings)
-    if graph is None:
-        raise ValueError("diffusion needs the k-NN graph")
-    return _diffusion_rank(sims, cand, graph(settings.graph_k), k, settings)
+        scores, found = _dba_rank(q, sims, cand, dba_vectors(), k, settings)
+    else:
+        if graph is None:
+            raise ValueError("diffusion needs the k-NN graph")
+        scores, found = _diffusion_rank(sims, cand, graph(settings.graph_k), k, settings)
+    return _identical_first(sims, cand, scores, found, k)
+
+
+#: A cosine at which an image is the query itself (the same file, a byte-identical copy): it stays first.
+IDENTICAL = 0.99999
+
+
+def _identical_first(
+    sims: np.ndarray, ids: np.ndarray, scores: np.ndarray, found: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-ranked ``(scores, found)`` with the plain search's identical images (``sims``, ``ids``) moved first."""
+    same = (sims >= IDENTICAL) & (ids >= 0)
+    if not same.any():
+        return scores, found
+    out_s, out_i = scores.copy(), found.copy()
+    for row in np.flatnonzero(same.any(axis=1)):
+        first = ids[row][same[row]]
+        rest = ~np.isin(found[row], first)
+        s = np.concatenate([np.ones(first.size, np.float32), scores[row][rest]])[:k]
+        i = np.concatenate([first, found[row][rest]])[:k]
+        out_s[row, : s.size], out_i[row, : i.size] = s, i
+    return out_s, out_i
 
 
 def _gather(vectors_of: VectorsOf, ids: np.ndarray, dim: int) -> np.ndarray:
