@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,8 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from indexer.cli_serve import _bind
 from indexer.engine import Collection
-from indexer.errors import CollectionBusyError
+from indexer.errors import CollectionBusyError, LookalikeError
 from indexer.face_clusters import FaceClusters
 from indexer.server import Guard, ServeSettings, create_app
 from indexer.store import write_lock
@@ -613,6 +615,24 @@ def test_a_non_loopback_bind_without_a_token_generates_and_prints_one(served):
         assert fetch(f"http://127.0.0.1:{port}/api/v1/stats", token)[0] == 200
     finally:
         stop(proc)
+
+
+def test_the_listening_socket_says_it_is_tcp_so_nagle_is_off():
+    # asyncio disables Nagle's algorithm only on sockets created with proto IPPROTO_TCP; otherwise each response
+    # on a kept-alive connection waits ~40 ms for the client's delayed ACK
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+    with pytest.raises(LookalikeError, match="cannot listen on 127.0.0.1"):
+        busy = _bind("127.0.0.1", 0)
+        busy.listen()
+        try:
+            _bind("127.0.0.1", busy.getsockname()[1]).close()
+        finally:
+            busy.close()
 
 
 def test_a_collection_that_does_not_exist_is_one_clear_line(tmp_path):
