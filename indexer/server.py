@@ -438,6 +438,7 @@ class Service:
         self.queue = EmbeddingQueue(settings.embed_queue)
         self._gallery: FaceGallery | None = None
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._duplicates: dict[tuple[int, float | None], DuplicatesOut] = {}
 
     # ------------------------------------------------------------------ images
@@ -490,6 +491,13 @@ class Service:
                 q = select(ImageRecord.path, ImageRecord.id).where(ImageRecord.path.in_(paths[n : n + 500]))
                 out.update({p: int(i) for p, i in s.execute(q)})
         return out
+
+    def current_index(self) -> None:
+        """Bring the collection's index in memory up to date, one thread at a time: when another process has
+        committed vectors, one search rebuilds the index (from the database) and the others wait for it, rather
+        than each rebuilding its own."""
+        with self._index_lock:
+            self.coll.index()
 
     def vector_version(self) -> int:
         """Changes whenever the collection's indexed vectors change."""
@@ -660,9 +668,12 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
             raise HTTPException(413, f"at most {settings.max_files} images per search, got {len(file)}")
         datas = [await f.read() for f in file]
         names = [f.filename or f"upload {i + 1}" for i, f in enumerate(file)]
-        results = await service.queue.run(
-            lambda: collection.search_images(datas, k=k, threshold=threshold, box=region, names=names)
-        )
+
+        def embed_and_search() -> list[QueryResult]:
+            service.current_index()
+            return collection.search_images(datas, k=k, threshold=threshold, box=region, names=names)
+
+        results = await service.queue.run(embed_and_search)
         failed = [r for r in results if r.error is not None]
         if failed and len(failed) == len(results):
             first = failed[0]
@@ -679,6 +690,7 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
         query = service.images([image_id]).get(image_id)
         if query is None:
             raise HTTPException(404, f"no image {image_id} in the collection")
+        service.current_index()
         [result] = collection.search_ids([image_id], k=k, threshold=threshold)
         if result.error is not None:  # in the collection, but not indexed (unreadable, or not embedded yet)
             raise HTTPException(404, result.error)

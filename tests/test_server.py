@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from indexer import db
 from indexer.cli_serve import _bind
 from indexer.engine import Collection
 from indexer.errors import CollectionBusyError, LookalikeError
@@ -510,6 +511,27 @@ def test_the_collection_stays_searchable_while_another_writer_indexes_it(fresh, 
             gate.set()
             indexing.join(60)
     assert coll.stats().indexed == 13
+
+
+def test_after_another_process_commits_one_search_rebuilds_the_index_and_the_others_wait(fresh, caplog):
+    coll, _ = fresh
+    ids = list(ids_by_name(coll).values())
+    with client_for(coll) as client:
+        assert client.get(f"/api/v1/images/{ids[0]}/similar").status_code == 200
+        with coll.session() as s, s.begin():  # as a batch committed by an index run in another process
+            db.bump_vector_version(s)
+        caplog.clear()
+        answers: list[int] = []
+        threads = [
+            threading.Thread(target=lambda i=i: answers.append(client.get(f"/api/v1/images/{i}/similar").status_code))
+            for i in ids[:6]
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert answers == [200] * 6
+    assert sum("rebuilding it from the database" in r.getMessage() for r in caplog.records) == 1
 
 
 # --------------------------------------------------------------------------------------------- docs and web app
