@@ -43,6 +43,7 @@ from .imageio import ImageLoadError, file_hash, load_image
 from .knn_graph import DEFAULT_K, GRAPH_FILE, knn_edges
 from .store import NullProgress, Progress
 from .vector_index import IndexConfig, VectorIndex
+from .verify import Verifier, VerifySettings
 
 if TYPE_CHECKING:
     from .engine import Collection
@@ -158,6 +159,8 @@ class Calibration:
     verify_min_inliers: int | None = None
     verify_expected_precision: float | None = None
     verify_expected_recall: float | None = None
+    #: the verification rule the inlier count was calibrated for (``VerifySettings.describe()``)
+    verify_rule: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -520,6 +523,9 @@ class DuplicateFinder:
         if cal.model != self._model_description():
             log.info("the stored duplicates calibration was made for another model; it will be redone")
             return None
+        if cal.verify_min_inliers is not None and cal.verify_rule != VerifySettings().describe():
+            log.info("the stored duplicates calibration was made for another verification rule; it will be redone")
+            return None
         return cal
 
     def calibrate(
@@ -631,7 +637,6 @@ class DuplicateFinder:
         """The verification rule's calibration: a candidate threshold that keeps 98% of the copies (at most the
         plain threshold), and the fewest inliers that reach ``precision`` against the 3 other images nearest to
         each copy (images sharing their pixels with the original are copies already there, not others)."""
-        from .verify import Verifier
 
         verifier = Verifier(max_pixels=self.coll.max_pixels)
         t_c = float(min(t, max(0.5, np.percentile(pos_scores, 2))))
@@ -663,6 +668,7 @@ class DuplicateFinder:
         return dict(
             verify_candidate_threshold=round(t_c, 6),
             verify_min_inliers=m,
+            verify_rule=verifier.settings.describe(),
             verify_expected_precision=round(tp / max(tp + fp, 1), 4),
             verify_expected_recall=round(recall, 4),
         )
@@ -731,8 +737,6 @@ class DuplicateFinder:
             and cal.verify_min_inliers is not None
             and cal.verify_candidate_threshold is not None
         ):
-            from .verify import Verifier
-
             verifier = Verifier(max_pixels=self.coll.max_pixels)
             t = cal.verify_candidate_threshold
             min_inliers = cal.verify_min_inliers
@@ -845,8 +849,6 @@ class DuplicateFinder:
         t, cal = self.threshold(threshold, precision)
         check = None
         if verify and threshold is None and cal is not None and cal.verify_min_inliers is not None:
-            from .verify import Verifier
-
             verifier, need = Verifier(max_pixels=self.coll.max_pixels), cal.verify_min_inliers
             t = cal.verify_candidate_threshold or t
             check = lambda other: verifier.inliers(p, other) >= need

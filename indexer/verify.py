@@ -39,6 +39,13 @@ class VerifySettings:
     #: count proportionally less (a copy's matches spread over the picture).
     full_spread: float = 0.3
 
+    def describe(self) -> str:
+        """The rule, as a calibration records it: a calibration made for another rule is redone."""
+        return (
+            f"ORB {self.features} at {self.min_side}-{self.max_side}px, ratio {self.ratio}, "
+            f"similarity RANSAC {self.ransac_px}px, full spread {self.full_spread}"
+        )
+
 
 Features = tuple[np.ndarray, "np.ndarray | None"]
 

@@ -216,6 +216,14 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
         from indexer import db
 
         assert db.get_setting(s, CALIBRATION_SETTING)["threshold"] == cal.threshold
+        # a calibration made for another verification rule (another inlier scale) is not used
+        older = dict(db.get_setting(s, CALIBRATION_SETTING), verify_rule="ORB 1000, similarity RANSAC 5px")
+        db.set_setting(s, CALIBRATION_SETTING, older)
+        s.commit()
+    assert finder.stored_calibration() is None
+    with coll.session() as s:
+        db.set_setting(s, CALIBRATION_SETTING, cal.to_dict())
+        s.commit()
 
     # at a threshold the copies pass (the small test model scores a 2x smaller copy ~0.92), they are grouped
     # with their originals
