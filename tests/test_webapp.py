@@ -1,0 +1,385 @@
+"""The web app (indexer/webapp/) used as a person would, in a real headless Chromium driven by Playwright, against
+the real server (:func:`indexer.server.create_app` on uvicorn, on a free loopback port) over a small real
+collection. Screenshots go to tests/results/ (look at them)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from indexer.duplicates import DuplicateFinder
+from indexer.engine import Collection
+
+from .browser import RESULTS, chromium_or_skip
+from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image
+
+uvicorn = pytest.importorskip("uvicorn")
+server_module = pytest.importorskip("indexer.server")
+
+TOKEN = "s3cret-token"
+SIZE = (160, 120)  # pictures of the collection
+TIMEOUT = 15_000  # ms, for anything the page waits on
+
+
+@dataclass
+class Served:
+    url: str
+    collection: Collection
+    folder: Path
+    queries: Path
+
+
+class _Server:
+    """uvicorn serving ``app`` in a thread, on a socket bound here (a free loopback port)."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def collection_home(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A collection of 8 drawn pictures, a byte-identical copy of one (a duplicates group), and queries kept
+    outside it: two pictures side by side (for the box), a text file named .jpg."""
+    root = tmp_path_factory.mktemp("webapp")
+    folder, queries = root / "photos", root / "queries"
+    folder.mkdir()
+    queries.mkdir()
+    for i in range(8):
+        draw_image(i, SIZE).save(folder / f"photo_{i}.png")
+    shutil.copyfile(folder / "photo_0.png", folder / "photo_0 copy.png")
+    pair = Image.new("RGB", (SIZE[0] * 2, SIZE[1]))
+    pair.paste(draw_image(3, SIZE), (0, 0))
+    pair.paste(draw_image(5, SIZE), (SIZE[0], 0))
+    pair.save(queries / "three_and_five.png")
+    (queries / "notes.jpg").write_text("not a picture at all\n")
+    draw_image(6, SIZE).save(queries / "like_six.jpg", quality=80)
+    coll = Collection(root / "home", runtime=FAST_RUNTIME)
+    coll.configure(model=SMALL_MODEL)
+    coll.index_folder(folder)
+    # a small calibration, so that the duplicates page exists
+    DuplicateFinder(coll).calibrate(samples=4, copies_per_image=3, seed=0)
+    return root / "home", folder, queries
+
+
+@pytest.fixture(scope="module")
+def served(collection_home) -> Iterator[Served]:
+    home, folder, queries = collection_home
+    coll = Collection(home, runtime=FAST_RUNTIME, create=False)
+    with _Server(server_module.create_app(coll, server_module.ServeSettings())) as url:
+        yield Served(url, coll, folder, queries)
+
+
+@pytest.fixture(scope="module")
+def served_with_token(collection_home) -> Iterator[Served]:
+    home, folder, queries = collection_home
+    coll = Collection(home, runtime=FAST_RUNTIME, create=False)
+    with _Server(server_module.create_app(coll, server_module.ServeSettings(token=TOKEN))) as url:
+        yield Served(url, coll, folder, queries)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium_or_skip() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser, served):
+    """A fresh tab (1366 x 860, a laptop screen) that records every request and every script error."""
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    context.set_default_timeout(TIMEOUT)
+    tab = context.new_page()
+    tab.requests = []
+    tab.errors = []
+    tab.on("request", lambda r: tab.requests.append(r.url))
+    tab.on("pageerror", lambda e: tab.errors.append(str(e)))
+    tab.on("console", lambda m: "Content Security Policy" in m.text and tab.errors.append(m.text))
+    yield tab
+    context.close()
+    assert tab.errors == [], "the page threw"
+
+
+def shot(page, name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(RESULTS / f"webapp_{name}.png"), full_page=True)
+
+
+def cards(page) -> list[dict]:
+    """The visible result tiles in page order: id, rank, score, name, whether the thumbnail is shown."""
+    return page.eval_on_selector_all(
+        "#results li.card:not([hidden])",
+        """els => els.map(e => {
+            const img = e.querySelector('img');
+            return {id: +e.dataset.id, rank: +e.dataset.rank, score: +e.dataset.score,
+                    name: e.querySelector('.name').textContent,
+                    shown: img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:')};
+        })""",
+    )
+
+
+def wait_for_thumbnails(page, n: int) -> None:
+    page.wait_for_function(
+        """n => { const imgs = [...document.querySelectorAll('#results li.card:not([hidden]) img')];
+                  return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=n,
+    )
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#file").set_input_files(str(path))
+
+
+def open_app(page, served: Served, query: str = "") -> None:
+    page.goto(served.url + "/" + query)
+    page.wait_for_selector("#page-search:not([hidden])")
+
+
+# --------------------------------------------------------------------------------------------- the tests
+
+
+def test_an_uploaded_query_shows_result_thumbnails_in_score_order(page, served):
+    open_app(page, served)
+    assert page.locator("#stats").inner_text().startswith("9 images searchable")
+    upload(page, served.folder / "photo_4.png")
+    wait_for_thumbnails(page, 9)
+    hits = cards(page)
+    assert [h["rank"] for h in hits] == list(range(1, 10))
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert all(h["shown"] for h in hits)
+    assert hits[0]["name"] == "photo_4.png" and hits[0]["score"] > 0.99
+    # the page shows what the API answers for the same upload
+    expected = served.collection.search_images([(served.folder / "photo_4.png").read_bytes()], k=9)[0].hits
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert page.locator("#results-status").inner_text().startswith("9 results, best first")
+    assert page.locator("#results-title").inner_text() == "Like photo_4.png"
+    # everything came from the server (nothing from the internet)
+    assert [u for u in page.requests if not u.startswith((served.url, "blob:", "data:"))] == []
+    shot(page, "search")
+
+
+def test_clicking_a_result_searches_from_it_and_back_returns(page, served):
+    open_app(page, served)
+    upload(page, served.folder / "photo_4.png")
+    wait_for_thumbnails(page, 9)
+    second = cards(page)[1]
+    page.locator("#results li.card").nth(1).locator("button.thumb").click()
+    page.wait_for_function(
+        "name => document.querySelector('#results-title').textContent === 'Like ' + name", arg=second["name"]
+    )
+    assert page.url.endswith(f"#search/similar/{second['id']}")
+    wait_for_thumbnails(page, 8)
+    hits = cards(page)
+    expected = served.collection.search_ids([second["id"]], k=20)[0].hits
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert second["id"] not in [h["id"] for h in hits]  # an image is not among its own hits
+    assert page.locator("#query-name").inner_text() == second["name"]
+    shot(page, "more_like_this")
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#results-title').textContent === 'Like photo_4.png'")
+    wait_for_thumbnails(page, 9)
+
+
+def test_the_score_filter_hides_results_below_it(page, served):
+    open_app(page, served)
+    upload(page, served.folder / "photo_1.png")
+    wait_for_thumbnails(page, 9)
+    scores = [h["score"] for h in cards(page)]
+    # a slider step (0.01) that falls between two results, past the first
+    steps = [(i + 1, math.floor(scores[i] * 100) / 100) for i in range(1, 8)]
+    kept, cut = next((n, c) for n, c in steps if c > scores[n])
+    page.locator("#min-score").fill(str(cut))
+    page.wait_for_function("n => document.querySelectorAll('#results li.card:not([hidden])').length === n", arg=kept)
+    assert [h["score"] for h in cards(page)] == scores[:kept]
+    assert page.locator("#min-score-value").inner_text() == f"{cut:.2f}"
+    assert page.locator("#results-status").inner_text().startswith(f"{kept} of 9 results with a score of {cut:.2f}")
+    shot(page, "score_filter")
+    page.locator("#min-score").fill("0")
+    page.wait_for_function("() => document.querySelectorAll('#results li.card:not([hidden])').length === 9")
+
+
+def test_a_box_drawn_on_the_query_searches_that_region(page, served):
+    open_app(page, served)
+    assert page.locator("#region").is_visible()  # the server has the region feature
+    upload(page, served.queries / "three_and_five.png")
+    wait_for_thumbnails(page, 9)
+    img = page.locator("#query-img").bounding_box()
+    assert img is not None
+
+    def drag(start: tuple[float, float], end: tuple[float, float]) -> None:
+        """Press at ``start`` and release at ``end`` (fractions of the picture; outside it clamps to its edge)."""
+        at = lambda f: (img["x"] + f[0] * img["width"], img["y"] + f[1] * img["height"])
+        with page.expect_request(lambda r: r.url.endswith("/api/v1/search") and r.method == "POST"):
+            page.mouse.move(*at(start))
+            page.mouse.down()
+            page.mouse.move(*at(((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)), steps=3)
+            page.mouse.move(*at(end), steps=3)
+            page.mouse.up()
+        page.wait_for_function("() => document.querySelector('#results-title').textContent.endsWith('(region)')")
+        wait_for_thumbnails(page, 9)
+
+    drag((0.5, 0.985), (-0.1, -0.1))  # the left half (edges snap to the picture's): photo 3 exactly
+    assert cards(page)[0]["name"] == "photo_3.png" and cards(page)[0]["score"] > 0.98
+    assert page.locator("#box").is_visible()
+    assert int(page.locator("#region-x").input_value()) in (0, 1, 2)
+    region = [int(page.locator(f"#region-{c}").input_value()) for c in "xywh"]
+    assert region == [0, 0, 50, 100]
+    shot(page, "box")
+    # the same with the keyboard: the region fields
+    page.locator("#region-x").fill("50")
+    page.locator("#region-y").fill("0")
+    page.locator("#region-w").fill("50")
+    page.locator("#region-h").fill("100")
+    page.locator("#region-search").press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#results li.card .name')?.textContent === 'photo_5.png' && "
+        "document.querySelector('#results-title').textContent.endsWith('(region)')"
+    )
+    page.locator("#region-clear").click()
+    page.wait_for_function("() => document.querySelector('#results-title').textContent === 'Like three_and_five.png'")
+    assert page.locator("#box").is_hidden()
+
+
+def test_the_full_image_opens_in_a_viewer(page, served):
+    open_app(page, served)
+    upload(page, served.queries / "like_six.jpg")
+    wait_for_thumbnails(page, 9)
+    assert cards(page)[0]["name"] == "photo_6.png"
+    first = page.locator("#results li.card").first
+    first.hover()
+    first.get_by_role("button", name="View photo_6.png full size").click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#viewer-img'); "
+        "return i.complete && i.naturalWidth === 160 && i.src.startsWith('blob:'); }"
+    )
+    assert "photo_6.png" in dialog.inner_text()
+    shot(page, "viewer")
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+
+
+def test_an_upload_that_is_not_an_image_shows_the_servers_reason(page, served):
+    open_app(page, served)
+    upload(page, served.queries / "notes.jpg")
+    error = page.locator("#results-error")
+    error.wait_for()
+    assert "not an image" in error.inner_text()
+    assert cards(page) == []
+    shot(page, "not_an_image")
+
+
+def test_the_duplicates_page_shows_groups_with_the_keeper_marked(page, served):
+    open_app(page, served)
+    page.get_by_role("link", name="Duplicates").click()
+    page.wait_for_selector("#dup-groups .group")
+    page.wait_for_function("() => [...document.querySelectorAll('#dup-groups img')].every(i => i.naturalWidth > 0)")
+    shot(page, "duplicates")
+    groups = page.locator("#dup-groups .group")
+    n = groups.count()
+    assert page.locator("#dup-status").inner_text().startswith(f"{n} group")
+    for i in range(n):  # one suggested keeper per group, marked
+        assert groups.nth(i).locator(".card.keep").count() == 1
+        assert groups.nth(i).locator(".card.keep .badge").inner_text().lower() == "keep"
+    exact = groups.filter(has_text="identical files")
+    assert exact.count() == 1
+    assert "2 files · identical files" in exact.locator("h2").inner_text()
+    assert sorted(exact.locator(".card .name").all_inner_texts()) == ["photo_0 copy.png", "photo_0.png"]
+    # another threshold: the server's answer replaces the groups (a very low one groups more files)
+    before = page.locator("#dup-groups .card").count()
+    page.locator("#dup-threshold").fill("0.2")
+    page.locator("#dup-form button").click()
+    page.wait_for_function("() => document.querySelector('#dup-status').textContent.includes('(threshold 0.2)')")
+    assert page.locator("#dup-groups .card").count() > before
+
+
+def test_pages_without_their_feature_are_absent(page, served):
+    open_app(page, served)
+    assert page.get_by_role("link", name="Search").is_visible()
+    assert page.get_by_role("link", name="Duplicates").is_visible()
+    assert page.get_by_role("link", name="People").count() == 0 or page.get_by_role("link", name="People").is_hidden()
+    page.goto(served.url + "/#people")  # asked for anyway: the first page that exists is shown
+    page.wait_for_selector("#page-search:not([hidden])")
+    assert page.locator("#page-people").is_hidden()
+
+
+def test_controls_have_labels_and_pictures_alt_text(page, served):
+    open_app(page, served)
+    upload(page, served.folder / "photo_2.png")
+    wait_for_thumbnails(page, 9)
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('input, button, a[href]')]
+            .filter(e => e.offsetParent !== null || e.id === 'file')
+            .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
+            .map(e => e.outerHTML)"""
+    )
+    assert unnamed == []
+    assert page.evaluate("[...document.querySelectorAll('img')].filter(i => i.src && !i.alt).length") == 0
+    # keyboard: Tab reaches the file picker, and Enter on a result searches from it
+    page.locator("#results li.card").nth(2).locator("button.thumb").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => location.hash.startsWith('#search/similar/')")
+
+
+def test_a_server_with_a_token_needs_it_and_the_app_keeps_it(browser, served_with_token):
+    served = served_with_token
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    context.set_default_timeout(TIMEOUT)
+    try:
+        page = context.new_page()
+        page.goto(served.url + "/")
+        banner = page.locator("#banner")
+        banner.wait_for()
+        assert "this server needs its token" in banner.inner_text()
+        assert page.locator("#page-token").is_visible()
+        shot(page, "token_missing")
+
+        page.goto(served.url + f"/?token={TOKEN}")
+        page.wait_for_selector("#page-search:not([hidden])")
+        assert "token" not in page.url  # taken out of the address bar
+        assert page.evaluate("sessionStorage.getItem('lookalike.token')") == TOKEN
+        upload(page, served.folder / "photo_7.png")
+        wait_for_thumbnails(page, 9)
+        assert cards(page)[0]["name"] == "photo_7.png"
+        # images come through blob: URLs: no image URL carries the token
+        assert not [u for u in page.evaluate("[...document.images].map(i => i.src)") if TOKEN in u]
+        page.reload()  # the tab keeps the token
+        page.wait_for_selector("#page-search:not([hidden])")
+        assert page.locator("#banner").is_hidden()
+
+        # a wrong token typed into the form: the server's message again
+        page.evaluate("sessionStorage.setItem('lookalike.token', 'wrong')")
+        page.reload()
+        banner.wait_for()
+        page.locator("#token-input").fill(TOKEN)
+        page.get_by_role("button", name="Use this token").click()
+        page.wait_for_selector("#page-search:not([hidden])")
+    finally:
+        context.close()
