@@ -1,13 +1,16 @@
 """``lookalike serve``: the HTTP API and the web app over a :class:`~indexer.engine.Collection`.
 
 :func:`create_app` builds a FastAPI application from a collection and :class:`ServeSettings`; it calls the same
-Python API the CLI does and nothing else (the contract of every endpoint: README, "Server"; the schema: ``/docs``).
+Python API the CLI does (``Collection``, ``DuplicateFinder``, ``FaceClusters``), plus four small read-only queries
+through ``Store.session()`` (the folder shared by all paths, ids by path, a face's box, the vector version). The
+contract of every endpoint: README, "Server"; the schema: ``/docs``.
 
 - **Off the event loop.** Endpoints that read the database, search the index or make thumbnails run in the
   framework's worker threads; embedding uploaded images runs in one worker thread of its own, behind a bounded
   queue: when ``embed_queue`` searches are already waiting, a new one is answered 503 with ``Retry-After``.
   Nothing takes the collection's write lock, so an ``index`` run in another process does not block searches
-  (they see its batches as they are committed).
+  (they see its batches as they are committed: when the index file is behind the database, one search rebuilds
+  the index in memory from the database while the others wait for it).
 - **Safe by default.** Files are served only by collection id, never from a path in a request. Request bodies are
   limited in bytes (refused on ``Content-Length`` before reading, and while reading when it is absent or wrong);
   uploads are decoded by content with the collection's pixel limit (decompression bombs: 413, not an image: 415).
@@ -304,10 +307,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 # --------------------------------------------------------------------------------------------- the guard
 
 
-class _TooLarge(HTTPException):
-    pass
-
-
 class Guard:
     """Pure ASGI middleware in front of everything: the ``Host`` check, the token on ``/api/``, the request body
     limit (on ``Content-Length`` before reading, then while reading) and the security headers."""
@@ -335,7 +334,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge(413, self._too_large())
+                    raise HTTPException(413, self._too_large())  # FastAPI passes it on as it is
             return message
 
         await self._send_with_headers(self.app, scope, counted, send)
@@ -451,7 +450,8 @@ class Service:
         if lo is None:
             return ""
         prefix = os.path.commonprefix([lo, hi])
-        return prefix[: prefix.rfind(os.sep) + 1]
+        folder = prefix[: prefix.rfind(os.sep) + 1]
+        return "" if folder == os.sep else folder  # nothing shared but the root: absolute paths
 
     def image_out(self, id: int, path: str, width: int | None, height: int | None, folder: str) -> ImageOut:
         return ImageOut(
