@@ -33,7 +33,7 @@ from .imageio import DEFAULT_MAX_PIXELS, Box
 from .index_cache import IndexCache, RowVectors
 from .knn_graph import DEFAULT_K, GraphCache, KnnGraph, indexed_fingerprints
 from .masking import Masker, MaskSettings
-from .pipeline import Source, embed_files
+from .pipeline import Source, batch_and_workers, embed_files
 from .reranking import DbaCache, rerank_search
 from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
@@ -209,6 +209,13 @@ class Collection(Store):
         with self.session() as s:
             d = db.get_setting(s, "index")
         return IndexConfig() if d is None else IndexConfig.from_dict(d)
+
+    @property
+    def embedding_device(self) -> str | None:
+        """Where and how the network runs (``Embedder.describe_device``: device, precision, batch, decoding
+        threads) once it has been built in this process; ``None`` before."""
+        describe = getattr(self._embedder, "describe_device", None)
+        return describe() if describe is not None else None
 
     @property
     def whitening_settings(self) -> WhiteningSettings:
@@ -500,7 +507,7 @@ class Collection(Store):
             list(paths),
             embedder,
             batch_size=self.runtime.batch_size,
-            workers=min(self.runtime.workers, max(0, len(paths) // 8)),
+            workers=min(batch_and_workers(embedder, None, self.runtime.workers)[1], max(0, len(paths) // 8)),
             max_pixels=self.max_pixels,
             masker=masker,
             box=box,

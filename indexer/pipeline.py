@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retrieval.config import DEFAULT_BATCH, DEFAULT_WORKERS
+
 from .imageio import DEFAULT_MAX_PIXELS, Box, ImageLoadError, LoadedImage, load_image
 from .masking import Masker, MaskOutcome
 
@@ -84,15 +86,18 @@ def decoded(
     paths: Sequence[Source],
     max_side: int,
     *,
-    workers: int = 2,
+    workers: int | None = 2,
     prefetch: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     masker: Masker | None = None,
     box: Box | None = None,
 ) -> Iterator[tuple[int, Decoded | str]]:
-    """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread), ``prefetch`` ahead;
+    """Decode ``paths`` in order with ``workers`` threads (0: in the caller's thread; ``None``: the CPU default,
+    2), ``prefetch`` ahead;
     with a ``masker``, each image's mask is computed in the same thread, right after decoding. ``box``: only
     that region of every image (see :func:`indexer.imageio.decode_image`)."""
+    if workers is None:
+        workers = DEFAULT_WORKERS["cpu"]
     if workers <= 0:
         for i, p in enumerate(paths):
             yield i, _load(p, max_side, max_pixels, masker, box)
@@ -112,23 +117,40 @@ def decoded(
                 fut.cancel()
 
 
+def batch_and_workers(embedder: Embedder, batch_size: int | None, workers: int | None) -> tuple[int, int]:
+    """``batch_size`` and ``workers``, those left ``None`` chosen for the embedder's device (``Embedder.plan``;
+    the CPU defaults for an embedder without one)."""
+    plan = getattr(embedder, "plan", None)
+    if batch_size is None:
+        batch_size = plan.batch_size if plan is not None else DEFAULT_BATCH["cpu"]
+    if workers is None:
+        workers = plan.workers if plan is not None else DEFAULT_WORKERS["cpu"]
+    return batch_size, workers
+
+
 def embed_files(
     paths: Sequence[Source],
     embedder: Embedder,
     *,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     masker: Masker | None = None,
     box: Box | None = None,
 ) -> Iterator[Embedded]:
     """Embed ``paths`` (files, or encoded images in memory; masked by ``masker`` when given; only the region
-    ``box`` of each when given); yields one :class:`Embedded` per path, in completion order (not input order)."""
+    ``box`` of each when given); yields one :class:`Embedded` per path, in completion order (not input order).
+
+    ``batch_size`` / ``workers`` left ``None`` are the embedder's choice for its device (``Embedder.plan``: on a
+    GPU bigger batches and more decoding threads than on a CPU).
+    """
+    batch_size, workers = batch_and_workers(embedder, batch_size, workers)
     buckets: dict[tuple[int, int], list[tuple[int, Decoded]]] = {}
+    stack = getattr(embedder, "stack_batch", None) or np.stack
 
     def run(items: list[tuple[int, Decoded]]) -> list[Embedded]:
         t0 = time.perf_counter()
-        pixels, masks = np.stack([d.image.pixels for _, d in items]), None
+        pixels, masks = stack([d.image.pixels for _, d in items]), None
         if masker is not None:
             pixels, masks = masker.network_inputs(pixels, [d.mask.mask if d.mask else None for _, d in items])
         vecs = embedder.embed_batch(pixels, masks)

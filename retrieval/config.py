@@ -91,21 +91,85 @@ def check_device(device: str) -> str:
     )
 
 
+#: Precisions of the network's forward pass: fp32, or autocast to bf16 / fp16 (fp16: GPUs only).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class RuntimeOptions:
     #: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
     device: str = "auto"
-    batch_size: int = 32
-    #: Threads decoding images in parallel; 0 decodes in the calling thread between batches.
-    workers: int = 2
-    #: "fp32" or "bf16" (autocast; channels_last either way).
+    #: Images per network batch; ``None``: chosen for the device the network runs on (:func:`device_plan`).
+    batch_size: int | None = None
+    #: Threads decoding images in parallel (0 decodes in the calling thread between batches); ``None``: chosen
+    #: for the device (:func:`device_plan`).
+    workers: int | None = None
+    #: "fp32", "bf16" or "fp16" (autocast; channels_last either way). fp16 only on a GPU.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if self.batch_size < 1:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
+
+
+#: Batch size and decoding threads when none are given, by the type of device the network runs on. On a CPU
+#: the network is the bottleneck and decoding threads compete with it for the cores; on a GPU decoding is the
+#: bottleneck, so it gets up to 16 threads (at most the machine's cores) and bigger batches keep the GPU busy.
+DEFAULT_BATCH = {"cpu": 32, "cuda": 128, "mps": 64}
+DEFAULT_WORKERS = {"cpu": 2, "cuda": 16, "mps": 8}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How the network runs on one device type: what :class:`RuntimeOptions` asked for, with what was left to
+    the device filled in (see :func:`device_plan`)."""
+
+    device_type: str  # "cpu" | "cuda" | "mps"
+    batch_size: int
+    workers: int
+    precision: str  # "fp32" | "bf16" | "fp16"
+    #: Batches are copied to the device from page-locked (pinned) memory, asynchronously (CUDA only).
+    pin_memory: bool
+    non_blocking: bool
+    #: torch dtype name autocast runs in (``"bfloat16"``, ``"float16"``), or ``None`` for plain fp32.
+    autocast_dtype: str | None
+
+    def describe(self) -> str:
+        return f"{self.precision}, batch {self.batch_size}, {self.workers} decoding threads"
+
+
+def device_plan(device_type: str, runtime: RuntimeOptions, cpu_count: int | None = None) -> DevicePlan:
+    """The batch size, decoding threads, copies and autocast for running on a ``device_type`` (``"cpu"``,
+    ``"cuda"``, ``"mps"``) device: what ``runtime`` gives, and for what it leaves ``None``, the defaults of
+    :data:`DEFAULT_BATCH` / :data:`DEFAULT_WORKERS` (decoding threads at most ``cpu_count``, default: this
+    machine's cores, and at least 2). A pure function: nothing is imported or probed.
+
+    Raises ``ValueError`` for fp16 on a CPU (no fast fp16 kernels there: use bf16 or fp32).
+    """
+    import os
+
+    if device_type not in DEFAULT_BATCH:
+        raise ValueError(f"unknown device type {device_type!r}; known: {', '.join(DEFAULT_BATCH)}")
+    if runtime.precision == "fp16" and device_type == "cpu":
+        raise ValueError("fp16 runs on a GPU only; on the CPU use --precision bf16 or fp32")
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    workers = runtime.workers
+    if workers is None:
+        workers = (
+            DEFAULT_WORKERS[device_type] if device_type == "cpu" else max(2, min(DEFAULT_WORKERS[device_type], cores))
+        )
+    gpu = device_type == "cuda"
+    return DevicePlan(
+        device_type=device_type,
+        batch_size=runtime.batch_size if runtime.batch_size is not None else DEFAULT_BATCH[device_type],
+        workers=workers,
+        precision=runtime.precision,
+        pin_memory=gpu,
+        non_blocking=gpu,
+        autocast_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[runtime.precision],
+    )

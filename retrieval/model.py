@@ -13,7 +13,7 @@ from torch import nn
 
 from .backbones import build_backbone
 from .checkpoint import is_checkpoint_file, load_checkpoint
-from .config import ModelConfig, RuntimeOptions
+from .config import DevicePlan, ModelConfig, RuntimeOptions, device_plan
 from .efficientnet_lite import cpu_has_fast_bf16
 from .functional import l2n
 from .pooling import RMAC, build_pooling
@@ -136,10 +136,22 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def to_device(t: torch.Tensor, device: torch.device, *, pin: bool | None = None) -> torch.Tensor:
+    """``t`` on ``device``; to a CUDA device from page-locked memory and asynchronously (``non_blocking``), so
+    the copy overlaps the host's work until the result is used. ``pin=None``: pin when ``device`` is CUDA."""
+    if t.device == device or device.type != "cuda":
+        return t.to(device)
+    if (pin is None or pin) and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 class Embedder:
     """Runs an :class:`EmbeddingNet` on a device: numpy pixels in, numpy float32 vectors out.
 
     ``embed_batch`` takes one batch of same-sized images ``(N, H, W, 3)`` uint8 and returns ``(N, D)``.
+    :attr:`plan` says how it runs there (batch size, decoding threads, pinned copies, autocast), from
+    :func:`retrieval.config.device_plan`.
     """
 
     def __init__(
@@ -147,22 +159,44 @@ class Embedder:
     ) -> None:
         self.config = config
         self.runtime = runtime or RuntimeOptions()
-        if self.runtime.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.runtime.precision!r}")
         self.device = resolve_device(self.runtime.device)
+        self.plan: DevicePlan = device_plan(self.device.type, self.runtime)
         self.net = (net or EmbeddingNet(config)).eval()
         fuse = getattr(self.net.backbone, "fuse_bn_", None)
         if fuse is not None:
             fuse()  # fold BatchNorm into the convolutions: same outputs, about a third less CPU time
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
-        if self.runtime.precision == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16():
+        if self.plan.precision == "bf16" and self.device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning("this CPU has no native bf16 support: bf16 will be much slower than fp32 here")
+        if self.plan.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            log.warning("this GPU has no bf16 support: use --precision fp16 or fp32")
         self.dim = self.net.out_dim
-        log.info("embedding with %s on %s (%s)", config.describe(), self.device, self.runtime.precision)
+        log.info("embedding with %s on %s", config.describe(), self.describe_device())
+
+    def describe_device(self) -> str:
+        """Where and how the network runs, e.g. ``"cuda:0 (NVIDIA H200; fp32, batch 128, 16 decoding threads)"``."""
+        where = str(self.device)
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            where = f"cuda:{index} ({torch.cuda.get_device_name(index)}; {self.plan.describe()})"
+        else:
+            where = f"{where} ({self.plan.describe()})"
+        return where
+
+    def stack_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        """Same-sized ``(H, W, 3)`` images -> one ``(N, H, W, 3)`` batch, stacked straight into page-locked
+        memory when batches go to a CUDA device (the copy to the GPU is then one asynchronous transfer)."""
+        if not self.plan.pin_memory or not images:
+            return np.stack(images)
+        first = np.asarray(images[0])
+        buf = torch.empty((len(images), *first.shape), dtype=torch.uint8, pin_memory=True)
+        out = buf.numpy()  # shares the pinned memory and keeps it alive
+        np.stack(images, out=out)
+        return out
 
     def _autocast(self):
-        if self.runtime.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.plan.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=getattr(torch, self.plan.autocast_dtype))
         return nullcontext()
 
     @torch.inference_mode()
@@ -173,8 +207,13 @@ class Embedder:
         t = torch.as_tensor(pixels)
         if t.dim() != 4 or t.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) pixels, got {tuple(t.shape)}")
-        t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC storage == channels_last NCHW
-        m = None if mask is None else torch.as_tensor(mask, dtype=torch.float32, device=self.device)[:, None]
+        pin = self.plan.pin_memory
+        t = to_device(t, self.device, pin=pin).permute(0, 3, 1, 2)  # NHWC storage == channels_last NCHW
+        m = (
+            None
+            if mask is None
+            else to_device(torch.as_tensor(mask, dtype=torch.float32), self.device, pin=pin)[:, None]
+        )
         with self._autocast():
             out = self.net(t, m)
         return out.float().cpu().numpy().astype(np.float32, copy=False)

@@ -155,8 +155,8 @@ def test_devices_are_checked_by_name_and_by_what_the_machine_has(monkeypatch):
         ValueError, match=r"unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps \(available here: cpu"
     ):
         RuntimeOptions(device="gpu")
-    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
-        RuntimeOptions(precision="fp16")
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or fp16"):
+        RuntimeOptions(precision="fp8")
     monkeypatch.setattr(retrieval.config, "available_devices", lambda: ["cpu", "cuda", "cuda:0"])
     check_device_available("cuda:0")
     check_device_available("auto")
