@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from indexer import db
+from indexer.cli import main
 from indexer.cli_serve import _bind
 from indexer.engine import Collection
 from indexer.errors import CollectionBusyError, LookalikeError
@@ -658,10 +660,6 @@ def test_the_listening_socket_says_it_is_tcp_so_nagle_is_off():
 
 
 def test_a_collection_that_does_not_exist_is_one_clear_line(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "--home", str(tmp_path / "none"), "serve", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 1 and "no collection in" in r.stderr
+    r = CliRunner().invoke(main, ["--home", str(tmp_path / "none"), "serve", "--port", "0"])
+    assert r.exit_code == 1 and "no collection in" in r.output
+    assert not (tmp_path / "none").exists()  # reading never creates
