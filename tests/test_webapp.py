@@ -4,6 +4,8 @@ collection. Screenshots go to tests/results/ (look at them)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import shutil
 import socket
@@ -158,7 +160,7 @@ def upload(page, path: Path) -> None:
 
 def open_app(page, served: Served, query: str = "") -> None:
     page.goto(served.url + "/" + query)
-    page.wait_for_selector("#page-search:not([hidden])")
+    page.wait_for_selector("main > section.page:not([hidden])")
 
 
 # --------------------------------------------------------------------------------------------- the tests
@@ -226,9 +228,10 @@ def test_the_score_filter_hides_results_below_it(page, served):
 
 def test_a_box_drawn_on_the_query_searches_that_region(page, served):
     open_app(page, served)
-    assert page.locator("#region").is_visible()  # the server has the region feature
+    assert page.locator("#region").is_hidden()  # until there is a query
     upload(page, served.queries / "three_and_five.png")
     wait_for_thumbnails(page, 9)
+    assert page.locator("#region").is_visible()  # the server has the region feature
     img = page.locator("#query-img").bounding_box()
     assert img is not None
 
@@ -264,6 +267,19 @@ def test_a_box_drawn_on_the_query_searches_that_region(page, served):
     page.locator("#region-clear").click()
     page.wait_for_function("() => document.querySelector('#results-title').textContent === 'Like three_and_five.png'")
     assert page.locator("#box").is_hidden()
+    # a region of an indexed picture (after "more like this"): its original file is uploaded with the box
+    page.locator("#results li.card").first.locator("button.thumb").click()
+    page.wait_for_function("() => location.hash.startsWith('#search/similar/')")
+    wait_for_thumbnails(page, 8)
+    for field, value in zip("xywh", ("0", "0", "50", "100")):
+        page.locator(f"#region-{field}").fill(value)
+    with (
+        page.expect_request(lambda r: r.url.endswith("/file")),
+        page.expect_request(lambda r: r.url.endswith("/api/v1/search") and r.method == "POST"),
+    ):
+        page.locator("#region-search").click()
+    page.wait_for_function("() => document.querySelector('#results-title').textContent.endsWith('(region)')")
+    wait_for_thumbnails(page, 9)
 
 
 def test_the_full_image_opens_in_a_viewer(page, served):
@@ -342,10 +358,25 @@ def test_controls_have_labels_and_pictures_alt_text(page, served):
     )
     assert unnamed == []
     assert page.evaluate("[...document.querySelectorAll('img')].filter(i => i.src && !i.alt).length") == 0
-    # keyboard: Tab reaches the file picker, and Enter on a result searches from it
+    # keyboard: Enter on a result searches from it
     page.locator("#results li.card").nth(2).locator("button.thumb").focus()
     page.keyboard.press("Enter")
     page.wait_for_function("() => location.hash.startsWith('#search/similar/')")
+
+
+def test_the_file_picker_is_reached_and_opened_with_the_keyboard(page, served):
+    open_app(page, served)
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "file":
+            break
+    assert page.evaluate("document.activeElement.id") == "file"
+    shot(page, "keyboard_focus")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(served.folder / "photo_2.png"))
+    wait_for_thumbnails(page, 9)
+    assert cards(page)[0]["name"] == "photo_2.png"
 
 
 def test_a_server_with_a_token_needs_it_and_the_app_keeps_it(browser, served_with_token):
@@ -383,3 +414,107 @@ def test_a_server_with_a_token_needs_it_and_the_app_keeps_it(browser, served_wit
         page.wait_for_selector("#page-search:not([hidden])")
     finally:
         context.close()
+
+
+def test_a_pasted_or_dropped_picture_is_searched(page, served):
+    open_app(page, served)
+    data = base64.b64encode((served.folder / "photo_5.png").read_bytes()).decode()
+    send = """([kind, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], kind + '.png', {type: 'image/png'}));
+        const target = kind === 'pasted' ? document.body : document.getElementById('drop');
+        target.dispatchEvent(kind === 'pasted'
+            ? new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true})
+            : new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+    }"""
+    for kind in ("pasted", "dropped"):
+        page.evaluate(send, [kind, data])
+        page.wait_for_function(
+            "n => document.querySelector('#results-title').textContent === n", arg=f"Like {kind}.png"
+        )
+        wait_for_thumbnails(page, 9)
+        assert cards(page)[0]["name"] == "photo_5.png"
+
+
+def _fake_people(route, changes: bool) -> None:
+    """The real stats with the people page (and, or not, changes) switched on."""
+    response = route.fetch()
+    stats = response.json()
+    stats["features"].update(people=True, changes=changes)
+    route.fulfill(response=response, json=stats)
+
+
+PEOPLE = {
+    "people": [
+        {
+            "cluster": 3,
+            "name": None,
+            "faces": [
+                {"face": 10 + i, "image": None, "box": [4, 4, 40, 40], "thumbnail": f"/api/v1/faces/{10 + i}/thumbnail"}
+                for i in range(14)
+            ],
+        },
+        {
+            "cluster": 7,
+            "name": "alice",
+            "faces": [{"face": 30, "image": None, "box": [0, 0, 30, 30], "thumbnail": "/api/v1/faces/30/thumbnail"}],
+        },
+    ]
+}
+
+
+def _route_people(page, served: Served, changes: bool, named: list) -> None:
+    """The people endpoints as the contract describes them (the test collection has no faces): two people, face
+    crops drawn here; naming answers 200 or, read-only, the server's 403."""
+    crop = io.BytesIO()
+    draw_image(42, (64, 64)).save(crop, "JPEG")
+    page.route("**/api/v1/stats", lambda route: _fake_people(route, changes))
+    page.route("**/api/v1/people", lambda route: route.fulfill(json=PEOPLE))
+    page.route(
+        "**/api/v1/faces/*/thumbnail", lambda route: route.fulfill(body=crop.getvalue(), content_type="image/jpeg")
+    )
+
+    def name(route) -> None:
+        body = route.request.post_data_json
+        named.append((route.request.url, body, route.request.headers.get("content-type")))
+        if changes:
+            route.fulfill(json={"cluster": 3, "name": body["name"]})
+        else:
+            message = "the server is read-only; restart with --allow-changes"
+            route.fulfill(status=403, json={"error": {"status": 403, "message": message}})
+
+    page.route("**/api/v1/people/*/name", name)
+
+
+def test_the_people_page_shows_faces_and_names_a_person(page, served):
+    named: list = []
+    _route_people(page, served, changes=True, named=named)
+    open_app(page, served)
+    page.get_by_role("link", name="People").click()
+    page.wait_for_selector("#people-list .person")
+    persons = page.locator("#people-list .person")
+    assert persons.count() == 2
+    first = persons.first
+    assert first.locator("h2").inner_text() == "Person 3"
+    assert first.locator(".faces img").count() == 12  # the first faces, then a button for the rest
+    first.get_by_role("button", name="Show 2 more faces").click()
+    assert first.locator(".faces img").count() == 14
+    assert persons.nth(1).locator("h2").inner_text() == "alice"
+    page.wait_for_function("() => [...document.querySelectorAll('#people-list img')].every(i => i.naturalWidth > 0)")
+    first.get_by_label("Name").fill("bob")
+    first.get_by_role("button", name="Save").click()
+    page.wait_for_function("() => document.querySelector('#people-list .person h2').textContent === 'bob'")
+    assert named[0][0].endswith("/api/v1/people/3/name") and named[0][1] == {"name": "bob"}
+    assert named[0][2] == "application/json"
+    assert page.locator("#people-status").inner_text().startswith("2 people (2 named), 15 faces")
+    shot(page, "people")
+
+
+def test_people_are_named_only_when_the_server_allows_changes(page, served):
+    named: list = []
+    _route_people(page, served, changes=False, named=named)
+    open_app(page, served, "#people")
+    page.wait_for_selector("#people-list .person")
+    assert page.locator("#people-list form").count() == 0
+    assert "read-only" in page.locator("#people-status").inner_text()

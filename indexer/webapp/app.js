@@ -227,6 +227,21 @@ function parseHash() {
   return { page: parts[0] || null, args: parts.slice(1) };
 }
 
+/** Shows `page` (marks its link, sets the title); whether it was another page before. */
+function activate(page) {
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  showOnly(`page-${page}`);
+  // the Search link returns to the search last shown
+  if (page === "search") document.querySelector('#nav a[data-page="search"]').href = window.location.hash || "#search";
+  document.title = `${page[0].toUpperCase()}${page.slice(1)} · lookalike`;
+  const changed = state.page !== page;
+  state.page = page;
+  return changed;
+}
+
 function route() {
   if (!state.stats) return;
   const pages = availablePages();
@@ -239,15 +254,7 @@ function route() {
     page = pages[0];
     args = [];
   }
-  for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
-  }
-  showOnly(`page-${page}`);
-  if (page === "search") document.querySelector('#nav a[data-page="search"]').href = window.location.hash || "#search";
-  const changed = state.page !== page;
-  state.page = page;
-  document.title = `${page[0].toUpperCase()}${page.slice(1)} · lookalike`;
+  const changed = activate(page);
   if (page === "search") search.route(args);
   else if (page === "duplicates" && changed) duplicates.load();
   else if (page === "people" && changed) people.load();
@@ -273,7 +280,8 @@ async function loadStats() {
   const pages = availablePages();
   for (const link of document.querySelectorAll("#nav a")) link.hidden = !pages.includes(link.dataset.page);
   $("nav").hidden = pages.length < 2;
-  $("region").hidden = !state.features.box;
+  search.showBox();
+  search.applyFilter();
   state.page = null;
   route();
 }
@@ -397,8 +405,8 @@ const search = {
   fromFile(file, fallbackName = "image") {
     if (state.page !== "search" || parseHash().args.length) {
       history.pushState(null, "", "#search");
-      state.page = null;
-      route();
+      this.routedId = null;
+      activate("search");
     }
     this.setQuery({ kind: "upload", blob: file, name: file.name || fallbackName });
     this.run();
@@ -447,8 +455,8 @@ const search = {
     this.queryScope = null;
     $("query").hidden = true;
     $("drop-hint").hidden = false;
+    this.showBox();
     this.render([], "");
-    $("results-status").textContent = "";
   },
 
   setQuery(query) {
@@ -622,7 +630,11 @@ const search = {
       if (visible) shown += 1;
     }
     const total = this.hits.length;
-    if (!this.query || !$("results-error").hidden) return;
+    if (!this.query) {
+      $("results-status").textContent = "Choose a picture: the images of the collection most like it appear here.";
+      return;
+    }
+    if (!$("results-error").hidden) return;
     let text;
     if (!total) text = "No results.";
     else if (shown === total) text = `${plural(total, "result")}, best first`;
@@ -725,8 +737,8 @@ const search = {
     $("region-y").value = Math.round(b.y * 100);
     $("region-w").value = Math.round(b.w * 100);
     $("region-h").value = Math.round(b.h * 100);
+    $("region").hidden = !state.features.box || !this.query;
     $("region-clear").disabled = !this.box;
-    $("region-search").disabled = !this.query;
     $("preview").classList.toggle("boxable", Boolean(state.features.box));
   },
 };
@@ -854,13 +866,17 @@ const people = {
       return;
     }
     this.shown = 0;
+    this.status();
+    this.more();
+  },
+
+  status() {
     const faces = this.list.reduce((n, p) => n + p.faces.length, 0);
     const named = this.list.filter((p) => p.name).length;
     $("people-status").textContent = this.list.length
       ? `${plural(this.list.length, "person", "people")} (${fmtInt(named)} named), ${plural(faces, "face")}.` +
         (state.features.changes ? "" : " The server is read-only: names are changed with `lookalike faces name`.")
       : "No people yet: run `lookalike faces index DIR` and `lookalike faces cluster`.";
-    this.more();
   },
 
   more() {
@@ -949,6 +965,7 @@ const people = {
             person.name = answer.name;
             heading.textContent = this.title(person);
             saved.textContent = "Saved.";
+            this.status();
           } catch (err) {
             setInlineError(error, err);
           }
