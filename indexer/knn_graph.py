@@ -17,6 +17,7 @@ Arrays: ``ids (N,)`` sorted int64 (the images' ids), ``nbr (N, K)`` the neighbou
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -228,7 +229,7 @@ def update_graph(
     indexed vectors of those ids, in that order. ``search`` defaults to :func:`knn_search`."""
     search = search or knn_search
     ids = np.asarray(ids, np.int64)
-    fingerprints = np.asarray(fingerprints).astype(str)
+    fingerprints = np.asarray(fingerprints)
     n = ids.size
     if cached is not None and cached.signature == signature and cached.k >= k:
         k = cached.k
@@ -428,14 +429,24 @@ class GraphCache:
         return None
 
 
+def fingerprint(content_hash: str | None) -> int:
+    """A content hash as an int64 (its first 60 bits; 0 when unknown): 8 bytes a row instead of a string."""
+    if not content_hash:
+        return 0
+    try:
+        return int(content_hash[:15], 16)
+    except ValueError:
+        return int.from_bytes(hashlib.blake2b(content_hash.encode(), digest_size=7).digest(), "big")
+
+
 def indexed_fingerprints(model: type, where: tuple) -> Callable[[Session], tuple[np.ndarray, np.ndarray]]:
-    """``rows(session)`` for :class:`GraphCache`: the ids (sorted) and content hashes of ``model``'s rows that
-    match ``where``."""
+    """``rows(session)`` for :class:`GraphCache`: the ids (sorted) of ``model``'s rows that match ``where``, and
+    their content hashes as :func:`fingerprint` s."""
 
     def rows(s: Session) -> tuple[np.ndarray, np.ndarray]:
-        found = list(s.execute(select(model.id, model.content_hash).where(*where).order_by(model.id)))
-        ids = np.array([r[0] for r in found], np.int64)
-        return ids, np.array([r[1] or "" for r in found], dtype=str)
+        found = s.execute(select(model.id, model.content_hash).where(*where).order_by(model.id)).all()
+        ids = np.fromiter((r[0] for r in found), np.int64, len(found))
+        return ids, np.fromiter((fingerprint(r[1]) for r in found), np.int64, len(found))
 
     return rows
 
@@ -445,6 +456,7 @@ __all__ = [
     "GRAPH_FILE",
     "GraphCache",
     "GraphFile",
+    "fingerprint",
     "KnnGraph",
     "indexed_fingerprints",
     "knn_edges",
