@@ -184,6 +184,9 @@ def test_an_uploaded_query_shows_result_thumbnails_in_score_order(page, served):
     # everything came from the server (nothing from the internet)
     assert [u for u in page.requests if not u.startswith((served.url, "blob:", "data:"))] == []
     shot(page, "search")
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_timeout(300)  # the drop zone's colour transition
+    shot(page, "search_dark")
 
 
 def test_clicking_a_result_searches_from_it_and_back_returns(page, served):
