@@ -69,20 +69,20 @@ __all__ = ["EXIT_EMPTY", "EXIT_SKIPPED", "main"]
     help="SQLAlchemy URL of the metadata database (default: SQLite in --home). Env: LOOKALIKE_DB_URL.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per network batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(1), help="Images per network batch (default: 32 on a CPU, 128 on a GPU)."
+)
 @click.option(
     "--workers",
-    default=2,
-    show_default=True,
     type=click.IntRange(0),
-    help="Threads decoding images in parallel (0: decode between batches).",
+    help="Threads decoding images in parallel (0: decode between batches; default: 2 on a CPU, up to 16 on a GPU).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16"]),
+    type=click.Choice(["fp32", "bf16", "fp16"]),
     default="fp32",
     show_default=True,
-    help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs.",
+    help="bf16 is faster on CPUs with AMX/AVX-512 and recent GPUs; fp16 on GPUs only.",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="lookalike")
@@ -92,8 +92,8 @@ def main(
     home: Path | None,
     db_url: str | None,
     device: str,
-    batch_size: int,
-    workers: int,
+    batch_size: int | None,
+    workers: int | None,
     precision: str,
     verbose: int,
 ) -> None:
@@ -202,7 +202,8 @@ def index(
     parts.append(f"{report.unchanged} unchanged")
     click.echo(", ".join(parts))
     if report.embedded:
-        click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s")
+        where = f" on {coll.embedding_device}" if coll.embedding_device else ""
+        click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s{where}")
     if report.mask_fallbacks:
         click.echo(
             f"{report.mask_fallbacks} images had no usable mask (empty or covering everything) and were embedded whole"
@@ -673,7 +674,7 @@ def train(
         margin=margin,
         triplet_strategy=strategy,
         epochs=epochs,
-        batch_size=runtime.batch_size,
+        batch_size=runtime.batch_size or TrainConfig.batch_size,
         images_per_class=images_per_class,
         lr=lr,
         queries_per_epoch=queries_per_epoch,
@@ -743,6 +744,10 @@ def models() -> None:
         + ", ".join(SEGMENTERS.names())
         + "  (--mask alone: foreground, packaged; unet:CHECKPOINT from `lookalike train-seg`)"
     )
+    from .settings import describe_devices
+
+    for line in describe_devices():
+        click.echo(line)
 
 
 main.add_command(train_seg)

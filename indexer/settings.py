@@ -139,12 +139,42 @@ def check_device_available(device: str) -> None:
         raise SettingsError(f"device {device!r} is not available here; available: {', '.join(available)}")
 
 
+def describe_devices() -> list[str]:
+    """What ``lookalike models`` says about devices: those this machine has, where ``--device auto`` runs the
+    network and how (:func:`retrieval.config.device_plan`), and where searches run by default
+    (:func:`indexer.vector_index.choose_search_backend`) for a flat / IVF and for an HNSW index."""
+    import torch
+
+    from retrieval.model import resolve_device
+
+    from .vector_index import choose_search_backend, faiss_gpu_available, torch_cuda_available
+
+    names = []
+    for device in retrieval_config.available_devices():
+        if device.startswith("cuda:"):
+            device += f" ({torch.cuda.get_device_name(int(device[5:]))})"
+        if device != "cuda":
+            names.append(device)
+    auto = resolve_device("auto")
+    plan = retrieval_config.device_plan(auto.type, RuntimeOptions())
+    has = dict(faiss_gpu=faiss_gpu_available(), torch_cuda=torch_cuda_available())
+    flat, hnsw = choose_search_backend("auto", True, **has), choose_search_backend("auto", False, **has)
+    return [
+        "devices: " + ", ".join(names),
+        f"--device auto: {auto} ({plan.describe()})",
+        f"search: flat / IVF index on {flat}, HNSW on {hnsw} (FAISS GPU support: "
+        + ("yes" if has["faiss_gpu"] else "no; `pip install -e '.[gpu]'`, see README, GPU")
+        + ")",
+    ]
+
+
 __all__ = [
     "TRAINED_ARCHITECTURE",
     "SettingsError",
     "build_embedder",
     "build_masker",
     "check_device_available",
+    "describe_devices",
     "mask_settings_with",
     "model_config_with",
     "settings_with",
