@@ -444,9 +444,10 @@ class Service:
     def common_folder(self) -> str:
         """The deepest folder holding every image of the collection, with a trailing separator ("" when empty):
         image paths are shown relative to it. (The first and last paths in sort order share the prefix that all
-        paths share, so two index look-ups find it.)"""
+        paths share, so two index look-ups find it; asked together, SQLite would scan the table instead.)"""
         with self.coll.session() as s:
-            lo, hi = s.execute(select(func.min(ImageRecord.path), func.max(ImageRecord.path))).one()
+            lo = s.scalar(select(func.min(ImageRecord.path)))
+            hi = s.scalar(select(func.max(ImageRecord.path)))
         if lo is None:
             return ""
         prefix = os.path.commonprefix([lo, hi])
