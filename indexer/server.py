@@ -100,6 +100,8 @@ class ServeSettings:
     webapp: Path | None = None
     #: the thumbnail cache (default: ``thumbnails`` in the collection's home)
     thumbnails: Path | None = None
+    #: load the index and the network when the server starts, not at the first search
+    warm_up: bool = True
     #: ``Host`` header values accepted (``None``: loopback names without a token, any with one)
     allowed_hosts: tuple[str, ...] | None = None
     #: extra response headers on every response
@@ -423,6 +425,10 @@ class EmbeddingQueue:
             self.waiting -= 1
             self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.perf_counter() - started)
 
+    def background(self, fn: Callable[[], object]) -> None:
+        """``fn()`` in the embedding thread, ahead of any search, not counted in the queue."""
+        self._executor.submit(fn)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -499,6 +505,17 @@ class Service:
         than each rebuilding its own."""
         with self._index_lock:
             self.coll.index()
+
+    def warm_up(self) -> None:
+        """Load the index and the network before the first search needs them (seconds for a large collection or
+        a network read from disk), in the embedding thread. A failure is logged; the search that needs the
+        part will report it."""
+        try:
+            self.current_index()
+            if self.coll.model_config is not None:
+                list(self.coll.embed_paths([]))  # builds the network (and the segmenter of a masked collection)
+        except (LookalikeError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("could not load the collection's index or network ahead of searches: %s", exc)
 
     def vector_version(self) -> int:
         """Changes whenever the collection's indexed vectors change."""
@@ -607,6 +624,8 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        if settings.warm_up:
+            service.queue.background(service.warm_up)
         yield
         service.close()
 

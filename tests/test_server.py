@@ -34,7 +34,7 @@ from indexer.store import write_lock
 from retrieval.config import RuntimeOptions
 from retrieval.faces.clustering import ClusterParams
 
-from .conftest import SMALL_MODEL, draw_image, make_folder
+from .conftest import FAST_RUNTIME, SMALL_MODEL, draw_image, make_folder
 from .test_engine import open_collection, shared_embedder
 from .test_faces_gallery import open_gallery, save_photo
 from .test_thumbnails import bomb_png, exif_rotated_jpeg
@@ -534,6 +534,21 @@ def test_after_another_process_commits_one_search_rebuilds_the_index_and_the_oth
             t.join(60)
     assert answers == [200] * 6
     assert sum("rebuilding it from the database" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_network_is_loaded_when_the_server_starts_not_at_the_first_search(served):
+    coll, _, _ = served
+    for warm_up in (True, False):
+        built = threading.Event()
+
+        def factory(cfg, rt, built=built):
+            built.set()
+            return shared_embedder(cfg)
+
+        again = Collection(coll.home, runtime=FAST_RUNTIME, embedder_factory=factory, create=False)
+        with client_for(again, warm_up=warm_up) as client:
+            assert client.get("/api/v1/stats").status_code == 200
+            assert built.wait(30 if warm_up else 1) is warm_up
 
 
 # --------------------------------------------------------------------------------------------- docs and web app
