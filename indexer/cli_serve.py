@@ -1,7 +1,7 @@
 """``lookalike serve``: the HTTP API and the web app (:mod:`indexer.server`) on uvicorn, over the current collection.
 
-FastAPI and uvicorn are imported by this command only. The socket is bound here, before uvicorn starts, so that a port in use is one clear line and the printed address
-is the one actually bound (``--port 0`` picks a free port).
+FastAPI and uvicorn are imported by this command only. The socket is bound here (:func:`indexer.server.bind_socket`), before uvicorn starts, so that a port in use is one
+clear line and the printed address is the one actually bound (``--port 0`` picks a free port).
 """
 
 from __future__ import annotations
@@ -12,24 +12,8 @@ import socket
 import click
 
 from .cli_common import library_errors, open_collection
-from .errors import LookalikeError
 
 log = logging.getLogger(__name__)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say they are TCP (with
-    # it on, every keep-alive response waited ~40 ms for the client's delayed ACK); accepted sockets inherit it
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
 
 
 def _url(host: str, port: int, token: str | None) -> str:
@@ -73,7 +57,7 @@ def serve(
     """
     import uvicorn  # the server's modules load only for this command (every other command starts faster)
 
-    from .server import ServeSettings, create_app, is_loopback, new_token
+    from .server import ServeSettings, bind_socket, create_app, is_loopback, new_token
 
     coll = open_collection(ctx, create=False)
     if token is None and not is_loopback(host):
@@ -87,7 +71,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
     )
     app = create_app(coll, settings)
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     click.echo(f"lookalike: serving {coll.home} at {_url(host, bound, token)}", nl=True)
     click.echo(f"API docs: {_url(host, bound, None)}docs" + ("" if allow_changes else "  (read-only)"))

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -135,6 +136,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``0``: a free port), for ``uvicorn.Server.run(sockets=[...])``.
+    Raises :class:`LookalikeError` when the address cannot be used."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say they are TCP (with
+    # it on, every keep-alive response waited ~40 ms for the client's delayed ACK); accepted sockets inherit it
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise LookalikeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def new_token() -> str:
@@ -864,4 +882,4 @@ def _mount_docs(app: FastAPI) -> None:
         )
 
 
-__all__ = ["ServeSettings", "create_app", "is_loopback", "new_token", "Guard", "WEBAPP_DIR", "API"]
+__all__ = ["ServeSettings", "create_app", "bind_socket", "is_loopback", "new_token", "Guard", "WEBAPP_DIR", "API"]

@@ -25,11 +25,10 @@ from PIL import Image
 
 from indexer import db
 from indexer.cli import main
-from indexer.cli_serve import _bind
 from indexer.engine import Collection
 from indexer.errors import CollectionBusyError, LookalikeError
 from indexer.face_clusters import FaceClusters
-from indexer.server import Guard, ServeSettings, create_app
+from indexer.server import Guard, ServeSettings, bind_socket, create_app
 from indexer.store import write_lock
 from retrieval.config import RuntimeOptions
 from retrieval.faces.clustering import ClusterParams
@@ -659,17 +658,17 @@ def test_a_non_loopback_bind_without_a_token_generates_and_prints_one(served):
 def test_the_listening_socket_says_it_is_tcp_so_nagle_is_off():
     # asyncio disables Nagle's algorithm only on sockets created with proto IPPROTO_TCP; otherwise each response
     # on a kept-alive connection waits ~40 ms for the client's delayed ACK
-    sock = _bind("127.0.0.1", 0)
+    sock = bind_socket("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         sock.close()
     with pytest.raises(LookalikeError, match="cannot listen on 127.0.0.1"):
-        busy = _bind("127.0.0.1", 0)
+        busy = bind_socket("127.0.0.1", 0)
         busy.listen()
         try:
-            _bind("127.0.0.1", busy.getsockname()[1]).close()
+            bind_socket("127.0.0.1", busy.getsockname()[1]).close()
         finally:
             busy.close()
 
