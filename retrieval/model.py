@@ -200,6 +200,15 @@ class Embedder:
         return nullcontext()
 
     @torch.inference_mode()
+    def feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 RGB -> the backbone's feature map ``(N, C, h, w)`` float32 (before pooling):
+        what each part of the picture contributes, for showing where two pictures match."""
+        t = to_device(torch.as_tensor(np.ascontiguousarray(pixels)), self.device).permute(0, 3, 1, 2)
+        with self._autocast():
+            out = self.net.features(self.net.normalise(t))
+        return out.float().cpu().numpy()
+
+    @torch.inference_mode()
     def embed_batch(self, pixels: np.ndarray | torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 RGB -> ``(N, D)`` float32 unit vectors."""
         if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
