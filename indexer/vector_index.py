@@ -47,11 +47,26 @@ within the index; adding an id that is already present raises ``ValueError``
 
 GPU
 ---
-With ``device="auto"`` (or ``"gpu"``) and a FAISS build with GPU support plus
-a visible GPU, ``flat`` and ``ivf`` searches run on a GPU replica of the CPU
-index. The CPU index stays the master copy: additions go to both, a removal
-drops the replica and it is re-copied on the next search. Files always hold
-the CPU index. HNSW always runs on the CPU.
+Searches may run on a replica of the CPU index; which one is
+:func:`choose_search_backend`'s answer for ``IndexConfig.device``:
+
+- ``"faiss-gpu"``: with a FAISS build with GPU support (the ``gpu`` extra)
+  and a visible GPU, ``flat`` and ``ivf`` indexes are copied to the GPU
+  (``faiss.index_cpu_to_gpu``); same kind, same results.
+- ``"torch-cuda"``: otherwise, when torch sees a CUDA GPU, the live vectors
+  are copied into a :class:`indexer.torch_search.TorchFlatIndex` on it and
+  searched *exactly* (chunked matrix product + top-k; ``fp16`` storage by
+  default, ``IndexConfig.torch_dtype``), whatever the kind: an HNSW or IVF
+  collection gets exact results on the GPU. A collection whose vectors would
+  take more than ``IndexConfig.gpu_memory_fraction`` of the GPU's free memory
+  stays on the CPU.
+- ``"torch-cpu"``: the same torch search on the CPU (``device="torch"``
+  without a GPU): the CPU twin, for tests and benchmarks.
+- ``"cpu"``: the FAISS index itself.
+
+The CPU index stays the master copy: additions go to both, a removal is
+applied to the torch replica and drops a FAISS GPU replica (re-copied on the
+next search). Files always hold the CPU index.
 
 Which kind ``"auto"`` picks, and the search-time defaults, are measured
 choices: see :class:`IndexConfig`.
@@ -69,8 +84,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -78,13 +94,23 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .vector_arrays import as_ids as _as_ids
+from .vector_arrays import as_vectors as _as_vectors
+from .vector_arrays import atomic_write
+from .vector_arrays import check_normalised as _check_normalised
+from .vector_arrays import pad_results as _pad_results
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "IndexConfig",
     "VectorIndex",
     "brute_force_search",
+    "SEARCH_BACKENDS",
+    "SEARCH_DEVICES",
+    "choose_search_backend",
     "faiss_gpu_available",
+    "torch_cuda_available",
 ]
 
 _CANONICAL_KINDS = ("flat", "ivf", "hnsw")
@@ -95,8 +121,6 @@ _GPU_MAX_K = 2048
 _MIN_POINTS_PER_CENTROID = 39
 # IVF: below this many lists the index is pointless; build flat instead.
 _MIN_NLIST = 8
-# Rows per block when converting / checking / brute-forcing big arrays.
-_BLOCK = 65_536
 
 
 # --------------------------------------------------------------------------- #
@@ -113,76 +137,67 @@ def faiss_gpu_available() -> bool:
 _gpu_resources: Any = None
 
 
+def torch_cuda_available() -> bool:
+    """True when torch sees a CUDA GPU. Where no NVIDIA driver is installed, torch is not even imported (it is
+    slow to import, and commands that only read a collection should start fast)."""
+    if "torch" not in sys.modules and not _nvidia_driver_present():
+        return False
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _nvidia_driver_present() -> bool:
+    if sys.platform == "win32":
+        return True  # no cheap probe there: ask torch
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+#: ``IndexConfig.device`` values.
+SEARCH_DEVICES = ("auto", "cpu", "gpu", "torch")
+#: Where searches run: FAISS's GPU replica, torch's exact search on CUDA or on the CPU, FAISS on the CPU.
+SEARCH_BACKENDS = ("faiss-gpu", "torch-cuda", "torch-cpu", "cpu")
+
+
+def choose_search_backend(
+    device: str, faiss_gpu_kind: bool, torch_kind: bool = True, *, faiss_gpu: bool, torch_cuda: bool
+) -> str:
+    """Where an index's searches run (one of :data:`SEARCH_BACKENDS`), a pure function of what is asked and
+    what the machine has.
+
+    ``device``: ``IndexConfig.device``; ``faiss_gpu_kind``: FAISS has a GPU version of the index's kind (flat,
+    IVF); ``torch_kind``: the index gives its vectors back as stored (flat, IVF, HNSW; not a lossy FAISS factory
+    string such as PQ or PCA, whose exact search would be wrong); ``faiss_gpu``: FAISS was built with GPU support
+    and sees a GPU; ``torch_cuda``: torch sees a CUDA GPU. ``"auto"``: FAISS on the GPU when it can, else torch
+    on the GPU, else FAISS on the CPU; ``"gpu"``: the same, but ``RuntimeError`` instead of the CPU;
+    ``"torch"``: torch, on CUDA when there is one (the CPU for other kinds); ``"cpu"``: the CPU.
+    """
+    if device not in SEARCH_DEVICES:
+        raise ValueError(f"device must be one of {', '.join(SEARCH_DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if device == "torch":
+        return ("torch-cuda" if torch_cuda else "torch-cpu") if torch_kind else "cpu"
+    if faiss_gpu and faiss_gpu_kind:
+        return "faiss-gpu"
+    if torch_cuda and torch_kind:
+        return "torch-cuda"
+    if device == "gpu":
+        raise RuntimeError(
+            "device='gpu' requested but no GPU can be used: FAISS has no GPU support (install the gpu extra) "
+            "or sees no GPU, and torch sees no CUDA GPU"
+        )
+    return "cpu"
+
+
 def _gpu_res() -> Any:
     """Process-wide ``StandardGpuResources`` (created lazily, reused)."""
     global _gpu_resources
     if _gpu_resources is None:
         _gpu_resources = faiss.StandardGpuResources()
     return _gpu_resources
-
-
-def _as_ids(ids: Any, name: str = "ids") -> np.ndarray:
-    """Validate ids: 1-D integers, non-negative. Returns contiguous ``int64`` (n,)."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.empty(0, dtype=np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if arr.min() < 0:
-        raise ValueError(f"{name} must be non-negative (-1 is reserved for padding)")
-    return arr
-
-
-def _as_vectors(vectors: Any, dim: int | None, name: str = "vectors") -> np.ndarray:
-    """Validate a (n, dim) matrix and return it as C-contiguous ``float32``.
-
-    Non-float32 input is converted. Raises ``ValueError`` on wrong rank, wrong
-    dimension or non-finite values.
-    """
-    arr = np.asarray(vectors)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"dimension mismatch: {name} have dim {arr.shape[1]}, index has dim {dim}")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} must have dim >= 1")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    for start in range(0, arr.shape[0], _BLOCK):
-        if not np.isfinite(arr[start : start + _BLOCK]).all():
-            raise ValueError(f"{name} contain NaN or infinite values")
-    return arr
-
-
-def _check_normalised(vectors: np.ndarray, what: str) -> None:
-    """Log a warning when rows are visibly not unit length (cosine assumes they are)."""
-    if vectors.shape[0] == 0:
-        return
-    sample = vectors[: min(vectors.shape[0], 1024)]
-    norms = np.linalg.norm(sample, axis=1)
-    if np.abs(norms - 1.0).max() > 1e-3:
-        log.warning(
-            "%s are not L2-normalised (norms in [%.4f, %.4f]); inner product is not cosine",
-            what,
-            float(norms.min()),
-            float(norms.max()),
-        )
-
-
-def _pad_results(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad (Q, k') results to (Q, k); padding is id -1 / score -inf (also for FAISS's own padding)."""
-    q = labels.shape[0]
-    out_s = np.full((q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((q, k), -1, dtype=np.int64)
-    kk = labels.shape[1]
-    out_s[:, :kk] = scores
-    out_i[:, :kk] = labels
-    out_s[out_i < 0] = -np.inf
-    return out_s, out_i
 
 
 def brute_force_search(
@@ -299,7 +314,16 @@ class IndexConfig:
             is capped at ``nlist * train_points_per_list`` vectors).
         max_tombstone_fraction: HNSW is compacted (rebuilt) when more than
             this fraction of the stored vectors are removed ones.
-        device: ``"auto"`` (GPU when available), ``"cpu"`` or ``"gpu"``.
+        device: where searches run (module docstring, GPU): ``"auto"``
+            (FAISS on the GPU when it can, else torch on a CUDA GPU, else
+            FAISS on the CPU), ``"cpu"``, ``"gpu"`` (as auto, but an error
+            when no GPU can be used) or ``"torch"`` (torch's exact search, on
+            CUDA when torch sees it, else on the CPU).
+        torch_dtype: storage of the torch search replica: ``"fp16"`` (half
+            the memory and bandwidth; scores to ~1e-3, recall@10 >= 0.99) or
+            ``"fp32"`` (FAISS flat search's results).
+        gpu_memory_fraction: the torch replica is made only when the vectors
+            take at most this share of the GPU's free memory.
         seed: seed of the IVF training sample and k-means.
     """
 
@@ -315,6 +339,8 @@ class IndexConfig:
     train_points_per_list: int = 40
     max_tombstone_fraction: float = 0.3
     device: str = "auto"
+    torch_dtype: str = "fp16"
+    gpu_memory_fraction: float = 0.5
     seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -324,8 +350,12 @@ class IndexConfig:
             raise ValueError(f"approx_kind must be 'ivf' or 'hnsw', got {self.approx_kind!r}")
         if self.ivf_storage not in ("fp16", "flat"):
             raise ValueError(f"ivf_storage must be 'fp16' or 'flat', got {self.ivf_storage!r}")
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {self.device!r}")
+        if self.device not in SEARCH_DEVICES:
+            raise ValueError(f"device must be one of {', '.join(SEARCH_DEVICES)}, got {self.device!r}")
+        if self.torch_dtype not in ("fp16", "fp32"):
+            raise ValueError(f"torch_dtype must be 'fp16' or 'fp32', got {self.torch_dtype!r}")
+        if not 0.0 < float(self.gpu_memory_fraction) <= 1.0:
+            raise ValueError("gpu_memory_fraction must be in (0, 1]")
         for name in (
             "approx_threshold",
             "nprobe",
@@ -367,14 +397,17 @@ class IndexConfig:
             return "flat" if n < self.approx_threshold else self.approx_kind
         return self.kind
 
-    def use_gpu(self) -> bool:
-        """Whether searches should run on a GPU (raises if ``device="gpu"`` but none is usable)."""
-        if self.device == "cpu":
-            return False
-        available = faiss_gpu_available()
-        if self.device == "gpu" and not available:
-            raise RuntimeError("device='gpu' requested but FAISS has no GPU support or no GPU is visible")
-        return available
+    def search_backend(self, faiss_gpu_kind: bool, torch_kind: bool = True) -> str:
+        """Where searches of an index run: :func:`choose_search_backend` with what this machine has
+        (``faiss_gpu_kind``: FAISS has a GPU version of the index's kind; ``torch_kind``: its vectors can be
+        read back as stored). Raises ``RuntimeError`` when ``device="gpu"`` and no GPU can be used."""
+        return choose_search_backend(
+            self.device,
+            faiss_gpu_kind,
+            torch_kind,
+            faiss_gpu=self.device in ("auto", "gpu") and faiss_gpu_available(),
+            torch_cuda=self.device != "cpu" and torch_cuda_available(),
+        )
 
     def to_dict(self) -> dict:
         """Plain-JSON dict of all fields."""
@@ -405,16 +438,16 @@ class VectorIndex:
         self._dim = int(dim)
         self._config = config
         self._lock = threading.RLock()
-        self._gpu_index: Any = None
-        self._use_gpu = False
+        self._gpu_index: Any = None  # the search replica of the backend: a FAISS GPU index or a TorchFlatIndex
         self._tombstones = 0
         self._ids = np.empty(0, dtype=np.int64)  # sorted live ids
         self._apply_search_params()
         self._sync_ids()
-        if kind in ("flat", "ivf") or self._ivf() is not None:
-            self._use_gpu = config.use_gpu()
-        elif config.device == "gpu":
-            log.info("index kind %s has no GPU implementation here; searching on CPU", kind)
+        self._backend = config.search_backend(
+            kind in ("flat", "ivf") or self._ivf() is not None, kind in _CANONICAL_KINDS
+        )
+        if self._backend != "cpu":
+            log.info("%s index searches with %s", kind, self._backend)
 
     # -- construction ------------------------------------------------------- #
     @classmethod
@@ -550,32 +583,8 @@ class VectorIndex:
         fsynced, and moved over ``path`` with ``os.replace``; readers see the
         old or the new file, never a partial one.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                faiss.write_index(self._index, tmp)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:  # pragma: no cover - e.g. platforms without directory fds
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:  # pragma: no cover
-            pass
-        finally:
-            os.close(dir_fd)
+            atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
         log.info("saved %s index (%d vectors) to %s", self._kind, len(self), path)
 
     @classmethod
@@ -646,6 +655,12 @@ class VectorIndex:
         return self._config
 
     @property
+    def search_backend(self) -> str:
+        """Where searches run now: one of :data:`SEARCH_BACKENDS` (a replica that could not be made falls
+        back to ``"cpu"``)."""
+        return self._backend
+
+    @property
     def faiss_index(self) -> Any:
         """The underlying CPU FAISS index (read-only use, e.g. introspection)."""
         return self._index
@@ -703,9 +718,12 @@ class VectorIndex:
         self._index.add_with_ids(vectors, ids)
         if self._gpu_index is not None:
             try:
-                self._gpu_index.add_with_ids(vectors, ids)
-            except RuntimeError:
-                log.warning("GPU replica rejected add; it will be re-copied", exc_info=True)
+                if self._backend == "faiss-gpu":
+                    self._gpu_index.add_with_ids(vectors, ids)
+                else:
+                    self._gpu_index.add(ids, vectors)
+            except RuntimeError:  # (torch's out-of-memory error is a RuntimeError too)
+                log.warning("the search replica rejected add; it will be re-copied", exc_info=True)
                 self._gpu_index = None
         self._ids = np.union1d(self._ids, ids)
 
@@ -742,7 +760,10 @@ class VectorIndex:
                     self._tombstones_forced = True
                     removed = self._tombstone(targets)
             self._ids = np.setdiff1d(self._ids, targets, assume_unique=True)
-            self._gpu_index = None  # re-copied lazily on the next search
+            if self._backend.startswith("torch") and self._gpu_index is not None:
+                self._gpu_index.remove(targets)
+            else:
+                self._gpu_index = None  # re-copied lazily on the next search
             if removed != targets.size:  # pragma: no cover - would be a bug
                 log.error("removed %d vectors, expected %d", removed, targets.size)
             if self._tombstones and self._tombstones > self._config.max_tombstone_fraction * self._index.ntotal:
@@ -854,7 +875,12 @@ class VectorIndex:
         return _pad_results(scores, labels, k)
 
     def _search_target(self, k: int) -> tuple[Any, Any]:
-        """Pick the index to search (GPU replica or CPU) and the search params."""
+        """Pick the index to search (a replica or the CPU index) and the search params."""
+        if self._backend.startswith("torch"):
+            if self._gpu_index is None:
+                self._gpu_index = self._torch_replica()
+            if self._gpu_index is not None:
+                return self._gpu_index, None
         if self._tombstones:
             sel = faiss.IDSelectorRange(0, _INT64_MAX)
             if isinstance(self._index, faiss.IndexIDMap2) and isinstance(
@@ -866,7 +892,7 @@ class VectorIndex:
             # keep a reference: the params object does not own the selector
             params._sel_ref = sel  # type: ignore[attr-defined]
             return self._index, params
-        if self._use_gpu and k <= _GPU_MAX_K and self._config.nprobe <= _GPU_MAX_K:
+        if self._backend == "faiss-gpu" and k <= _GPU_MAX_K and self._config.nprobe <= _GPU_MAX_K:
             if self._gpu_index is None:
                 try:
                     self._gpu_index = faiss.index_cpu_to_gpu(_gpu_res(), 0, self._index)
@@ -876,11 +902,70 @@ class VectorIndex:
                     elif hasattr(self._gpu_index, "nprobe"):
                         self._gpu_index.nprobe = self._config.nprobe
                 except RuntimeError:
-                    log.warning("could not copy the index to the GPU; using the CPU", exc_info=True)
-                    self._use_gpu = False
-                    return self._index, None
+                    # e.g. a FAISS build without kernels for this GPU: torch may still search on it
+                    self._backend = "torch-cuda" if torch_cuda_available() else "cpu"
+                    log.warning("could not copy the index to the GPU; searching with %s", self._backend, exc_info=True)
+                    return self._search_target(k)
             return self._gpu_index, None
         return self._index, None
+
+    def _torch_replica(self) -> Any:
+        """The live vectors in a :class:`~indexer.torch_search.TorchFlatIndex` on the backend's device, or
+        ``None`` (and the backend falls back to ``"cpu"``) when they do not fit or cannot be read back."""
+        from .torch_search import TorchFlatIndex, cuda_memory_fits
+
+        device = "cuda" if self._backend == "torch-cuda" else "cpu"
+        cfg = self._config
+        n = len(self)
+        try:
+            if not cuda_memory_fits(n, self._dim, cfg.torch_dtype, device, cfg.gpu_memory_fraction):
+                log.warning(
+                    "%d vectors of dimension %d do not fit in %.0f%% of the GPU's free memory; searching on the CPU",
+                    n,
+                    self._dim,
+                    100 * cfg.gpu_memory_fraction,
+                )
+                self._backend = "cpu"
+                return None
+            replica = TorchFlatIndex(self._dim, device, cfg.torch_dtype)
+            replica.reserve(n)
+            for ids, vectors in self._live_blocks():
+                replica.add(ids, vectors, check_norms=False)  # (fp16 IVF storage: norms to ~1e-3)
+        except RuntimeError:
+            log.warning("could not copy the vectors to %s; searching on the CPU", device, exc_info=True)
+            self._backend = "cpu"
+            return None
+        log.info("searching %d vectors exactly with torch on %s (%s)", n, device, cfg.torch_dtype)
+        return replica
+
+    def _live_blocks(self, rows: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The live ``(ids (m,), vectors (m, dim) float32)`` read back from the CPU index, a block at a time
+        (tombstoned vectors left out). Raises ``RuntimeError`` when the index cannot give its vectors back."""
+        if isinstance(self._index, faiss.IndexIDMap2):
+            view = self._id_map_view()
+            inner = self._index.index
+            for start in range(0, int(inner.ntotal), rows):
+                count = min(rows, int(inner.ntotal) - start)
+                vectors = inner.reconstruct_n(start, count)
+                ids = view[start : start + count]
+                live = ids >= 0
+                yield ids[live].copy(), np.ascontiguousarray(vectors[live])
+            return
+        ivf = self._ivf()
+        if ivf is None:  # pragma: no cover - guarded by _make_index/_detect_kind
+            raise RuntimeError("index carries no ids")
+        invlists = ivf.invlists
+        coarse = ivf.coarse_code_size()
+        for lst in range(ivf.nlist):
+            size = invlists.list_size(lst)
+            if not size:
+                continue
+            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
+            codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * invlists.code_size)
+            # a standalone code is the list number (little-endian, coarse_code_size bytes) + the list's code
+            prefix = np.frombuffer(np.array([lst], dtype="<u8").tobytes()[:coarse], dtype=np.uint8)
+            full = np.hstack([np.broadcast_to(prefix, (size, coarse)), codes.reshape(size, invlists.code_size)])
+            yield ids, ivf.sa_decode(np.ascontiguousarray(full))
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change search-time settings in place (IVF ``nprobe``, HNSW ``ef_search``).

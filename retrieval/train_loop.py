@@ -44,6 +44,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_mean(losses: list[torch.Tensor]) -> float:
+    """The mean of one epoch's step losses (0-d tensors, on any device; 0.0 for none), read back to the host
+    once: a step that read its loss back would wait for the GPU every step."""
+    if not losses:
+        return 0.0
+    values = torch.stack([t.float() for t in losses]).cpu().numpy().astype(np.float64)
+    return float(np.mean(values))
+
+
 def last_path(out: str | Path) -> Path:
     """Where the resumable checkpoint of ``out`` lives: ``out`` + ``.last``."""
     out = Path(out)

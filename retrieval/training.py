@@ -34,10 +34,10 @@ from .functional import rmac_region_descriptors
 from .losses import batch_triplet_loss_with_stats, contrastive_loss
 from .metrics import retrieval_metrics
 from .mining import make_contrastive_tuples, positive_pairs, tuple_pairs
-from .model import EmbeddingNet, resolve_device
+from .model import EmbeddingNet, resolve_device, to_device
 from .pooling import RMAC
 from .resize import resize_longest
-from .train_loop import EpochLoop, last_path, seed_everything
+from .train_loop import EpochLoop, epoch_mean, last_path, seed_everything
 from .whitening import learn_pca_whitening, learn_supervised_whitening
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def embed_all(
     pending: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}  # shape -> images waiting for a batch
 
     def flush(items: list[tuple[int, np.ndarray]]) -> None:
-        x = torch.from_numpy(np.stack([p for _, p in items])).permute(0, 3, 1, 2).to(device)
+        x = to_device(torch.from_numpy(np.stack([p for _, p in items])), device).permute(0, 3, 1, 2)
         out[[j for j, _ in items]] = net(x, whiten=whiten).float().cpu().numpy()
 
     for i in range(len(images)):
@@ -274,7 +274,7 @@ class Trainer:
             losses, actives = [], []
             for step, batch in enumerate(batches):
                 if cfg.loss == "triplet":
-                    x = torch.stack([augment(train.load(int(i))) for i in batch]).to(self.device)
+                    x = to_device(torch.stack([augment(train.load(int(i))) for i in batch]), self.device)
                     out = batch_triplet_loss_with_stats(
                         net(x), torch.as_tensor(label_ids[batch], device=self.device), margin, cfg.triplet_strategy
                     )
@@ -283,7 +283,7 @@ class Trainer:
                 else:
                     uniq = np.unique(batch.reshape(-1))
                     pos = {int(j): k for k, j in enumerate(uniq)}
-                    vecs = net(torch.stack([augment(train.load(int(j))) for j in uniq]).to(self.device))
+                    vecs = net(to_device(torch.stack([augment(train.load(int(j))) for j in uniq]), self.device))
                     left, right, same = tuple_pairs(batch)
                     a = vecs[[pos[int(j)] for j in left]]
                     b = vecs[[pos[int(j)] for j in right]]
@@ -291,10 +291,10 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())  # read back once per epoch: no GPU sync per step
                 self.on_step(step + 1, len(batches))
             return {
-                "loss": float(np.mean(losses)) if losses else 0.0,
+                "loss": epoch_mean(losses),
                 "active": float(np.mean(actives)) if actives else 0.0,
             }
 
@@ -427,7 +427,7 @@ def region_descriptors(net: EmbeddingNet, images: LabelledImages, size: int, dev
     out = []
     for i in range(len(images)):
         pixels = resize_longest(images.load(i), size)
-        x = torch.tensor(pixels).permute(2, 0, 1)[None].to(device)  # a copy: the pixels may be read-only
+        x = to_device(torch.tensor(pixels), device).permute(2, 0, 1)[None]  # a copy: the pixels may be read-only
         fmap = net.features(net.normalise(x))
         out.append(rmac_region_descriptors(fmap, net.pool.levels)[0].float().cpu().numpy())
     net.train(was_training)

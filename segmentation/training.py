@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.model import resolve_device
+from retrieval.model import resolve_device, to_device
 from retrieval.resize import target_size
-from retrieval.train_loop import EpochLoop, last_path, seed_everything
+from retrieval.train_loop import EpochLoop, epoch_mean, last_path, seed_everything
 from retrieval.training import Augment, TrainConfig
 
 from .base import iou
@@ -310,15 +310,15 @@ class SegTrainer:
             losses = []
             for step, batch in enumerate(batches):
                 pairs = [augment(*train_set.load(int(i))) for i in batch]
-                x = torch.stack([p for p, _ in pairs]).to(self.device, non_blocking=True)
-                y = torch.stack([m for _, m in pairs])[:, None].to(self.device, non_blocking=True)
+                x = to_device(torch.stack([p for p, _ in pairs]), self.device)
+                y = to_device(torch.stack([m for _, m in pairs])[:, None], self.device)
                 loss = dice_bce_loss(net(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())  # read back once per epoch: no GPU sync per step
                 self.on_step(step + 1, len(batches))
-            return {"loss": float(np.mean(losses))}
+            return {"loss": epoch_mean(losses)}
 
         validate = None if val_set is None or len(val_set) == 0 else (lambda: mean_iou(net, val_set, size))
         result = loop.run(net, opt, train_epoch, validate, model_config=self.model_config.to_dict(), resume_from=ck)

@@ -89,3 +89,23 @@ def cpu_bf16() -> tuple[bool, str]:
 needs_cpu_bf16 = pytest.mark.skipif(
     not cpu_bf16()[0], reason=f"no oneDNN bf16 kernels on this CPU, bf16 would be emulated slowly ({cpu_bf16()[1]})"
 )
+
+
+def cuda_found() -> tuple[bool, str]:
+    """Whether torch sees a CUDA GPU, and a line saying what was found, for skip reasons."""
+    if torch.cuda.is_available():
+        return True, f"CUDA GPU: {torch.cuda.get_device_name(0)}"
+    return False, f"torch {torch.__version__} sees no CUDA GPU (built for CUDA {torch.version.cuda or 'none'})"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_cuda: needs a CUDA GPU (skipped without one); `python -m pytest -m needs_cuda` runs them all"
+    )
+
+
+def needs_cuda(test):
+    """Marks a test of a GPU path: selectable with ``-m needs_cuda``, and skipped, saying what was found, where
+    torch sees no CUDA GPU (the path's CPU twin is tested on every machine)."""
+    found, what = cuda_found()
+    return pytest.mark.needs_cuda(pytest.mark.skipif(not found, reason=f"needs a CUDA GPU: {what}")(test))

@@ -12,6 +12,7 @@ from indexer.vector_index import (
     VectorIndex,
     brute_force_search,
     faiss_gpu_available,
+    torch_cuda_available,
 )
 
 DIM = 32
@@ -282,6 +283,6 @@ def test_validation_errors():
 
 def test_gpu_probe():
     assert isinstance(faiss_gpu_available(), bool)
-    if not faiss_gpu_available():
-        with pytest.raises(RuntimeError):
+    if not faiss_gpu_available() and not torch_cuda_available():
+        with pytest.raises(RuntimeError, match="no GPU can be used"):
             VectorIndex.build(np.arange(3), random_vectors(3), IndexConfig(kind="flat", device="gpu"))
