@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import shutil
 import socket
 import threading
@@ -521,3 +522,19 @@ def test_people_are_named_only_when_the_server_allows_changes(page, served):
     page.wait_for_selector("#people-list .person")
     assert page.locator("#people-list form").count() == 0
     assert "read-only" in page.locator("#people-status").inner_text()
+
+
+def test_a_result_whose_picture_cannot_be_shown_says_why(page, served):
+    infos = served.collection.images(range(1, 50))
+    gone = next(i for i, info in infos.items() if info.path.endswith("photo_3.png"))
+    message = "photo_3.png is no longer on disk (lookalike index forgets it)"
+    page.route(
+        re.compile(rf"/api/v1/images/{gone}/thumbnail"),
+        lambda route: route.fulfill(status=410, json={"error": {"status": 410, "message": message}}),
+    )
+    open_app(page, served)
+    upload(page, served.folder / "photo_2.png")
+    error = page.locator(f'#results li.card[data-id="{gone}"] .thumb-error')
+    error.wait_for()
+    assert error.inner_text() == f"no preview: {message}"
+    assert len(cards(page)) == 9  # the result is listed all the same

@@ -151,7 +151,7 @@ class ImageScope {
           if (err.name === "AbortError") return;
           img.classList.remove("loading");
           img.classList.add("broken");
-          img.title = err.message;
+          img.after(h("span", { class: "thumb-error", text: `no preview: ${err.message}` }));
           if (err.status === 401) showError(err);
         })
         .finally(() => {
