@@ -74,8 +74,8 @@ def collection_home(tmp_path_factory) -> tuple[Path, Path, Path]:
     folder, queries = root / "photos", root / "queries"
     folder.mkdir()
     queries.mkdir()
-    for i in range(8):
-        draw_image(i, SIZE).save(folder / f"photo_{i}.png")
+    for i in range(8):  # photo 7 upright
+        draw_image(i, SIZE if i < 7 else SIZE[::-1]).save(folder / f"photo_{i}.png")
     shutil.copyfile(folder / "photo_0.png", folder / "photo_0 copy.png")
     pair = Image.new("RGB", (SIZE[0] * 2, SIZE[1]))
     pair.paste(draw_image(3, SIZE), (0, 0))
@@ -176,6 +176,9 @@ def test_an_uploaded_query_shows_result_thumbnails_in_score_order(page, served):
     assert [h["rank"] for h in hits] == list(range(1, 10))
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(h["shown"] for h in hits)
+    # every tile is square, whatever the picture's shape (photo 7 is upright)
+    sizes = page.eval_on_selector_all("#results .thumb", "els => els.map(e => [e.offsetWidth, e.offsetHeight])")
+    assert all(abs(w - h) <= 1 for w, h in sizes), sizes
     assert hits[0]["name"] == "photo_4.png" and hits[0]["score"] > 0.99
     # the page shows what the API answers for the same upload
     expected = served.collection.search_images([(served.folder / "photo_4.png").read_bytes()], k=9)[0].hits
