@@ -31,6 +31,7 @@ dimension 64) to show the script works; its figures are not GPU figures.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -352,10 +353,15 @@ def main() -> None:
     save = lambda: write_json(args.out, result, echo=False)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        folder, files, origin = photo_files(args.folder, max(args.images, args.train_images), args.smoke, tmp)
+        _, files, origin = photo_files(args.folder, max(args.images, args.train_images), args.smoke, tmp)
         result["photos"] = origin
         if "pipeline" not in skip:
-            result["pipeline"] = pipeline_section(folder, files[: args.images], runtime, args.rounds)
+            pipeline_folder = tmp / "pipeline"  # the photos the pipeline indexes, and only those
+            pipeline_folder.mkdir()
+            for f in files[: args.images]:
+                os.link(f, pipeline_folder / Path(f).name)
+            pipeline_files = sorted(str(p) for p in pipeline_folder.iterdir())
+            result["pipeline"] = pipeline_section(pipeline_folder, pipeline_files, runtime, args.rounds)
             save()
         if "precision" not in skip:
             result["precision"] = precision_section(files[: args.images], runtime, gpu)
