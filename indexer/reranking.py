@@ -208,7 +208,8 @@ def rerank_search(
     ``settings``: ``graph(k)`` gives the k-NN graph (diffusion), ``dba_vectors()`` the DBA vectors (dba),
     ``vectors_of`` the indexed vectors of ids (αQE). Padded with ``-1`` ids and ``-inf`` scores, like
     :meth:`VectorIndex.search`. Scores: cosine similarities (none, qe, dba: with the expanded query or the
-    augmented vectors), or the diffusion's scaled so each query's best is 1. Images identical to the query
+    augmented vectors), or the diffusion's, scaled so that each query's best hit scores its cosine similarity with
+    the query (the others less, in the diffusion's proportions). Images identical to the query
     (cosine at least :data:`IDENTICAL`) come first whatever the method, scored 1."""
     q = np.ascontiguousarray(queries, np.float32)
     method = settings.method
@@ -313,7 +314,8 @@ def _diffusion_rank(
         f = diffusion_scores(local, local_s, seeds, plain[None, : seeds.shape[1]], settings)[0]
         # ties (nodes the diffusion did not reach) keep the plain order: plain scores are below every f > 0
         order = np.lexsort((-plain, -f))[:k]
-        s, i = f[order], nodes[order]
+        # scaled so that the best hit scores its cosine similarity: the top score keeps its meaning
+        s, i = f[order] * (plain[order[0]] if order.size else 1.0), nodes[order]
         pad = k - s.size
         out_s.append(np.pad(s, (0, pad), constant_values=-np.inf))
         out_i.append(np.pad(i, (0, pad), constant_values=-1))
