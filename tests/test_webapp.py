@@ -541,3 +541,26 @@ def test_a_result_whose_picture_cannot_be_shown_says_why(page, served):
     error.wait_for()
     assert error.inner_text() == f"no preview: {message}"
     assert len(cards(page)) == 9  # the result is listed all the same
+
+
+def test_without_the_region_feature_the_box_control_is_absent(page, served):
+    def no_box(route) -> None:
+        response = route.fetch()
+        stats = response.json()
+        stats["features"]["box"] = False
+        route.fulfill(response=response, json=stats)
+
+    page.route("**/api/v1/stats", no_box)
+    open_app(page, served)
+    upload(page, served.folder / "photo_2.png")
+    wait_for_thumbnails(page, 9)
+    assert page.locator("#region").is_hidden()
+    searches = [u for u in page.requests if u.endswith("/api/v1/search")]
+    img = page.locator("#query-img").bounding_box()
+    page.mouse.move(img["x"] + 5, img["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(img["x"] + img["width"] / 2, img["y"] + img["height"] / 2, steps=3)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    assert page.locator("#box").is_hidden()
+    assert [u for u in page.requests if u.endswith("/api/v1/search")] == searches
