@@ -292,7 +292,11 @@ def _parse_box(
 @main.command()
 @click.argument("queries", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Results per query.")
-@click.option("--threshold", type=float, help="Only results with a score (cosine similarity) at least this.")
+@click.option(
+    "--threshold",
+    type=float,
+    help="Only results with a score at least this (cosine similarity; re-ranked, its best hit's cosine at most).",
+)
 @click.option(
     "--box",
     callback=_parse_box,
