@@ -532,7 +532,7 @@ def test_a_result_whose_picture_cannot_be_shown_says_why(page, served):
     gone = next(i for i, info in infos.items() if info.path.endswith("photo_3.png"))
     message = "photo_3.png is no longer on disk (lookalike index forgets it)"
     page.route(
-        re.compile(rf"/api/v1/images/{gone}/thumbnail"),
+        re.compile(rf"/api/v1/images/{gone}/(thumbnail|file)"),
         lambda route: route.fulfill(status=410, json={"error": {"status": 410, "message": message}}),
     )
     open_app(page, served)
@@ -541,6 +541,12 @@ def test_a_result_whose_picture_cannot_be_shown_says_why(page, served):
     error.wait_for()
     assert error.inner_text() == f"no preview: {message}"
     assert len(cards(page)) == 9  # the result is listed all the same
+    card = page.locator(f'#results li.card[data-id="{gone}"]')
+    card.hover()
+    card.get_by_role("button", name="View photo_3.png full size").click()
+    page.locator("#viewer-error").wait_for()
+    assert page.locator("#viewer-error").inner_text() == message
+    assert page.locator("#viewer-img").is_hidden()
 
 
 def test_without_the_region_feature_the_box_control_is_absent(page, served):

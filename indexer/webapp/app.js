@@ -305,8 +305,10 @@ const viewer = {
     img.removeAttribute("src");
     img.alt = image.name;
     img.classList.add("loading");
+    img.hidden = false;
     setInlineError($("viewer-error"), null);
     $("viewer-open").removeAttribute("href");
+    $("viewer-open").hidden = false;
     $("viewer-similar").hidden = !state.features.search;
     if (!dialog.open) dialog.showModal();
     try {
@@ -314,6 +316,9 @@ const viewer = {
       img.src = url;
       $("viewer-open").href = url;
     } catch (err) {
+      if (err.name === "AbortError") return;
+      img.hidden = true;
+      $("viewer-open").hidden = true;
       setInlineError($("viewer-error"), err);
     } finally {
       img.classList.remove("loading");
