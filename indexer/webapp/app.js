@@ -382,9 +382,9 @@ const search = {
     document.addEventListener("drop", (event) => {
       drop.classList.remove("dragging");
       const file = event.dataTransfer && event.dataTransfer.files[0];
-      if (!file || !state.features.search) return;
-      event.preventDefault();
-      this.fromFile(file);
+      if (!file) return;
+      event.preventDefault(); // a file dropped anywhere never replaces the app
+      if (state.features.search) this.fromFile(file);
     });
     document.addEventListener("paste", (event) => {
       if (!state.features.search || event.target.closest?.("input, textarea")) return;
