@@ -3,7 +3,7 @@
 Sections (each writes the JSON as soon as it ends, so a run cut short keeps what it measured):
 
 1. ``pipeline``: real photos (default: ``--images`` JPEGs of ../shared/data/lfw/lfw-deepfunneled, copied to a
-   temporary folder) on ``--device`` (auto: the GPU when torch sees one). ``bare``: the photos decoded and
+   temporary folder, each under ``--repeat`` names) on ``--device`` (auto: the GPU when torch sees one). ``bare``: the photos decoded and
    batched by shape beforehand, only ``Embedder.embed_batch`` timed; ``pipeline``: ``Collection.index_folder``
    into a fresh collection (scan, hash, decoding threads, network, SQLite, FAISS), as ``lookalike index``
    runs it. Rounds interleaved; the figure of merit is the median ratio pipeline / bare (goal >= 0.8) and the
@@ -18,11 +18,15 @@ Sections (each writes the JSON as soon as it ends, so a run cut short keeps what
 4. ``training``: images/s of one epoch of ``Trainer`` (triplet loss, default model at ``--train-size`` px,
    batch 32) and of ``SegTrainer`` (U-Net at 192 px, batch 8) on the same photos held in memory (pseudo
    labels: every 4 photos one class; pseudo masks: a centred ellipse).
-5. ``cuda_tests``: ``python -m pytest -m needs_cuda tests/test_gpu.py``: its summary line and exit status.
+5. ``cuda_tests``: ``python -m pytest -m needs_cuda -rs tests/test_gpu.py``: its summary line and exit status
+   (and the end of its output when it failed).
 
 On a GPU machine, from the repository root (one command; a few minutes):
 
     python -m benchmarks.bench_gpu [--folder DIR] [--out /path/gpu.json]
+
+On a lent GPU machine whose image lacks some of the project's packages and cannot reach a registry,
+``benchmarks/gpu_prepare.sh`` gathers wheels and photos here and prints the command to run there.
 
 Here, on a CPU, ``--smoke`` runs every section at tiny sizes (a few photos, 2,000 / 20,000 vectors of
 dimension 64) to show the script works; its figures are not GPU figures.
@@ -305,14 +309,28 @@ def training_section(photos: list[np.ndarray], device: str, size: int, seg_size:
 
 
 def cuda_tests_section() -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-m", "needs_cuda", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "needs_cuda",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_gpu.py",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     lines = [line for line in run.stdout.strip().splitlines() if line.strip()]
-    return {
-        "command": " ".join(cmd[1:]),
+    out: dict[str, Any] = {
+        "command": "python " + " ".join(cmd[1:]),
         "returncode": run.returncode,
         "summary": lines[-1] if lines else run.stderr[-500:],
     }
+    if run.returncode != 0:  # what failed, and why
+        out["output_tail"] = lines[-60:]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -324,6 +342,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="where the network runs (default auto: the GPU if any)")
     ap.add_argument("--folder", type=Path, help=f"real photos (default {DEFAULT_FOLDER})")
     ap.add_argument("--images", type=int, default=4096, help="photos for the pipeline and training (default 4096)")
+    ap.add_argument("--repeat", type=int, default=1, help="pipeline: index each photo under this many names")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sizes", default="1000000,10000000", help="search: collection sizes (default 1M,10M)")
     ap.add_argument("--dim", type=int, default=256, help="search: vector dimension (default 256)")
@@ -359,7 +378,8 @@ def main() -> None:
             pipeline_folder = tmp / "pipeline"  # the photos the pipeline indexes, and only those
             pipeline_folder.mkdir()
             for f in files[: args.images]:
-                os.link(f, pipeline_folder / Path(f).name)
+                for r in range(args.repeat):  # each photo under --repeat names: more images than were carried
+                    os.link(f, pipeline_folder / f"{r}_{Path(f).name}")
             pipeline_files = sorted(str(p) for p in pipeline_folder.iterdir())
             result["pipeline"] = pipeline_section(pipeline_folder, pipeline_files, runtime, args.rounds)
             save()
