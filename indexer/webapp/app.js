@@ -786,7 +786,7 @@ const duplicates = {
     const extra = this.groups.reduce((n, g) => n + g.files.filter((f) => !f.keep).length, 0);
     const at = answer.threshold !== null && answer.threshold !== undefined ? ` (threshold ${answer.threshold})` : "";
     $("dup-status").textContent = this.groups.length
-      ? `${plural(this.groups.length, "group")} of copies, ${plural(files, "file")}; ${plural(extra, "copy", "copies")} besides the suggested keepers${at}.`
+      ? `${plural(this.groups.length, "group")} of copies, ${plural(files, "file")}; ${plural(extra, "copy", "copies")} besides the suggested keeper${this.groups.length === 1 ? "" : "s"}${at}.`
       : `No duplicates found${at}.`;
     this.more();
   },
