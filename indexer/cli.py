@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -50,6 +50,9 @@ from .settings import (
 )
 from .store import default_home
 from .thumbnails import THUMBNAIL_DIR, Thumbnails
+
+if TYPE_CHECKING:  # the engine (and torch behind it) is imported when a command opens a collection
+    from .engine import Collection, QueryResult
 
 __all__ = ["EXIT_EMPTY", "EXIT_SKIPPED", "main"]
 
@@ -289,6 +292,18 @@ def _parse_box(
     return x, y, w, h
 
 
+def _write_explanations(coll: Collection, results: list[QueryResult], out: Path, box: tuple | None) -> None:
+    """One folder of pictures per query (only the folder itself for a single query)."""
+    answered = [r for r in results if not r.error and r.hits]
+    for n, r in enumerate(answered, 1):
+        folder = out if len(answered) == 1 else out / f"{n:03d}-{Path(r.query).stem}"
+        done = coll.explain(r.query, r.hits, folder, box=box)
+        for e in done:
+            if e.error:
+                click.echo(f"cannot explain {e.hit_path}: {e.error}", err=True)
+        click.echo(f"explained {sum(e.picture is not None for e in done)} hits of {r.query} in {folder}", err=True)
+
+
 @main.command()
 @click.argument("queries", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Results per query.")
@@ -315,6 +330,12 @@ def _parse_box(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML page of the results (thumbnails embedded) to this file.",
 )
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write, into this folder, a picture per hit showing which part of it matched the query.",
+)
 @click.pass_context
 @library_errors
 def search(
@@ -326,6 +347,7 @@ def search(
     rerank: str | None,
     as_json: bool,
     html_out: Path | None,
+    explain_dir: Path | None,
 ) -> None:
     """Find the images that look most like each query IMAGE (files or folders of images).
 
@@ -337,6 +359,8 @@ def search(
     results = coll.search(
         paths, k=k, threshold=threshold, progress=TqdmProgress() if len(paths) > 1 else None, box=box, rerank=rerank
     )
+    if explain_dir is not None:
+        _write_explanations(coll, results, explain_dir, box)
     if html_out is not None:
         thumbs = Thumbnails(Path(coll.home) / THUMBNAIL_DIR)  # the collection's cache, shared with `serve`
         click.echo(f"report: {write_report(results, html_out, thumbnails=thumbs)}", err=True)

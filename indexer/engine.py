@@ -29,6 +29,7 @@ from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 from . import db, sync
 from .db import ERROR, INDEXED, PENDING, ImageRecord
 from .errors import CollectionBusyError, LookalikeError, ModelMismatchError, SettingsError
+from .explain import Explanation, explain_hits
 from .imageio import DEFAULT_MAX_PIXELS, Box
 from .index_cache import IndexCache, RowVectors
 from .knn_graph import DEFAULT_K, GraphCache, KnnGraph, indexed_fingerprints
@@ -548,6 +549,16 @@ class Collection(Store):
         limit, content check); ``names`` label the results (default ``upload 1``, ...)."""
         labels = list(names) if names is not None else [f"upload {i + 1}" for i in range(len(images))]
         return self._search_sources(list(images), labels, k, threshold, progress, box, rerank)
+
+    def explain(
+        self, query: Source | Path, hits: Sequence[SearchHit], out_dir: str | Path, box: Box | None = None
+    ) -> list[Explanation]:
+        """Pictures of why each hit matched ``query`` (a file or encoded bytes, searched with ``box``): the hit
+        under a similarity heat map, the best-matching part boxed (:func:`indexer.explain.explain_hits`)."""
+        source = str(Path(query).expanduser().resolve()) if isinstance(query, (str, Path)) else query
+        return explain_hits(
+            self._get_embedder(), source, hits, out_dir, box=box, masker=self._get_masker(), max_pixels=self.max_pixels
+        )
 
     def search_ids(
         self,

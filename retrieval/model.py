@@ -203,6 +203,7 @@ class Embedder:
     def feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 RGB -> the backbone's feature map ``(N, C, h, w)`` float32 (before pooling):
         what each part of the picture contributes, for showing where two pictures match."""
+        pixels = pixels if pixels.flags.writeable else pixels.copy()  # torch wants memory it may write
         t = to_device(torch.as_tensor(np.ascontiguousarray(pixels)), self.device).permute(0, 3, 1, 2)
         with self._autocast():
             out = self.net.features(self.net.normalise(t))

@@ -41,6 +41,9 @@ class CountingEmbedder:
         self.counter[0] += len(pixels)
         return self.inner.embed_batch(pixels, mask)
 
+    def feature_map(self, pixels):
+        return self.inner.feature_map(pixels)
+
 
 def open_collection(
     home: Path,
