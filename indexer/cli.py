@@ -136,6 +136,12 @@ def main(
 )
 @mask_options
 @click.option(
+    "--objects/--no-objects",
+    default=None,
+    help="Also index each object found in an image (instances of the --mask segmenter's mask; a grid of windows "
+    "without one), so a search finds images by their best-matching part (stored; switching re-embeds).",
+)
+@click.option(
     "--reembed", is_flag=True, help="Re-embed everything when the model or mask options differ from the collection's."
 )
 @click.option(
@@ -169,6 +175,7 @@ def index(
     index_kind: str | None,
     mask_spec: str | None,
     mask_apply: str | None,
+    objects: bool | None,
     reembed: bool,
     exclude: tuple[str, ...],
     include: tuple[str, ...],
@@ -190,7 +197,10 @@ def index(
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
         wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)
     rerank_cfg = settings_with(coll.rerank_settings, method=rerank) if rerank else None
-    coll.configure(model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask, rerank=rerank_cfg)
+    objects_cfg = settings_with(coll.object_settings, enabled=objects) if objects is not None else None
+    coll.configure(
+        model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask, rerank=rerank_cfg, objects=objects_cfg
+    )
     if include:
         coll.include(include)
     if exclude:
@@ -372,6 +382,7 @@ def search(
                 "rerank": r.rerank,
                 "results": [
                     {"rank": i + 1, "path": h.path, "score": round(h.score, 6), "id": h.id}
+                    | ({"box": list(h.box)} if h.box is not None else {})
                     for i, h in enumerate(r.hits)
                 ],
             }
@@ -389,7 +400,8 @@ def search(
             if not r.hits:
                 click.echo("  no results" + (f" with score >= {threshold}" if threshold is not None else ""))
             for i, h in enumerate(r.hits):
-                click.echo(f"  {i + 1:>3}  {h.score:.4f}  {h.path}")
+                part = f"  (box {','.join(map(str, h.box))})" if h.box is not None else ""
+                click.echo(f"  {i + 1:>3}  {h.score:.4f}  {h.path}{part}")
     if any(r.error for r in results):
         ctx.exit(EXIT_SKIPPED)
 
@@ -420,6 +432,11 @@ def stats(ctx: click.Context, as_json: bool, show_errors: bool) -> None:
     click.echo(
         f"masking:   {st.mask}"
         + (f" ({st.mask_fallbacks} images embedded whole: no usable mask)" if st.mask_fallbacks else "")
+    )
+    click.echo(
+        f"objects:   {st.objects}"
+        + (f", {st.object_vectors} object vectors" if st.objects != "whole images only" else "")
+        + (f" ({st.object_fallbacks} images: nothing found, grid windows)" if st.object_fallbacks else "")
     )
     for path, reason in errors:
         click.echo(f"  {path}: {reason}")

@@ -34,6 +34,19 @@ from .imageio import DEFAULT_MAX_PIXELS, Box
 from .index_cache import IndexCache, RowVectors
 from .knn_graph import DEFAULT_K, GraphCache, KnnGraph, indexed_fingerprints
 from .masking import Masker, MaskSettings
+from .objects import (
+    OBJECTS_INDEX_FILE,
+    OBJECTS_STATE_FILE,
+    ImageObjects,
+    ObjectRecord,
+    ObjectSettings,
+    RememberingMasker,
+    best_parts,
+    count_objects,
+    embed_objects,
+    object_rows,
+    owners,
+)
 from .pipeline import Source, batch_and_workers, embed_files
 from .reranking import DbaCache, rerank_search
 from .settings import build_embedder, build_masker
@@ -86,6 +99,9 @@ class SearchHit:
     score: float
     width: int | None = None
     height: int | None = None
+    #: objects collections: the part of the image that matched, ``(x, y, w, h)`` in pixels of the image as
+    #: shown; ``None``: the whole image
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -128,6 +144,10 @@ class Stats:
     mask: str = "whole images"
     #: images embedded whole in a masked collection because their mask was unusable
     mask_fallbacks: int = 0
+    objects: str = "whole images only"
+    #: objects collections: object vectors, and images whose objects are the fallback windows (nothing found)
+    object_vectors: int = 0
+    object_fallbacks: int = 0
 
 
 @dataclass
@@ -172,7 +192,18 @@ class Collection(Store):
         self._embedder: Embedder | None = None
         self._masker_factory = masker_factory
         self._masker: Masker | None = None
-        self._sync = FileSync(ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None))
+        self._sync = FileSync(
+            ImageRecord, db.VECTOR_VERSION, reset=dict(vector=None), dependents=ImageObjects(), own_vectors=True
+        )
+        #: objects collections (:mod:`indexer.objects`): the index of object vectors, beside the image index
+        self._objects = IndexCache(
+            self,
+            IndexFile(self.home, OBJECTS_INDEX_FILE, OBJECTS_STATE_FILE),
+            db.VECTOR_VERSION,
+            RowVectors(ObjectRecord, (), "model_dim", self._transform),
+            config=lambda: self.index_config,
+            name="object index",
+        )
         self._cache = IndexCache(
             self,
             IndexFile(self.home, INDEX_FILE, INDEX_STATE_FILE),
@@ -204,6 +235,13 @@ class Collection(Store):
         with self.session() as s:
             d = db.get_setting(s, "mask")
         return MaskSettings() if d is None else MaskSettings.from_dict(d)
+
+    @property
+    def object_settings(self) -> ObjectSettings:
+        """Whether images are indexed as their objects too (:mod:`indexer.objects`)."""
+        with self.session() as s:
+            d = db.get_setting(s, "objects")
+        return ObjectSettings() if d is None else ObjectSettings.from_dict(d)
 
     @property
     def index_config(self) -> IndexConfig:
@@ -243,8 +281,9 @@ class Collection(Store):
         reembed: bool = False,
         mask: MaskSettings | None = None,
         rerank: RerankSettings | None = None,
+        objects: ObjectSettings | None = None,
     ) -> None:
-        """Set the collection's model / index / whitening / mask / re-ranking settings.
+        """Set the collection's model / index / whitening / mask / re-ranking / objects settings.
 
         A model or masking different from the one that made the stored vectors is refused with
         :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
@@ -265,6 +304,18 @@ class Collection(Store):
                 if has_vectors:
                     self._reset_vectors(s)
                 db.set_setting(s, "mask", mask.to_dict())
+            stored_objects = db.get_setting(s, "objects")
+            before_objects = ObjectSettings.from_dict(stored_objects) if stored_objects else ObjectSettings()
+            if objects is not None and before_objects != objects:
+                has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
+                if has_vectors and not reembed:
+                    raise ModelMismatchError(
+                        f"this collection was embedded with {before_objects.describe()}, not {objects.describe()}; "
+                        f"re-run with --reembed to re-embed all {has_vectors} images, or use another --home"
+                    )
+                if has_vectors:
+                    self._reset_vectors(s)
+                db.set_setting(s, "objects", objects.to_dict())
             stored = db.get_setting(s, "model")
             if model is not None:
                 if stored is not None and ModelConfig.from_dict(stored) != model:
@@ -293,6 +344,7 @@ class Collection(Store):
                 db.set_setting(s, "rerank", rerank.to_dict())
         self._embedder = embedder
         self._cache.forget()
+        self._objects.forget()
         self._graph.forget()
         self._dba.forget()
 
@@ -320,6 +372,7 @@ class Collection(Store):
         s.execute(
             update(ImageRecord).values(vector=None, status=PENDING, size=-1, mask_fraction=None, mask_fallback=None)
         )
+        s.execute(delete(ObjectRecord))
         db.set_blob(s, "whitening", None)
         db.bump_vector_version(s)
 
@@ -364,6 +417,7 @@ class Collection(Store):
             progress,
             description="embedding",
             prepare=prepare,
+            derived_cache=self._objects if self.object_settings.enabled else None,
         )
         self._refresh_rerank_caches()
         return report
@@ -386,7 +440,10 @@ class Collection(Store):
 
     def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
         embedder = self._get_embedder()
-        masker = self._get_masker()
+        masker: Masker | RememberingMasker | None = self._get_masker()
+        objects = self.object_settings
+        if objects.enabled and masker is not None:  # the objects pass reuses the pipeline's masks
+            masker = RememberingMasker(masker)  # type: ignore[arg-type]
         with self.session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
         paths = [p for _, p in todo]
@@ -396,7 +453,7 @@ class Collection(Store):
             batch_size=self.runtime.batch_size,
             workers=self.runtime.workers,
             max_pixels=self.max_pixels,
-            masker=masker,
+            masker=masker,  # type: ignore[arg-type]
         ):
             row_id = todo[out.index][0]
             if out.error is not None:
@@ -415,6 +472,11 @@ class Collection(Store):
                     content_hash=out.content_hash,
                     mask_fraction=out.mask_fraction,
                     mask_fallback=out.mask_fallback,
+                ),
+                rows=(
+                    object_rows(row_id, *embed_objects(paths[out.index], embedder, masker, objects, self.max_pixels))  # type: ignore[arg-type]
+                    if objects.enabled
+                    else ()
                 ),
                 indexed=True,
             )
@@ -664,7 +726,38 @@ class Collection(Store):
                 f"query vectors have dimension {queries.shape[1]} but the index {index.dim}; "
                 "run lookalike doctor --repair"
             )
-        return self._live_hits(index, queries, k, threshold, rerank or RerankSettings())
+        hits = self._live_hits(index, queries, k, threshold, rerank or RerankSettings())
+        return self._best_parts(queries, hits, k, threshold) if self.object_settings.enabled else hits
+
+    def _best_parts(
+        self, queries: np.ndarray, hits: list[list[SearchHit]], k: int, threshold: float | None
+    ) -> list[list[SearchHit]]:
+        """Objects collections: each query's image hits merged with its best object matches, every image
+        ranked by its best-matching part (an object's box, or the whole image). Re-ranking applies to the image
+        vectors only; object scores are cosine similarities (of whitened vectors when the collection whitens)."""
+        objects = self._objects.current()
+        if not len(objects):
+            return hits
+        scores, ids = objects.search(queries, min(len(objects), 4 * k + 16))
+        with self.session() as s:
+            owner = owners(s, [int(i) for i in ids.ravel() if i >= 0])
+        rows = self._rows_of([image_id for image_id, _ in owner.values()])
+        out = []
+        for row, image_hits in enumerate(hits):
+            parts = [(h.id, h.score, None) for h in image_hits]
+            for sc, i in zip(scores[row], ids[row]):
+                if i >= 0 and int(i) in owner and (threshold is None or sc >= threshold):
+                    parts.append((owner[int(i)][0], float(sc), owner[int(i)][1]))
+            by_id = {h.id: h for h in image_hits}
+            merged = []
+            for image_id, sc, box in best_parts(parts):
+                if image_id in by_id:
+                    merged.append(dataclasses.replace(by_id[image_id], score=sc, box=box))
+                elif image_id in rows and os.path.exists(rows[image_id][0]):
+                    path, width, height = rows[image_id]
+                    merged.append(SearchHit(image_id, path, sc, width, height, box))
+            out.append(merged[:k])
+        return out
 
     def _live_hits(
         self, index: VectorIndex, queries: np.ndarray, k: int, threshold: float | None, rerank: RerankSettings
@@ -729,12 +822,16 @@ class Collection(Store):
                         )
                     )
                 )
+                gone_objects: set[int] = set()
                 for chunk in chunks(ids, 500):
+                    gone_objects |= self._sync.dependents.drop(s, chunk)  # type: ignore[union-attr]
                     s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                 if ids:
                     db.bump_vector_version(s)
             if ids:
                 self._cache.update(start_version, set(), set(ids))
+                if self.object_settings.enabled:
+                    self._objects.update(start_version, set(), gone_objects)
         if ids:
             self._refresh_rerank_caches()
         if ids and exclude:
@@ -746,6 +843,7 @@ class Collection(Store):
             counts = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
             whitening = self._whitening(s)
             fallbacks = s.scalar(select(func.count()).where(ImageRecord.mask_fallback.is_not(None))) or 0
+            counts_of_objects = count_objects(s)
         model = self.model_config
         state = self._cache.files.read_state()
         return Stats(
@@ -762,7 +860,39 @@ class Collection(Store):
             whitening=f"PCA {whitening.in_dim} -> {whitening.out_dim}" if whitening else None,
             mask=self.mask_settings.describe(),
             mask_fallbacks=fallbacks,
+            objects=self.object_settings.describe(),
+            object_vectors=counts_of_objects.objects,
+            object_fallbacks=counts_of_objects.fallback_images,
         )
+
+    def _check_objects(self, report: DoctorReport, version: int, indexed: set[int], dim: int | None) -> set[int]:
+        """Doctor's check of the object index (objects collections): the file against the database, and the
+        objects' rows (of an indexed image, with a well-formed vector). Reports problems; returns the images
+        whose objects must be found again (the image ids of orphaned or malformed objects)."""
+        index, state = self._objects.load()
+        redo: set[int] = set()
+        object_ids: set[int] = set()
+        with self.session() as s:
+            for object_id, image_id, vec in s.execute(
+                select(ObjectRecord.id, ObjectRecord.image_id, ObjectRecord.vector)
+            ):
+                object_ids.add(object_id)
+                if image_id not in indexed or vec is None or len(vec) % 4 or (dim and len(vec) // 4 != dim):
+                    redo.add(image_id)
+        if redo:
+            report.problems.append(f"the objects of {len(redo)} images are orphaned or have a malformed vector")
+        if index is None:
+            report.problems.append("the object index file is missing or unreadable")
+        else:
+            if state is None or state.get("version") != version:
+                report.problems.append("the object index file is older than the database")
+            in_index = set(int(i) for i in index.ids())
+            if in_index != object_ids:
+                report.problems.append(
+                    f"object index and database disagree: {len(in_index - object_ids)} ids only in the index, "
+                    f"{len(object_ids - in_index)} only in the database"
+                )
+        return redo
 
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every image that could not be indexed."""
@@ -827,6 +957,10 @@ class Collection(Store):
                     )
             if report.missing_files:
                 report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
+            objects_on = self.object_settings.enabled
+            redo_objects: set[int] = set()  # images whose objects are orphaned or malformed
+            if objects_on:
+                redo_objects = self._check_objects(report, version, db_ids, expected_dim)
             # the k-NN graph and the DBA vectors, caches like the index (optional: no file is no problem)
             checked = [(c, c.check()) for c in (self._graph, self._dba)]
             caches = [c for c, problem in checked if problem is not None]
@@ -834,6 +968,12 @@ class Collection(Store):
             if not repair or report.ok:
                 return report
             with self.session() as s, s.begin():
+                drop_objects = self._sync.dependents.drop  # type: ignore[union-attr]
+                if redo_objects:
+                    for chunk in chunks(sorted(redo_objects), 500):
+                        drop_objects(s, chunk)
+                        s.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk)).values(status=PENDING, size=-1))
+                    report.repaired.append(f"the objects of {len(redo_objects)} images dropped, to find again")
                 if bad_vectors or len(dims) > 1:
                     for chunk in chunks(bad_vectors, 500):
                         s.execute(
@@ -847,6 +987,7 @@ class Collection(Store):
                         )
                 if missing_ids:
                     for chunk in chunks(missing_ids, 500):
+                        drop_objects(s, chunk)
                         s.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
                     report.repaired.append(f"forgot {len(missing_ids)} images whose files are gone")
                 db.bump_vector_version(s)
@@ -854,6 +995,10 @@ class Collection(Store):
             index = self._cache.build()
             self._cache.save(index, version)
             report.repaired.append(f"rebuilt the {index.kind} index from the database ({len(index)} vectors)")
+            if objects_on:
+                objects = self._objects.build()
+                self._objects.save(objects, version)
+                report.repaired.append(f"rebuilt the object index from the database ({len(objects)} vectors)")
             for cache in caches:
                 cache.file.path.unlink(missing_ok=True)
                 cache.forget()

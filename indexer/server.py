@@ -185,6 +185,9 @@ class ImageOut(BaseModel):
 class HitOut(ImageOut):
     score: float
     rank: int = Field(description="1-based")
+    box: list[int] | None = Field(
+        None, description="objects collections: the part that matched, x, y, w, h in pixels; null: the whole image"
+    )
 
 
 class QueryOut(BaseModel):
@@ -504,7 +507,12 @@ class Service:
 
     def hits_out(self, result: QueryResult, folder: str) -> list[HitOut]:
         return [
-            HitOut(**self.image_out(h.id, h.path, h.width, h.height, folder).model_dump(), score=h.score, rank=n)
+            HitOut(
+                **self.image_out(h.id, h.path, h.width, h.height, folder).model_dump(),
+                score=h.score,
+                rank=n,
+                box=list(h.box) if h.box is not None else None,
+            )
             for n, h in enumerate(result.hits, 1)
         ]
 

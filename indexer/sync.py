@@ -111,6 +111,9 @@ class SyncChanges:
     refresh: set[int] = field(default_factory=set)
     #: Index ids whose vectors are gone.
     removed: set[int] = field(default_factory=set)
+    #: A table that holds vectors and has dependents too (images and their objects): the dependents' index ids
+    #: that are gone (they have an index of their own).
+    derived_removed: set[int] = field(default_factory=set)
 
 
 class FileSync:
@@ -118,17 +121,24 @@ class FileSync:
 
     ``reset`` are the extra column values that undo a row's processing when its file changed (e.g.
     ``vector=None``). Without ``dependents`` the tracked row holds the vector itself and its id is the index
-    id; with them, the derived rows hold the vectors and follow their file. ``version_key`` is the setting
+    id; with them, the derived rows hold the vectors and follow their file, unless ``own_vectors``: then both
+    do (an image's vector and its objects'), each kind in an index of its own. ``version_key`` is the setting
     counting the changes of the vectors (bumped, in the same transaction, when vectors leave the index).
     """
 
     def __init__(
-        self, model: type, version_key: str, reset: dict[str, Any] | None = None, dependents: Dependents | None = None
+        self,
+        model: type,
+        version_key: str,
+        reset: dict[str, Any] | None = None,
+        dependents: Dependents | None = None,
+        own_vectors: bool | None = None,
     ) -> None:
         self.model = model
         self.version_key = version_key
         self.reset = dict(reset or {})
         self.dependents = dependents
+        self.own_vectors = dependents is None if own_vectors is None else own_vectors
 
     def known_under(self, s: Session, root: Path) -> list[KnownFile]:
         m = self.model
@@ -201,12 +211,13 @@ class FileSync:
             out.todo.append((row_id, f.path))
             redo.append(row_id)
             report.changed += 1
-        if self.dependents is None:
+        if self.own_vectors:
             out.refresh.update(redo)
             out.removed.update(plan.removed)
-        else:
+        if self.dependents is not None:
+            gone = out.derived_removed if self.own_vectors else out.removed
             for chunk in chunks(redo + plan.removed, 500):
-                out.removed |= self.dependents.drop(s, chunk)
+                gone |= self.dependents.drop(s, chunk)
         for chunk in chunks(plan.removed, 500):
             s.execute(delete(m).where(m.id.in_(chunk)))
         report.removed = len(plan.removed)
@@ -217,7 +228,7 @@ class FileSync:
             s.add_all(rows)
             s.flush()
             out.todo.extend((r.id, r.path) for r in rows)
-        if out.refresh or out.removed:
+        if out.refresh or out.removed or out.derived_removed:
             db.bump_vector_version(s, self.version_key)
         log.info(
             "scan of %s: %d new, %d changed, %d moved, %d removed, %d unchanged, %d resumed",
@@ -239,7 +250,8 @@ class BatchWriter:
     derived rows it produced. The batch is committed in one transaction that also bumps ``version_key``: as
     soon as the first result exists, then every ``store.commit_every`` files or ``commit_seconds``, whichever
     comes first, so an interrupted run keeps nearly all its work. ``changed`` collects the index ids of the
-    vectors committed: the tracked rows put with ``indexed=True``, and the derived rows. Used as a context
+    vectors committed: the tracked rows put with ``indexed=True`` (also in ``tracked``), and the derived rows
+    (also in ``derived``). Used as a context
     manager, it starts and finishes the progress bar, times the work into ``report.embed_seconds`` and
     commits what is left, also when the work is interrupted (every result put is complete).
     """
@@ -261,6 +273,8 @@ class BatchWriter:
         self.progress = progress or NullProgress()
         self.report, self.description, self.total = report, description, total
         self.changed: set[int] = set()
+        self.tracked: set[int] = set()
+        self.derived: set[int] = set()
         self._values: list[dict[str, Any]] = []
         self._rows: list[Any] = []
         self._indexed: list[int] = []
@@ -306,6 +320,8 @@ class BatchWriter:
                 s.add_all(self._rows)
                 s.flush()
             db.bump_vector_version(s, self.version_key)
+        self.tracked.update(self._indexed)
+        self.derived.update(r.id for r in self._rows)
         self.changed.update(self._indexed)
         self.changed.update(r.id for r in self._rows)
         self.done += len(self._values)
@@ -327,9 +343,12 @@ def index_folder(
     progress: Progress | None = None,
     description: str = "embedding",
     prepare: Callable[[], None] | None = None,
+    derived_cache: IndexCache | None = None,
 ) -> VectorIndex:
     """Sync ``store``'s ``sync.model`` table with ``folder`` and bring ``cache`` up to date, under the write
-    lock; ``prepare`` runs first inside the lock. Fills ``report``; returns the up-to-date index."""
+    lock; ``prepare`` runs first inside the lock. Fills ``report``; returns the up-to-date index.
+    ``derived_cache``: the index of the dependents' vectors when the tracked rows hold vectors too (it shares
+    ``cache``'s version counter), brought up to date as well."""
     t_start = time.perf_counter()
     root, scan = scan_root(folder)
     exclusions = store.exclusions
@@ -344,7 +363,7 @@ def index_folder(
         start_version = cache.version()
         with store.session() as s, s.begin():
             changes = sync.apply(s, root, scan, report)
-        changed = set(changes.refresh)
+        changed, derived = set(changes.refresh), set()
         interrupted: BatchWriter | None = None
         if changes.todo:
             writer = BatchWriter(store, sync.model, sync.version_key, progress, report, description, len(changes.todo))
@@ -353,8 +372,12 @@ def index_folder(
                     process(changes.todo, report, writer)
             except KeyboardInterrupt:
                 interrupted = writer
-            changed |= writer.changed
+            changed |= writer.changed if derived_cache is None else writer.tracked
+            derived = writer.derived
+        before = cache.version()
         index = cache.update(start_version, changed, changes.removed)
+        if derived_cache is not None:  # a change learned by the update (e.g. a whitening) rebuilds it too
+            derived_cache.update(start_version, derived, changes.derived_removed, rebuild=cache.version() != before)
     if interrupted is not None:
         raise Interrupted(
             f"interrupted: {interrupted.done} of {interrupted.total} files done and kept; "
