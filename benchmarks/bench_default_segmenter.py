@@ -16,11 +16,13 @@ photos and LFW ``people[0::8]``; nothing below is in it):
   segmenter, the true masks. ``images_per_second`` of each pass includes decoding and segmentation.
 
 Segmenters: ``grabcut``, ``foreground``, ``foreground:grabcut`` and each ``--segmenter SPEC`` (e.g. the horse-only
-U-Net ``unet:benchmarks/results/unet_horses.pt`` from ``benchmarks/train_unet_weizmann.py``). The machine is
-shared: the 1-minute load average is recorded next to the speeds.
+U-Net ``unet:benchmarks/results/unet_horses.pt`` from ``benchmarks/train_unet_weizmann.py``). The swap: train on
+objects 11-20 (``train_default_segmenter --objects 11-20 --out SWAP.pt --export SWAP16.pt``) and score that
+network (``--weights``) on objects 1-10. The machine is shared: the 1-minute load average is recorded next to
+the speeds.
 
     python -m benchmarks.bench_default_segmenter                         # builds the held-out set first
-    python -m benchmarks.bench_default_segmenter --objects 1-10 --composites benchmarks/results/heldout_1-10
+    python -m benchmarks.bench_default_segmenter --objects 1-10 --weights SWAP.pt --out default_segmenter_swap.json
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.model import Embedder
 from segmentation import build_segmenter
 from segmentation.data import load_mask, load_pair
+from segmentation.foreground import ForegroundSegmenter
 
 DEFAULT_SEGMENTERS = ("grabcut", "foreground", "foreground:grabcut")
 
@@ -90,6 +93,9 @@ def main() -> None:
     ap.add_argument("--segmenter", action="append", default=[], help="another segmenter spec (repeatable)")
     ap.add_argument("--no-retrieval", action="store_true", help="mask IoU and speed only")
     ap.add_argument("--no-weizmann", action="store_true", help="skip the 82 held-out Weizmann photos")
+    ap.add_argument(
+        "--weights", type=Path, default=None, help="score this checkpoint as foreground (default: the packaged one)"
+    )
     args = ap.parse_args()
     lo, _, hi = args.objects.partition("-")
     objects = tuple(range(int(lo), int(hi or lo) + 1))
@@ -97,6 +103,9 @@ def main() -> None:
     manifest = ensure_set(root, objects, args.seed)
     specs = list(DEFAULT_SEGMENTERS) + [s for s in args.segmenter if s not in DEFAULT_SEGMENTERS]
     segmenters = {spec: build_segmenter(spec) for spec in specs}
+    if args.weights is not None:  # e.g. the swap: a network trained on the other objects
+        segmenters["foreground"] = ForegroundSegmenter(weights=args.weights)
+        segmenters["foreground:grabcut"] = ForegroundSegmenter("grabcut", weights=args.weights)
 
     composites = composite_pairs(root)
     iou_composites = {spec: score(seg, composites) for spec, seg in segmenters.items()}
@@ -136,6 +145,7 @@ def main() -> None:
         {
             "benchmark": "default_segmenter",
             "composites": str(root),
+            "foreground_weights": str(args.weights or "packaged"),
             "dataset": {
                 **{k: v for k, v in dataclasses.asdict(manifest.config).items() if k != "objects"},
                 "objects": list(objects),

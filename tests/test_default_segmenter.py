@@ -191,7 +191,7 @@ def test_the_default_segmenter_finds_a_drawn_object_it_never_saw(default_segment
         mask = default_segmenter(pixels)
         assert mask.shape == truth.shape and mask.dtype == bool
         scores.append(iou(mask, truth))
-    assert np.mean(scores) > 0.6, scores
+    assert np.mean(scores) > 0.75, scores  # 0.91 with the packaged checkpoint
 
 
 def test_grabcut_refinement_tightens_a_loose_mask():
