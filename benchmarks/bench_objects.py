@@ -117,7 +117,7 @@ def score(coll: Collection, queries: list[Item], items: list[Item], region: bool
 
 
 def main() -> None:
-    ap = BenchParser(__doc__, threads=2, seed=0, out="objects.json")
+    ap = BenchParser(__doc__, threads=1, seed=0, out="objects.json")
     ap.add_argument("--objects", default="11-20", help="held-out COIL-20 objects, e.g. 11-20")
     ap.add_argument("--composites", type=Path, default=None, help="held-out set folder (built when missing)")
     ap.add_argument("--grid", type=int, default=2, help="objects per image: a GRID x GRID mosaic (default 2)")

@@ -191,9 +191,21 @@ def embed_objects(
     if masker is not None:
         outcome = masker(load_image(path, size, max_pixels).pixels)
     found = find_objects(outcome, full.width, full.height, settings)
-    vecs = [embedder.embed_batch(*crop_inputs(full.pixels, obj, size, masker))[0] for obj in found]
-    dim = vecs[0].shape[0] if vecs else 0
-    return found, (np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32))
+    if not found:
+        return found, np.zeros((0, embedder.dim), np.float32)
+    inputs = [crop_inputs(full.pixels, obj, size, masker) for obj in found]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for n, (pixels, _) in enumerate(inputs):
+        by_shape.setdefault(pixels.shape[1:3], []).append(n)
+    out = np.zeros((len(found), embedder.dim), np.float32)
+    for shape, group in by_shape.items():  # crops of a shape in one batch (sides are multiples of the stride)
+        pixels = np.concatenate([inputs[n][0] for n in group])
+        masks = None
+        if any(inputs[n][1] is not None for n in group):
+            full_mask = np.ones((1, *shape), bool)
+            masks = np.concatenate([m if (m := inputs[n][1]) is not None else full_mask for n in group])
+        out[group] = embedder.embed_batch(pixels, masks)
+    return found, out
 
 
 class RememberingMasker:

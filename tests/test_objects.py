@@ -34,17 +34,18 @@ def real_embedder() -> Embedder:
 
 
 class CountingEmbedder:
-    """The real embedder, counting its batches; raises KeyboardInterrupt at batch ``fail_at``."""
+    """The real embedder, counting the pictures it embeds; raises KeyboardInterrupt rather than go past
+    ``fail_after`` of them."""
 
-    def __init__(self, counter: list[int], fail_at: int | None = None) -> None:
+    def __init__(self, counter: list[int], fail_after: int | None = None) -> None:
         self.inner = real_embedder()
         self.config, self.dim = self.inner.config, self.inner.dim
-        self.counter, self.fail_at = counter, fail_at
+        self.counter, self.fail_after = counter, fail_after
 
     def embed_batch(self, pixels, mask=None):
-        if self.fail_at is not None and self.counter[0] >= self.fail_at:
+        if self.fail_after is not None and self.counter[0] + len(pixels) > self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
-        self.counter[0] += 1
+        self.counter[0] += len(pixels)
         return self.inner.embed_batch(pixels, mask)
 
 
@@ -222,8 +223,8 @@ def test_a_changed_image_has_its_objects_found_again(tmp_path):
 def test_an_interrupted_run_resumes_and_every_kept_image_has_all_its_objects(tmp_path):
     folder = make_scenes(tmp_path / "photos")
     counter = [0]
-    with pytest.raises(Interrupted):  # batch 1: the whole images; then 3 objects each
-        collection(tmp_path / "home", CountingEmbedder(counter, fail_at=1 + 3 * 2 + 1)).index_folder(folder)
+    with pytest.raises(Interrupted):  # the 4 whole images in one batch, then 3 objects each: stops in the third
+        collection(tmp_path / "home", CountingEmbedder(counter, fail_after=4 + 3 * 2)).index_folder(folder)
     coll = collection(tmp_path / "home")
     st = coll.stats()
     assert st.indexed == 2 and st.pending == 2 and st.object_vectors == 6
@@ -255,7 +256,7 @@ def test_switching_objects_on_is_refused_unless_reembedding_and_then_reembeds(tm
     counter = [0]
     coll = collection(tmp_path / "home", CountingEmbedder(counter), objects=None)
     coll.index_folder(folder)
-    assert coll.stats().object_vectors == 0 and counter[0] == 1
+    assert coll.stats().object_vectors == 0 and counter[0] == len(SCENES)  # whole images only
     assert coll.search([folder / "a.png"], k=1)[0].hits[0].box is None  # whole images only: no box
     with pytest.raises(ModelMismatchError, match="--reembed"):
         coll.configure(objects=OBJECTS)
