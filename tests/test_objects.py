@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -304,3 +305,40 @@ def test_cli_index_objects_search_json_box_and_stats(tmp_path, monkeypatch):
     assert Path(top["path"]).name == "b.png" and len(top["box"]) == 4
     out = runner.invoke(main, ["--home", str(home), "stats"])
     assert "objects:   objects" in out.output and "12 object vectors" in out.output
+
+
+def test_the_objects_pass_reuses_the_mask_the_pipeline_computed(tmp_path):
+    folder = make_scenes(tmp_path / "photos")
+    calls = [0]
+
+    def counting(pixels: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        return saturated(pixels)
+
+    coll = Collection(
+        tmp_path / "home",
+        runtime=FAST_RUNTIME,
+        embedder_factory=lambda c, r: real_embedder(),
+        masker_factory=lambda s: Masker(s, segmenter=counting),
+    )
+    coll.configure(model=SMALL_MODEL, mask=MaskSettings(segmenter="fake"), objects=OBJECTS)
+    coll.index_folder(folder)
+    assert calls[0] == len(SCENES) and coll.stats().object_vectors == 12  # one segmentation per image
+
+
+def test_the_http_api_hits_carry_the_matching_box(indexed):
+    from fastapi.testclient import TestClient
+
+    from indexer.server import ServeSettings, create_app
+
+    coll, _ = indexed
+    query = Image.new("RGB", (90, 90), (128, 128, 128))
+    draw_object(ImageDraw.Draw(query), 8, 10, 10, 70)
+    buf = io.BytesIO()
+    query.save(buf, format="PNG")
+    client = TestClient(create_app(coll, ServeSettings()), base_url="http://127.0.0.1")
+    r = client.post("/api/v1/search", files={"file": ("q.png", buf.getvalue(), "image/png")}, data={"k": "2"})
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]["hits"][0]
+    x, y, s = SLOTS[2]
+    assert top["name"] == "c.png" and box_iou(top["box"], (x, y, s + 1, s + 1)) > 0.7
