@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--composites", type=Path, default=None, help="held-out set folder (built when missing)")
     ap.add_argument("--grid", type=int, default=2, help="objects per image: a GRID x GRID mosaic (default 2)")
     ap.add_argument("--work", type=Path, default=RESULTS / "objects_bench", help="mosaics and collections")
+    ap.add_argument("--pad", type=float, default=ObjectSettings.pad, help="object boxes widened by this share")
+    ap.add_argument("--min-area", type=float, default=ObjectSettings.min_area, help="smallest object (image share)")
     args = ap.parse_args()
     lo, _, hi = args.objects.partition("-")
     objects = tuple(range(int(lo), int(hi or lo) + 1))
@@ -136,7 +138,7 @@ def main() -> None:
     ]
     runtime = RuntimeOptions(device="cpu", workers=2)
     mask = MaskSettings(segmenter=DEFAULT_SEGMENTER)
-    on = ObjectSettings(enabled=True)
+    on = ObjectSettings(enabled=True, pad=args.pad, min_area=args.min_area)
     setups = {
         "whole": (MaskSettings(), ObjectSettings()),
         "masked": (mask, ObjectSettings()),
@@ -158,7 +160,12 @@ def main() -> None:
         st = coll.stats()
         home = Path(coll.home)
         files = {f: (home / f).stat().st_size for f in ("index.faiss", "objects.faiss") if (home / f).exists()}
-        index[name] = {"image_vectors": st.index_vectors, "object_vectors": st.object_vectors, "file_bytes": files}
+        index[name] = {
+            "image_vectors": st.index_vectors,
+            "object_vectors": st.object_vectors,
+            "images_with_fallback_windows": st.object_fallbacks,
+            "file_bytes": files,
+        }
         print(name, indexing[name], index[name], flush=True)
     for name in ("masked", "objects", "objects_grid"):
         indexing[name]["share_of_whole_speed"] = round(

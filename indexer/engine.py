@@ -829,9 +829,10 @@ class Collection(Store):
                 if ids:
                     db.bump_vector_version(s)
             if ids:
+                before = self._cache.version()
                 self._cache.update(start_version, set(), set(ids))
-                if self.object_settings.enabled:
-                    self._objects.update(start_version, set(), gone_objects)
+                if self.object_settings.enabled:  # a whitening relearned by the update rebuilds the objects' too
+                    self._objects.update(start_version, set(), gone_objects, rebuild=self._cache.version() != before)
         if ids:
             self._refresh_rerank_caches()
         if ids and exclude:

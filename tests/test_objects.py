@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from sqlalchemy import func, select
 
 from indexer.cli import main
-from indexer.engine import Collection, ModelMismatchError
+from indexer.engine import Collection, ModelMismatchError, WhiteningSettings
 from indexer.errors import Interrupted
 from indexer.masking import Masker, MaskOutcome, MaskSettings
 from indexer.objects import GRID, MASK, ObjectRecord, ObjectSettings, find_objects, grid_boxes, instances
@@ -342,3 +342,15 @@ def test_the_http_api_hits_carry_the_matching_box(indexed):
     top = r.json()["results"][0]["hits"][0]
     x, y, s = SLOTS[2]
     assert top["name"] == "c.png" and box_iou(top["box"], (x, y, s + 1, s + 1)) > 0.7
+
+
+def test_object_vectors_are_whitened_like_the_images_when_the_collection_whitens(tmp_path):
+    folder = make_scenes(tmp_path / "photos")
+    coll = collection(tmp_path / "home")
+    coll.configure(whitening=WhiteningSettings(enabled=True, dim=3, min_vectors_per_dim=1.0))
+    coll.index_folder(folder)
+    assert coll.stats().whitening is not None
+    assert coll._objects.current().dim == coll.index().dim == 3
+    (result,) = coll.search_ids([next(iter(coll.images(range(1, 10))))], k=3)
+    assert result.error is None and len(result.hits) == 3
+    assert coll.doctor().ok
