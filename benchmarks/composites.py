@@ -22,7 +22,9 @@ Protocol (query/database split; score with ``lookalike eval OUT/images/database 
   seeded positions) where at most ``max_horse`` (10%) of the pixels are horse by ``figure_ground/``. Horses are
   avoided rather than accepted as clutter because a horse in every background would make the backgrounds alike
   (weakening the very cue we want to mislead with) and compete with the pasted object as the salient foreground.
-  The horse fraction of each patch is in the manifest.
+  The horse fraction of each patch is in the manifest. ``min_horse`` asks for the opposite, patches that keep a
+  part of their horse (a second salient thing, as ``benchmarks/bench_default_segmenter.py`` does), and
+  ``photos="test"`` / ``"train"`` draws from one side of the fixed Weizmann split only.
 - Placement: every database pose is pasted onto ``db_backgrounds_per_pose`` (4) backgrounds and every query pose
   onto ``query_backgrounds_per_pose`` (2), each time at a seeded position and scale: the object's bounding box
   covers ``min_cover``-``max_cover`` (10-40%) of the image area (scale also capped so the box fits), the object

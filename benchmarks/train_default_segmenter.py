@@ -20,6 +20,9 @@ Protocol (nothing of the evaluation sets is seen in training; ``benchmarks/bench
     python -m benchmarks.train_default_segmenter                  # ~20-40 min on 2 shared CPU cores
     python -m benchmarks.train_default_segmenter --resume         # after an interruption
     python -m benchmarks.train_default_segmenter --export-only    # re-export the best checkpoint
+
+Measured (2026-11-30, 2-core CPU shared with other jobs, load 5-11, one thread): 12 epochs x 1,000 composites at
+160 px in 2,471 s, validation IoU 0.857 at the last epoch; the fp16 export is 8.5 MB.
 """
 
 from __future__ import annotations
