@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=RESULTS / "objects_bench", help="mosaics and collections")
     ap.add_argument("--pad", type=float, default=ObjectSettings.pad, help="object boxes widened by this share")
     ap.add_argument("--min-area", type=float, default=ObjectSettings.min_area, help="smallest object (image share)")
+    ap.add_argument("--split", type=float, default=ObjectSettings.split, help="erosion that splits touching objects")
     args = ap.parse_args()
     lo, _, hi = args.objects.partition("-")
     objects = tuple(range(int(lo), int(hi or lo) + 1))
@@ -138,7 +139,7 @@ def main() -> None:
     ]
     runtime = RuntimeOptions(device="cpu", workers=2)
     mask = MaskSettings(segmenter=DEFAULT_SEGMENTER)
-    on = ObjectSettings(enabled=True, pad=args.pad, min_area=args.min_area)
+    on = ObjectSettings(enabled=True, pad=args.pad, min_area=args.min_area, split=args.split)
     setups = {
         "whole": (MaskSettings(), ObjectSettings()),
         "masked": (mask, ObjectSettings()),

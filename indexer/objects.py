@@ -79,11 +79,13 @@ class ObjectSettings:
     max_objects: int = 8
     #: Boxes are widened by this share of their sides on each side (context, and rough masks' edges).
     pad: float = 0.05
+    #: Parts that come apart when the mask is eroded by this share of its shorter side are objects too (0: off).
+    split: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
             raise ValueError(f"objects fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
-        if not 0.0 <= self.min_area < 1.0 or self.max_objects < 1 or not 0.0 <= self.pad < 1.0:
+        if not 0.0 <= self.min_area < 1.0 or self.max_objects < 1 or not 0.0 <= self.pad < 1.0 or self.split < 0:
             raise ValueError(f"invalid object settings {self}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,14 +112,40 @@ class FoundObject:
     mask: np.ndarray | None = None
 
 
-def instances(mask: np.ndarray, min_area: float, max_objects: int) -> list[tuple[np.ndarray, tuple[int, ...]]]:
-    """``mask (H, W) bool`` -> its connected parts covering at least ``min_area`` of it, largest first, at most
-    ``max_objects``: ``(part mask (H, W) bool, (x, y, w, h))`` in mask pixels."""
+def _components(mask: np.ndarray, need: float) -> list[tuple[np.ndarray, tuple[int, ...]]]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    need = min_area * mask.size
     parts = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= max(need, 1)]
-    parts.sort(key=lambda i: -stats[i, cv2.CC_STAT_AREA])
-    return [(labels == i, tuple(int(v) for v in stats[i, :4])) for i in parts[:max_objects]]
+    return [(labels == i, tuple(int(v) for v in stats[i, :4])) for i in parts]
+
+
+def _box_iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    w = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def instances(
+    mask: np.ndarray, min_area: float, max_objects: int, split: float = 0.0
+) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    """``mask (H, W) bool`` -> its connected parts covering at least ``min_area`` of it, at most ``max_objects``,
+    largest first: ``(part mask (H, W) bool, (x, y, w, h))`` in mask pixels. ``split`` > 0 adds the parts that
+    come apart when the mask is eroded by that share of its shorter side (objects touching each other or another
+    salient thing), grown back within the mask, when their box differs from the whole parts'."""
+    need = min_area * mask.size
+    parts = _components(mask, need)
+    if split > 0:
+        k = max(3, int(round(split * min(mask.shape))) | 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        eroded = cv2.erode(mask.astype(np.uint8), kernel)
+        for part, _ in _components(eroded > 0, need / 4):
+            grown = cv2.dilate(part.astype(np.uint8), kernel) > 0
+            grown &= mask
+            ys, xs = np.nonzero(grown)
+            gbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            if grown.sum() >= need and all(_box_iou(gbox, b) < 0.7 for _, b in parts):
+                parts.append((grown, gbox))
+    parts.sort(key=lambda p: -int(p[0].sum()))
+    return parts[:max_objects]
 
 
 def grid_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
@@ -135,7 +163,7 @@ def find_objects(outcome: MaskOutcome | None, width: int, height: int, settings:
     if outcome is not None and outcome.mask is not None:
         mh, mw = outcome.mask.shape
         sx, sy = width / mw, height / mh
-        for part, (x, y, w, h) in instances(outcome.mask, settings.min_area, settings.max_objects):
+        for part, (x, y, w, h) in instances(outcome.mask, settings.min_area, settings.max_objects, settings.split):
             px, py = settings.pad * w, settings.pad * h
             x0, y0 = max(0, int((x - px) * sx)), max(0, int((y - py) * sy))
             x1, y1 = min(width, int(np.ceil((x + w + px) * sx))), min(height, int(np.ceil((y + h + py) * sy)))

@@ -149,6 +149,16 @@ def test_instances_are_the_connected_parts_above_the_minimum_area():
     assert len(instances(mask, min_area=0.01, max_objects=1)) == 1
 
 
+def test_touching_objects_come_apart_when_splitting_by_erosion():
+    mask = np.zeros((100, 100), bool)
+    mask[10:40, 10:40] = True
+    mask[10:40, 45:75] = True
+    mask[24:26, 40:45] = True  # a thin bridge joins the two
+    assert [box for _, box in instances(mask, 0.01, 8)] == [(10, 10, 65, 30)]
+    split = [box for _, box in instances(mask, 0.01, 8, split=0.06)]
+    assert split[0] == (10, 10, 65, 30) and sorted(split[1:]) == [(10, 10, 30, 30), (45, 10, 30, 30)]
+
+
 def test_objects_are_boxed_in_pixels_of_the_image_as_shown_and_nothing_found_falls_back_to_a_grid():
     mask = np.zeros((20, 30), bool)
     mask[5:10, 10:20] = True
