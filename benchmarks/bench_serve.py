@@ -15,7 +15,8 @@ worker process, its defaults). Clients: threads of this process, each with its o
 - search by id: ``GET /api/v1/images/{id}/similar?k=20`` for random ids, ``--requests`` requests at each
   concurrency (after ``--warmup`` requests); latency p50 / p95 / mean in ms, and requests/s. The same searches
   through the Python API in this process (``Collection.search_ids``) give the cost without HTTP.
-- upload and embed: ``POST /api/v1/search`` with one of the photos (multipart), ``--uploads`` in a row, 1 client.
+- upload and embed: ``POST /api/v1/search`` with one of the photos (multipart), ``--uploads`` in a row, 1 client,
+  against servers run with each ``--serve-threads`` value (``lookalike serve --threads``), taking turns.
 - thumbnails: ``GET /api/v1/images/{id}/thumbnail?size=256`` of every photo, first with an empty cache (decode,
   resize, write) then again (cached), 1 client; images/s.
 - after another process commits: the version counter is bumped as an index run's batch does, and one search is
@@ -198,9 +199,9 @@ def concurrent_gets(port: int, urls: list[str], clients: int) -> dict:
     return out
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, int]:
+def start_server(home: Path, *options: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "indexer.cli", "--home", str(home), "serve", "--port", "0"],
+        [sys.executable, "-m", "indexer.cli", "--home", str(home), "serve", "--port", "0", *options],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -225,6 +226,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--clients", default="1,20")
     p.add_argument("--uploads", type=int, default=20)
+    p.add_argument(
+        "--serve-threads", default="1,2", help="lookalike serve --threads values for the uploads (the first: all)"
+    )
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--build-only", action="store_true", help="make the collection and stop")
     p.add_argument(
@@ -262,7 +266,7 @@ def main() -> None:
     stats = coll.stats()
 
     shutil.rmtree(home / "thumbnails", ignore_errors=True)  # thumbnails start cold
-    proc, port = start_server(home)
+    proc, port = start_server(home, "--threads", args.serve_threads.split(",")[0])
     results: dict = {}
     try:
         c = Client(port)
@@ -287,30 +291,54 @@ def main() -> None:
             by_id[f"{n}_clients"] = {**run, "loadavg_before": load, "loadavg_after": loadavg()}
         results["search_by_id"] = {"first_request_ms": round(first.seconds * 1000, 1), **by_id}
 
-        # upload and embed
-        c = Client(port)
+        # upload and embed: the server above (serve's default --threads) and one more per other --serve-threads
+        # value, taking turns request by request
         photo_paths = [infos[i].path for i in photo_ids]
         datas = [Path(p_).read_bytes() for p_ in photo_paths]
-        with Stopwatch() as first_upload:  # loads the network
-            status, body = c.post_file("/api/v1/search", "photo.jpg", datas[0])
-        assert status == 200, body[:300]
-        for d in datas[1:6]:  # the first few batches of a new shape are slower (allocator, oneDNN primitives)
-            c.post_file("/api/v1/search", "photo.jpg", d)
-        upload_lat = []
-        load = loadavg()
-        for i in range(args.uploads):
-            t0 = time.perf_counter()
-            status, body = c.post_file("/api/v1/search", "photo.jpg", datas[(i + 6) % len(datas)])
-            upload_lat.append(time.perf_counter() - t0)
-            assert status == 200, body[:300]
+        threads = [int(v) for v in args.serve_threads.split(",")]
+        extra = {t: start_server(home, "--threads", str(t)) for t in threads[1:]}
+        try:
+            ports = {threads[0]: port, **{t: pp[1] for t, pp in extra.items()}}
+            clients = {t: Client(pt) for t, pt in ports.items()}
+            first_upload = {}
+            for t, cl in clients.items():
+                for _ in range(100):  # the extra servers may still be starting
+                    try:
+                        with Stopwatch() as first:
+                            status, body = cl.post_file("/api/v1/search", "photo.jpg", datas[0])
+                        break
+                    except OSError:
+                        cl.close()
+                        cl = clients[t] = Client(ports[t])
+                        time.sleep(0.2)
+                assert status == 200, body[:300]
+                first_upload[t] = round(first.seconds * 1000, 1)
+                for d in datas[1:6]:  # the first few batches of a new shape are slower (allocator, oneDNN)
+                    cl.post_file("/api/v1/search", "photo.jpg", d)
+            upload_lat: dict[int, list[float]] = {t: [] for t in clients}
+            load = loadavg()
+            for i in range(args.uploads):
+                for t, cl in clients.items():
+                    t0 = time.perf_counter()
+                    status, body = cl.post_file("/api/v1/search", "photo.jpg", datas[(i + 6) % len(datas)])
+                    upload_lat[t].append(time.perf_counter() - t0)
+                    assert status == 200, body[:300]
+            load_after = loadavg()
+            for cl in clients.values():
+                cl.close()
+        finally:
+            for proc_, _ in extra.values():
+                proc_.terminate()
+                proc_.wait(30)
         results["upload_and_embed"] = {
-            **summary(upload_lat),
-            "first_upload_ms": round(first_upload.seconds * 1000, 1),
+            f"threads_{t}": {**summary(lat), "first_upload_ms": first_upload[t]} for t, lat in upload_lat.items()
+        } | {
             "photo_size": args.photo_size,
             "photo_bytes_mean": int(np.mean([len(d) for d in datas])),
             "loadavg_before": load,
-            "loadavg_after": loadavg(),
+            "loadavg_after": load_after,
         }
+        c = Client(port)
 
         # thumbnails: cold, then warm
         thumbs = {}

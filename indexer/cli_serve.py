@@ -46,20 +46,38 @@ def _url(host: str, port: int, token: str | None) -> str:
     type=click.FloatRange(0, min_open=True),
     help="Largest upload of a search request, in MB.",
 )
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="CPU threads of the network for one search (a query is one image: more threads help little, and on a "
+    "busy machine they wait for each other).",
+)
 @click.pass_context
 @library_errors
 def serve(
-    ctx: click.Context, host: str, port: int, token: str | None, allow_changes: bool, max_upload_mb: float
+    ctx: click.Context,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_changes: bool,
+    max_upload_mb: float,
+    threads: int,
 ) -> None:
     """Serve the collection: a web app to search it by picture, and its HTTP API (docs at /docs).
 
     Example: lookalike serve   (then open http://127.0.0.1:8765/)
     """
+    import torch
     import uvicorn  # the server's modules load only for this command (every other command starts faster)
 
     from .server import ServeSettings, bind_socket, create_app, is_loopback, new_token
 
     coll = open_collection(ctx, create=False)
+    # one thread by default: with two, an upload's network pass stalled whenever another process held a core
+    # (python -m benchmarks.bench_serve compares --threads 1 and 2: upload_and_embed)
+    torch.set_num_threads(threads)
     if token is None and not is_loopback(host):
         token = new_token()
         click.echo(f"--host {host} is reachable from other machines: generated a token for this run", err=True)
