@@ -2,7 +2,8 @@
 object found in it, and a search ranks images by their best-matching part.
 
 Objects are the instances of the segmenter's foreground mask: connected parts covering at least
-``min_area`` of the image (the ``max_objects`` largest), each embedded from its box crop, cut from the image at
+``min_area`` of the image, and the parts that come apart when the mask is eroded (``split``: touching objects),
+the ``max_objects`` largest, each embedded from its box crop, cut from the image at
 full resolution (as a ``--box`` query is) and masked by its own part the way the collection masks. An image
 where nothing is found, or a collection without a segmenter, falls back to a fixed grid of overlapping windows
 (``fallback="grid"``, recorded as each row's ``source``) or to no object at all (``"none"``); its whole-image
@@ -79,8 +80,10 @@ class ObjectSettings:
     max_objects: int = 8
     #: Boxes are widened by this share of their sides on each side (context, and rough masks' edges).
     pad: float = 0.05
-    #: Parts that come apart when the mask is eroded by this share of its shorter side are objects too (0: off).
-    split: float = 0.0
+    #: Parts that come apart when the mask is eroded by this share of its shorter side are objects too (0: off):
+    #: objects touching each other or another salient thing. bench_objects: mAP 0.908 / 0.924 / 0.944 / 0.941
+    #: at 0, 0.04, 0.08, 0.12 (region queries 0.895 / 0.918 / 0.953 / 0.953).
+    split: float = 0.08
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
@@ -128,22 +131,25 @@ def instances(
     mask: np.ndarray, min_area: float, max_objects: int, split: float = 0.0
 ) -> list[tuple[np.ndarray, tuple[int, ...]]]:
     """``mask (H, W) bool`` -> its connected parts covering at least ``min_area`` of it, at most ``max_objects``,
-    largest first: ``(part mask (H, W) bool, (x, y, w, h))`` in mask pixels. ``split`` > 0 adds the parts that
-    come apart when the mask is eroded by that share of its shorter side (objects touching each other or another
-    salient thing), grown back within the mask, when their box differs from the whole parts'."""
+    largest first: ``(part mask (H, W) bool, (x, y, w, h))`` in mask pixels. ``split`` > 0 also adds the pieces
+    of a part that comes apart into several when the mask is eroded by that share of its shorter side (objects
+    touching each other or another salient thing), each grown back within the part."""
     need = min_area * mask.size
     parts = _components(mask, need)
     if split > 0:
         k = max(3, int(round(split * min(mask.shape))) | 1)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        eroded = cv2.erode(mask.astype(np.uint8), kernel)
-        for part, _ in _components(eroded > 0, need / 4):
-            grown = cv2.dilate(part.astype(np.uint8), kernel) > 0
-            grown &= mask
-            ys, xs = np.nonzero(grown)
-            gbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-            if grown.sum() >= need and all(_box_iou(gbox, b) < 0.7 for _, b in parts):
-                parts.append((grown, gbox))
+        eroded = cv2.erode(mask.astype(np.uint8), kernel) > 0
+        for whole, whole_box in list(parts):
+            pieces = _components(eroded & whole, need / 4)
+            if len(pieces) < 2:  # only a part that comes apart into several is split
+                continue
+            for piece, _ in pieces:
+                grown = (cv2.dilate(piece.astype(np.uint8), kernel) > 0) & whole
+                ys, xs = np.nonzero(grown)
+                box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+                if grown.sum() >= need and _box_iou(box, whole_box) < 0.7:
+                    parts.append((grown, box))
     parts.sort(key=lambda p: -int(p[0].sum()))
     return parts[:max_objects]
 

@@ -22,7 +22,8 @@ from retrieval.model import Embedder
 from .conftest import FAST_RUNTIME, SMALL_MODEL
 
 _EMBEDDER: list[Embedder] = []
-OBJECTS = ObjectSettings(enabled=True)
+#: one row per drawn object (the default ``split`` also adds the pieces of a part that erodes apart, see below)
+OBJECTS = ObjectSettings(enabled=True, split=0.0)
 SIZE = (240, 160)
 #: where the three objects of a scene go: (x, y, side)
 SLOTS = [(14, 20, 60), (92, 70, 64), (170, 24, 56)]
@@ -182,6 +183,18 @@ def test_each_drawn_object_gets_one_row_with_a_box_around_it(indexed):
     assert coll.doctor().ok
 
 
+def test_by_default_touching_parts_add_their_pieces_inside_the_objects_boxes(tmp_path):
+    folder = make_scenes(tmp_path / "photos")
+    coll = collection(tmp_path / "home", objects=ObjectSettings(enabled=True))
+    coll.index_folder(folder)
+    for name, objs in object_rows(coll).items():
+        assert len(objs) >= 3 and {o.source for o in objs} == {MASK}
+        slots = [(x, y, s + 1, s + 1) for x, y, s in SLOTS]
+        assert all(max(box_iou((o.x, o.y, o.w, o.h), slot) for o in objs) > 0.7 for slot in slots), name
+        for o in objs:  # every row lies within one object
+            assert any(box_iou((o.x, o.y, o.w, o.h), (x - 4, y - 4, w + 8, h + 8)) > 0 for x, y, w, h in slots)
+
+
 def test_a_search_for_one_object_ranks_the_image_holding_it_first_with_that_objects_box(indexed, tmp_path):
     coll, _ = indexed
     for kind, name, slot in [(4, "b.png", 1), (8, "c.png", 2), (0, "a.png", 0)]:
@@ -314,7 +327,8 @@ def test_cli_index_objects_search_json_box_and_stats(tmp_path, monkeypatch):
     top = json.loads(out.output)[0]["results"][0]
     assert Path(top["path"]).name == "b.png" and len(top["box"]) == 4
     out = runner.invoke(main, ["--home", str(home), "stats"])
-    assert "objects:   objects" in out.output and "12 object vectors" in out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("objects:"))
+    assert "mask instances" in line and int(line.split(", ")[-1].split()[0]) >= 12  # N object vectors
 
 
 def test_the_objects_pass_reuses_the_mask_the_pipeline_computed(tmp_path):
