@@ -12,10 +12,12 @@ makes them; embedded once and cached under ``--cache``):
 - COIL-20 + the 328 Weizmann horse photos as distractors (Borenstein & Ullman): COIL queries, leave-one-out.
 - The near-duplicate set of ``bench_duplicates`` (its collection in ``benchmarks/results/duplicates-set``; run
   that benchmark first): each image in a group of copies a query, its copies relevant.
+- The cluttered composites (``benchmarks.composites``, seed 0: COIL-20 objects pasted on shared Weizmann
+  backgrounds; 80 queries from outside the collection against 320 images, whole images, no masking).
 - LFW identification (optional, when ``benchmarks/results/lfw_face_vectors.npz`` exists: YuNet + SFace, each
   photo's face nearest the centre): 2,000 seeded queries among people with 2 or more photos, against all 13,233.
 
-The last three use the parameters chosen on COIL-20 (other data than the one scored). ``default`` rows use the
+The others use the parameters chosen on COIL-20 (other data than the one scored). ``default`` rows use the
 shipped :class:`~retrieval.rerank.RerankSettings` whatever the grid says. Scores: mAP (every relevant image
 counted, a ranking truncated at ``--depth`` or the re-ranked candidates) and recall@1.
 
@@ -119,19 +121,32 @@ def duplicate_set(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 class Dataset:
-    """Vectors, labels (``-1``: a distractor, never relevant) and queries, with the index, the graph and the DBA
+    """Vectors, labels (``-1``: a distractor, never relevant) and queries (positions: leave-one-out; or
+    ``outside``: query vectors and labels from outside the collection), with the index, the graph and the DBA
     vectors each setting needs (built once)."""
 
-    def __init__(self, name: str, x: np.ndarray, labels: np.ndarray, queries: np.ndarray, depth: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        x: np.ndarray,
+        labels: np.ndarray,
+        queries: np.ndarray,
+        depth: int,
+        outside: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.name, self.x, self.labels, self.queries = name, np.asarray(x, np.float32), np.asarray(labels), queries
         self.depth = min(depth, len(x) - 1)
+        self.outside = outside
         ids = np.arange(len(x), dtype=np.int64)
         self.index = VectorIndex.build(ids, self.x, IndexConfig(kind="flat"))
         self.vectors_of = lambda i: self.x[np.asarray(i)]
         self.graph, _ = update_graph(None, self.index, ids, np.full(len(x), ""), self.vectors_of, "bench", 0, GRAPH_K)
         self._dba: dict[tuple[int, float], DbaVectors] = {}
         counts = {lab: n for lab, n in zip(*np.unique(self.labels, return_counts=True))}
-        self.n_relevant = np.array([counts[lab] - 1 for lab in self.labels[queries]])
+        if outside is None:
+            self.n_relevant = np.array([counts[lab] - 1 for lab in self.labels[queries]])
+        else:
+            self.n_relevant = np.array([counts.get(lab, 0) for lab in outside[1][queries]])
 
     def dba(self, s: RerankSettings) -> DbaVectors:
         key = (s.dba_k, s.dba_alpha)
@@ -146,9 +161,10 @@ class Dataset:
         graph: Callable[[int], KnnGraph] = lambda _k: self.graph
         for start in range(0, len(self.queries), 64):
             q = self.queries[start : start + 64]
+            qx, qlab = (self.x, self.labels) if self.outside is None else self.outside
             _, found = rerank_search(
                 self.index,
-                self.x[q],
+                qx[q],
                 self.depth + 1,
                 s,
                 graph=graph,
@@ -156,8 +172,9 @@ class Dataset:
                 vectors_of=self.vectors_of,
             )
             for row, (qi, n_rel) in enumerate(zip(q, self.n_relevant[start : start + 64])):
-                ranked = found[row][(found[row] != qi) & (found[row] >= 0)][: self.depth]
-                rel = (self.labels[ranked] == self.labels[qi]) & (self.labels[qi] >= 0)
+                itself = found[row] == qi if self.outside is None else np.zeros(found.shape[1], bool)
+                ranked = found[row][~itself & (found[row] >= 0)][: self.depth]
+                rel = (self.labels[ranked] == qlab[qi]) & (qlab[qi] >= 0)
                 aps.append(average_precision(rel, int(n_rel)))
                 r1.append(bool(rel[:1].any()))
         return {
@@ -165,6 +182,25 @@ class Dataset:
             "recall@1": round(float(np.mean(r1)), 4),
             "ms_per_query": round(1000 * (time.perf_counter() - started) / len(self.queries), 2),
         }
+
+
+def composites(cache: Path, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cluttered composites (``benchmarks.composites``, seed 0, built once under ``cache``), whole images:
+    database vectors and objects, query vectors and objects."""
+    import re
+
+    from benchmarks.composites import build_composites, set_folders
+    from indexer.scan import scan_folder
+
+    root = cache / "composites"
+    if not (root / "images" / "database").is_dir():
+        build_composites(root, seed=0)
+    out = []
+    for name, folder in zip(("composites_database", "composites_queries"), set_folders(root)):
+        files = sorted(f.path for f in scan_folder(folder).files)
+        objects = np.array([int(re.search(r"obj(\d+)", str(Path(f).parent.name)).group(1)) for f in files])
+        out += [embedded(name, files, cache, workers), objects]
+    return out[0], out[1], out[2], out[3]
 
 
 def loo(name: str, x: np.ndarray, labels: np.ndarray, depth: int, queries: np.ndarray | None = None) -> Dataset:
@@ -240,6 +276,11 @@ def quality(args: Any) -> dict[str, Any]:
     }
     if dups is not None:
         others["near_duplicates"] = loo("duplicates", dups[0], dups[1], args.depth)
+    if not args.no_composites:
+        db_x, db_lab, q_x, q_lab = composites(args.cache, args.workers)
+        others["composites_whole"] = Dataset(
+            "composites", db_x, db_lab, np.arange(len(q_x)), args.depth, outside=(q_x, q_lab)
+        )
     lfw = RESULTS / "lfw_face_vectors.npz"
     if lfw.exists() and not args.no_lfw:
         from benchmarks.bench_face_clusters import centre_faces
@@ -387,6 +428,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=1000, help="ranking depth scored (default 1000)")
     p.add_argument("--lfw-queries", type=int, default=2000)
     p.add_argument("--no-lfw", action="store_true")
+    p.add_argument("--no-composites", action="store_true")
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--queries", type=int, default=200, help="cost: timed queries (default 200)")
     p.add_argument("--index-kind", default="auto", help="cost: index kind (default: the collection's choice)")
