@@ -55,6 +55,11 @@ class RowVectors:
             rows.extend(s.execute(q.where(self.model.id.in_(chunk))))
         return vectors_from_rows(rows)
 
+    def ids_above(self, s: Session, last: int) -> list[int]:
+        """Ids of the matching rows after ``last`` (rows added since an index was made), in order."""
+        q = select(self.model.id).where(*self.where, self.model.id > last, self.model.vector.is_not(None))
+        return list(s.scalars(q.order_by(self.model.id)))
+
     def indexed(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """Vectors as indexed: ``(ids, vectors, dim)``; ``dim`` is known even when there is no vector."""
         ids_, raw = self.raw(s, ids)
@@ -87,6 +92,7 @@ class IndexCache:
         self.store, self.files, self.version_key, self.vectors = store, files, version_key, vectors
         self.config, self.name, self.learn = config, name, learn
         self._cached: tuple[int, VectorIndex] | None = None
+        self._exact = True  # the cached index is the database's state at its version (not a catch-up)
 
     def version(self) -> int:
         with self.store.session() as s:
@@ -112,7 +118,7 @@ class IndexCache:
 
     def save(self, index: VectorIndex, version: int) -> None:
         self.files.save(index, version)
-        self._cached = (version, index)
+        self._cached, self._exact = (version, index), True
 
     def update(self, start_version: int, changed: set[int], removed: set[int], rebuild: bool = False) -> VectorIndex:
         """Under the write lock, after the database changed from ``start_version``: bring the file up to date
@@ -153,26 +159,66 @@ class IndexCache:
             index, dirty = self.build(), True
         if dirty or not self.files.index_path.exists():
             self.files.save(index, version)
-        self._cached = (version, index)
+        self._cached, self._exact = (version, index), True
         return index
 
     def current(self) -> VectorIndex:
-        """The index for searching; rebuilt from the database when its file is missing or stale (and saved,
-        unless another process is writing)."""
+        """The index for searching. When its file is older than the database: while another process is writing
+        (an index run committing batch after batch; it brings the file up to date when it ends), the index in
+        hand catches up with the rows it has added so far — a search sees them without rebuilding the whole
+        index at every commit; otherwise the file is missing or stale for good and is rebuilt from the
+        database and saved."""
         version = self.version()
-        if self._cached is not None and self._cached[0] == version:
+        if self._cached is not None and self._cached[0] == version and self._exact:
             return self._cached[1]
-        index, state = self.files.load(self.config())
-        if index is None or state is None or state.get("version") != version:
-            log.warning("the %s file is missing or older than the database; rebuilding it from the database", self.name)
-            index = self.build()
-            try:
-                with write_lock(self.store.home):
-                    self.files.save(index, version)
-            except CollectionBusyError:
-                log.info("collection busy; using the rebuilt %s without saving it", self.name)
-        self._cached = (version, index)
+        state = self.files.read_state()
+        on_disk = state.get("version") if state is not None else None
+        if self._cached is not None and self._cached[0] == version and on_disk != version:
+            return self._cached[1]  # caught up with the run in progress, which has committed nothing since
+        index = None
+        if on_disk == version:
+            index, _ = self.files.load(self.config())
+        if index is not None:
+            self._cached, self._exact = (version, index), True
+            return index
+        if self._writer_active():
+            caught = self._catch_up(version)
+            if caught is not None:
+                self._cached, self._exact = (version, caught), False
+                return caught
+        log.warning("the %s file is missing or older than the database; rebuilding it from the database", self.name)
+        index = self.build()
+        try:
+            with write_lock(self.store.home):
+                self.files.save(index, version)
+        except CollectionBusyError:
+            log.info("collection busy; using the rebuilt %s without saving it", self.name)
+        self._cached, self._exact = (version, index), True
         return index
+
+    def _writer_active(self) -> bool:
+        try:
+            with write_lock(self.store.home):
+                return False
+        except CollectionBusyError:
+            return True
+
+    def _catch_up(self, version: int) -> VectorIndex | None:
+        """The index in memory (or else the file, however old) plus the rows added after its last id: what a
+        run in progress has committed. Rows it removed or re-embedded keep their old vectors until the run
+        ends (searches leave out hits whose rows are gone). ``None`` when there is nothing to start from."""
+        base = self._cached[1] if self._cached is not None else self.files.load(self.config())[0]
+        if base is None:
+            return None
+        ids = base.ids()
+        with self.store.session() as s:
+            new_ids, vecs, _ = self.vectors.indexed(s, self.vectors.ids_above(s, int(ids[-1]) if ids.size else 0))
+        if new_ids.size and vecs.shape[1] != base.dim:
+            return None
+        if new_ids.size:
+            base.add(new_ids, vecs)
+        log.info("caught the %s up with %d vectors committed by the run in progress", self.name, new_ids.size)
+        return base
 
 
 __all__ = ["RowVectors", "IndexCache", "Transform"]

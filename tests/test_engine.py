@@ -395,3 +395,39 @@ def test_several_queries_each_get_k_live_hits_when_files_are_gone(tmp_path):
     assert [len(r.hits) for r in res] == [4, 4]
     assert all(Path(h.path).parent == tmp_path / "b" for r in res for h in r.hits)
     assert res[1].hits[0].path == str(tmp_path / "b" / "img_0051.png")
+
+
+def test_a_reader_sees_what_a_run_in_progress_has_committed_without_rebuilding_the_index(tmp_path, monkeypatch):
+    """Another process indexing commits batch after batch and writes the index file only when it ends: a
+    search meanwhile adds the newly committed rows to the index it holds instead of rebuilding it."""
+    from indexer.store import write_lock
+
+    folder = tmp_path / "photos"
+    make_folder(folder, 8)
+    writer = open_collection(tmp_path / "home")
+    writer.index_folder(folder)
+    reader = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=lambda c, r: shared_embedder(c))
+    [before] = reader.search([folder / "img_0001.png"], k=3)
+    assert len(reader.index()) == 8
+
+    # the writer's run is "still going": rows committed, the index file not brought up to date
+    make_folder(folder, 4, start_seed=100)
+    monkeypatch.setattr(writer._cache, "update", lambda *a, **k: writer._cache._cached[1])
+    writer.index_folder(folder)
+
+    def no_rebuild():
+        raise AssertionError("the reader rebuilt the whole index")
+
+    monkeypatch.setattr(reader._cache, "build", no_rebuild)
+    new = sorted(folder.glob("img_01*.png"))
+    with write_lock(tmp_path / "home"):  # the writer still holds the collection
+        [res] = reader.search([new[2]], k=3)
+        assert res.hits[0].path == str(new[2].resolve()) and res.hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert len(reader.index()) == 12
+        [again] = reader.search([folder / "img_0001.png"], k=3)
+        assert again.hits[0].id == before.hits[0].id
+
+    # the run ends and writes the file: the reader takes the file as it is
+    monkeypatch.undo()
+    writer.index_folder(folder)
+    assert len(reader.index()) == 12 and reader._cache._exact
