@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import click
 
@@ -37,7 +38,15 @@ def _url(host: str, port: int, token: str | None) -> str:
     "Generated and printed when --host is not a loopback address.",
 )
 @click.option(
-    "--allow-changes", is_flag=True, help="Let the API change the collection (name people). Default: read-only."
+    "--allow-changes",
+    is_flag=True,
+    help="Let the API change the collection (name people) and act on duplicates (trash, hard links, moves to "
+    "--move-to; journaled, undoable). Default: read-only.",
+)
+@click.option(
+    "--move-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --allow-changes: the folder duplicates actions move copies to.",
 )
 @click.option(
     "--max-upload-mb",
@@ -62,6 +71,7 @@ def serve(
     port: int,
     token: str | None,
     allow_changes: bool,
+    move_to: Path | None,
     max_upload_mb: float,
     threads: int,
 ) -> None:
@@ -86,6 +96,7 @@ def serve(
         port=port,
         token=token,
         allow_changes=allow_changes,
+        move_to=move_to.expanduser().resolve() if move_to is not None else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
     )
     app = create_app(coll, settings)

@@ -17,7 +17,8 @@ contract of every endpoint: README, "Server"; the schema: ``/docs``.
   With a token every ``/api/`` request needs ``Authorization: Bearer TOKEN`` (401 otherwise); without one only
   loopback host names are accepted (so a web page cannot reach the API through DNS rebinding). Read-only unless
   ``allow_changes``: the server writes nothing but caches in the collection's home (thumbnails, the duplicates
-  graph) and, only then, the changes the API asks for (naming people).
+  graph) and, only then, the changes the API asks for (naming people; duplicates actions and their undo, through
+  the CLI's journal).
 - **JSON errors everywhere**, also for the framework's own 404 / 405 / 422: ``{"error": {"status", "message"}}``.
 """
 
@@ -59,6 +60,7 @@ from .engine import Collection, ImageInfo, QueryResult
 from .errors import CollectionBusyError, LookalikeError
 from .face_clusters import FaceClusters
 from .faces import INDEX, FaceGallery
+from .file_actions import apply_actions, undo
 from .imageio import Box
 from .thumbnails import MAX_SIZE, MIN_SIZE, THUMBNAIL_DIR, ThumbnailError, Thumbnails
 
@@ -87,8 +89,11 @@ class ServeSettings:
     port: int = 8765
     #: every ``/api/`` request must carry ``Authorization: Bearer TOKEN`` (``None``: no token)
     token: str | None = None
-    #: the API may change the collection (name people); otherwise nothing but caches is written
+    #: the API may change the collection (name people) and act on duplicates (trash, hard links, moves to
+    #: ``move_to``, undo: the CLI's journal); otherwise nothing but caches is written
     allow_changes: bool = False
+    #: where duplicates actions move copies (set by whoever starts the server; never a path from a client)
+    move_to: Path | None = None
     #: largest upload, in bytes (a search request's files together)
     max_upload_bytes: int = 25 * 1024 * 1024
     #: most images in one search request
@@ -253,6 +258,14 @@ class PersonOut(BaseModel):
 
 class PeopleOut(BaseModel):
     people: list[PersonOut]
+
+
+class ActionIn(BaseModel):
+    action: Literal["trash", "hardlink", "move"]
+    #: say what would be done and change nothing (the default: a person confirms with ``dry_run: false``)
+    dry_run: bool = True
+    #: the groups at this cosine (default: the calibrated threshold, as GET duplicates)
+    threshold: float | None = Field(None, ge=-1.0, le=1.0)
 
 
 class NameIn(BaseModel):
@@ -790,6 +803,42 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
         """Groups of copies of one picture, the suggested keeper first."""
         return service.duplicates(threshold)
 
+    def changes_allowed(request: Request) -> None:
+        """Changes need ``--allow-changes``, and a JSON body (which a form on another site cannot send)."""
+        if not settings.allow_changes:
+            raise HTTPException(403, "the server is read-only; restart with --allow-changes")
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(415, "send the request as JSON")
+
+    @app.post(
+        f"{API}/duplicates/actions",
+        dependencies=auth,
+        tags=["duplicates"],
+        responses={403: {"model": ErrorOut, "description": "the server is read-only"}},
+    )
+    def duplicates_action(request: Request, body: ActionIn = Body(...)) -> dict[str, Any]:
+        """Act on every copy of the duplicate groups (never the keeper, never a reference file), as `lookalike
+        duplicates --trash / --hardlink / --move-to` does, written to the same journal (needs
+        ``--allow-changes``; moves go to the server's ``--move-to`` folder). A dry run by default."""
+        changes_allowed(request)
+        if body.action == "move" and settings.move_to is None:
+            raise HTTPException(409, "moving needs a folder: restart the server with --move-to DIR")
+        service.duplicates(body.threshold)  # the same refusal as GET duplicates without a calibration
+        groups = DuplicateFinder(collection).find(threshold=body.threshold).groups
+        report = apply_actions(collection, groups, body.action, move_to=settings.move_to, dry_run=body.dry_run)
+        return report.to_dict()
+
+    @app.post(
+        f"{API}/duplicates/undo",
+        dependencies=auth,
+        tags=["duplicates"],
+        responses={403: {"model": ErrorOut, "description": "the server is read-only"}},
+    )
+    def duplicates_undo(request: Request) -> dict[str, Any]:
+        """Replay the latest duplicates journal backwards (as `lookalike duplicates --undo`)."""
+        changes_allowed(request)
+        return undo(collection).to_dict()
+
     # ------------------------------------------------------------------ people
     @app.get(f"{API}/people", response_model=PeopleOut, dependencies=auth, tags=["people"])
     def people() -> PeopleOut:
@@ -842,10 +891,7 @@ def create_app(collection: Collection, settings: ServeSettings | None = None) ->
     )
     def name_person(cluster_id: int, request: Request, body: NameIn = Body(...)) -> NameOut:
         """Name a person (cluster): its faces are enrolled under the name (needs ``--allow-changes``)."""
-        if not settings.allow_changes:
-            raise HTTPException(403, "the server is read-only; restart with --allow-changes")
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            raise HTTPException(415, 'send the name as JSON: {"name": "alice"}')
+        changes_allowed(request)
         clusters = service.clusters()
         if cluster_id not in {c.id for c in clusters.listing().clusters}:
             raise HTTPException(404, f"no person (cluster) {cluster_id}")

@@ -223,6 +223,30 @@ def test_duplicates_need_a_calibration_or_a_threshold_and_group_copies(fresh):
     assert [f["keep"] for f in group["files"]] == [True, False]
 
 
+def test_duplicates_actions_need_allow_changes_run_dry_first_and_undo_through_the_journal(fresh, tmp_path):
+    coll, photos = fresh
+    shutil.copy(photos / "img_0002.png", photos / "copy of img_0002.png")
+    coll.index_folder(photos)
+    move = {"action": "move", "threshold": 0.999}
+    with client_for(coll) as client:
+        assert_json_error(client.post("/api/v1/duplicates/actions", json=move), 403, "--allow-changes")
+        assert_json_error(client.post("/api/v1/duplicates/undo"), 403, "--allow-changes")
+    with client_for(coll, allow_changes=True) as client:
+        assert_json_error(client.post("/api/v1/duplicates/actions", json=move), 409, "--move-to")
+    aside = tmp_path / "aside"
+    with client_for(coll, allow_changes=True, move_to=aside) as client:
+        dry = client.post("/api/v1/duplicates/actions", json=move)
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["dry_run"] is True and (photos / "copy of img_0002.png").exists()
+        done = client.post("/api/v1/duplicates/actions", json={**move, "dry_run": False})
+        assert done.status_code == 200, done.text
+        assert not (photos / "copy of img_0002.png").exists() and (photos / "img_0002.png").exists()
+        assert len([p for p in aside.rglob("*") if p.is_file()]) == 1  # the copy, not the keeper
+        back = client.post("/api/v1/duplicates/undo", json={})  # JSON only: a cross-site form cannot send it
+        assert back.status_code == 200, back.text
+    assert (photos / "copy of img_0002.png").exists() and not [p for p in aside.rglob("*") if p.is_file()]
+
+
 # --------------------------------------------------------------------------------------------- people
 
 
