@@ -870,7 +870,6 @@ class Collection(Store):
         """Doctor's check of the object index (objects collections): the file against the database, and the
         objects' rows (of an indexed image, with a well-formed vector). Reports problems; returns the images
         whose objects must be found again (the image ids of orphaned or malformed objects)."""
-        index, state = self._objects.load()
         redo: set[int] = set()
         object_ids: set[int] = set()
         with self.session() as s:
@@ -882,17 +881,7 @@ class Collection(Store):
                     redo.add(image_id)
         if redo:
             report.problems.append(f"the objects of {len(redo)} images are orphaned or have a malformed vector")
-        if index is None:
-            report.problems.append("the object index file is missing or unreadable")
-        else:
-            if state is None or state.get("version") != version:
-                report.problems.append("the object index file is older than the database")
-            in_index = set(int(i) for i in index.ids())
-            if in_index != object_ids:
-                report.problems.append(
-                    f"object index and database disagree: {len(in_index - object_ids)} ids only in the index, "
-                    f"{len(object_ids - in_index)} only in the database"
-                )
+        report.problems.extend(self._objects.file_problems(version, object_ids))
         return redo
 
     def errors(self) -> list[tuple[str, str]]:
@@ -920,7 +909,6 @@ class Collection(Store):
             return report
         with write_lock(self.home) if repair else contextlib.nullcontext():
             version = self._vector_version()
-            index, state = self._cache.load()
             with self.session() as s:
                 whitening = self._whitening(s)
                 expected_dim = whitening.in_dim if whitening is not None else None
@@ -945,17 +933,7 @@ class Collection(Store):
                 report.problems.append(f"stored vectors have mixed dimensions {sorted(dims)}")
             if bad_vectors:
                 report.problems.append(f"{len(bad_vectors)} indexed images have a missing or malformed vector")
-            if index is None:
-                report.problems.append("the index file is missing or unreadable")
-            else:
-                if state is None or state.get("version") != version:
-                    report.problems.append("the index file is older than the database")
-                index_ids = set(int(i) for i in index.ids())
-                if index_ids != db_ids:
-                    report.problems.append(
-                        f"index and database disagree: {len(index_ids - db_ids)} ids only in the index, "
-                        f"{len(db_ids - index_ids)} only in the database"
-                    )
+            report.problems.extend(self._cache.file_problems(version, db_ids))
             if report.missing_files:
                 report.problems.append(f"{len(report.missing_files)} indexed files no longer exist on disk")
             objects_on = self.object_settings.enabled

@@ -106,6 +106,23 @@ class IndexCache:
         """The index file and its state as they are on disk (``None`` for what is missing or unreadable)."""
         return self.files.load(self.config())
 
+    def file_problems(self, version: int, ids: set[int]) -> list[str]:
+        """What ``doctor`` finds wrong with the index file, against the database at ``version`` holding ``ids``:
+        missing or unreadable, older than the database, or other ids."""
+        index, state = self.load()
+        if index is None:
+            return [f"the {self.name} file is missing or unreadable"]
+        problems = []
+        if state is None or state.get("version") != version:
+            problems.append(f"the {self.name} file is older than the database")
+        in_index = {int(i) for i in index.ids()}
+        if in_index != ids:
+            problems.append(
+                f"{self.name} and database disagree: {len(in_index - ids)} ids only in the index, "
+                f"{len(ids - in_index)} only in the database"
+            )
+        return problems
+
     def build(self) -> VectorIndex:
         """A new index of every vector in the database."""
         with self.store.session() as s:
