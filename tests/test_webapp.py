@@ -341,6 +341,53 @@ def test_the_duplicates_page_shows_groups_with_the_keeper_marked(page, served):
     page.locator("#dup-form button").click()
     page.wait_for_function("() => document.querySelector('#dup-status').textContent.includes('(threshold 0.2)')")
     assert page.locator("#dup-groups .card").count() > before
+    assert page.locator("#dup-actions").is_hidden()  # a read-only server offers no actions
+
+
+def test_duplicates_actions_preview_apply_and_undo_when_changes_are_allowed(browser, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        draw_image(i, SIZE).save(folder / f"photo_{i}.png")
+    shutil.copyfile(folder / "photo_1.png", folder / "photo_1 copy.png")
+    coll = Collection(tmp_path / "home", runtime=FAST_RUNTIME)
+    coll.configure(model=SMALL_MODEL)
+    coll.index_folder(folder)
+    DuplicateFinder(coll).calibrate(samples=3, copies_per_image=2, seed=0)  # the page exists once calibrated
+    aside = tmp_path / "aside"
+    settings = server_module.ServeSettings(allow_changes=True, move_to=aside)
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    context.set_default_timeout(TIMEOUT)
+    try:
+        with _Server(server_module.create_app(coll, settings)) as url:
+            page = context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())  # "Apply to every copy...?"
+            page.goto(url + "/#duplicates")
+            page.locator("#dup-threshold").fill("0.999")
+            page.locator("#dup-form button").click()
+            page.wait_for_function("() => document.querySelector('#dup-status').textContent.includes('0.999')")
+            assert page.locator("#dup-groups .group").count() == 1  # the answer to the first load is not added
+            page.locator("#dup-action").select_option("move")
+            assert page.locator("#dup-apply").is_disabled()  # nothing to apply before a preview
+            page.get_by_role("button", name="Preview").click()
+            status = page.locator("#dup-action-status")
+            page.wait_for_function(
+                "() => document.querySelector('#dup-action-status').textContent.startsWith('Preview')"
+            )
+            assert "1 to do" in status.inner_text() and (folder / "photo_1 copy.png").exists()
+            shot(page, "duplicates_preview")
+            page.locator("#dup-apply").click()
+            page.wait_for_function("() => document.querySelector('#dup-action-status').textContent.startsWith('Done')")
+            assert "1 done" in status.inner_text()
+            assert not (folder / "photo_1 copy.png").exists() and (folder / "photo_1.png").exists()
+            assert [p.name for p in aside.rglob("*.png")] == ["photo_1 copy.png"]
+            page.get_by_role("button", name="Undo the last action").click()
+            page.wait_for_function(
+                "() => document.querySelector('#dup-action-status').textContent.startsWith('Undone')"
+            )
+            assert (folder / "photo_1 copy.png").exists() and not list(aside.rglob("*.png"))
+    finally:
+        context.close()
 
 
 def test_pages_without_their_feature_are_absent(page, served):

@@ -761,6 +761,57 @@ const duplicates = {
       this.load();
     });
     $("dup-more").addEventListener("click", () => this.more());
+    $("dup-actions").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.act(true);
+    });
+    $("dup-action").addEventListener("change", () => {
+      $("dup-apply").disabled = true;
+    });
+    $("dup-apply").addEventListener("click", () => {
+      const what = $("dup-action").selectedOptions[0].textContent;
+      if (window.confirm(`Apply to every copy besides the keepers: ${what}? (Undo puts them back.)`)) this.act(false);
+    });
+    $("dup-undo").addEventListener("click", () => this.undo());
+  },
+
+  /** Preview (dry run) or apply the chosen action to the groups shown; only with --allow-changes. */
+  async act(dryRun) {
+    const threshold = $("dup-threshold").value.trim();
+    const body = { action: $("dup-action").value, dry_run: dryRun };
+    if (threshold) body.threshold = Number(threshold);
+    setInlineError($("dup-error"), null);
+    $("dup-action-status").textContent = dryRun ? "Checking what would be done…" : "Working…";
+    try {
+      const report = await getJSON(`${API}/duplicates/actions`, { method: "POST", json: body });
+      $("dup-action-status").textContent = this.summary(report);
+      $("dup-apply").disabled = !dryRun || !report.results.some((r) => r.status === "would");
+      if (!dryRun) this.load();
+    } catch (err) {
+      $("dup-action-status").textContent = "";
+      setInlineError($("dup-error"), err);
+    }
+  },
+
+  async undo() {
+    setInlineError($("dup-error"), null);
+    try {
+      const report = await getJSON(`${API}/duplicates/undo`, { method: "POST", json: {} });
+      $("dup-action-status").textContent = this.summary(report);
+      $("dup-apply").disabled = true;
+      this.load();
+    } catch (err) {
+      setInlineError($("dup-error"), err);
+    }
+  },
+
+  summary(report) {
+    const counts = {};
+    for (const r of report.results) counts[r.status] = (counts[r.status] || 0) + 1;
+    const words = { would: "to do", done: "done", restored: "put back", skipped: "skipped", failed: "failed" };
+    const parts = Object.entries(counts).map(([status, n]) => `${n} ${words[status] || status}`);
+    const head = report.dry_run ? "Preview" : report.action === "undo" ? "Undone" : "Done";
+    return `${head}: ${parts.join(", ") || "nothing to do"}.` + (report.dry_run ? " Nothing was changed; Apply does it." : "");
   },
 
   async load() {
@@ -768,18 +819,22 @@ const duplicates = {
     const url = threshold ? `${API}/duplicates?threshold=${encodeURIComponent(threshold)}` : `${API}/duplicates`;
     if (this.scope) this.scope.dispose();
     this.scope = new ImageScope();
+    $("dup-actions").hidden = !state.features.changes; // a read-only server offers no actions
     $("dup-groups").replaceChildren();
     $("dup-more").hidden = true;
     setInlineError($("dup-error"), null);
     $("dup-status").textContent = "Looking for duplicates…";
+    const asked = (this.asked = (this.asked || 0) + 1); // only the latest request's answer is shown
     let answer;
     try {
       answer = await getJSON(url);
     } catch (err) {
+      if (asked !== this.asked) return;
       $("dup-status").textContent = "";
       setInlineError($("dup-error"), err);
       return;
     }
+    if (asked !== this.asked) return;
     this.groups = answer.groups || [];
     this.shown = 0;
     const files = this.groups.reduce((n, g) => n + g.files.length, 0);
