@@ -22,8 +22,9 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -33,6 +34,8 @@ from . import db
 from .errors import CollectionBusyError
 from .store import NullProgress, Progress, Store, write_lock
 from .vector_index import VectorIndex
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -265,46 +268,45 @@ def update_graph(
     return KnnGraph(ids, nbr, sim, fingerprints, signature, version, 0), n
 
 
-class GraphFile:
-    """The graph file in a home: loads as ``None`` when missing or unreadable, saved atomically."""
+class NpzFile(Generic[T]):
+    """A cache file holding one dataclass (``kind``: arrays and scalars) as an ``.npz``: it loads as ``None``
+    when missing or unreadable (the caller rebuilds it) and is saved atomically. Fields whose names start with
+    ``_`` are not kept."""
+
+    kind: type[T]
+    what: str = "cache"
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def stamp(self) -> tuple[int, int] | None:
-        """``(mtime_ns, size)`` of the file (``None``: no file): a graph held in memory is the file's only while
+        """``(mtime_ns, size)`` of the file (``None``: no file): what is held in memory is the file's only while
         this is unchanged (another process may have replaced it, or a person deleted it)."""
         return file_stamp(self.path)
 
-    def load(self) -> KnnGraph | None:
+    def _kept(self) -> list[str]:
+        return [f.name for f in fields(self.kind) if not f.name.startswith("_")]  # type: ignore[arg-type]
+
+    def load(self) -> T | None:
         try:
             with np.load(self.path, allow_pickle=False) as z:
-                return KnnGraph(
-                    ids=z["ids"],
-                    nbr=z["nbr"],
-                    sim=z["sim"],
-                    fingerprints=z["fingerprints"],
-                    signature=str(z["signature"]),
-                    version=int(z["version"]),
-                    changed=int(z["changed"]),
-                )
+                values = {name: z[name].item() if z[name].ndim == 0 else z[name] for name in self._kept()}
+            return self.kind(**values)
         except FileNotFoundError:
             return None
         except (OSError, KeyError, ValueError, EOFError) as exc:
-            log.warning("the k-NN graph %s is unreadable (%s); it will be rebuilt", self.path, exc)
+            log.warning("the %s %s is unreadable (%s); it will be rebuilt", self.what, self.path, exc)
             return None
 
-    def save(self, graph: KnnGraph) -> None:
-        write_npz_atomic(
-            self.path,
-            ids=graph.ids,
-            nbr=graph.nbr,
-            sim=graph.sim,
-            fingerprints=graph.fingerprints,
-            signature=np.array(graph.signature),
-            version=np.array(graph.version),
-            changed=np.array(graph.changed),
-        )
+    def save(self, value: T) -> None:
+        write_npz_atomic(self.path, **{name: np.asarray(getattr(value, name)) for name in self._kept()})
+
+
+class GraphFile(NpzFile[KnnGraph]):
+    """The k-NN graph's file in a home."""
+
+    kind = KnnGraph
+    what = "k-NN graph"
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -456,6 +458,7 @@ __all__ = [
     "GRAPH_FILE",
     "GraphCache",
     "GraphFile",
+    "NpzFile",
     "fingerprint",
     "KnnGraph",
     "indexed_fingerprints",

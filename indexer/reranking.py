@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from retrieval.rerank import RerankSettings, alpha_qe, dba, diffusion_scores, subgraph
 
-from .knn_graph import GraphCache, KnnGraph, file_stamp, save_locked, write_npz_atomic
+from .knn_graph import GraphCache, KnnGraph, NpzFile, save_locked
 from .store import Store
 from .vector_index import VectorIndex
 
@@ -100,43 +99,11 @@ def update_dba(
     )
 
 
-class DbaFile:
-    """The DBA vectors' file in a home: loads as ``None`` when missing or unreadable, saved atomically."""
+class DbaFile(NpzFile[DbaVectors]):
+    """The DBA vectors' file in a home."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> DbaVectors | None:
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                return DbaVectors(
-                    ids=z["ids"],
-                    vectors=z["vectors"],
-                    nbr=z["nbr"],
-                    fingerprints=z["fingerprints"],
-                    version=int(z["version"]),
-                    k=int(z["k"]),
-                    alpha=float(z["alpha"]),
-                    signature=str(z["signature"]),
-                )
-        except FileNotFoundError:
-            return None
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            log.warning("the DBA vectors %s are unreadable (%s); they will be rebuilt", self.path, exc)
-            return None
-
-    def save(self, d: DbaVectors) -> None:
-        write_npz_atomic(
-            self.path,
-            ids=d.ids,
-            vectors=d.vectors,
-            nbr=d.nbr,
-            fingerprints=d.fingerprints,
-            version=np.array(d.version),
-            k=np.array(d.k),
-            alpha=np.array(d.alpha),
-            signature=np.array(d.signature),
-        )
+    kind = DbaVectors
+    what = "DBA vectors"
 
 
 class DbaCache:
@@ -158,7 +125,7 @@ class DbaCache:
         is writing; ``locked``: this process holds the write lock already)."""
         self.last_recomputed = 0
         version = self.graph.version()
-        stamp = file_stamp(self.file.path)
+        stamp = self.file.stamp()
         if self._dba is not None and stamp != self._stamp:
             self._dba = None  # the file was replaced or deleted since: it is the truth
         if self._dba is not None and self._dba.matches(version, settings):
@@ -175,7 +142,7 @@ class DbaCache:
         def save() -> None:
             if self.graph.version() == version:
                 self.file.save(fresh)
-                self._stamp = file_stamp(self.file.path)
+                self._stamp = self.file.stamp()
 
         save_locked(self.store.home, save, locked, "the DBA vectors")
         return fresh
