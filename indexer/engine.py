@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
@@ -292,30 +292,8 @@ class Collection(Store):
         """
         embedder = self._try_settings(model, index, mask)
         with self.session() as s, s.begin():
-            stored_mask = db.get_setting(s, "mask")
-            if mask is not None and (MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()) != mask:
-                has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
-                if has_vectors and not reembed:
-                    before = MaskSettings.from_dict(stored_mask) if stored_mask else MaskSettings()
-                    raise ModelMismatchError(
-                        f"this collection was embedded with {before.describe()}, not {mask.describe()}; re-run "
-                        f"with --reembed to re-embed all {has_vectors} images, or use another --home"
-                    )
-                if has_vectors:
-                    self._reset_vectors(s)
-                db.set_setting(s, "mask", mask.to_dict())
-            stored_objects = db.get_setting(s, "objects")
-            before_objects = ObjectSettings.from_dict(stored_objects) if stored_objects else ObjectSettings()
-            if objects is not None and before_objects != objects:
-                has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
-                if has_vectors and not reembed:
-                    raise ModelMismatchError(
-                        f"this collection was embedded with {before_objects.describe()}, not {objects.describe()}; "
-                        f"re-run with --reembed to re-embed all {has_vectors} images, or use another --home"
-                    )
-                if has_vectors:
-                    self._reset_vectors(s)
-                db.set_setting(s, "objects", objects.to_dict())
+            self._change_embedding_setting(s, "mask", MaskSettings, mask, reembed)
+            self._change_embedding_setting(s, "objects", ObjectSettings, objects, reembed)
             stored = db.get_setting(s, "model")
             if model is not None:
                 if stored is not None and ModelConfig.from_dict(stored) != model:
@@ -347,6 +325,25 @@ class Collection(Store):
         self._objects.forget()
         self._graph.forget()
         self._dba.forget()
+
+    def _change_embedding_setting(self, s: Session, key: str, kind: type, new: Any, reembed: bool) -> None:
+        """Store ``new`` (a settings dataclass with ``from_dict`` / ``to_dict`` / ``describe``; ``None``: keep)
+        as setting ``key``, a setting that changes what the vectors are: refused with
+        :class:`ModelMismatchError` when vectors made otherwise exist, unless ``reembed`` (then every image is
+        marked for re-embedding)."""
+        stored = db.get_setting(s, key)
+        before = kind.from_dict(stored) if stored else kind()
+        if new is None or before == new:
+            return
+        has_vectors = s.scalar(select(func.count()).where(ImageRecord.vector.is_not(None))) or 0
+        if has_vectors and not reembed:
+            raise ModelMismatchError(
+                f"this collection was embedded with {before.describe()}, not {new.describe()}; re-run "
+                f"with --reembed to re-embed all {has_vectors} images, or use another --home"
+            )
+        if has_vectors:
+            self._reset_vectors(s)
+        db.set_setting(s, key, new.to_dict())
 
     def _try_settings(
         self, model: ModelConfig | None, index: IndexConfig | None, mask: MaskSettings | None

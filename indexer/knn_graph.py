@@ -301,6 +301,18 @@ class NpzFile(Generic[T]):
     def save(self, value: T) -> None:
         write_npz_atomic(self.path, **{name: np.asarray(getattr(value, name)) for name in self._kept()})
 
+    def check(self, version: int) -> str | None:
+        """What ``doctor`` finds wrong with the file against the database's ``version`` (``None``: nothing, or
+        no file: a cache is optional)."""
+        if not self.path.exists():
+            return None
+        value = self.load()
+        if value is None:
+            return f"the {self.what} file {self.path.name} is unreadable"
+        if value.version != version:
+            return f"the {self.what} file {self.path.name} is older than the database"
+        return None
+
 
 class GraphFile(NpzFile[KnnGraph]):
     """The k-NN graph's file in a home."""
@@ -421,14 +433,7 @@ class GraphCache:
 
     def check(self) -> str | None:
         """What is wrong with the graph file, if one is kept (``None``: nothing, or no file: it is optional)."""
-        if not self.file.path.exists():
-            return None
-        graph = self.file.load()
-        if graph is None:
-            return f"the k-NN graph file {self.file.path.name} is unreadable"
-        if graph.version != self.version():
-            return f"the k-NN graph file {self.file.path.name} is older than the database"
-        return None
+        return self.file.check(self.version())
 
 
 def fingerprint(content_hash: str | None) -> int:

@@ -103,7 +103,7 @@ class DbaFile(NpzFile[DbaVectors]):
     """The DBA vectors' file in a home."""
 
     kind = DbaVectors
-    what = "DBA vectors"
+    what = "re-ranking cache (DBA vectors)"
 
 
 class DbaCache:
@@ -149,14 +149,7 @@ class DbaCache:
 
     def check(self) -> str | None:
         """What is wrong with the DBA file, if one is kept (``None``: nothing, or no file: it is optional)."""
-        if not self.file.path.exists():
-            return None
-        d = self.file.load()
-        if d is None:
-            return f"the re-ranking cache {self.file.path.name} is unreadable"
-        if d.version != self.graph.version():
-            return f"the re-ranking cache {self.file.path.name} is older than the database"
-        return None
+        return self.file.check(self.graph.version())
 
 
 # --------------------------------------------------------------------------------------------- searching
