@@ -19,6 +19,11 @@ class DamagedDatabaseError(LookalikeError):
     """The metadata database file is damaged; the message says which and how to recover."""
 
 
+class DatabaseUnavailableError(LookalikeError):
+    """The metadata database cannot be used: its driver is not installed, its server cannot be reached, or the
+    server refuses the login. The message names the database (password hidden) and what to do."""
+
+
 class Interrupted(LookalikeError):
     """A long run was interrupted (Ctrl-C); what it finished is kept and the same command resumes it."""
 
@@ -37,6 +42,7 @@ __all__ = [
     "ModelMismatchError",
     "CollectionBusyError",
     "DamagedDatabaseError",
+    "DatabaseUnavailableError",
     "Interrupted",
     "SettingsError",
     "DataError",
