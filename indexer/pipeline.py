@@ -128,6 +128,32 @@ def batch_and_workers(embedder: Embedder, batch_size: int | None, workers: int |
     return batch_size, workers
 
 
+def embed_decoded(
+    items: Sequence[tuple[int, Decoded]], embedder: Embedder, masker: Masker | None = None
+) -> list[Embedded]:
+    """One network batch: same-sized decoded images ``(index, Decoded)`` (masked as ``masker`` says when
+    given) -> their :class:`Embedded` results, each carrying its ``index``."""
+    t0 = time.perf_counter()
+    stack = getattr(embedder, "stack_batch", None) or np.stack
+    pixels, masks = stack([d.image.pixels for _, d in items]), None
+    if masker is not None:
+        pixels, masks = masker.network_inputs(pixels, [d.mask.mask if d.mask else None for _, d in items])
+    vecs = embedder.embed_batch(pixels, masks)
+    log.debug("batch of %d %s in %.3fs", len(items), pixels.shape, time.perf_counter() - t0)
+    return [
+        Embedded(
+            i,
+            v,
+            d.image.width,
+            d.image.height,
+            d.image.content_hash,
+            mask_fraction=d.mask.fraction if d.mask else None,
+            mask_fallback=d.mask.fallback if d.mask else None,
+        )
+        for (i, d), v in zip(items, vecs)
+    ]
+
+
 def embed_files(
     paths: Sequence[Source],
     embedder: Embedder,
@@ -146,27 +172,6 @@ def embed_files(
     """
     batch_size, workers = batch_and_workers(embedder, batch_size, workers)
     buckets: dict[tuple[int, int], list[tuple[int, Decoded]]] = {}
-    stack = getattr(embedder, "stack_batch", None) or np.stack
-
-    def run(items: list[tuple[int, Decoded]]) -> list[Embedded]:
-        t0 = time.perf_counter()
-        pixels, masks = stack([d.image.pixels for _, d in items]), None
-        if masker is not None:
-            pixels, masks = masker.network_inputs(pixels, [d.mask.mask if d.mask else None for _, d in items])
-        vecs = embedder.embed_batch(pixels, masks)
-        log.debug("batch of %d %s in %.3fs", len(items), pixels.shape, time.perf_counter() - t0)
-        return [
-            Embedded(
-                i,
-                v,
-                d.image.width,
-                d.image.height,
-                d.image.content_hash,
-                mask_fraction=d.mask.fraction if d.mask else None,
-                mask_fallback=d.mask.fallback if d.mask else None,
-            )
-            for (i, d), v in zip(items, vecs)
-        ]
 
     for i, item in decoded(
         paths,
@@ -184,8 +189,8 @@ def embed_files(
         bucket = buckets.setdefault(key, [])
         bucket.append((i, item))
         if len(bucket) >= batch_size:
-            yield from run(bucket)
+            yield from embed_decoded(bucket, embedder, masker)
             buckets[key] = []
     for bucket in buckets.values():
         if bucket:
-            yield from run(bucket)
+            yield from embed_decoded(bucket, embedder, masker)
