@@ -6,8 +6,13 @@ FAISS index file can always be rebuilt from it. ``Image.id`` is the id the FAISS
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,13 +30,17 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    make_url,
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import DamagedDatabaseError
+from .errors import CollectionBusyError, DamagedDatabaseError, DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
 
 PENDING = "pending"
 INDEXED = "indexed"
@@ -182,12 +191,61 @@ def redact_url(url: str) -> str:
     return url
 
 
+#: SQLAlchemy's driver for a bare ``postgresql://`` URL is psycopg2; the ``postgres`` extra installs psycopg 3.
+POSTGRES_DRIVER = "postgresql+psycopg"
+POSTGRES_EXTRA = 'pip install -e ".[postgres]"'
+#: Seconds to wait for a database server to answer before saying it cannot be reached.
+CONNECT_TIMEOUT = 10
+
+
+def engine_url(url: str) -> URL:
+    """The URL as SQLAlchemy is given it: ``postgresql://`` and ``postgres://`` without a driver mean psycopg 3
+    (the ``postgres`` extra), not SQLAlchemy's default psycopg2. Raises :class:`sqlalchemy.exc.ArgumentError`
+    for a string that is no URL."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    return parsed
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def connect_problem(url: str, exc: BaseException) -> str:
+    """What a failed connection to the database server at ``url`` means for a person, in one line
+    (``exc``: the driver's error)."""
+    where, reason = database_location(url), _one_line(exc)
+    if "password authentication failed" in reason or "no password supplied" in reason:
+        return f"the database server refused the login to {where}: wrong user name or password"
+    if "does not exist" in reason and "database" in reason:
+        name = make_url(url).database
+        return f"there is no database {name} on the server of {where}; create it first (createdb {name})"
+    reason = reason.removeprefix("connection failed: ")
+    return f"cannot reach the database server of {where}: {reason}"
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine and the tables. SQLite gets WAL mode and a busy timeout. A damaged SQLite file
     (cut short by a full disk, overwritten) raises :class:`~indexer.errors.DamagedDatabaseError`, whenever
-    it is noticed, with what to do about it."""
+    it is noticed, with what to do about it. A database server (PostgreSQL, ...) that cannot be reached or
+    refuses the login, a connection lost on the way, or a driver that is not installed raise
+    :class:`~indexer.errors.DatabaseUnavailableError` naming the database (password hidden)."""
     is_sqlite = url.startswith("sqlite")
-    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    target = engine_url(url)
+    if is_sqlite:
+        options: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    else:  # pre-ping: a server restarted between two commands of `serve` costs a reconnection, not an error
+        timeout = {} if "connect_timeout" in target.query else {"connect_timeout": CONNECT_TIMEOUT}
+        options = {"pool_pre_ping": True, "connect_args": timeout if target.drivername == POSTGRES_DRIVER else {}}
+    try:
+        engine = create_engine(target, **options)
+    except ImportError as exc:  # the dialect is known, its driver is not installed
+        if target.drivername == POSTGRES_DRIVER:
+            hint = f"the PostgreSQL driver psycopg is not installed: {POSTGRES_EXTRA}"
+        else:
+            hint = f"its driver is not installed ({_one_line(exc)})"
+        raise DatabaseUnavailableError(f"cannot open the database {database_location(url)}: {hint}") from None
     if is_sqlite:
 
         @event.listens_for(engine, "handle_error")
@@ -206,6 +264,18 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+
+    else:
+
+        @event.listens_for(engine, "handle_error")
+        def _unavailable(context: Any) -> None:
+            if context.connection is None and isinstance(context.sqlalchemy_exception, OperationalError):
+                raise DatabaseUnavailableError(connect_problem(url, context.original_exception)) from None
+            if context.is_disconnect and not context.is_pre_ping:
+                raise DatabaseUnavailableError(
+                    f"lost the connection to the database server of {database_location(url)} "
+                    f"({_one_line(context.original_exception)}); what was committed is kept: run the command again"
+                ) from None
 
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)
@@ -229,6 +299,84 @@ def _add_missing_columns(engine: Engine) -> None:
             kind = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+@dataclass(frozen=True)
+class _SessionLock:
+    """How one kind of database server takes a named lock that belongs to a session (a connection): held until
+    released or until the connection ends, so a process that dies loses it."""
+
+    scope: str  #: SQL naming where the collection's tables are (database, schema): the lock's name derives from it
+    acquire: str  #: SQL answering at once: true when taken, false when another session holds it
+    release: str
+    numeric: bool  #: the name is a 64-bit integer (PostgreSQL advisory locks), else a short string
+
+
+_SESSION_LOCKS = {
+    "postgresql": _SessionLock(
+        "SELECT current_database() || '.' || current_schema()",
+        "SELECT pg_try_advisory_lock(:key)",
+        "SELECT pg_advisory_unlock(:key)",
+        numeric=True,
+    ),
+    "mysql": _SessionLock("SELECT DATABASE()", "SELECT GET_LOCK(:key, 0)", "SELECT RELEASE_LOCK(:key)", False),
+}
+_SESSION_LOCKS["mariadb"] = _SESSION_LOCKS["mysql"]
+_warned_unlocked: set[str] = set()
+
+
+def lock_key(scope: str, numeric: bool) -> int | str:
+    """The lock name of the collection whose tables are in ``scope``: a signed 64-bit integer, or a string
+    of at most 64 characters (MySQL's limit)."""
+    digest = hashlib.blake2b(f"lookalike write lock {scope}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True) if numeric else f"lookalike.{digest.hex()}"
+
+
+@contextlib.contextmanager
+def database_lock(engine: Engine, url: str) -> Iterator[None]:
+    """Hold the database's own write lock of the collection in it, on a connection of its own, for the duration;
+    raise :class:`~indexer.errors.CollectionBusyError` at once when another session holds it. This keeps apart
+    writers that share no home folder: other machines, or other homes on one database.
+
+    - PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a 64-bit key derived from the
+      database and schema the tables are in. The connection is in autocommit mode: holding the lock keeps no
+      transaction open, and readers (searches) never wait for it.
+    - MySQL and MariaDB: ``GET_LOCK(name, 0)`` on a name derived from the database (server-wide names, hence the
+      database in it). Written to the same pattern but not tested here (no MySQL server in the tests).
+    - Other servers (Oracle, SQL Server, ...): no lock is taken and a warning says so once; only the home
+      folder's file lock keeps writers apart, so run one writer at a time there.
+    - SQLite is not meant to come here: its file lives in the home folder, whose file lock covers it.
+
+    A process that dies loses its connection, and the server releases the lock.
+    """
+    kind = _SESSION_LOCKS.get(engine.dialect.name)
+    if kind is None:
+        if engine.dialect.name not in _warned_unlocked:
+            _warned_unlocked.add(engine.dialect.name)
+            log.warning(
+                "no database lock for %s: writers on other machines are not kept apart; run one at a time",
+                engine.dialect.name,
+            )
+        yield
+        return
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        key = lock_key(str(conn.execute(text(kind.scope)).scalar()), kind.numeric)
+        if not conn.execute(text(kind.acquire), {"key": key}).scalar():
+            raise CollectionBusyError(
+                f"another lookalike process is writing to the collection in {database_location(url)}; "
+                "wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text(kind.release), {"key": key})
+            except (SQLAlchemyError, DatabaseUnavailableError) as exc:  # connection gone: so is the lock
+                log.warning("could not release the database lock (%s); closing its connection releases it", exc)
+                conn.invalidate()
+    finally:
+        conn.close()
 
 
 def get_setting(session: Session, key: str, default: Any = None) -> Any:
@@ -282,6 +430,8 @@ __all__ = [
     "FaceRecord",
     "FaceCluster",
     "make_engine",
+    "engine_url",
+    "database_lock",
     "get_setting",
     "set_setting",
     "get_blob",

@@ -808,7 +808,7 @@ class Collection(Store):
         ``exclude`` is false, exclude the path from later index runs (:meth:`include` takes it back).
         Returns how many images were forgotten (nothing is excluded when none was)."""
         p = str(Path(path).expanduser().resolve())
-        with write_lock(self.home):
+        with write_lock(self):
             start_version = self._vector_version()
             with self.session() as s, s.begin():
                 prefix = p.rstrip(os.sep) + os.sep
@@ -904,7 +904,7 @@ class Collection(Store):
             report.problems.append(damage)
             report.damaged = True
             return report
-        with write_lock(self.home) if repair else contextlib.nullcontext():
+        with write_lock(self) if repair else contextlib.nullcontext():
             version = self._vector_version()
             with self.session() as s:
                 whitening = self._whitening(s)

@@ -200,7 +200,7 @@ class FaceClusters:
         p = self.params
         report = ClusterReport(params=p, rebuilt=rebuild)
         touched: set[int] = set()
-        with write_lock(self.gallery.home):
+        with write_lock(self.gallery):
             with self.gallery.session() as s, s.begin():
                 if params is not None:
                     db.set_setting(s, _SETTINGS_KEY, p.to_dict())
@@ -363,7 +363,7 @@ class FaceClusters:
         if current is not None:
             self.gallery.enroll_indexed_faces(current, [])
         self.gallery.enroll_indexed_faces(name, faces)
-        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
+        with write_lock(self.gallery), self.gallery.session() as s, s.begin():
             ident = s.scalar(select(Identity.id).where(Identity.name == name))
             s.execute(update(FaceCluster).where(FaceCluster.id == cluster_id).values(identity_id=ident))
         return cluster_id
@@ -374,7 +374,7 @@ class FaceClusters:
         or takes ``other``'s when it had none. Returns ``into``."""
         if into == other:
             raise LookalikeError(f"cannot merge cluster {into} with itself")
-        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
+        with write_lock(self.gallery), self.gallery.session() as s, s.begin():
             a, b = self._require(s, into), self._require(s, other)
             name_a, name_b = self._name_of(s, a), self._name_of(s, b)
             s.execute(update(FaceRecord).where(FaceRecord.cluster_id == other).values(cluster_id=into))
@@ -393,7 +393,7 @@ class FaceClusters:
         faces in smaller parts keep the id and name. New clusters are the user's: kept even when small.
         Returns the new clusters' ids."""
         p = self.params
-        with write_lock(self.gallery.home), self.gallery.session() as s, s.begin():
+        with write_lock(self.gallery), self.gallery.session() as s, s.begin():
             self._require(s, cluster_id)
             rows = list(
                 s.execute(

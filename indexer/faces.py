@@ -427,7 +427,7 @@ class FaceGallery(Store):
             return []
         new = new.uncalibrated()
         lost: list[tuple[str, str]] = []
-        with write_lock(self.home):
+        with write_lock(self):
             with self.session() as s:
                 stored = s.scalar(select(func.count()).select_from(FaceRecord)) or 0
             if stored and not reembed:
@@ -559,7 +559,7 @@ class FaceGallery(Store):
             raise LookalikeError(f"{UNKNOWN!r} is reserved for faces that match nobody; choose another name")
         report = EnrollReport(name=name)
         settings = self._ensure_settings()
-        with write_lock(self.home):
+        with write_lock(self):
             start = self._caches[ENROLLED].version()
             with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
@@ -606,7 +606,7 @@ class FaceGallery(Store):
 
     def forget(self, name: str) -> int:
         """Remove an identity and its enrolled faces. Returns the number of faces removed."""
-        with write_lock(self.home):
+        with write_lock(self):
             start = self._caches[ENROLLED].version()
             with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))
@@ -630,7 +630,7 @@ class FaceGallery(Store):
         if not name or name == UNKNOWN:
             raise LookalikeError(f"a person needs a non-empty name other than {UNKNOWN!r}")
         wanted = set(face_ids)
-        with write_lock(self.home):
+        with write_lock(self):
             start = self._caches[ENROLLED].version()
             with self.session() as s, s.begin():
                 ident = s.scalar(select(Identity).where(Identity.name == name))

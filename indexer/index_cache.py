@@ -215,7 +215,7 @@ class IndexCache:
 
     def _writer_active(self) -> bool:
         try:
-            with write_lock(self.store.home):
+            with write_lock(self.store):
                 return False
         except CollectionBusyError:
             return True

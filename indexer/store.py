@@ -101,7 +101,8 @@ class Store:
         except LookalikeError:
             raise
         except (SQLAlchemyError, OSError, ImportError) as exc:  # a bad URL, a missing driver, an unreachable server
-            raise LookalikeError(f"cannot open the database {redact_url(self.db_url)}: {exc}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LookalikeError(f"cannot open the database {redact_url(self.db_url)}: {reason}") from None
 
     def session(self) -> Session:
         """A new session on the metadata database (``with store.session() as s, s.begin(): ...``)."""
@@ -151,8 +152,19 @@ class Store:
 
 
 @contextlib.contextmanager
-def write_lock(home: Path) -> Iterator[None]:
-    """One writer at a time per home folder (an advisory lock, released if the process dies)."""
+def write_lock(owner: Store | Path) -> Iterator[None]:
+    """One writer at a time per collection; :class:`~indexer.errors.CollectionBusyError` at once when another
+    holds it. Two locks, both released if the process dies:
+
+    - the home folder's file lock (``flock`` on ``home/lock``): keeps apart the processes sharing the home, and
+      guards the files kept there (index caches, journals);
+    - given a :class:`Store` on a database server (not SQLite), that database's own lock as well
+      (:func:`indexer.db.database_lock`: a PostgreSQL advisory lock), which keeps apart writers on other
+      machines or with other home folders. Readers take neither.
+
+    ``owner``: the store whose database is written, or a bare home folder for work on its files only.
+    """
+    home = owner if isinstance(owner, Path) else owner.home
     try:
         fh = open(home / LOCK_FILE, "a+")
     except OSError as exc:
@@ -165,7 +177,11 @@ def write_lock(home: Path) -> Iterator[None]:
                 f"another lookalike process is writing to {home}; wait for it to finish"
             ) from None
         try:
-            yield
+            if isinstance(owner, Store) and owner._engine.dialect.name != "sqlite":
+                with db.database_lock(owner._engine, owner.db_url):
+                    yield
+            else:
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -357,7 +357,7 @@ def index_folder(
         report.excluded, scan.files = len(scan.files) - len(kept), kept
     report.folder, report.scanned, report.ignored = str(root), len(scan.files), scan.ignored
     report.skipped.extend((d, f"cannot list folder ({why})") for d, why in scan.unreadable_dirs)
-    with write_lock(store.home):
+    with write_lock(store):
         if prepare is not None:
             prepare()
         start_version = cache.version()
