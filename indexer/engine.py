@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from retrieval.config import ModelConfig, RuntimeOptions
 from retrieval.registry import UnknownNameError
-from retrieval.rerank import RerankSettings
+from retrieval.rerank import AutoChoice, RerankSettings
 from retrieval.whitening import Whitening, l2n_np, learn_pca_whitening
 
 from . import db, sync
@@ -37,6 +38,7 @@ from .masking import Masker, MaskSettings
 from .objects import (
     OBJECTS_INDEX_FILE,
     OBJECTS_STATE_FILE,
+    FoundObject,
     ImageObjects,
     ObjectRecord,
     ObjectSettings,
@@ -47,8 +49,9 @@ from .objects import (
     object_rows,
     owners,
 )
-from .pipeline import Source, batch_and_workers, embed_files
-from .reranking import DbaCache, rerank_search
+from .pipeline import Embedded, Source, batch_and_workers, embed_files
+from .ray_runner import RayJob, RayOptions, embed_on_ray, require_ray
+from .reranking import AUTO_CHOICE_SETTING, DbaCache, graph_auto_choice, rerank_search
 from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
@@ -167,6 +170,8 @@ EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], "Embedder"]
 
 
 MaskerFactory = Callable[[MaskSettings], Masker]
+#: An objects collection's objects of one image, found and embedded when called: ``(objects, (n, D) vectors)``.
+FoundLater = Callable[[], tuple[list[FoundObject], np.ndarray]]
 
 
 class Collection(Store):
@@ -396,8 +401,14 @@ class Collection(Store):
         return self._embedder
 
     # ------------------------------------------------------------------ indexing
-    def index_folder(self, folder: str | Path, progress: Progress | None = None) -> IndexReport:
-        """Sync the collection with ``folder``: embed new and changed images, drop deleted ones, follow moves."""
+    def index_folder(
+        self, folder: str | Path, progress: Progress | None = None, ray: RayOptions | None = None
+    ) -> IndexReport:
+        """Sync the collection with ``folder``: embed new and changed images, drop deleted ones, follow moves.
+        ``ray``: embed on a Ray cluster (:mod:`indexer.ray_runner`; every node must read ``folder`` at the same
+        path) instead of in this process; everything else runs here as always."""
+        if ray is not None:
+            require_ray()
 
         def prepare() -> None:
             if self.model_config is None:
@@ -410,9 +421,9 @@ class Collection(Store):
             report,
             self._sync,
             self._cache,
-            self._embed_rows,
+            functools.partial(self._embed_rows, ray=ray),
             progress,
-            description="embedding",
+            description="embedding" if ray is None else "embedding on Ray",
             prepare=prepare,
             derived_cache=self._objects if self.object_settings.enabled else None,
         )
@@ -431,19 +442,55 @@ class Collection(Store):
         with self.session() as s:
             if not self._cache.vectors.count(s):
                 return
-        self._graph.current(max(settings.graph_neighbours, DEFAULT_K), locked=locked)
+        graph_now = self._graph.current(max(settings.graph_neighbours, DEFAULT_K), locked=locked)
         if dba:
             self._dba.current(settings, locked=locked)
+        if settings.method == "auto":  # the choice, kept with the collection (searches need no graph for it)
+            with self.session() as s, s.begin():
+                db.set_setting(s, AUTO_CHOICE_SETTING, graph_auto_choice(graph_now, settings).to_dict())
 
-    def _embed_rows(self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter) -> None:
+    def _embed_rows(
+        self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter, ray: RayOptions | None = None
+    ) -> None:
+        objects = self.object_settings
+        paths = [p for _, p in todo]
+        results = self._embed_here(paths, objects) if ray is None else self._embed_on_ray(paths, objects, ray)
+        with contextlib.closing(results):
+            for out, found in results:
+                row_id = todo[out.index][0]
+                if out.error is not None:
+                    writer.put(dict(id=row_id, status=ERROR, error=out.error, vector=None))
+                    report.skipped.append((paths[out.index], out.error))
+                    continue
+                assert out.vector is not None
+                writer.put(
+                    dict(
+                        id=row_id,
+                        status=INDEXED,
+                        error=None,
+                        vector=out.vector.astype(np.float32).tobytes(),
+                        width=out.width,
+                        height=out.height,
+                        content_hash=out.content_hash,
+                        mask_fraction=out.mask_fraction,
+                        mask_fallback=out.mask_fallback,
+                    ),
+                    rows=object_rows(row_id, *found()) if found is not None else (),
+                    indexed=True,
+                )
+                report.embedded += 1
+                if out.mask_fallback is not None:
+                    report.mask_fallbacks += 1
+
+    def _embed_here(self, paths: list[str], objects: ObjectSettings) -> Iterator[tuple[Embedded, FoundLater | None]]:
+        """Embed ``paths`` in this process: each file's result and, in an objects collection, how to get its
+        objects (found and embedded when asked, right after the image)."""
         embedder = self._get_embedder()
         masker: Masker | RememberingMasker | None = self._get_masker()
-        objects = self.object_settings
         if objects.enabled and masker is not None:  # the objects pass reuses the pipeline's masks
             masker = RememberingMasker(masker)  # type: ignore[arg-type]
         with self.session() as s, s.begin():
             db.set_setting(s, "model_dim", embedder.dim)
-        paths = [p for _, p in todo]
         for out in embed_files(
             paths,
             embedder,
@@ -452,34 +499,22 @@ class Collection(Store):
             max_pixels=self.max_pixels,
             masker=masker,  # type: ignore[arg-type]
         ):
-            row_id = todo[out.index][0]
-            if out.error is not None:
-                writer.put(dict(id=row_id, status=ERROR, error=out.error, vector=None))
-                report.skipped.append((paths[out.index], out.error))
-                continue
-            assert out.vector is not None
-            writer.put(
-                dict(
-                    id=row_id,
-                    status=INDEXED,
-                    error=None,
-                    vector=out.vector.astype(np.float32).tobytes(),
-                    width=out.width,
-                    height=out.height,
-                    content_hash=out.content_hash,
-                    mask_fraction=out.mask_fraction,
-                    mask_fallback=out.mask_fallback,
-                ),
-                rows=(
-                    object_rows(row_id, *embed_objects(paths[out.index], embedder, masker, objects, self.max_pixels))  # type: ignore[arg-type]
-                    if objects.enabled
-                    else ()
-                ),
-                indexed=True,
-            )
-            report.embedded += 1
-            if out.mask_fallback is not None:
-                report.mask_fallbacks += 1
+            path = paths[out.index]
+            found = functools.partial(embed_objects, path, embedder, masker, objects, self.max_pixels)
+            yield out, found if objects.enabled else None  # type: ignore[arg-type]
+
+    def _embed_on_ray(
+        self, paths: list[str], objects: ObjectSettings, ray: RayOptions
+    ) -> Iterator[tuple[Embedded, FoundLater | None]]:
+        """Embed ``paths`` on Ray (:func:`indexer.ray_runner.embed_on_ray`), as :meth:`_embed_here` does here."""
+        job = RayJob(self.model_config or ModelConfig(), self.runtime, self.mask_settings, objects, self.max_pixels)
+        dim_recorded = False
+        for out, found in embed_on_ray(paths, job, ray):
+            if not dim_recorded and out.vector is not None:
+                with self.session() as s, s.begin():
+                    db.set_setting(s, "model_dim", int(out.vector.shape[0]))
+                dim_recorded = True
+            yield out, (None if found is None else (lambda f=found: f))
 
     # ------------------------------------------------------------------ FAISS index upkeep
     def _vector_version(self) -> int:
@@ -703,14 +738,27 @@ class Collection(Store):
         """The re-ranking a search asked for: given settings, a method name with the collection's parameters, or
         (``None``) the collection's default."""
         if isinstance(rerank, RerankSettings):
-            return rerank
-        stored = self.rerank_settings
-        if rerank is None:
-            return stored
-        try:
-            return dataclasses.replace(stored, method=rerank)
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+            settings = rerank
+        else:
+            try:
+                stored = self.rerank_settings
+                settings = stored if rerank is None else dataclasses.replace(stored, method=rerank)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
+        return self.auto_choice(settings).apply(settings) if settings.method == "auto" else settings
+
+    def auto_choice(self, settings: RerankSettings | None = None) -> AutoChoice:
+        """What ``auto`` re-ranking chooses for this collection (``settings``: default the collection's): the
+        choice kept with the collection when it was made on the current graph, else made on the k-NN graph
+        (:func:`~retrieval.rerank.auto_choice`; the graph is built if there is none)."""
+        settings = settings or self.rerank_settings
+        with self.session() as s:
+            kept = db.get_setting(s, AUTO_CHOICE_SETTING)
+        if kept is not None:
+            choice = AutoChoice.from_dict(kept)
+            if choice.fits(settings, self._graph.version()):
+                return choice
+        return graph_auto_choice(self._graph.current(max(settings.graph_k, DEFAULT_K)), settings)
 
     def _hits_for_vectors(
         self, queries: np.ndarray, k: int, threshold: float | None, rerank: RerankSettings | None = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.rerank import RerankSettings, alpha_qe, dba, diffusion_scores, subgraph
+from retrieval.rerank import AutoChoice, RerankSettings, alpha_qe, auto_choice, dba, diffusion_scores, subgraph
 
 from .knn_graph import GraphCache, KnnGraph, NpzFile, save_locked
 from .store import Store
@@ -152,6 +152,29 @@ class DbaCache:
         return self.file.check(self.graph.version())
 
 
+# --------------------------------------------------------------------------------------------- auto
+
+
+#: The setting ``auto``'s choice is kept in (an :class:`AutoChoice` as a dict), made after each run that changed
+#: the collection.
+AUTO_CHOICE_SETTING = "rerank_auto_choice"
+
+_last_choice: tuple[KnnGraph, AutoChoice] | None = None
+
+
+def graph_auto_choice(graph: KnnGraph, settings: RerankSettings) -> AutoChoice:
+    """``auto``'s choice on a collection's k-NN graph (:func:`retrieval.rerank.auto_choice`), made once per graph
+    object and settings (the last one is remembered: a linear pass over the graph's links)."""
+    global _last_choice
+    if _last_choice is not None and _last_choice[0] is graph:
+        choice = _last_choice[1]
+        if choice.k == settings.graph_k and choice.threshold == settings.auto_reciprocity:
+            return choice
+    choice = auto_choice(graph.positions(), settings, graph.version)
+    _last_choice = (graph, choice)
+    return choice
+
+
 # --------------------------------------------------------------------------------------------- searching
 
 
@@ -170,8 +193,13 @@ def rerank_search(
     :meth:`VectorIndex.search`. Scores: cosine similarities (none, qe, dba: with the expanded query or the
     augmented vectors), or the diffusion's, scaled so that each query's best hit scores its cosine similarity with
     the query (the others less, in the diffusion's proportions). Images identical to the query
-    (cosine at least :data:`IDENTICAL`) come first whatever the method, scored 1."""
+    (cosine at least :data:`IDENTICAL`) come first whatever the method, scored 1. ``auto`` is resolved on
+    ``graph(settings.graph_k)`` (:func:`graph_auto_choice`; a caller that keeps the choice passes its result)."""
     q = np.ascontiguousarray(queries, np.float32)
+    if settings.method == "auto":
+        if graph is None:
+            raise ValueError("auto re-ranking needs the k-NN graph")
+        settings = graph_auto_choice(graph(settings.graph_k), settings).apply(settings)
     method = settings.method
     if method == "none" or len(index) == 0:
         return index.search(q, k)
@@ -282,4 +310,13 @@ def _diffusion_rank(
     return np.stack(out_s).astype(np.float32), np.stack(out_i).astype(np.int64)
 
 
-__all__ = ["DBA_FILE", "DbaCache", "DbaFile", "DbaVectors", "rerank_search", "update_dba"]
+__all__ = [
+    "AUTO_CHOICE_SETTING",
+    "DBA_FILE",
+    "DbaCache",
+    "DbaFile",
+    "DbaVectors",
+    "graph_auto_choice",
+    "rerank_search",
+    "update_dba",
+]

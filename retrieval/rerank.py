@@ -10,6 +10,10 @@
   ``(I - α S) f = y``, where ``y`` seeds the query's nearest neighbours with ``sim^γ``; solved by conjugate
   gradient (the matrix is symmetric positive definite for ``α < 1``). Diffusion follows chains of neighbours
   (an object's views on a turntable) that a single query vector does not reach.
+- **auto**: diffusion for a collection whose k-NN graph is mostly reciprocal (:func:`reciprocity`: the share of
+  its ``graph_k``-NN links that are mutual is at least ``auto_reciprocity``), else no re-ranking. Views of objects
+  that chain from pose to pose are each other's neighbours both ways; in collections of photos, faces or copies
+  most links point into a few hubs and are not returned, and diffusion there follows links that lead astray.
 
 Graphs are padded neighbour tables: ``nbr (N, K)`` int64 positions (``-1``: none), ``sim (N, K)`` float32, each
 row best first. Nothing here knows of files, indexes or databases.
@@ -18,13 +22,13 @@ row best first. Nothing here knows of files, indexes or databases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-#: The re-ranking methods, in the order of their cost.
-METHODS = ("none", "qe", "dba", "diffusion")
+#: The re-ranking methods, in the order of their cost; ``auto`` chooses ``diffusion`` or ``none`` per collection.
+METHODS = ("none", "qe", "dba", "diffusion", "auto")
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,10 @@ class RerankSettings:
     """How search results are re-ranked.
 
     ``method``: ``none`` (the plain cosine ranking), ``qe`` (αQE), ``dba`` (database vectors augmented with their
-    neighbours, then αQE on them unless ``qe_k`` is 0) or ``diffusion``. DBA and diffusion re-rank the
-    ``candidates`` best results of the plain search (the truncation of Iscen et al.); αQE searches the whole index
-    again.
+    neighbours, then αQE on them unless ``qe_k`` is 0), ``diffusion``, or ``auto`` (diffusion when the
+    collection's mutual ``graph_k``-NN graph keeps at least ``auto_reciprocity`` of its links, else none; see
+    :func:`auto_choice`). DBA and diffusion re-rank the ``candidates`` best results of the plain search (the
+    truncation of Iscen et al.); αQE searches the whole index again.
 
     Defaults (``benchmarks/bench_rerank.py``, README "Re-ranking"): no re-ranking, because every method loses
     heavily on near-duplicate retrieval and diffusion on LFW identification (0.90 -> 0.68 and 0.99 -> 0.92 mAP)
@@ -60,6 +65,10 @@ class RerankSettings:
     tolerance: float = 1e-4
     #: results of the plain search that DBA and diffusion re-rank
     candidates: int = 1000
+    #: auto: the share of the ``graph_k``-NN links that must be mutual for diffusion to be chosen
+    auto_reciprocity: float = 0.75
+    #: set by :meth:`AutoChoice.apply` on the settings it resolved (why auto chose the method); never stored
+    chosen_by: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,18 +84,24 @@ class RerankSettings:
         for name in ("qe_alpha", "dba_alpha", "gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0.0 <= self.auto_reciprocity <= 1.0:
+            raise ValueError(f"auto_reciprocity must be in [0, 1], got {self.auto_reciprocity}")
 
     @property
     def graph_neighbours(self) -> int:
         """Neighbours per image the k-NN graph must hold for these settings (0: no graph needed)."""
-        if self.method == "diffusion":
+        if self.method in ("diffusion", "auto"):
             return self.graph_k
         if self.method == "dba":
             return self.dba_k
         return 0
 
     def describe(self) -> str:
-        """One line: the method and the parameters that matter to it."""
+        """One line: the method and the parameters that matter to it (and, when ``auto`` chose it, why)."""
+        if self.chosen_by:
+            return f"auto: {replace(self, chosen_by='').describe()} ({self.chosen_by})"
+        if self.method == "auto":
+            return f"auto (diffusion when >= {self.auto_reciprocity:g} of the {self.graph_k}-NN links are mutual, else none)"
         if self.method == "qe":
             return f"qe (k={self.qe_k}, alpha={self.qe_alpha:g})"
         if self.method == "dba":
@@ -100,11 +115,52 @@ class RerankSettings:
         return "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("chosen_by")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RerankSettings:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "chosen_by"})
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``auto`` chose for a collection: ``method`` (``diffusion`` or ``none``), from the share of its
+    ``k``-NN links that are mutual (``reciprocity``) against ``threshold``, on the graph of vector ``version``."""
+
+    method: str
+    reciprocity: float
+    threshold: float
+    k: int
+    version: int = -1
+
+    def describe(self) -> str:
+        sign = ">=" if self.reciprocity >= self.threshold else "<"
+        return f"mutual {self.k}-NN reciprocity {self.reciprocity:.3f} {sign} {self.threshold:g}"
+
+    def fits(self, settings: RerankSettings, version: int) -> bool:
+        """Made for these settings' ``graph_k`` and threshold, on the graph of ``version``."""
+        return self.version == version and self.k == settings.graph_k and self.threshold == settings.auto_reciprocity
+
+    def apply(self, settings: RerankSettings) -> RerankSettings:
+        """``settings`` with this choice's method, marked as chosen by auto."""
+        return replace(settings, method=self.method, chosen_by=self.describe())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AutoChoice:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def auto_choice(nbr: np.ndarray, settings: RerankSettings, version: int = -1) -> AutoChoice:
+    """``auto``'s choice for a graph's neighbour table ``nbr (N, K)`` (positions, ``-1`` none): diffusion when
+    :func:`reciprocity` of its first ``graph_k`` links reaches ``auto_reciprocity``, else none."""
+    r = reciprocity(nbr, settings.graph_k)
+    method = "diffusion" if r >= settings.auto_reciprocity else "none"
+    return AutoChoice(method, round(r, 4), settings.auto_reciprocity, settings.graph_k, version)
 
 
 def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -167,12 +223,10 @@ def subgraph(nodes: np.ndarray, nbr: np.ndarray, sims: np.ndarray) -> tuple[np.n
     return np.where(inside, order[pos], -1).astype(np.int64), np.where(inside, sims, 0.0).astype(np.float32)
 
 
-def mutual_knn(nbr: np.ndarray, sims: np.ndarray, k: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """The mutual k-NN graph: ``j`` and ``i`` are joined when each is among the other's first ``k`` neighbours,
-    weighted ``max(s, 0)^γ``. ``nbr (N, K)`` positions (``-1`` none) -> ``(cols (N, k), weights (N, k))``, a
-    symmetric graph as a padded table (absent edges: column 0, weight 0)."""
+def mutual_links(nbr: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the first ``k`` links of ``nbr (N, K)`` (positions, ``-1`` none) are mutual (``i`` among the
+    first ``k`` of ``j`` too) -> ``(mutual (N, k) bool, valid (N, k) bool)``: links to another image at all."""
     nbr = np.asarray(nbr, np.int64)[:, :k]
-    sims = np.asarray(sims, np.float32)[:, :k]
     n = nbr.shape[0]
     rows = np.repeat(np.arange(n, dtype=np.int64), nbr.shape[1]).reshape(nbr.shape)
     valid = (nbr >= 0) & (nbr != rows)
@@ -182,6 +236,23 @@ def mutual_knn(nbr: np.ndarray, sims: np.ndarray, k: int, gamma: float) -> tuple
     if forward.size:
         pos = np.clip(np.searchsorted(backward, forward), 0, backward.size - 1)
         hit[valid] = backward[pos] == forward
+    return hit, valid
+
+
+def reciprocity(nbr: np.ndarray, k: int) -> float:
+    """The share of the ``k``-NN links of ``nbr (N, K)`` (positions) that are mutual (0 for no links): near 1 when
+    the images lie along chains (views of an object on a turntable), about one half in photo collections."""
+    hit, valid = mutual_links(nbr, k)
+    return float(hit.sum() / valid.sum()) if valid.any() else 0.0
+
+
+def mutual_knn(nbr: np.ndarray, sims: np.ndarray, k: int, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mutual k-NN graph: ``j`` and ``i`` are joined when each is among the other's first ``k`` neighbours,
+    weighted ``max(s, 0)^γ``. ``nbr (N, K)`` positions (``-1`` none) -> ``(cols (N, k), weights (N, k))``, a
+    symmetric graph as a padded table (absent edges: column 0, weight 0)."""
+    nbr = np.asarray(nbr, np.int64)[:, :k]
+    sims = np.asarray(sims, np.float32)[:, :k]
+    hit, _ = mutual_links(nbr, k)
     # the two directions' scores may differ slightly (approximate search): both edges get their mean
     w = _weights(sims, gamma, hit)
     return np.where(hit, nbr, 0), _symmetrise(nbr, w, hit)
@@ -271,14 +342,18 @@ def diffusion_scores(
 
 __all__ = [
     "METHODS",
+    "AutoChoice",
     "RerankSettings",
     "alpha_qe",
+    "auto_choice",
     "conjugate_gradient",
     "dba",
     "diffuse",
     "diffusion_scores",
     "l2n",
     "mutual_knn",
+    "mutual_links",
     "normalise_graph",
+    "reciprocity",
     "subgraph",
 ]
