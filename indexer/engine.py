@@ -172,8 +172,6 @@ EmbedderFactory = Callable[[ModelConfig, RuntimeOptions], "Embedder"]
 MaskerFactory = Callable[[MaskSettings], Masker]
 #: An objects collection's objects of one image, found and embedded when called: ``(objects, (n, D) vectors)``.
 FoundLater = Callable[[], tuple[list[FoundObject], np.ndarray]]
-#: An objects collection's objects of one image, found and embedded when called: ``(objects, (n, D) vectors)``.
-FoundLater = Callable[[], tuple[list[FoundObject], np.ndarray]]
 
 
 class Collection(Store):
