@@ -159,6 +159,16 @@ def main(
     type=click.Choice(RERANK_METHODS),
     help="The collection's default re-ranking of search results (stored; see README, Re-ranking).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    help="Embed on a Ray cluster: alone (or 'local') starts Ray here, 'auto' joins the cluster `ray start` made "
+    "here, HOST:6379 or ray://HOST:10001 a remote one. Every node must read FOLDER at the same path.",
+)
+@click.option("--ray-actors", type=click.IntRange(1), help="Model actors on Ray (default: one per GPU, else by CPUs).")
 @click.pass_context
 @library_errors
 def index(
@@ -180,12 +190,15 @@ def index(
     exclude: tuple[str, ...],
     include: tuple[str, ...],
     rerank: str | None,
+    ray_address: str | None,
+    ray_actors: int | None,
 ) -> None:
     """Index the images in FOLDER (recursively).
 
     Run it again after the folder changes: only new and changed images are embedded, deleted ones are
     dropped and moved ones are recognised by their content. An interrupted run resumes where it stopped.
     With --mask, the background is masked out first, and queries are masked the same way.
+    With --ray, the embedding runs on a Ray cluster (pip install -e ".[ray]"; README, Ray).
     """
     coll = open_collection(ctx)
     mask = mask_from_options(coll.mask_settings, mask_spec, mask_apply)
@@ -205,7 +218,13 @@ def index(
         coll.include(include)
     if exclude:
         coll.exclude(exclude)
-    report = coll.index_folder(folder, progress=TqdmProgress())
+    ray = None
+    if ray_address is not None or ray_actors is not None:
+        from .ray_runner import RayOptions
+
+        address = None if ray_address in (None, "local") else ray_address
+        ray = RayOptions(address=address, actors=ray_actors)
+    report = coll.index_folder(folder, progress=TqdmProgress(), ray=ray)
     if report.scanned == 0:
         _report_empty_folder(ctx, coll, report)
     parts = [f"{report.scanned} images in {report.folder}", f"{report.embedded} embedded"]
@@ -215,7 +234,7 @@ def index(
     parts.append(f"{report.unchanged} unchanged")
     click.echo(", ".join(parts))
     if report.embedded:
-        where = f" on {coll.embedding_device}" if coll.embedding_device else ""
+        where = f" on {coll.embedding_device}" if coll.embedding_device else (" on Ray" if ray else "")
         click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s{where}")
     if report.mask_fallbacks:
         click.echo(
