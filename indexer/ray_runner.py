@@ -302,11 +302,14 @@ def _connected(ray: ModuleType, options: RayOptions) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_ray_data(ray: ModuleType) -> Iterator[None]:
     """No Ray Data progress bars or start-up lines while the run lasts (the caller shows its own progress)."""
+    from ray.util.debug import log_once
+
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    log_once("ray_data_progress_manager_disabled")  # Ray Data warns once that its bars are off: they are, on purpose
     data_log.setLevel(max(level, logging.WARNING))
     try:
         yield
