@@ -12,6 +12,8 @@ from PIL import Image, ImageDraw
 
 from retrieval.config import ModelConfig, RuntimeOptions
 
+from .pg_server import PgServer, why_unavailable
+
 # The bundled ImageNet weights at a small image size: the real network, fast enough for every test.
 SMALL_MODEL = ModelConfig(image_size=64)
 FAST_RUNTIME = RuntimeOptions(device="cpu", batch_size=8, workers=0)
@@ -46,6 +48,33 @@ def image_folder(tmp_path: Path) -> Path:
     make_folder(folder, 12)
     make_folder(folder / "sub", 4, start_seed=100, ext="jpg")
     return folder
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throw-away PostgreSQL server for the whole session (``tests/pg_server.py``), started on first use;
+    skipped, saying why, where no server or driver can be had."""
+    why = why_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the test server, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str | None:
+    """Each test that takes it runs twice: on SQLite in the home folder (``None``, the default) and on a fresh
+    PostgreSQL database (its URL)."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

@@ -174,10 +174,10 @@ def test_edited_copies_are_seeded_and_every_edit_works():
 _EMBEDDER: list[Embedder] = []
 
 
-def small_collection(home: Path) -> Collection:
+def small_collection(home: Path, db_url: str | None = None) -> Collection:
     if not _EMBEDDER:
         _EMBEDDER.append(Embedder(SMALL_MODEL, FAST_RUNTIME))
-    coll = Collection(home, runtime=FAST_RUNTIME, embedder_factory=lambda cfg, rt: _EMBEDDER[0])
+    coll = Collection(home, db_url=db_url, runtime=FAST_RUNTIME, embedder_factory=lambda cfg, rt: _EMBEDDER[0])
     coll.configure(model=SMALL_MODEL)
     return coll
 
@@ -193,8 +193,8 @@ def dup_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_thread):
-    coll = small_collection(tmp_path / "home")
+def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_thread, db_url):
+    coll = small_collection(tmp_path / "home", db_url)
     coll.index_folder(dup_folder)
     finder = DuplicateFinder(coll)
     cal = finder.calibrate(samples=12, copies_per_image=3, seed=0)
@@ -241,7 +241,7 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     def broken(cfg, rt):
         raise RuntimeError("no network here")
 
-    offline = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=broken)
+    offline = Collection(tmp_path / "home", db_url=db_url, runtime=FAST_RUNTIME, embedder_factory=broken)
     exact_only = DuplicateFinder(offline).find(exact_only=True)
     assert [{Path(f.path).name for f in g.files} for g in exact_only.groups] == [{"img_0007.png", "exact_7.png"}]
 
@@ -315,10 +315,10 @@ def test_cli_json_shape(tmp_path, dup_folder, one_thread):
     assert sorted(p.name for p in dup_folder.iterdir()) == before
 
 
-def test_a_second_run_checks_only_new_and_changed_images(tmp_path, dup_folder, one_thread, monkeypatch):
+def test_a_second_run_checks_only_new_and_changed_images(tmp_path, dup_folder, one_thread, monkeypatch, db_url):
     from indexer import duplicates, knn_graph
 
-    coll = small_collection(tmp_path / "home")
+    coll = small_collection(tmp_path / "home", db_url)
     coll.index_folder(dup_folder)
     queried: list[int] = []
     real = knn_graph.knn_search  # the k-NN graph shared with re-ranking searches through it

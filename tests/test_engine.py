@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -51,10 +52,12 @@ def open_collection(
     fail_after: int | None = None,
     model: ModelConfig = SMALL_MODEL,
     commit_every: int = 4,
+    db_url: str | None = None,
 ) -> Collection:
     counter = counter if counter is not None else [0]
     coll = Collection(
         home,
+        db_url=db_url,
         runtime=FAST_RUNTIME,
         commit_every=commit_every,
         embedder_factory=lambda cfg, rt: CountingEmbedder(cfg, rt, counter, fail_after),
@@ -63,8 +66,14 @@ def open_collection(
     return coll
 
 
-def test_index_then_search_finds_the_query_image_first(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+@pytest.fixture
+def open_db(db_url):
+    """:func:`open_collection` on the test's database: a test taking it runs on SQLite and on PostgreSQL."""
+    return functools.partial(open_collection, db_url=db_url)
+
+
+def test_index_then_search_finds_the_query_image_first(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     report = coll.index_folder(image_folder)
     assert (report.scanned, report.new, report.embedded, report.skipped) == (16, 16, 16, [])
     assert report.total_indexed == 16 and report.index_kind == "flat"
@@ -77,8 +86,8 @@ def test_index_then_search_finds_the_query_image_first(tmp_path, image_folder):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_search_results_match_brute_force_over_stored_vectors(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_search_results_match_brute_force_over_stored_vectors(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     query = tmp_path / "q.png"
     draw_image(999).save(query)
@@ -96,27 +105,29 @@ def test_threshold_drops_weak_results(tmp_path, image_folder):
     assert [h.path for h in res.hits] == [str((image_folder / "img_0001.png").resolve())]
 
 
-def test_reindexing_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_reindexing_an_unchanged_folder_embeds_nothing_and_loads_no_model(tmp_path, image_folder, open_db, db_url):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     calls = []
-    again = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=lambda c, r: calls.append(1))
+    again = Collection(
+        tmp_path / "home", db_url=db_url, runtime=FAST_RUNTIME, embedder_factory=lambda c, r: calls.append(1)
+    )
     report = again.index_folder(image_folder)
     assert report.embedded == 0 and report.unchanged == 16 and calls == []
 
 
-def test_changed_file_is_reembedded_and_deleted_file_is_dropped(tmp_path, image_folder):
+def test_changed_file_is_reembedded_and_deleted_file_is_dropped(tmp_path, image_folder, open_db):
     counter = [0]
-    coll = open_collection(tmp_path / "home", counter)
+    coll = open_db(tmp_path / "home", counter)
     coll.index_folder(image_folder)
     changed = image_folder / "img_0002.png"
     draw_image(555).save(changed)
     os.utime(changed, ns=(1, 1))
     (image_folder / "img_0005.png").unlink()
-    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    report = open_db(tmp_path / "home", counter).index_folder(image_folder)
     assert (report.changed, report.removed, report.embedded) == (1, 1, 1)
     assert counter[0] == 17
-    coll2 = open_collection(tmp_path / "home")
+    coll2 = open_db(tmp_path / "home")
     assert coll2.stats().indexed == 15
     [res] = coll2.search([changed], k=20)
     paths = [h.path for h in res.hits]
@@ -124,35 +135,35 @@ def test_changed_file_is_reembedded_and_deleted_file_is_dropped(tmp_path, image_
     assert res.hits[0].path == str(changed.resolve()) and res.hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_touched_but_identical_file_is_not_reembedded(tmp_path, image_folder):
+def test_touched_but_identical_file_is_not_reembedded(tmp_path, image_folder, open_db):
     counter = [0]
-    open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    open_db(tmp_path / "home", counter).index_folder(image_folder)
     os.utime(image_folder / "img_0001.png", ns=(10**18, 10**18))
-    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    report = open_db(tmp_path / "home", counter).index_folder(image_folder)
     assert report.embedded == 0 and counter[0] == 16
 
 
-def test_moved_file_keeps_its_id_and_vector_without_embedding(tmp_path, image_folder):
+def test_moved_file_keeps_its_id_and_vector_without_embedding(tmp_path, image_folder, open_db):
     counter = [0]
-    coll = open_collection(tmp_path / "home", counter)
+    coll = open_db(tmp_path / "home", counter)
     coll.index_folder(image_folder)
     [before] = coll.search([image_folder / "img_0007.png"], k=1)
     (image_folder / "moved").mkdir()
     target = image_folder / "moved" / "renamed.png"
     shutil.move(image_folder / "img_0007.png", target)
-    report = open_collection(tmp_path / "home", counter).index_folder(image_folder)
+    report = open_db(tmp_path / "home", counter).index_folder(image_folder)
     assert (report.moved, report.new, report.removed, report.embedded) == (1, 0, 0, 0)
-    [after] = open_collection(tmp_path / "home").search([target], k=1)
+    [after] = open_db(tmp_path / "home").search([target], k=1)
     assert after.hits[0].id == before.hits[0].id and after.hits[0].path == str(target.resolve())
 
 
-def test_bad_files_are_skipped_recorded_and_the_rest_indexed(tmp_path, image_folder):
+def test_bad_files_are_skipped_recorded_and_the_rest_indexed(tmp_path, image_folder, open_db):
     (image_folder / "empty.jpg").write_bytes(b"")
     (image_folder / "text.png").write_text("not an image")
     good = (image_folder / "img_0000.png").read_bytes()
     (image_folder / "truncated.png").write_bytes(good[: len(good) // 2])
     (image_folder / "readme.txt").write_text("ignored")
-    coll = open_collection(tmp_path / "home")
+    coll = open_db(tmp_path / "home")
     report = coll.index_folder(image_folder)
     assert report.embedded == 16 and report.ignored == 1
     reasons = dict((Path(p).name, r) for p, r in report.skipped)
@@ -162,43 +173,43 @@ def test_bad_files_are_skipped_recorded_and_the_rest_indexed(tmp_path, image_fol
     assert (st.indexed, st.errors) == (16, 3)
     assert {Path(p).name for p, _ in coll.errors()} == set(reasons)
     # Unchanged bad files are not retried on the next run, but they are counted.
-    again = open_collection(tmp_path / "home").index_folder(image_folder)
+    again = open_db(tmp_path / "home").index_folder(image_folder)
     assert again.skipped == [] and again.earlier_errors == 3
 
 
-def test_interrupted_run_resumes_without_embedding_anything_twice(tmp_path):
+def test_interrupted_run_resumes_without_embedding_anything_twice(tmp_path, open_db):
     folder = tmp_path / "photos"
     make_folder(folder, 30)
     counter = [0]
     with pytest.raises(Interrupted, match="interrupted: 8 of 30 files done and kept; run the same command"):
-        open_collection(tmp_path / "home", counter, fail_after=12).index_folder(folder)
-    committed = open_collection(tmp_path / "home").stats()
+        open_db(tmp_path / "home", counter, fail_after=12).index_folder(folder)
+    committed = open_db(tmp_path / "home").stats()
     assert committed.indexed == 8 and committed.pending == 22  # every image embedded before the interruption
     first = counter[0]
-    report = open_collection(tmp_path / "home", counter).index_folder(folder)
+    report = open_db(tmp_path / "home", counter).index_folder(folder)
     assert report.resumed == 22 and report.embedded == 22
     assert counter[0] - first == 22
-    coll = open_collection(tmp_path / "home")
+    coll = open_db(tmp_path / "home")
     assert coll.stats().indexed == 30 and coll.doctor().ok
 
 
-def test_a_different_model_is_refused_unless_reembedding(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_a_different_model_is_refused_unless_reembedding(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     other = ModelConfig(image_size=64, pooling="mac")
     with pytest.raises(ModelMismatchError, match="--reembed"):
         coll.configure(model=other)
     counter = [0]
-    coll2 = open_collection(tmp_path / "home", counter, model=SMALL_MODEL)
+    coll2 = open_db(tmp_path / "home", counter, model=SMALL_MODEL)
     coll2.configure(model=other, reembed=True)
     report = coll2.index_folder(image_folder)
     assert report.embedded == 16 and coll2.model_config == other
 
 
-def test_whitening_is_learned_from_the_collection_and_applied_to_queries(tmp_path):
+def test_whitening_is_learned_from_the_collection_and_applied_to_queries(tmp_path, open_db):
     folder = tmp_path / "photos"
     make_folder(folder, 40)
-    coll = open_collection(tmp_path / "home")
+    coll = open_db(tmp_path / "home")
     coll.configure(whitening=WhiteningSettings(enabled=True, dim=16))
     report = coll.index_folder(folder)
     st = coll.stats()
@@ -207,8 +218,8 @@ def test_whitening_is_learned_from_the_collection_and_applied_to_queries(tmp_pat
     assert res.hits[0].path.endswith("img_0004.png") and res.hits[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-def test_remove_forgets_files_and_folders(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_remove_forgets_files_and_folders(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     assert coll.remove(image_folder / "sub") == 4
     assert coll.remove(image_folder / "img_0000.png") == 1
@@ -218,15 +229,15 @@ def test_remove_forgets_files_and_folders(tmp_path, image_folder):
     assert coll.doctor().ok
 
 
-def test_doctor_finds_a_lost_index_file_and_repairs_it(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_doctor_finds_a_lost_index_file_and_repairs_it(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     (tmp_path / "home" / "index.faiss").unlink()
-    fresh = open_collection(tmp_path / "home")
+    fresh = open_db(tmp_path / "home")
     report = fresh.doctor()
     assert not report.ok and any("missing" in p for p in report.problems)
     repaired = fresh.doctor(repair=True)
-    assert repaired.repaired and open_collection(tmp_path / "home").doctor().ok
+    assert repaired.repaired and open_db(tmp_path / "home").doctor().ok
 
 
 def test_search_rebuilds_a_corrupt_index_file_from_the_database(tmp_path, image_folder):
@@ -278,8 +289,8 @@ def test_a_home_or_database_that_cannot_be_opened_is_a_clear_error(tmp_path):
         Collection(tmp_path / "home", db_url="nosuchdb://user:secret@host/db")
 
 
-def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_them(tmp_path):
-    coll = open_collection(tmp_path / "home")
+def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_them(tmp_path, open_db):
+    coll = open_db(tmp_path / "home")
     make_folder(tmp_path / "a", 6)
     make_folder(tmp_path / "b", 6, start_seed=50)
     coll.index_folder(tmp_path / "a")
@@ -294,9 +305,9 @@ def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_t
     assert coll.stats().images == 6
 
 
-def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path):
+def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path, open_db):
     counter = [0]
-    coll = open_collection(tmp_path / "home", counter)
+    coll = open_db(tmp_path / "home", counter)
     make_folder(tmp_path / "old" / "photos", 8)
     coll.index_folder(tmp_path / "old")
     embedded = counter[0]
@@ -309,7 +320,7 @@ def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path):
     assert res.hits[0].path == str(tmp_path / "new" / "photos" / "img_0003.png")
 
 
-def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_path, image_folder):
+def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_path, image_folder, open_db):
     from indexer.masking import MaskSettings
     from indexer.vector_index import IndexConfig
 
@@ -318,7 +329,7 @@ def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_p
         fresh.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")))
     assert fresh.model_config is None  # a plain `index` afterwards uses the default model, not the failed one
 
-    coll = open_collection(tmp_path / "home")
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     before = (coll.model_config, coll.index_config, coll.mask_settings)
     with pytest.raises(LookalikeError, match="invalid index kind 'Bogus99'"):
@@ -328,7 +339,7 @@ def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_p
     assert "--reembed" not in str(refused.value)  # the real problem, not the mismatch advice
     with pytest.raises(LookalikeError, match="no-such-weights.pt"):
         coll.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")), reembed=True)
-    again = open_collection(tmp_path / "home")
+    again = open_db(tmp_path / "home")
     assert (again.model_config, again.index_config, again.mask_settings) == before
     assert again.search([image_folder / "img_0002.png"], k=1)[0].hits[0].path.endswith("img_0002.png")
     assert again.doctor().ok
@@ -355,8 +366,8 @@ def test_a_damaged_database_is_named_with_how_to_recover(tmp_path, image_folder)
     assert f"move {path} aside and index your folders again" in problems[0]
 
 
-def test_doctor_repair_fixes_what_doctor_reports_missing_files_included(tmp_path, image_folder):
-    coll = open_collection(tmp_path / "home")
+def test_doctor_repair_fixes_what_doctor_reports_missing_files_included(tmp_path, image_folder, open_db):
+    coll = open_db(tmp_path / "home")
     coll.index_folder(image_folder)
     shutil.rmtree(image_folder / "sub")
     report = coll.doctor()
@@ -366,9 +377,9 @@ def test_doctor_repair_fixes_what_doctor_reports_missing_files_included(tmp_path
     assert coll.doctor().ok and coll.stats().images == 12
 
 
-def test_remove_sticks_until_included_and_exclusions_leave_files_out(tmp_path, image_folder):
+def test_remove_sticks_until_included_and_exclusions_leave_files_out(tmp_path, image_folder, open_db):
     counter = [0]
-    coll = open_collection(tmp_path / "home", counter)
+    coll = open_db(tmp_path / "home", counter)
     coll.index_folder(image_folder)
     assert coll.remove(image_folder / "sub") == 4
     again = coll.index_folder(image_folder)
@@ -383,8 +394,8 @@ def test_remove_sticks_until_included_and_exclusions_leave_files_out(tmp_path, i
         coll.include(["nothing"])
 
 
-def test_several_queries_each_get_k_live_hits_when_files_are_gone(tmp_path):
-    coll = open_collection(tmp_path / "home")
+def test_several_queries_each_get_k_live_hits_when_files_are_gone(tmp_path, open_db):
+    coll = open_db(tmp_path / "home")
     make_folder(tmp_path / "a", 6)
     make_folder(tmp_path / "b", 6, start_seed=50)
     coll.index_folder(tmp_path)
@@ -397,16 +408,20 @@ def test_several_queries_each_get_k_live_hits_when_files_are_gone(tmp_path):
     assert res[1].hits[0].path == str(tmp_path / "b" / "img_0051.png")
 
 
-def test_a_reader_sees_what_a_run_in_progress_has_committed_without_rebuilding_the_index(tmp_path, monkeypatch):
+def test_a_reader_sees_what_a_run_in_progress_has_committed_without_rebuilding_the_index(
+    tmp_path, monkeypatch, open_db, db_url
+):
     """Another process indexing commits batch after batch and writes the index file only when it ends: a
     search meanwhile adds the newly committed rows to the index it holds instead of rebuilding it."""
     from indexer.store import write_lock
 
     folder = tmp_path / "photos"
     make_folder(folder, 8)
-    writer = open_collection(tmp_path / "home")
+    writer = open_db(tmp_path / "home")
     writer.index_folder(folder)
-    reader = Collection(tmp_path / "home", runtime=FAST_RUNTIME, embedder_factory=lambda c, r: shared_embedder(c))
+    reader = Collection(
+        tmp_path / "home", db_url=db_url, runtime=FAST_RUNTIME, embedder_factory=lambda c, r: shared_embedder(c)
+    )
     [before] = reader.search([folder / "img_0001.png"], k=3)
     assert len(reader.index()) == 8
 

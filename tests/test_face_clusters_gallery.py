@@ -27,14 +27,15 @@ def people_of(clusters: FaceClusters) -> dict[frozenset, tuple[int, str | None]]
 
 
 @pytest.fixture
-def indexed(tmp_path: Path):
+def indexed(tmp_path: Path, db_url: str | None):
+    """9 faces of alice, bob and carol indexed; on SQLite and on PostgreSQL (``db_url``)."""
     photos = tmp_path / "photos"
     for v in range(3):
         save_photo(photos / f"alice{v}.png", [ALICE], v)
         save_photo(photos / f"bob{v}.png", [BOB], v)
     save_photo(photos / "carol0.png", [CAROL], 0)
     save_photo(photos / "group.png", [ALICE, BOB], 5)
-    g = open_gallery(tmp_path / "home")
+    g = open_gallery(tmp_path / "home", db_url=db_url)
     assert g.index_folder(photos).faces == 9
     return g, photos
 
@@ -143,7 +144,9 @@ def test_clusters_survive_photos_that_change_or_go(indexed):
     assert [m.identity for m in g.identify(save_photo(photos.parent / "bob.png", [BOB], 4))] == [UNKNOWN]
 
 
-def test_cli_cluster_json_name_merge_split(tmp_path, fake_gallery):  # noqa: F811
+def test_cli_cluster_json_name_merge_split(tmp_path, fake_gallery, db_url, monkeypatch):  # noqa: F811
+    if db_url is not None:  # the commands' --db, from the environment
+        monkeypatch.setenv("LOOKALIKE_DB_URL", db_url)
     photos = tmp_path / "photos"
     for v in range(2):
         save_photo(photos / f"alice{v}.png", [ALICE], v)
@@ -176,10 +179,11 @@ def test_cli_cluster_json_name_merge_split(tmp_path, fake_gallery):  # noqa: F81
     assert sorted(len(c["faces"]) for c in json.loads(run(home, "cluster", "--json").output)["clusters"]) == [2, 2]
     bad = run(home, "name", 999, "x")
     assert bad.exit_code == 1 and "no face cluster 999" in bad.output
+    assert (home / "lookalike.db").exists() == (db_url is None)  # on PostgreSQL, nothing in SQLite
 
 
-def test_default_parameters_follow_the_backend(tmp_path):
-    g = open_gallery(tmp_path / "home")
+def test_default_parameters_follow_the_backend(tmp_path, db_url):
+    g = open_gallery(tmp_path / "home", db_url=db_url)
     assert FaceClusters(g).params == DEFAULT_PARAMS  # sface, the default backend: tuned on its vectors
     g.configure(backend="lookalike")
     assert FaceClusters(g).params.threshold == pytest.approx(g.settings.threshold)

@@ -79,9 +79,12 @@ def save_photo(path: Path, people: list[int], variant: int, sizes: list[int] | N
     return path
 
 
-def open_gallery(home: Path, det_calls: list[int] | None = None, emb_calls: list[int] | None = None) -> FaceGallery:
+def open_gallery(
+    home: Path, det_calls: list[int] | None = None, emb_calls: list[int] | None = None, db_url: str | None = None
+) -> FaceGallery:
     return FaceGallery(
         home,
+        db_url=db_url,
         runtime=FAST_RUNTIME,
         detector_factory=lambda name: BlobDetector(det_calls),
         face_embedder_factory=lambda settings, runtime: ThumbEmbedder(emb_calls),
@@ -92,8 +95,9 @@ ALICE, BOB, CAROL = 1, 2, 3
 
 
 @pytest.fixture
-def enrolled(tmp_path: Path) -> tuple[FaceGallery, Path]:
-    g = open_gallery(tmp_path / "home")
+def enrolled(tmp_path: Path, db_url: str | None) -> tuple[FaceGallery, Path]:
+    """A gallery with alice (3 photos) and bob (2) enrolled; on SQLite and on PostgreSQL (``db_url``)."""
+    g = open_gallery(tmp_path / "home", db_url=db_url)
     photos = tmp_path / "photos"
     a = g.enroll("alice", [save_photo(photos / f"alice{v}.png", [ALICE], v) for v in range(3)])
     b = g.enroll("bob", [save_photo(photos / f"bob{v}.png", [BOB], v) for v in range(2)])
@@ -149,8 +153,8 @@ def test_enrolling_a_group_photo_takes_the_largest_face_and_repeats_are_skipped(
     assert g.identify(save_photo(photos / "carol9.png", [CAROL], 9))[0].identity == "carol"
 
 
-def test_calibrate_stores_a_threshold_that_meets_the_far_and_eval_uses_the_lfw_protocol(tmp_path):
-    g = open_gallery(tmp_path / "home")
+def test_calibrate_stores_a_threshold_that_meets_the_far_and_eval_uses_the_lfw_protocol(tmp_path, db_url):
+    g = open_gallery(tmp_path / "home", db_url=db_url)
     root = tmp_path / "lfw"
     names = ["Ann", "Ben", "Cat", "Dan"]
     for p, name in enumerate(names):
@@ -165,7 +169,7 @@ def test_calibrate_stores_a_threshold_that_meets_the_far_and_eval_uses_the_lfw_p
     assert st.calibrated and st.calibration.far <= 0.25 and st.calibration.tar == 1.0
     assert st.threshold == pytest.approx(st.calibration.threshold) and rep.pairs == 8
     assert rep.warning is None
-    assert FaceGallery(tmp_path / "home").settings == st  # stored in the database
+    assert FaceGallery(tmp_path / "home", db_url=db_url).settings == st  # stored in the database
     g.enroll("ann", [root / "Ann" / "Ann_0001.jpg"])
     d = g.verify(root / "Ann" / "Ann_0002.jpg", "ann")
     assert d.same and d.calibrated and "calibrated on" in d.note
@@ -173,9 +177,9 @@ def test_calibrate_stores_a_threshold_that_meets_the_far_and_eval_uses_the_lfw_p
     assert ev.pairs == 8 and ev.metrics["accuracy"] == 1.0 and ev.metrics["auc"] == 1.0
 
 
-def test_index_folder_finds_every_face_skips_corrupt_files_and_a_rerun_embeds_nothing(tmp_path):
+def test_index_folder_finds_every_face_skips_corrupt_files_and_a_rerun_embeds_nothing(tmp_path, db_url):
     det, emb = [0], [0]
-    g = open_gallery(tmp_path / "home", det, emb)
+    g = open_gallery(tmp_path / "home", det, emb, db_url=db_url)
     photos = tmp_path / "photos"
     save_photo(photos / "a.png", [ALICE], 0)
     save_photo(photos / "ab.png", [ALICE, BOB], 1)
@@ -198,8 +202,8 @@ def test_index_folder_finds_every_face_skips_corrupt_files_and_a_rerun_embeds_no
     assert sorted(Path(h.path).name for h in q.hits) == ["a.png", "ab.png"] and min(h.score for h in q.hits) > 0.9
 
 
-def test_several_faces_per_photo_are_all_searchable(tmp_path):
-    g = open_gallery(tmp_path / "home")
+def test_several_faces_per_photo_are_all_searchable(tmp_path, db_url):
+    g = open_gallery(tmp_path / "home", db_url=db_url)
     photos = tmp_path / "photos"
     save_photo(photos / "ab.png", [ALICE, BOB], 1)
     save_photo(photos / "c.png", [CAROL], 2)
@@ -229,7 +233,7 @@ def test_the_face_index_is_rebuilt_after_its_file_is_deleted(enrolled):
     g, photos = enrolled
     for f in ("faces_enrolled.faiss", "faces_enrolled.json"):
         (g.home / f).unlink()
-    fresh = open_gallery(g.home)
+    fresh = open_gallery(g.home, db_url=g.db_url)
     assert fresh.identify(save_photo(photos / "probe.png", [BOB], 6))[0].identity == "bob"
     assert (g.home / "faces_enrolled.faiss").exists()
 

@@ -102,9 +102,12 @@ def make_scenes(folder: Path) -> Path:
     return folder
 
 
-def collection(home: Path, embedder=None, objects: ObjectSettings | None = OBJECTS) -> Collection:
+def collection(
+    home: Path, embedder=None, objects: ObjectSettings | None = OBJECTS, db_url: str | None = None
+) -> Collection:
     coll = Collection(
         home,
+        db_url=db_url,
         runtime=FAST_RUNTIME,
         embedder_factory=lambda c, r: embedder or real_embedder(),
         masker_factory=lambda s: Masker(s, segmenter=saturated),
@@ -218,9 +221,9 @@ def test_reindexing_an_unchanged_folder_embeds_nothing_and_keeps_the_objects(ind
     assert {n: [o.id for o in objs] for n, objs in object_rows(coll).items()} == before
 
 
-def test_a_removed_image_removes_its_objects(tmp_path):
+def test_a_removed_image_removes_its_objects(tmp_path, db_url):
     folder = make_scenes(tmp_path / "photos")
-    coll = collection(tmp_path / "home")
+    coll = collection(tmp_path / "home", db_url=db_url)
     coll.index_folder(folder)
     (folder / "a.png").unlink()
     coll.index_folder(folder)
@@ -231,9 +234,9 @@ def test_a_removed_image_removes_its_objects(tmp_path):
     assert coll.doctor().ok
 
 
-def test_a_changed_image_has_its_objects_found_again(tmp_path):
+def test_a_changed_image_has_its_objects_found_again(tmp_path, db_url):
     folder = make_scenes(tmp_path / "photos")
-    coll = collection(tmp_path / "home")
+    coll = collection(tmp_path / "home", db_url=db_url)
     coll.index_folder(folder)
     old = {o.id for o in object_rows(coll)["a.png"]}
     Image.new("RGB", SIZE, (128, 128, 128)).save(folder / "a.png")  # nothing in it any more
@@ -244,12 +247,14 @@ def test_a_changed_image_has_its_objects_found_again(tmp_path):
     assert coll.doctor().ok
 
 
-def test_an_interrupted_run_resumes_and_every_kept_image_has_all_its_objects(tmp_path):
+def test_an_interrupted_run_resumes_and_every_kept_image_has_all_its_objects(tmp_path, db_url):
     folder = make_scenes(tmp_path / "photos")
     counter = [0]
     with pytest.raises(Interrupted):  # the 4 whole images in one batch, then 3 objects each: stops in the third
-        collection(tmp_path / "home", CountingEmbedder(counter, fail_after=4 + 3 * 2)).index_folder(folder)
-    coll = collection(tmp_path / "home")
+        collection(tmp_path / "home", CountingEmbedder(counter, fail_after=4 + 3 * 2), db_url=db_url).index_folder(
+            folder
+        )
+    coll = collection(tmp_path / "home", db_url=db_url)
     st = coll.stats()
     assert st.indexed == 2 and st.pending == 2 and st.object_vectors == 6
     assert all(len(objs) == 3 for objs in object_rows(coll).values())
@@ -275,10 +280,10 @@ def test_an_image_where_nothing_is_found_keeps_its_whole_vector_and_records_the_
     assert hit.score > 0
 
 
-def test_switching_objects_on_is_refused_unless_reembedding_and_then_reembeds(tmp_path):
+def test_switching_objects_on_is_refused_unless_reembedding_and_then_reembeds(tmp_path, db_url):
     folder = make_scenes(tmp_path / "photos")
     counter = [0]
-    coll = collection(tmp_path / "home", CountingEmbedder(counter), objects=None)
+    coll = collection(tmp_path / "home", CountingEmbedder(counter), objects=None, db_url=db_url)
     coll.index_folder(folder)
     assert coll.stats().object_vectors == 0 and counter[0] == len(SCENES)  # whole images only
     assert coll.search([folder / "a.png"], k=1)[0].hits[0].box is None  # whole images only: no box
