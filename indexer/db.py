@@ -36,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 
-from .errors import CollectionBusyError, DamagedDatabaseError, DatabaseUnavailableError
+from .errors import CollectionBusyError, DamagedDatabaseError, DatabaseUnavailableError, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,24 @@ class Blob(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+#: The longest name of a person; checked here, as SQLite keeps longer strings but PostgreSQL refuses them.
+NAME_LENGTH = 512
+
+
 class Identity(Base):
     """A person enrolled in the face gallery."""
 
     __tablename__ = "identities"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(512), unique=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    @validates("name")
+    def _fits(self, _key: str, name: str) -> str:
+        if len(name) > NAME_LENGTH:
+            raise SettingsError(f"a name may have at most {NAME_LENGTH} characters; this one has {len(name)}")
+        return name
 
 
 class FacePhoto(TrackedFile, Base):
