@@ -21,6 +21,8 @@ from click.testing import CliRunner
 from indexer.cli import main
 from indexer.engine import Collection
 from indexer.errors import Interrupted, LookalikeError, SettingsError
+from indexer.masking import MaskSettings
+from indexer.objects import ObjectSettings
 from indexer.ray_runner import INSTALL_HINT, RayOptions, plan_actors
 from retrieval.config import RuntimeOptions
 
@@ -79,9 +81,17 @@ def photo_folder(root: Path, n: int, bad: bool = True) -> Path:
     return root
 
 
-def collection(home: Path) -> Collection:
+def collection(home: Path, masked_objects: bool = False) -> Collection:
+    """The small model; with ``masked_objects``, images masked by a classical segmenter and their objects indexed."""
     coll = Collection(home, runtime=FAST_RUNTIME, commit_every=4)
-    coll.configure(model=SMALL_MODEL)
+    if masked_objects:
+        coll.configure(
+            model=SMALL_MODEL,
+            mask=MaskSettings(segmenter="lab_kmeans"),
+            objects=ObjectSettings(enabled=True, fallback="none", max_objects=2),
+        )
+    else:
+        coll.configure(model=SMALL_MODEL)
     return coll
 
 
@@ -89,6 +99,26 @@ def vectors_by_path(home: Path) -> dict[str, np.ndarray]:
     with sqlite3.connect(home / "lookalike.db") as con:
         rows = con.execute("SELECT path, vector FROM images WHERE status = 'indexed'").fetchall()
     return {p: np.frombuffer(v, dtype=np.float32) for p, v in rows}
+
+
+def objects_by_box(home: Path) -> dict[tuple[str, int, int, int, int], np.ndarray]:
+    with sqlite3.connect(home / "lookalike.db") as con:
+        rows = con.execute(
+            "SELECT i.path, o.x, o.y, o.w, o.h, o.vector FROM objects o JOIN images i ON i.id = o.image_id"
+        ).fetchall()
+    return {tuple(r[:5]): np.frombuffer(r[5], dtype=np.float32) for r in rows}
+
+
+def mask_fractions(home: Path) -> dict[str, float | None]:
+    with sqlite3.connect(home / "lookalike.db") as con:
+        return dict(con.execute("SELECT path, mask_fraction FROM images").fetchall())
+
+
+def assert_same_vectors(expected: dict, got: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, vec in expected.items():
+        cosine = float(vec @ got[key]) / float(np.linalg.norm(vec) * np.linalg.norm(got[key]))
+        assert cosine >= 0.9999, key
 
 
 def paths_in_db(home: Path) -> list[str]:
@@ -163,21 +193,21 @@ def test_without_ray_installed_index_ray_says_how_to_install_it(tmp_path, monkey
 # ------------------------------------------------------------------------------------ on a local Ray cluster
 
 
-def test_ray_gives_the_plain_pipelines_vectors_counts_and_errors(tmp_path, ray_cluster):
-    folder = photo_folder(tmp_path / "photos", 16)
+def test_ray_gives_the_plain_pipelines_vectors_counts_errors_masks_and_objects(tmp_path, ray_cluster):
+    folder = photo_folder(tmp_path / "photos", 8)
     plain_home, ray_home = tmp_path / "plain", tmp_path / "ray"
-    plain = collection(plain_home).index_folder(folder)
-    on_ray = collection(ray_home).index_folder(folder, ray=OPTIONS)
-    assert (on_ray.scanned, on_ray.new, on_ray.embedded) == (plain.scanned, plain.new, plain.embedded) == (18, 18, 16)
+    plain = collection(plain_home, masked_objects=True).index_folder(folder)
+    on_ray = collection(ray_home, masked_objects=True).index_folder(folder, ray=OPTIONS)
+    assert (on_ray.scanned, on_ray.new, on_ray.embedded) == (plain.scanned, plain.new, plain.embedded) == (10, 10, 8)
     assert sorted(on_ray.skipped) == sorted(plain.skipped) and len(plain.skipped) == 2
+    assert on_ray.mask_fallbacks == plain.mask_fallbacks
     assert collection(ray_home).errors() == collection(plain_home).errors()
     ray_stats, plain_stats = collection(ray_home).stats(), collection(plain_home).stats()
     assert (ray_stats.indexed, ray_stats.errors, ray_stats.pending) == (plain_stats.indexed, plain_stats.errors, 0)
-    expected, got = vectors_by_path(plain_home), vectors_by_path(ray_home)
-    assert sorted(got) == sorted(expected)
-    for path, vec in expected.items():
-        cosine = float(vec @ got[path]) / float(np.linalg.norm(vec) * np.linalg.norm(got[path]))
-        assert cosine >= 0.9999, path
+    assert ray_stats.object_vectors == plain_stats.object_vectors > 0
+    assert_same_vectors(vectors_by_path(plain_home), vectors_by_path(ray_home))
+    assert_same_vectors(objects_by_box(plain_home), objects_by_box(ray_home))
+    assert mask_fractions(ray_home) == pytest.approx(mask_fractions(plain_home))
     [hit] = collection(ray_home).search([folder / "img_0003.png"], k=1)[0].hits
     assert hit.path == str((folder / "img_0003.png").resolve())
 
