@@ -279,9 +279,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "handle_error")
         def _unavailable(context: Any) -> None:
+            if context.is_pre_ping:  # a pooled connection found dead before use: the pool replaces it
+                return
             if context.connection is None and isinstance(context.sqlalchemy_exception, OperationalError):
                 raise DatabaseUnavailableError(connect_problem(url, context.original_exception)) from None
-            if context.is_disconnect and not context.is_pre_ping:
+            if context.is_disconnect:
                 raise DatabaseUnavailableError(
                     f"lost the connection to the database server of {database_location(url)} "
                     f"({_one_line(context.original_exception)}); what was committed is kept: run the command again"

@@ -133,6 +133,13 @@ class PgServer:
         """Drop a database made by :meth:`create_database`, closing whatever is still connected to it."""
         self._admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
+    def end_sessions(self, url: str) -> None:
+        """End every connection to the database of ``url``, as a server restart would."""
+        name = url.rsplit("/", 1)[1]
+        self._admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+
     def stop(self) -> None:
         """Stop the server (fast: nothing is kept) and delete its folder."""
         try:

@@ -65,6 +65,22 @@ def test_a_wrong_password_and_a_missing_database_are_named(tmp_path, pg_server):
     assert "there is no database no_such_db" in r.output and "createdb no_such_db" in r.output
 
 
+def test_a_restarted_server_costs_a_reconnection_and_a_connection_lost_mid_work_is_one_line(
+    tmp_path, pg_server, pg_url
+):
+    coll = Collection(tmp_path / "home", db_url=pg_url)
+    assert coll.stats().images == 0
+    pg_server.end_sessions(pg_url)
+    assert coll.stats().images == 0  # the pooled connections were dead: checked and replaced, no error
+    with coll.session() as s:
+        s.execute(text("SELECT 1"))
+        pg_server.end_sessions(pg_url)
+        with pytest.raises(
+            DatabaseUnavailableError, match=r"lost the connection .* postgresql://postgres:\*\*\*@.*again"
+        ):
+            s.execute(text("SELECT 1"))
+
+
 def retry_while_busy(work, seconds: float = 10.0):
     """``work()``, tried again while the lock of a process just killed is still held: the server lets it go
     as soon as it sees the connection closed (at once on a loopback socket, but not synchronously)."""
