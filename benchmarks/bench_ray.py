@@ -1,0 +1,145 @@
+"""Embedding on Ray on this one machine against the plain pipeline: the same photos, in the same run.
+
+Protocol: the 328 Weizmann horse photos (real JPEGs of mixed sizes; ``--data`` another folder, ``--images`` the
+first N) are indexed into a fresh collection by each variant in turn, ``--rounds`` times, interleaved (plain,
+Ray with 1 actor, Ray with 2 actors, plain, ...), so that a busy spell slows every variant alike:
+
+- ``plain``: ``Collection.index_folder`` in this process (the pipeline's decoding threads, torch on every core);
+- ``ray-N``: ``index_folder(ray=...)`` on a Ray started here once (its start is timed apart), N model actors
+  sharing the cores (torch threads = cores / N each), decoding tasks beside them. Ray offers the cores plus one
+  logical CPU for the decoding tasks, as the plain pipeline's decoding threads share the cores with the network.
+
+A timed run is ``configure`` + ``index_folder``: the network built (in the driver, and in each actor on Ray),
+every photo decoded, embedded, committed, and the index built. Reported per variant: seconds, images/s, the
+embedding stage alone (``IndexReport.embed_seconds``), and Ray's overhead: its time over the plain run's in the
+same round. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
+processes share the CPU: the 1-minute load average is recorded at every run.
+
+    python -m benchmarks.bench_ray [--images 328] [--rounds 2] [--actors 1,2] [--image-size 224]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import BenchParser, machine, write_json
+from benchmarks.shared_data import weizmann_photos
+from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb, rate
+from indexer.engine import Collection
+from indexer.imageio import IMAGE_EXTENSIONS
+from indexer.ray_runner import RayOptions
+from retrieval.config import ModelConfig, RuntimeOptions
+
+
+def photo_folder(source: Path, images: int, root: Path) -> Path:
+    """A folder of links to the first ``images`` photos of ``source`` (every variant reads the same files)."""
+    folder = root / "photos"
+    folder.mkdir()
+    photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:images]
+    for p in photos:
+        (folder / p.name).symlink_to(p.resolve())
+    return folder
+
+
+def vectors(home: Path) -> dict[str, np.ndarray]:
+    with sqlite3.connect(home / "lookalike.db") as con:
+        rows = con.execute("SELECT path, vector FROM images WHERE status = 'indexed'").fetchall()
+    return {p: np.frombuffer(v, dtype=np.float32) for p, v in rows}
+
+
+def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert sorted(a) == sorted(b), "the variants indexed different files"
+    return min(float(a[k] @ b[k]) / float(np.linalg.norm(a[k]) * np.linalg.norm(b[k])) for k in a)
+
+
+def main() -> None:
+    ap = BenchParser(__doc__, out="ray.json")
+    ap.add_argument("--data", type=Path, help="a folder of photos (default: the shared Weizmann horse photos)")
+    ap.add_argument("--images", type=int, default=328)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--actors", default="1,2", help="actor counts to run, comma-separated (default 1,2)")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    import ray
+
+    cores = os.cpu_count() or 1
+    actor_counts = [int(a) for a in args.actors.split(",")]
+    model = ModelConfig(image_size=args.image_size)
+    runtime = RuntimeOptions(device="cpu", batch_size=args.batch_size)
+    with Stopwatch() as ray_start:
+        ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    variants: dict[str, RayOptions | None] = {"plain": None}
+    for n in actor_counts:
+        variants[f"ray-{n}"] = RayOptions(actors=n, cpus_per_actor=max(1, cores // n), decode_cpus=1)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = photo_folder(args.data or weizmann_photos(), args.images, Path(tmp))
+        reference: dict[str, np.ndarray] = {}
+        for round_no in range(args.rounds):
+            for name, options in variants.items():
+                home = Path(tmp) / f"{name}-{round_no}"
+                load = loadavg()
+                with Stopwatch() as clock:
+                    coll = Collection(home, runtime=runtime)
+                    coll.configure(model=model)
+                    report = coll.index_folder(folder, ray=options)
+                got = vectors(home)
+                if name == "plain" and not reference:
+                    reference = got
+                runs[name].append(
+                    dict(
+                        seconds=round(clock.seconds, 2),
+                        images_per_s=rate(report.embedded, clock.seconds, 2),
+                        embed_seconds=round(report.embed_seconds, 2),
+                        embedded=report.embedded,
+                        skipped=len(report.skipped),
+                        min_cosine_to_plain=round(min_cosine(reference, got), 6),
+                        loadavg_before=load,
+                        loadavg_after=loadavg(),
+                        at=time.strftime("%H:%M:%S"),
+                    )
+                )
+                print(name, runs[name][-1], flush=True)
+    ray.shutdown()
+    plain_s = [r["seconds"] for r in runs["plain"]]
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = dict(
+            median_seconds=statistics.median(r["seconds"] for r in rs),
+            median_images_per_s=statistics.median(r["images_per_s"] for r in rs),
+            median_embed_seconds=statistics.median(r["embed_seconds"] for r in rs),
+            time_over_plain=round(statistics.median(r["seconds"] / p for r, p in zip(rs, plain_s)), 3),
+            min_cosine_to_plain=min(r["min_cosine_to_plain"] for r in rs),
+            same_counts_as_plain=all(
+                (r["embedded"], r["skipped"]) == (p["embedded"], p["skipped"]) for r, p in zip(rs, runs["plain"])
+            ),
+        )
+    write_json(
+        args.out,
+        {
+            "benchmark": "ray_vs_plain_one_machine",
+            "data": str(args.data or weizmann_photos()),
+            "images": args.images,
+            "model": model.describe(),
+            "rounds": args.rounds,
+            "ray_start_s": round(ray_start.seconds, 2),
+            "ray_cpus_offered": cores + 1,
+            "summary": summary,
+            "runs": runs,
+            "driver_peak_rss_gb": peak_rss_gb(),
+            "machine": machine(ray=ray.__version__),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
