@@ -12,7 +12,8 @@ Ray with 1 actor, Ray with 2 actors, plain, ...), so that a busy spell slows eve
 A timed run is ``configure`` + ``index_folder``: the network built (in the driver, and in each actor on Ray),
 every photo decoded, embedded, committed, and the index built. Reported per variant: seconds, images/s, the
 embedding stage alone (``IndexReport.embed_seconds``), and Ray's overhead: its time over the plain run's in the
-same round. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
+same round. Then the ceiling of one driver: results per second it commits (``BatchWriter`` into SQLite,
+1280-d vectors) with no embedding at all. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
 processes share the CPU: the 1-minute load average is recorded at every run.
 
     python -m benchmarks.bench_ray [--images 328] [--rounds 2] [--actors 1,2] [--image-size 224]
@@ -29,13 +30,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from benchmarks.common import BenchParser, machine, write_json
 from benchmarks.shared_data import weizmann_photos
 from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb, rate
+from indexer import db
+from indexer.db import INDEXED, PENDING, ImageRecord
 from indexer.engine import Collection
 from indexer.imageio import IMAGE_EXTENSIONS
 from indexer.ray_runner import RayOptions
+from indexer.sync import BatchWriter
 from retrieval.config import ModelConfig, RuntimeOptions
 
 
@@ -60,6 +65,23 @@ def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return min(float(a[k] @ b[k]) / float(np.linalg.norm(a[k]) * np.linalg.norm(b[k])) for k in a)
 
 
+def driver_commit_rate(root: Path, rows: int, dim: int = 1280) -> float:
+    """Results per second the driver can commit (``BatchWriter`` into SQLite, ``dim``-d float32 vectors, the
+    collection's default batches), with no embedding at all: the ceiling of one driver however many workers
+    feed it."""
+    coll = Collection(root / "commit-rate")
+    with coll.session() as s, s.begin():
+        s.add_all([ImageRecord(path=f"/photos/{i:08d}.jpg", size=1, mtime_ns=1, status=PENDING) for i in range(rows)])
+    with coll.session() as s:
+        ids = list(s.scalars(select(ImageRecord.id)))
+    vector = np.random.default_rng(0).standard_normal(dim).astype(np.float32).tobytes()
+    with Stopwatch() as clock, BatchWriter(coll, ImageRecord, db.VECTOR_VERSION, total=rows) as writer:
+        for i in ids:
+            values = dict(id=i, status=INDEXED, error=None, vector=vector, width=640, height=480)
+            writer.put(dict(values, content_hash=f"{i:032x}", mask_fraction=None, mask_fallback=None), indexed=True)
+    return rate(rows, clock.seconds, 0)
+
+
 def main() -> None:
     ap = BenchParser(__doc__, out="ray.json")
     ap.add_argument("--data", type=Path, help="a folder of photos (default: the shared Weizmann horse photos)")
@@ -68,6 +90,7 @@ def main() -> None:
     ap.add_argument("--actors", default="1,2", help="actor counts to run, comma-separated (default 1,2)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--commit-rows", type=int, default=20_000, help="results committed to time the driver (0: skip)")
     args = ap.parse_args()
     import ray
 
@@ -109,7 +132,9 @@ def main() -> None:
                     )
                 )
                 print(name, runs[name][-1], flush=True)
-    ray.shutdown()
+        ray.shutdown()
+        load = loadavg()
+        commit_rate = driver_commit_rate(Path(tmp), args.commit_rows) if args.commit_rows else None
     plain_s = [r["seconds"] for r in runs["plain"]]
     summary = {}
     for name, rs in runs.items():
@@ -134,6 +159,9 @@ def main() -> None:
             "ray_start_s": round(ray_start.seconds, 2),
             "ray_cpus_offered": cores + 1,
             "summary": summary,
+            "driver_commit_results_per_s": commit_rate,
+            "driver_commit_rows": args.commit_rows,
+            "driver_commit_loadavg_before": load,
             "runs": runs,
             "driver_peak_rss_gb": peak_rss_gb(),
             "machine": machine(ray=ray.__version__),
