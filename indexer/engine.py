@@ -51,7 +51,7 @@ from .objects import (
 )
 from .pipeline import Embedded, Source, batch_and_workers, embed_files
 from .ray_runner import RayJob, RayOptions, embed_on_ray, require_ray
-from .reranking import AUTO_CHOICE_SETTING, DbaCache, graph_auto_choice, rerank_search
+from .reranking import AUTO_CHOICE_SETTING, DbaCache, graph_auto_choice, rerank_search, sampled_auto_choice
 from .settings import build_embedder, build_masker
 from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
 from .sync import BatchWriter, FileSync, IndexReport
@@ -435,6 +435,13 @@ class Collection(Store):
         (a file exists), the default re-ranking needs them, or ``graph`` / ``dba`` ask for them, so searches
         find them current. ``locked``: the caller holds the write lock."""
         settings = self.rerank_settings
+        if settings.method == "auto":  # chosen again, and kept with the collection (searches read it)
+            if self.model_config is None or not len(self._cache.current()):
+                return
+            choice = self._make_auto_choice(settings, locked)
+            with self.session() as s, s.begin():
+                db.set_setting(s, AUTO_CHOICE_SETTING, choice.to_dict())
+            settings = choice.apply(settings)
         dba = dba or self._dba.file.path.exists() or settings.method == "dba"
         graph = graph or dba or self._graph.file.path.exists() or settings.graph_neighbours > 0
         if self.model_config is None or not graph:
@@ -442,12 +449,9 @@ class Collection(Store):
         with self.session() as s:
             if not self._cache.vectors.count(s):
                 return
-        graph_now = self._graph.current(max(settings.graph_neighbours, DEFAULT_K), locked=locked)
+        self._graph.current(max(settings.graph_neighbours, DEFAULT_K), locked=locked)
         if dba:
             self._dba.current(settings, locked=locked)
-        if settings.method == "auto":  # the choice, kept with the collection (searches need no graph for it)
-            with self.session() as s, s.begin():
-                db.set_setting(s, AUTO_CHOICE_SETTING, graph_auto_choice(graph_now, settings).to_dict())
 
     def _embed_rows(
         self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter, ray: RayOptions | None = None
@@ -749,8 +753,8 @@ class Collection(Store):
 
     def auto_choice(self, settings: RerankSettings | None = None) -> AutoChoice:
         """What ``auto`` re-ranking chooses for this collection (``settings``: default the collection's): the
-        choice kept with the collection when it was made on the current graph, else made on the k-NN graph
-        (:func:`~retrieval.rerank.auto_choice`; the graph is built if there is none)."""
+        choice kept with the collection when it was made for the current vectors (after each run that changed
+        them), else made now."""
         settings = settings or self.rerank_settings
         with self.session() as s:
             kept = db.get_setting(s, AUTO_CHOICE_SETTING)
@@ -758,7 +762,16 @@ class Collection(Store):
             choice = AutoChoice.from_dict(kept)
             if choice.fits(settings, self._graph.version()):
                 return choice
-        return graph_auto_choice(self._graph.current(max(settings.graph_k, DEFAULT_K)), settings)
+        return self._make_auto_choice(settings)
+
+    def _make_auto_choice(self, settings: RerankSettings, locked: bool = False) -> AutoChoice:
+        """``auto``'s choice on the k-NN graph when the collection keeps one, else on a sample of its images'
+        neighbour lists (:func:`~indexer.reranking.sampled_auto_choice`: no graph built for it)."""
+        if self._graph.file.path.exists():
+            return graph_auto_choice(self._graph.current(max(settings.graph_k, DEFAULT_K), locked=locked), settings)
+        with self.session() as s:
+            ids, _ = self._graph.rows(s)
+        return sampled_auto_choice(self._cache.current(), ids, self._vectors_of, settings, self._graph.version())
 
     def _hits_for_vectors(
         self, queries: np.ndarray, k: int, threshold: float | None, rerank: RerankSettings | None = None

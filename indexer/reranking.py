@@ -16,9 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.rerank import AutoChoice, RerankSettings, alpha_qe, auto_choice, dba, diffusion_scores, subgraph
+from retrieval.rerank import (
+    AutoChoice,
+    RerankSettings,
+    alpha_qe,
+    auto_choice,
+    dba,
+    diffusion_scores,
+    reciprocity,
+    subgraph,
+)
 
-from .knn_graph import GraphCache, KnnGraph, NpzFile, save_locked
+from .knn_graph import GraphCache, KnnGraph, NpzFile, knn_search, save_locked
 from .store import Store
 from .vector_index import VectorIndex
 
@@ -175,6 +184,39 @@ def graph_auto_choice(graph: KnnGraph, settings: RerankSettings) -> AutoChoice:
     return choice
 
 
+#: Images whose neighbour lists (and their neighbours') estimate ``auto``'s statistic when no graph is kept.
+AUTO_SAMPLE = 2000
+
+
+def sampled_auto_choice(
+    index: VectorIndex,
+    ids: np.ndarray,
+    vectors_of: VectorsOf,
+    settings: RerankSettings,
+    version: int = -1,
+    sample: int = AUTO_SAMPLE,
+    seed: int = 0,
+) -> AutoChoice:
+    """``auto``'s choice without the whole k-NN graph: the share of mutual links among the ``graph_k``-NN links
+    of a seeded sample of ``sample`` of the indexed ``ids`` (all of them when fewer), each checked against the
+    neighbour's own list (searched as the graph is: :func:`~indexer.knn_graph.knn_search`). About
+    ``sample * (graph_k + 1)`` searches whatever the collection's size; exact when the sample is every image."""
+    ids = np.asarray(ids, np.int64)
+    k = settings.graph_k
+    rng = np.random.default_rng(seed)
+    pick = ids if ids.size <= sample else np.sort(rng.choice(ids, sample, replace=False))
+    nbr, _ = knn_search(index, vectors_of(pick), k, pick)
+    extra = np.setdiff1d(np.unique(nbr[nbr >= 0]), pick)
+    extra_nbr, _ = knn_search(index, vectors_of(extra), k, extra) if extra.size else (np.zeros((0, k), np.int64), None)
+    nodes = np.concatenate([pick, extra])
+    lists = np.concatenate([nbr, extra_nbr])
+    order = np.argsort(nodes)
+    at = np.clip(np.searchsorted(nodes[order], lists), 0, max(nodes.size - 1, 0))
+    local = np.where((lists >= 0) & (nodes[order][at] == lists), order[at], -1)
+    # only the sample's own links count: their neighbours' lists are all known
+    return AutoChoice.of(reciprocity(local, k, rows=pick.size), settings, version)
+
+
 # --------------------------------------------------------------------------------------------- searching
 
 
@@ -316,7 +358,9 @@ __all__ = [
     "DbaCache",
     "DbaFile",
     "DbaVectors",
+    "AUTO_SAMPLE",
     "graph_auto_choice",
     "rerank_search",
+    "sampled_auto_choice",
     "update_dba",
 ]

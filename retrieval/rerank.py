@@ -135,6 +135,12 @@ class AutoChoice:
     k: int
     version: int = -1
 
+    @classmethod
+    def of(cls, reciprocity: float, settings: RerankSettings, version: int = -1) -> AutoChoice:
+        """The choice for a graph whose ``graph_k``-NN links are mutual in this share."""
+        method = "diffusion" if reciprocity >= settings.auto_reciprocity else "none"
+        return cls(method, round(reciprocity, 4), settings.auto_reciprocity, settings.graph_k, version)
+
     def describe(self) -> str:
         sign = ">=" if self.reciprocity >= self.threshold else "<"
         return f"mutual {self.k}-NN reciprocity {self.reciprocity:.3f} {sign} {self.threshold:g}"
@@ -158,9 +164,7 @@ class AutoChoice:
 def auto_choice(nbr: np.ndarray, settings: RerankSettings, version: int = -1) -> AutoChoice:
     """``auto``'s choice for a graph's neighbour table ``nbr (N, K)`` (positions, ``-1`` none): diffusion when
     :func:`reciprocity` of its first ``graph_k`` links reaches ``auto_reciprocity``, else none."""
-    r = reciprocity(nbr, settings.graph_k)
-    method = "diffusion" if r >= settings.auto_reciprocity else "none"
-    return AutoChoice(method, round(r, 4), settings.auto_reciprocity, settings.graph_k, version)
+    return AutoChoice.of(reciprocity(nbr, settings.graph_k), settings, version)
 
 
 def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -239,10 +243,12 @@ def mutual_links(nbr: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return hit, valid
 
 
-def reciprocity(nbr: np.ndarray, k: int) -> float:
-    """The share of the ``k``-NN links of ``nbr (N, K)`` (positions) that are mutual (0 for no links): near 1 when
+def reciprocity(nbr: np.ndarray, k: int, rows: int | None = None) -> float:
+    """The share of the ``k``-NN links of ``nbr (N, K)`` (positions) that are mutual (0 for no links), counting
+    the links of the first ``rows`` rows only (default: all; the others' lists serve to check them): near 1 when
     the images lie along chains (views of an object on a turntable), about one half in photo collections."""
     hit, valid = mutual_links(nbr, k)
+    hit, valid = hit[:rows], valid[:rows]
     return float(hit.sum() / valid.sum()) if valid.any() else 0.0
 
 

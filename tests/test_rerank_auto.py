@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from indexer.cli import main
 from indexer.engine import Collection
-from indexer.reranking import AUTO_CHOICE_SETTING, graph_auto_choice, rerank_search
+from indexer.knn_graph import GRAPH_FILE, update_graph
+from indexer.reranking import AUTO_CHOICE_SETTING, graph_auto_choice, rerank_search, sampled_auto_choice
 from retrieval.rerank import AutoChoice, RerankSettings, auto_choice, l2n, reciprocity
 from tests.conftest import make_folder
 from tests.test_rerank import exact_lists, flat_index, table_collection
@@ -71,15 +72,31 @@ def test_auto_choice_applies_as_its_method_and_says_why():
         RerankSettings(method="auto", auto_reciprocity=1.5)
 
 
+def graph_of(x: np.ndarray):
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 7  # ids are not positions
+    index = flat_index(ids, x)
+    vectors_of = lambda i: x[(np.asarray(i) - 7) // 3]  # noqa: E731
+    graph, _ = update_graph(None, index, ids, np.zeros(len(x), np.int64), vectors_of, "t", 0, 8)
+    return ids, index, vectors_of, graph
+
+
+@pytest.mark.parametrize("make", [turntables, photo_like])
+def test_a_sample_of_neighbour_lists_estimates_the_graphs_reciprocity(make):
+    x = make(seed=3)
+    ids, index, vectors_of, graph = graph_of(x)
+    auto = RerankSettings(method="auto", graph_k=5)
+    whole = graph_auto_choice(graph, auto)
+    assert sampled_auto_choice(index, ids, vectors_of, auto, version=0) == whole  # every image sampled: exact
+    for seed in range(3):
+        part = sampled_auto_choice(index, ids, vectors_of, auto, sample=60, seed=seed)
+        assert part.method == whole.method and abs(part.reciprocity - whole.reciprocity) < 0.08
+
+
 @pytest.mark.parametrize("make, method", [(turntables, "diffusion"), (photo_like, "none")])
 def test_rerank_search_resolves_auto_on_the_graph(make, method):
-    from indexer.knn_graph import update_graph
-
     x = make()
-    ids = np.arange(len(x), dtype=np.int64)
-    index = flat_index(ids, x)
-    vectors_of = lambda i: x[np.asarray(i)]  # noqa: E731
-    graph, _ = update_graph(None, index, ids, np.zeros(len(x), np.int64), vectors_of, "t", 0, 8)
+    ids, index, vectors_of, graph = graph_of(x)
+    x = vectors_of(ids)
     auto = RerankSettings(method="auto", graph_k=5)
     assert graph_auto_choice(graph, auto).method == method
     got = rerank_search(index, x[:7], 20, auto, graph=lambda _k: graph, vectors_of=vectors_of)
@@ -99,6 +116,8 @@ def test_a_collection_with_auto_keeps_its_choice_and_reports_it(tmp_path, make, 
 
         kept = AutoChoice.from_dict(db.get_setting(s, AUTO_CHOICE_SETTING))
     assert kept.method == method and kept == coll.auto_choice()
+    # the graph is built only when the choice needs it (the choice itself comes from a sample of lists)
+    assert (tmp_path / "home" / GRAPH_FILE).exists() == (method == "diffusion")
     hit = coll.search([tmp_path / "photos" / "v000.png"], k=1)[0]
     assert hit.rerank.startswith(f"auto: {method}") and f"reciprocity {kept.reciprocity:.3f}" in hit.rerank
     start = hit.hits[0].id
