@@ -177,7 +177,7 @@ def graph_auto_choice(graph: KnnGraph, settings: RerankSettings) -> AutoChoice:
     global _last_choice
     if _last_choice is not None and _last_choice[0] is graph:
         choice = _last_choice[1]
-        if choice.k == settings.graph_k and choice.threshold == settings.auto_reciprocity:
+        if choice.fits(settings, graph.version):
             return choice
     choice = auto_choice(graph.positions(), settings, graph.version)
     _last_choice = (graph, choice)
@@ -203,6 +203,8 @@ def sampled_auto_choice(
     ``sample * (graph_k + 1)`` searches whatever the collection's size; exact when the sample is every image."""
     ids = np.asarray(ids, np.int64)
     k = settings.graph_k
+    if ids.size < settings.auto_min_images:
+        return AutoChoice.of(0.0, ids.size, settings, version)
     rng = np.random.default_rng(seed)
     pick = ids if ids.size <= sample else np.sort(rng.choice(ids, sample, replace=False))
     nbr, _ = knn_search(index, vectors_of(pick), k, pick)
@@ -214,7 +216,7 @@ def sampled_auto_choice(
     at = np.clip(np.searchsorted(nodes[order], lists), 0, max(nodes.size - 1, 0))
     local = np.where((lists >= 0) & (nodes[order][at] == lists), order[at], -1)
     # only the sample's own links count: their neighbours' lists are all known
-    return AutoChoice.of(reciprocity(local, k, rows=pick.size), settings, version)
+    return AutoChoice.of(reciprocity(local, k, rows=pick.size), ids.size, settings, version)
 
 
 # --------------------------------------------------------------------------------------------- searching

@@ -67,6 +67,8 @@ class RerankSettings:
     candidates: int = 1000
     #: auto: the share of the ``graph_k``-NN links that must be mutual for diffusion to be chosen
     auto_reciprocity: float = 0.75
+    #: auto: collections smaller than this get no re-ranking
+    auto_min_images: int = 100
     #: set by :meth:`AutoChoice.apply` on the settings it resolved (why auto chose the method); never stored
     chosen_by: str = field(default="", compare=False)
 
@@ -76,7 +78,7 @@ class RerankSettings:
         for name in ("qe_k", "dba_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("graph_k", "seeds", "iterations", "candidates"):
+        for name in ("graph_k", "seeds", "iterations", "candidates", "auto_min_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.alpha < 1.0:
@@ -126,28 +128,47 @@ class RerankSettings:
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """What ``auto`` chose for a collection: ``method`` (``diffusion`` or ``none``), from the share of its
-    ``k``-NN links that are mutual (``reciprocity``) against ``threshold``, on the graph of vector ``version``."""
+    """What ``auto`` chose for a collection of ``images``: ``method`` (``diffusion`` or ``none``), from the share
+    of its ``k``-NN links that are mutual (``reciprocity``) against ``threshold``, on the vectors of ``version``.
+    Collections of fewer than ``min_images`` get none: in a small collection most links are mutual whatever the
+    images (all of them when it holds ``k + 1``)."""
 
     method: str
     reciprocity: float
     threshold: float
     k: int
+    images: int
+    min_images: int
     version: int = -1
 
     @classmethod
-    def of(cls, reciprocity: float, settings: RerankSettings, version: int = -1) -> AutoChoice:
-        """The choice for a graph whose ``graph_k``-NN links are mutual in this share."""
-        method = "diffusion" if reciprocity >= settings.auto_reciprocity else "none"
-        return cls(method, round(reciprocity, 4), settings.auto_reciprocity, settings.graph_k, version)
+    def of(cls, reciprocity: float, images: int, settings: RerankSettings, version: int = -1) -> AutoChoice:
+        """The choice for ``images`` whose ``graph_k``-NN links are mutual in this share."""
+        chain = reciprocity >= settings.auto_reciprocity and images >= settings.auto_min_images
+        return cls(
+            "diffusion" if chain else "none",
+            round(reciprocity, 4),
+            settings.auto_reciprocity,
+            settings.graph_k,
+            int(images),
+            settings.auto_min_images,
+            version,
+        )
 
     def describe(self) -> str:
+        if self.images < self.min_images:
+            return f"{self.images} images, fewer than {self.min_images}"
         sign = ">=" if self.reciprocity >= self.threshold else "<"
         return f"mutual {self.k}-NN reciprocity {self.reciprocity:.3f} {sign} {self.threshold:g}"
 
     def fits(self, settings: RerankSettings, version: int) -> bool:
-        """Made for these settings' ``graph_k`` and threshold, on the graph of ``version``."""
-        return self.version == version and self.k == settings.graph_k and self.threshold == settings.auto_reciprocity
+        """Made for these settings' ``graph_k``, threshold and minimum, on the vectors of ``version``."""
+        return (self.version, self.k, self.threshold, self.min_images) == (
+            version,
+            settings.graph_k,
+            settings.auto_reciprocity,
+            settings.auto_min_images,
+        )
 
     def apply(self, settings: RerankSettings) -> RerankSettings:
         """``settings`` with this choice's method, marked as chosen by auto."""
@@ -164,7 +185,7 @@ class AutoChoice:
 def auto_choice(nbr: np.ndarray, settings: RerankSettings, version: int = -1) -> AutoChoice:
     """``auto``'s choice for a graph's neighbour table ``nbr (N, K)`` (positions, ``-1`` none): diffusion when
     :func:`reciprocity` of its first ``graph_k`` links reaches ``auto_reciprocity``, else none."""
-    return AutoChoice.of(reciprocity(nbr, settings.graph_k), settings, version)
+    return AutoChoice.of(reciprocity(nbr, settings.graph_k), len(nbr), settings, version)
 
 
 def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

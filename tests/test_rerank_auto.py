@@ -48,6 +48,15 @@ def test_reciprocity_is_high_for_turntable_views_and_low_for_photo_like_vectors(
     assert auto_choice(photos, settings).method == "none"
 
 
+def test_a_small_collection_gets_no_rerank_however_reciprocal():
+    one_object, _ = exact_lists(turntables(objects=1), 8)  # 36 views: every link mutual, or nearly
+    settings = RerankSettings(method="auto", graph_k=5)
+    assert reciprocity(one_object, 5) > 0.85
+    choice = auto_choice(one_object, settings)
+    assert choice.method == "none" and "36 images, fewer than 100" in choice.apply(settings).describe()
+    assert auto_choice(one_object, RerankSettings(method="auto", auto_min_images=30)).method == "diffusion"
+
+
 def test_reciprocity_counts_mutual_links_only():
     # 0 <-> 1 mutual; 2 -> 0 one way; 3 has no neighbours
     nbr = np.array([[1], [0], [0], [-1]])
@@ -59,15 +68,15 @@ def test_auto_choice_applies_as_its_method_and_says_why():
     settings = RerankSettings(method="auto", graph_k=5, auto_reciprocity=0.7)
     assert settings.graph_neighbours == 5
     assert settings.describe().startswith("auto (diffusion when >= 0.7")
-    chosen = AutoChoice("diffusion", 0.84, 0.7, 5, version=3).apply(settings)
+    chosen = AutoChoice("diffusion", 0.84, 0.7, 5, 720, 100, version=3).apply(settings)
     assert chosen.method == "diffusion" and chosen.graph_k == 5
     assert chosen.describe() == f"auto: {RerankSettings(method='diffusion', graph_k=5).describe()} " + (
         "(mutual 5-NN reciprocity 0.840 >= 0.7)"
     )
     assert "chosen_by" not in chosen.to_dict()
     assert RerankSettings.from_dict(chosen.to_dict()).describe().startswith("diffusion")
-    assert AutoChoice.from_dict(AutoChoice("none", 0.5, 0.7, 5, 3).to_dict()).fits(settings, 3)
-    assert not AutoChoice("none", 0.5, 0.7, 5, 3).fits(settings, 4)  # made on an older graph
+    assert AutoChoice.from_dict(AutoChoice("none", 0.5, 0.7, 5, 720, 100, 3).to_dict()).fits(settings, 3)
+    assert not AutoChoice("none", 0.5, 0.7, 5, 720, 100, 3).fits(settings, 4)  # made on older vectors
     with pytest.raises(ValueError, match="auto_reciprocity"):
         RerankSettings(method="auto", auto_reciprocity=1.5)
 
