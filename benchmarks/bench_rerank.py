@@ -12,13 +12,21 @@ makes them; embedded once and cached under ``--cache``):
 - COIL-20 + the 328 Weizmann horse photos as distractors (Borenstein & Ullman): COIL queries, leave-one-out.
 - The near-duplicate set of ``bench_duplicates`` (its collection in ``benchmarks/results/duplicates-set``; run
   that benchmark first): each image in a group of copies a query, its copies relevant.
+- COIL-20 trained-objects split (``--coil-checkpoint``: a network trained on objects 11-18, 19-20 for
+  validation, by ``python -m benchmarks.bench_train_coil20 --swap --out CKPT``): objects 1-10 leave-one-out with
+  its vectors; parameters chosen on half B (11-20, the objects it was trained on).
 - The cluttered composites (``benchmarks.composites``, seed 0: COIL-20 objects pasted on shared Weizmann
-  backgrounds; 80 queries from outside the collection against 320 images, whole images, no masking).
+  backgrounds; 80 queries from outside the collection against 320 images), whole images and masked by the
+  default segmenter (``foreground``, applied ``both``, as ``lookalike index --mask foreground`` does).
+- ``bench_objects``' collections (run it first): mosaics of 4 held-out composites, masked, with and without the
+  per-object index, searched through ``Collection.search`` with each re-ranking as the collection's default.
 - LFW identification (optional, when ``benchmarks/results/lfw_face_vectors.npz`` exists: YuNet + SFace, each
   photo's face nearest the centre): 2,000 seeded queries among people with 2 or more photos, against all 13,233.
 
 The others use the parameters chosen on COIL-20 (other data than the one scored). ``default`` rows use the
-shipped :class:`~retrieval.rerank.RerankSettings` whatever the grid says. Scores: mAP (every relevant image
+shipped :class:`~retrieval.rerank.RerankSettings` whatever the grid says; ``auto`` rows the shipped parameters
+with ``method="auto"``, and ``auto_choice`` records what auto chose on each collection (the reciprocity of its
+mutual 5-NN graph). Scores: mAP (every relevant image
 counted, a ranking truncated at ``--depth`` or the re-ranked candidates) and recall@1.
 
 Cost (``--part cost --sizes 100000,1000000``): clustered synthetic 256-d vectors (``bench_search.make_dataset``,
@@ -30,7 +38,7 @@ memory the graph and DBA hold, and the process's peak RSS. Built indexes, graphs
 ``--cache`` with their build times (so that latency can be measured later, on a quieter machine); the 1-minute
 load average is recorded with every timing.
 
-    python -m benchmarks.bench_rerank --part quality
+    python -m benchmarks.bench_rerank --part quality [--coil-checkpoint CKPT]
     python -m benchmarks.bench_rerank --part cost --sizes 100000,1000000 --index-kind-1m ivf
 """
 
@@ -49,10 +57,11 @@ import numpy as np
 from benchmarks.common import RESULTS, BenchParser, machine, write_json
 from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
 from indexer.knn_graph import KnnGraph, update_graph
-from indexer.reranking import DbaVectors, rerank_search, update_dba
+from indexer.reranking import DbaVectors, graph_auto_choice, rerank_search, update_dba
 from indexer.vector_index import IndexConfig, VectorIndex
 from retrieval.metrics import average_precision
-from retrieval.rerank import RerankSettings, l2n
+from retrieval.rerank import AutoChoice, RerankSettings, l2n
+from segmentation import DEFAULT_SEGMENTER
 
 DEFAULT_CACHE = Path("/tmp/lookalike-rerank")
 #: Neighbours per image of the graph built for the grid (the largest any setting asks for).
@@ -74,19 +83,27 @@ GRID: dict[str, list[dict[str, Any]]] = {
 # --------------------------------------------------------------------------------------------- data
 
 
-def embedded(name: str, paths: list[str], cache: Path, workers: int) -> np.ndarray:
-    """``(N, D)`` default-model vectors of ``paths``, embedded once and cached as ``cache/NAME.npz``."""
+def embedded(
+    name: str, paths: list[str], cache: Path, workers: int, model: Any = None, segmenter: str | None = None
+) -> np.ndarray:
+    """``(N, D)`` vectors of ``paths`` by ``model`` (a ``ModelConfig``; default: the default model), masked by
+    ``segmenter`` when given (applied as the collection applies it by default), as ``lookalike index`` makes
+    them; embedded once and cached as ``cache/NAME.npz``."""
     target = cache / f"{name}.npz"
     if target.exists():
         with np.load(target) as z:
             if list(z["paths"]) == list(paths):
                 return l2n(z["vectors"])
     from indexer.evaluate import embed_paths
+    from indexer.masking import MaskSettings
+    from indexer.settings import build_masker
     from retrieval.config import ModelConfig, RuntimeOptions
     from retrieval.model import Embedder
 
     runtime = RuntimeOptions(device="cpu", workers=workers)
-    vecs, ok, skipped, speed = embed_paths(paths, Embedder(ModelConfig(), runtime), runtime.batch_size, workers)
+    masker = build_masker(MaskSettings(segmenter=segmenter)) if segmenter else None
+    embedder = Embedder(model or ModelConfig(), runtime)
+    vecs, ok, skipped, speed = embed_paths(paths, embedder, runtime.batch_size, workers, masker=masker)
     if skipped:
         raise SystemExit(f"could not embed {len(skipped)} images, e.g. {skipped[0]}")
     cache.mkdir(parents=True, exist_ok=True)
@@ -148,6 +165,10 @@ class Dataset:
         else:
             self.n_relevant = np.array([counts.get(lab, 0) for lab in outside[1][queries]])
 
+    def auto(self) -> AutoChoice:
+        """What ``auto`` chooses for this collection."""
+        return graph_auto_choice(self.graph, AUTO)
+
     def dba(self, s: RerankSettings) -> DbaVectors:
         key = (s.dba_k, s.dba_alpha)
         if key not in self._dba:
@@ -184,9 +205,11 @@ class Dataset:
         }
 
 
-def composites(cache: Path, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The cluttered composites (``benchmarks.composites``, seed 0, built once under ``cache``), whole images:
-    database vectors and objects, query vectors and objects."""
+def composites(
+    cache: Path, workers: int, segmenter: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cluttered composites (``benchmarks.composites``, seed 0, built once under ``cache``), whole images or
+    masked by ``segmenter``: database vectors and objects, query vectors and objects."""
     import re
 
     from benchmarks.composites import build_composites, set_folders
@@ -199,7 +222,8 @@ def composites(cache: Path, workers: int) -> tuple[np.ndarray, np.ndarray, np.nd
     for name, folder in zip(("composites_database", "composites_queries"), set_folders(root)):
         files = sorted(f.path for f in scan_folder(folder).files)
         objects = np.array([int(re.search(r"obj(\d+)", str(Path(f).parent.name)).group(1)) for f in files])
-        out += [embedded(name, files, cache, workers), objects]
+        tag = f"{name}_masked_{segmenter.replace(':', '_')}" if segmenter else name
+        out += [embedded(tag, files, cache, workers, segmenter=segmenter), objects]
     return out[0], out[1], out[2], out[3]
 
 
@@ -239,7 +263,7 @@ def quality(args: Any) -> dict[str, Any]:
         "A": loo("coil20 1-10", coil[half_a], objects[half_a], args.depth),
         "B": loo("coil20 11-20", coil[~half_a], objects[~half_a], args.depth),
     }
-    out: dict[str, Any] = {"grid": {}, "chosen": {}, "datasets": {}}
+    out: dict[str, Any] = {"grid": {}, "chosen": {}, "datasets": {}, "auto_choice": {}}
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for method in GRID:
         chosen[method] = {}
@@ -249,9 +273,12 @@ def quality(args: Any) -> dict[str, Any]:
     out["chosen"] = chosen
     # COIL-20 halves: each scored with the other half's choice; plain and the default alike
     halves_rows: dict[str, Any] = {}
+    for side in "AB":
+        out["auto_choice"][f"coil20 {'1-10' if side == 'A' else '11-20'}"] = halves[side].auto().to_dict()
     for label, s_of in (
         ("plain", lambda side: RerankSettings()),
         ("default", lambda side: DEFAULT),
+        ("auto", lambda side: AUTO),
         *[(m, (lambda side, m=m: settings_of(m, chosen[m]["B" if side == "A" else "A"]))) for m in GRID],
         *[(f"candidate {c.describe()}", (lambda side, c=c: c)) for c in CANDIDATES],
     ):
@@ -264,6 +291,7 @@ def quality(args: Any) -> dict[str, Any]:
         }
         print(f"coil20 halves {label:10s} {halves_rows[label]['mAP']}", flush=True)
     out["datasets"]["coil20_halves"] = halves_rows
+    side_of: dict[str, str] = {}  # the half of COIL-20 whose choice of parameters a data set is scored with
     others = {
         "coil20": loo("coil20", coil, objects, args.depth),
         "coil20+weizmann": loo(
@@ -276,11 +304,20 @@ def quality(args: Any) -> dict[str, Any]:
     }
     if dups is not None:
         others["near_duplicates"] = loo("duplicates", dups[0], dups[1], args.depth)
+    if args.coil_checkpoint is not None:
+        # a network trained on objects 11-18 (19-20 validation: bench_train_coil20 --swap), scored on 1-10;
+        # parameters chosen on half B (objects 11-20), which the network was trained on, not on the half scored
+        from benchmarks.common import trained_config
+
+        tag = f"coil20_1-10_trained_{args.coil_checkpoint.stem}"
+        paths = [f for f, keep in zip(files, half_a) if keep]
+        trained = embedded(tag, paths, args.cache, args.workers, model=trained_config(args.coil_checkpoint))
+        others["coil20_trained_split"] = loo("coil20 trained", trained, objects[half_a], args.depth)
+        side_of["coil20_trained_split"] = "B"
     if not args.no_composites:
-        db_x, db_lab, q_x, q_lab = composites(args.cache, args.workers)
-        others["composites_whole"] = Dataset(
-            "composites", db_x, db_lab, np.arange(len(q_x)), args.depth, outside=(q_x, q_lab)
-        )
+        for name, segmenter in (("composites_whole", None), ("composites_masked", DEFAULT_SEGMENTER)):
+            db_x, db_lab, q_x, q_lab = composites(args.cache, args.workers, segmenter)
+            others[name] = Dataset(name, db_x, db_lab, np.arange(len(q_x)), args.depth, outside=(q_x, q_lab))
     lfw = RESULTS / "lfw_face_vectors.npz"
     if lfw.exists() and not args.no_lfw:
         from benchmarks.bench_face_clusters import centre_faces
@@ -293,17 +330,65 @@ def quality(args: Any) -> dict[str, Any]:
         queries = np.sort(np.random.default_rng(args.seed).choice(pool, min(args.lfw_queries, pool.size), False))
         others["lfw_identification"] = Dataset("lfw", l2n(vecs), lab, queries, args.depth)
     for name, data in others.items():
+        choice = data.auto()
+        out["auto_choice"][name] = choice.to_dict()
         rows = {
             "plain": {**data.score(RerankSettings()), "settings": "none"},
             "default": {**data.score(DEFAULT), "settings": DEFAULT.describe()},
+            "auto": {**data.score(AUTO), "settings": choice.apply(AUTO).describe()},
         }
         for m in GRID:
-            s = settings_of(m, chosen[m]["A"])
+            s = settings_of(m, chosen[m][side_of.get(name, "A")])
             rows[m] = {**data.score(s), "settings": s.describe()}
         for s in CANDIDATES:
             rows[f"candidate {s.describe()}"] = data.score(s)
         out["datasets"][name] = rows
         print(f"{name}: " + ", ".join(f"{k} {v['mAP']}" for k, v in rows.items()), flush=True)
+    if not args.no_objects:
+        out["datasets"].update(object_collections(args))
+    return out
+
+
+def object_collections(args: Any) -> dict[str, Any]:
+    """``bench_objects``' collections (run it first: mosaics of 4 held-out composites each, the query composites
+    searched; mask ``foreground``, with and without the per-object index), copied under ``--cache`` and searched
+    through ``Collection.search`` with each collection default: plain, ``auto``, diffusion. Re-ranking applies to
+    the image vectors; the objects collection then merges each image's best object match."""
+    import shutil
+
+    from benchmarks.bench_default_segmenter import ensure_set
+    from benchmarks.bench_objects import Item, build_mosaics, score
+    from indexer.engine import Collection
+    from retrieval.config import RuntimeOptions
+
+    work = RESULTS / "objects_bench"
+    root = RESULTS / "heldout_composites_11-20"
+    if not (work / "homes" / "objects").is_dir() or not (root / "manifest.json").exists():
+        print("objects collections: not found (run python -m benchmarks.bench_objects first)", flush=True)
+        return {}
+    manifest = ensure_set(root, tuple(range(11, 21)), 0)
+    # the same mosaics bench_objects made (seeded), built aside only to know what each one holds
+    items = build_mosaics(manifest, root, args.cache / "objects_mosaics", 2, 0)
+    for item in items:
+        item.path = (work / "mosaics" / item.path.name).resolve()
+    queries = [
+        Item(root / r.image, [(r.object, (r.x, r.y, r.width, r.height))])
+        for r in manifest.records
+        if r.split == "queries"
+    ]
+    out: dict[str, Any] = {}
+    for name in ("masked", "objects"):
+        home = args.cache / "objects_homes" / name
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.copytree(work / "homes" / name, home)
+        coll = Collection(home, create=False, runtime=RuntimeOptions(device="cpu", workers=args.workers))
+        rows: dict[str, Any] = {}
+        for label, s in (("plain", RerankSettings()), ("default", DEFAULT), ("auto", AUTO), ("diffusion", DIFFUSION)):
+            coll.configure(rerank=s)
+            used = coll.auto_choice(s).apply(s) if s.method == "auto" else s
+            rows[label] = {**score(coll, queries, items, region=False), "settings": used.describe()}
+        out[f"objects_bench_{name}"] = rows
+        print(f"objects_bench_{name}: " + ", ".join(f"{k} {v['mAP']}" for k, v in rows.items()), flush=True)
     return out
 
 
@@ -375,7 +460,9 @@ def cost_at(n: int, kind: str, args: Any) -> dict[str, Any]:
         "qe": dataclasses.replace(settings, method="qe"),
         "dba": dba_settings,
         "diffusion": dataclasses.replace(settings, method="diffusion"),
+        "auto": AUTO,
     }
+    row["auto_choice"] = graph_auto_choice(graph, AUTO).to_dict()
     laps: dict[str, list[float]] = {m: [] for m in methods}
     load_before = loadavg()
     for q in queries[:5]:  # warm-up
@@ -419,6 +506,9 @@ def cost_at(n: int, kind: str, args: Any) -> dict[str, Any]:
 
 
 DEFAULT = RerankSettings()
+#: ``auto`` with the shipped parameters, and the diffusion it chooses
+AUTO = dataclasses.replace(DEFAULT, method="auto")
+DIFFUSION = dataclasses.replace(DEFAULT, method="diffusion")
 
 
 def main() -> None:
@@ -429,6 +519,13 @@ def main() -> None:
     p.add_argument("--lfw-queries", type=int, default=2000)
     p.add_argument("--no-lfw", action="store_true")
     p.add_argument("--no-composites", action="store_true")
+    p.add_argument("--no-objects", action="store_true", help="leave out bench_objects' collections")
+    p.add_argument(
+        "--coil-checkpoint",
+        type=Path,
+        default=None,
+        help="a network trained on COIL-20 objects 11-18 (bench_train_coil20 --swap --out CKPT): scored on 1-10",
+    )
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--queries", type=int, default=200, help="cost: timed queries (default 200)")
     p.add_argument("--index-kind", default="auto", help="cost: index kind (default: the collection's choice)")
