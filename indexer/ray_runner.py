@@ -322,6 +322,16 @@ def _alive_nodes(ray: ModuleType) -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
+def _file_blocks(paths: Sequence[str], batch_size: int, blocks: int = 2000) -> list[pa.Table]:
+    """The ``pos, path`` rows of ``paths`` as Arrow tables of at least ``batch_size`` rows, at most about
+    ``blocks`` of them: compact in the driver (no Python object per file), and enough blocks for every node."""
+    import pyarrow as pa
+
+    table = pa.table({"pos": pa.array(range(len(paths)), pa.int64()), "path": pa.array(paths, pa.string())})
+    rows = max(batch_size, math.ceil(len(paths) / blocks))
+    return [table.slice(start, rows) for start in range(0, len(paths), rows)]
+
+
 def _embedded_of(row: dict[str, Any]) -> Embedded:
     vector = None if row["vector"] is None else np.frombuffer(row["vector"], dtype=np.float32)
     return Embedded(
@@ -348,7 +358,7 @@ def embed_on_ray(
     with _connected(ray, options), _quiet_ray_data(ray):
         plan = plan_actors(_alive_nodes(ray), options, job.runtime)
         log.info("embedding %d files on Ray: %s", len(paths), plan.describe())
-        ds = ray.data.from_items([{"pos": i, "path": p} for i, p in enumerate(paths)])
+        ds = ray.data.from_arrow(_file_blocks(paths, plan.batch_size))
         ds = ds.map_batches(
             _decode_batch,
             batch_size=plan.batch_size,
