@@ -11,8 +11,11 @@ Ray with 1 actor, Ray with 2 actors, plain, ...), so that a busy spell slows eve
 
 A timed run is ``configure`` + ``index_folder``: the network built (in the driver, and in each actor on Ray),
 every photo decoded, embedded, committed, and the index built. Reported per variant: seconds, images/s, the
-embedding stage alone (``IndexReport.embed_seconds``), and Ray's overhead: its time over the plain run's in the
-same round. Then the ceiling of one driver: results per second it commits (``BatchWriter`` into SQLite,
+embedding stage alone (``IndexReport.embed_seconds``), the CPU seconds this process and every process it started
+spent (Ray's included; :class:`CpuMeter`), and Ray's overhead: its time and its CPU over the plain run's in the
+same round. On a busy machine the CPU figure is the fair one: wall time there depends on how many runnable
+threads a variant puts against everyone else's (and the plain pipeline's decoding threads run at the lowest
+priority). Then the ceiling of one driver: results per second it commits (``BatchWriter`` into SQLite,
 1280-d vectors) with no embedding at all. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
 processes share the CPU: the 1-minute load average is recorded at every run.
 
@@ -26,6 +29,7 @@ import os
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +46,68 @@ from indexer.imageio import IMAGE_EXTENSIONS
 from indexer.ray_runner import RayOptions
 from indexer.sync import BatchWriter
 from retrieval.config import ModelConfig, RuntimeOptions
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by this process and every process it started (Ray's raylet, workers and
+    actors included) inside a ``with`` block, read from ``/proc`` every ``interval`` seconds so that processes that
+    exit count too (all but their last interval). On a shared machine this is the fair measure of work: wall time
+    depends on how many runnable threads a variant has against everyone else's. Linux only (``None`` elsewhere)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval, self.seconds = interval, None
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _ours() -> dict[int, float]:
+        """CPU seconds of this process and its descendants, by pid."""
+        table: dict[int, tuple[int, float]] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
+            table[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
+        ours, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, _) in table.items():
+                if ppid == parent and pid not in ours:
+                    ours.add(pid)
+                    frontier.append(pid)
+        return {pid: table[pid][1] for pid in ours if pid in table}
+
+    def _sample(self) -> None:
+        for pid, cpu in self._ours().items():
+            self._first.setdefault(pid, 0.0)
+            self._last[pid] = cpu
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        if os.path.isdir("/proc"):
+            self._first = self._ours()
+            self._last = dict(self._first)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+            self.seconds = round(sum(cpu - self._first[pid] for pid, cpu in self._last.items()), 2)
 
 
 def photo_folder(source: Path, images: int, root: Path) -> Path:
@@ -111,7 +177,7 @@ def main() -> None:
             for name, options in variants.items():
                 home = Path(tmp) / f"{name}-{round_no}"
                 load = loadavg()
-                with Stopwatch() as clock:
+                with Stopwatch() as clock, CpuMeter() as cpu:
                     coll = Collection(home, runtime=runtime)
                     coll.configure(model=model)
                     report = coll.index_folder(folder, ray=options)
@@ -123,6 +189,8 @@ def main() -> None:
                         seconds=round(clock.seconds, 2),
                         images_per_s=rate(report.embedded, clock.seconds, 2),
                         embed_seconds=round(report.embed_seconds, 2),
+                        cpu_seconds=cpu.seconds,
+                        cpu_ms_per_image=round(1000 * cpu.seconds / report.embedded, 1) if cpu.seconds else None,
                         embedded=report.embedded,
                         skipped=len(report.skipped),
                         min_cosine_to_plain=round(min_cosine(reference, got), 6),
@@ -143,6 +211,12 @@ def main() -> None:
             median_images_per_s=statistics.median(r["images_per_s"] for r in rs),
             median_embed_seconds=statistics.median(r["embed_seconds"] for r in rs),
             time_over_plain=round(statistics.median(r["seconds"] / p for r, p in zip(rs, plain_s)), 3),
+            median_cpu_ms_per_image=statistics.median(r["cpu_ms_per_image"] or 0 for r in rs),
+            cpu_over_plain=round(
+                statistics.median(r["cpu_seconds"] / p["cpu_seconds"] for r, p in zip(rs, runs["plain"])), 3
+            )
+            if all(r["cpu_seconds"] for r in rs + runs["plain"])
+            else None,
             min_cosine_to_plain=min(r["min_cosine_to_plain"] for r in rs),
             same_counts_as_plain=all(
                 (r["embedded"], r["skipped"]) == (p["embedded"], p["skipped"]) for r, p in zip(rs, runs["plain"])
