@@ -46,11 +46,19 @@ def _echo_report(report: DuplicateReport) -> None:
         click.echo(f"threshold {report.threshold:.4f} (given)")
     copies = sum(len(g.files) - 1 for g in report.groups)
     click.echo(f"{len(report.groups)} groups, {copies} copies among {report.images} images")
-    for g in report.groups:
+    if report.similar_threshold is not None:
+        click.echo(
+            f"{len(report.similar)} groups of similar pictures (not copies: vectors >= {report.similar_threshold:.4f}, "
+            "the geometric check failed; never acted on)"
+        )
+    for g in report.groups + report.similar:
         click.echo()
         click.echo(f"[{g.tier}]")
-        for f in g.files:
-            mark = "keep" if f.keep else ("same" if f.exact else f"{f.score:.3f}")
+        for j, f in enumerate(g.files):
+            if g.similar:
+                mark = "first" if j == 0 else f"{f.score:.3f}"
+            else:
+                mark = "keep" if f.keep else ("same" if f.exact else f"{f.score:.3f}")
             size = f" {f.width}x{f.height}" if f.width and f.height else ""
             click.echo(f"  {mark:>5}  {f.path}{size}" + ("  (reference)" if f.reference else ""))
     if report.missing:
@@ -99,6 +107,12 @@ def _echo_actions(report: ActionReport) -> None:
 @click.option(
     "--no-verify", is_flag=True, help="Vectors only: no geometric check of candidate pairs (faster, less precise)."
 )
+@click.option(
+    "--similar",
+    "similar",
+    is_flag=True,
+    help="Also list similar pictures that are not copies (bursts, the same scene shot again); never acted on.",
+)
 @click.option("--calibrate", is_flag=True, help="Calibrate the threshold again on edited copies of your images.")
 @click.option("--exact", is_flag=True, help="Byte-identical copies only (no network, no calibration).")
 @click.option(
@@ -123,6 +137,7 @@ def duplicates(
     precision: float | None,
     strict: bool,
     no_verify: bool,
+    similar: bool,
     calibrate: bool,
     exact: bool,
     k: int,
@@ -139,13 +154,15 @@ def duplicates(
     Example:
       lookalike duplicates ~/Pictures                 # groups, keeper first, scores
       lookalike duplicates --of new.jpg               # is this already in the collection?
+      lookalike duplicates --similar                  # also alike pictures that are not copies
       lookalike duplicates --move-to ~/dupes          # dry run: what would move
       lookalike duplicates --move-to ~/dupes --yes    # move the copies (journaled)
       lookalike duplicates --undo                     # put them back
 
     The threshold is calibrated on edited copies of your own images for the target precision, and stored.
-    Near-identical shots (bursts) are similar, not copies, but can score like copies: --strict counts them as
-    mistakes when calibrating (higher precision, lower recall). Actions are journaled; --undo reverts them.
+    Near-identical shots (bursts) are similar, not copies: the geometric check keeps most of them out of the
+    groups, and --similar lists them apart (tier "similar", every file kept, never acted on); --strict counts
+    them as mistakes when calibrating the vectors-only threshold. Actions are journaled; --undo reverts them.
     """
     coll = open_collection(ctx, create=False)  # reading: never creates a collection
     actions = [a for a, on in (("move", move_to is not None), ("hardlink", hardlink), ("trash", trash)) if on]
@@ -193,7 +210,16 @@ def duplicates(
             ctx.exit(4)
         return
     report = finder.find(
-        folder, threshold, precision, reference, exact, k, progress=TqdmProgress(), strict=strict, verify=not no_verify
+        folder,
+        threshold,
+        precision,
+        reference,
+        exact,
+        k,
+        progress=TqdmProgress(),
+        strict=strict,
+        verify=not no_verify,
+        similar=similar,
     )
     if not actions:
         click.echo(json.dumps(report.to_dict(), indent=2)) if as_json else _echo_report(report)

@@ -78,6 +78,9 @@ PairCheck = Callable[[int, int], bool]
 #: benchmark originals as other images and ask for 84 inliers (recall 0.83); 50 asks for 46 (recall 0.88,
 #: precision 0.995, ``benchmarks/bench_duplicates.py``).
 EXISTING_COPY_INLIERS = 50
+#: Verification: the candidate cosine keeps all but this percentage of the calibration copies (the check, not the
+#: cosine, carries the precision; 2 left 4% of the benchmark's true pairs unchecked).
+CANDIDATE_PERCENTILE = 0.5
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -107,10 +110,15 @@ class DuplicateGroup:
     files: list[DuplicateFile]
     #: ``(i, j, score)`` over ``files``: the k-NN graph's edges inside the group at or above the threshold
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    #: pictures alike, not copies (the ``similar`` tier): every file is kept, nothing is ever done to them
+    similar: bool = False
 
     @property
     def tier(self) -> str:
-        """``"exact"`` when every file is byte-identical to the keeper, else ``"near"``."""
+        """``"similar"`` for alike pictures that are not copies; ``"exact"`` when every file is byte-identical
+        to the keeper; else ``"near"``."""
+        if self.similar:
+            return "similar"
         return "exact" if all(f.exact or f.keep for f in self.files) and self._all_same_hash() else "near"
 
     def _all_same_hash(self) -> bool:
@@ -187,16 +195,24 @@ class DuplicateReport:
     seconds: float = 0.0
     #: ``{"candidate_threshold", "min_inliers"}`` when pairs were also checked geometrically
     verification: dict[str, Any] | None = None
+    #: the ``similar`` tier, when asked for: groups of pictures whose vectors score like copies (at or above
+    #: :attr:`similar_threshold`) but which fail the geometric check; never acted on
+    similar: list[DuplicateGroup] = field(default_factory=list)
+    similar_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The JSON form; the ``similar`` tier's groups (all files kept) follow the copies' groups."""
+        out = {
             "threshold": self.threshold,
             "verification": self.verification,
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
             "images": self.images,
             "missing": self.missing,
-            "groups": [g.to_dict() for g in self.groups],
+            "groups": [g.to_dict() for g in self.groups + self.similar],
         }
+        if self.similar_threshold is not None:
+            out["similar_threshold"] = self.similar_threshold
+        return out
 
 
 # --------------------------------------------------------------------------------------------- pure functions
@@ -408,6 +424,28 @@ def _split_component(
             if part.size >= 2:
                 stack.append(part)
     return out
+
+
+def _similar_groups(
+    vectors: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    threshold: float,
+    copy_groups: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]],
+    check: PairCheck,
+    files: FileTable,
+) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
+    """The similar tier: groups (as :func:`group_vectors`'s, positions in ``vectors``) joined by the ``edges``
+    at or above ``threshold`` that fail ``check``, with the same guard against chains. A copy group takes part
+    through its keeper alone (its copies are listed with it already)."""
+    stand_in = np.arange(vectors.shape[0], dtype=np.int64)
+    for members, _, _ in copy_groups:
+        stand_in[members] = members[0]
+    a, b, s = (x[edges[2] >= threshold] for x in edges)
+    alike = np.fromiter((stand_in[x] != stand_in[y] and not check(int(x), int(y)) for x, y in zip(a, b)), bool, a.size)
+    a, b = stand_in[a[alike]], stand_in[b[alike]]
+    s = np.einsum("ij,ij->i", vectors[a], vectors[b])  # the keepers' own score
+    plain = FileTable(files.pixels, files.mtime_ns, files.reference, np.full(len(files.pixels), -1, np.int64))
+    return group_vectors(vectors, threshold, plain, edges=(a, b, s))
 
 
 def calibrate_scores(
@@ -637,12 +675,12 @@ class DuplicateFinder:
         pos_scores: np.ndarray,
         t: float,
     ) -> dict[str, Any]:
-        """The verification rule's calibration: a candidate threshold that keeps 98% of the copies (at most the
+        """The verification rule's calibration: a candidate threshold that keeps 99.5% of the copies (at most the
         plain threshold), and the fewest inliers that reach ``precision`` against the 3 other images nearest to
         each copy (images sharing their pixels with the original are copies already there, not others)."""
 
         verifier = Verifier(max_pixels=self.coll.max_pixels)
-        t_c = float(min(t, max(0.5, np.percentile(pos_scores, 2))))
+        t_c = float(min(t, max(0.5, np.percentile(pos_scores, CANDIDATE_PERCENTILE))))
         codes = _hash_codes(rows.hashes)
         scores, nb = index.search(copy_vectors, min(8, len(index)))
         p = np.clip(np.searchsorted(ids, nb), 0, len(ids) - 1)
@@ -709,6 +747,7 @@ class DuplicateFinder:
         progress: Progress | None = None,
         strict: bool = False,
         verify: bool = True,
+        similar: bool = False,
     ) -> DuplicateReport:
         """Groups of copies among the indexed images (under ``folder`` when given, plus those under
         ``reference``, whose files are preferred as keepers and never touched). ``exact_only``: byte-identical
@@ -716,7 +755,10 @@ class DuplicateFinder:
         longer on disk. ``strict``: the calibration's strict threshold (near-identical shots counted as
         mistakes). ``verify``: with the calibrated threshold, candidate pairs must also pass the geometric check
         (:mod:`indexer.verify`) with the calibrated number of inliers; a given ``threshold`` or ``strict`` uses the
-        vectors alone."""
+        vectors alone. ``similar``: also the ``similar`` tier (:attr:`DuplicateReport.similar`): pictures whose
+        vectors score at least the calibrated vectors-only threshold (at which, on the calibration copies, a score
+        is a copy's with the target precision) but which fail the geometric check: bursts, the same scene or
+        object shot again; it needs the check."""
         started = time.perf_counter()
         self._require_indexed()
         folder_s = str(Path(folder).expanduser().resolve()) if folder is not None else None
@@ -744,6 +786,11 @@ class DuplicateFinder:
             t = cal.verify_candidate_threshold
             min_inliers = cal.verify_min_inliers
             verification = {"candidate_threshold": t, "min_inliers": min_inliers}
+        if similar and verification is None:
+            raise SettingsError(
+                "the similar tier needs the geometric check with the calibrated threshold "
+                "(not with --exact, --no-verify, --threshold or --strict)"
+            )
         n_all = len(rows.paths)
         keep = np.ones(n_all, bool)
         if folder_s is not None:
@@ -781,31 +828,20 @@ class DuplicateFinder:
             index = self.coll.index() if 2 * sel.size >= n_all else None
             if index is not None and len(index) == n_all:
                 edges = self._graph(rows.ids[sel], t, k, progress)
-                raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check)
             else:
-                raw_groups = group_vectors(vectors[sel], t, table, None, k, None, progress, verify=check)
-        groups = []
-        for members, scores, pairs in raw_groups:
-            files = []
-            for j, (m, sc) in enumerate(zip(members, scores)):
-                i = int(sel[m])
-                h = rows.hashes[i]
-                files.append(
-                    DuplicateFile(
-                        id=int(rows.ids[i]),
-                        path=rows.paths[i],
-                        score=float(sc),
-                        keep=j == 0 or bool(reference_mask[m]),
-                        exact=j > 0 and h is not None and h == rows.hashes[int(sel[members[0]])],
-                        reference=bool(reference_mask[m]),
-                        size=int(rows.size[i]),
-                        mtime_ns=int(rows.mtime_ns[i]),
-                        content_hash=h,
-                        width=int(rows.width[i]) or None,
-                        height=int(rows.height[i]) or None,
-                    )
-                )
-            groups.append(DuplicateGroup(files, pairs))
+                built = VectorIndex.build(np.arange(sel.size, dtype=np.int64), vectors[sel], IndexConfig(device="cpu"))
+                edges = knn_edges(built, vectors[sel], t, k, None, progress=progress)
+            raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check)
+        groups = [self._group(rows, sel, reference_mask, *g) for g in raw_groups]
+        similar_groups: list[DuplicateGroup] = []
+        t_similar = None
+        if similar:
+            assert cal is not None and check is not None and vectors is not None
+            t_similar = max(cal.threshold, float(t))
+            similar_groups = [
+                self._group(rows, sel, reference_mask, *g, similar=True)
+                for g in _similar_groups(vectors[sel], edges, t_similar, raw_groups, check, table)
+            ]
         if ref_s is not None:  # groups of reference files only have nothing to act on
             groups = [g for g in groups if any(not f.reference for f in g.files)]
         return DuplicateReport(
@@ -816,7 +852,41 @@ class DuplicateFinder:
             images=int(sel.size),
             missing=missing,
             seconds=time.perf_counter() - started,
+            similar=similar_groups,
+            similar_threshold=t_similar,
         )
+
+    @staticmethod
+    def _group(
+        rows: _Rows,
+        sel: np.ndarray,
+        reference_mask: np.ndarray,
+        members: np.ndarray,
+        scores: np.ndarray,
+        pairs: list[tuple[int, int, float]],
+        similar: bool = False,
+    ) -> DuplicateGroup:
+        """A group of :func:`group_vectors` (positions in ``sel``) as files; in the similar tier all are kept."""
+        files = []
+        for j, (m, sc) in enumerate(zip(members, scores)):
+            i = int(sel[m])
+            h = rows.hashes[i]
+            files.append(
+                DuplicateFile(
+                    id=int(rows.ids[i]),
+                    path=rows.paths[i],
+                    score=float(sc),
+                    keep=similar or j == 0 or bool(reference_mask[m]),
+                    exact=j > 0 and h is not None and h == rows.hashes[int(sel[members[0]])],
+                    reference=bool(reference_mask[m]),
+                    size=int(rows.size[i]),
+                    mtime_ns=int(rows.mtime_ns[i]),
+                    content_hash=h,
+                    width=int(rows.width[i]) or None,
+                    height=int(rows.height[i]) or None,
+                )
+            )
+        return DuplicateGroup(files, pairs, similar=similar)
 
     # ------------------------------------------------------------------ the graph, kept between runs
     def _graph(

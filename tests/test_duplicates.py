@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from indexer.cli import main
 from indexer.copy_edits import EDITS, apply_edit, edited_copy
@@ -17,6 +18,7 @@ from indexer.duplicates import (
     CALIBRATION_SETTING,
     DuplicateFinder,
     FileTable,
+    _similar_groups,
     calibrate_scores,
     connected_components,
     group_exact,
@@ -347,3 +349,98 @@ def test_a_second_run_checks_only_new_and_changed_images(tmp_path, dup_folder, o
     assert sorted(sorted(f.path for f in g.files) for g in fresh.groups) == sorted(
         sorted(f.path for f in g.files) for g in second.groups
     )
+
+
+# --------------------------------------------------------------------------------------------- the similar tier
+
+
+def test_similar_tier_takes_pairs_that_fail_the_check_and_copy_groups_through_their_keeper():
+    # 0 and 1 copies of one picture (they pass the check); 2 alike to both but not a copy; 3 alike to nothing;
+    # 4 and 5 copies of another picture, 5 alike to 2 by its vectors only
+    v = unit(
+        np.array(
+            [[1, 0.02, 0, 0], [1, 0, 0.02, 0], [1, 0.2, 0.2, 0], [0, 0, 0, 1], [0.2, 1, 0, 0], [0.35, 1, 0, 0]],
+            np.float32,
+        )
+    )
+    copies = {(0, 1), (4, 5)}
+    table = FileTable.plain(6)
+    table.pixels[:] = [500, 100, 100, 100, 500, 100]
+
+    def check(a: int, b: int) -> bool:
+        return (min(a, b), max(a, b)) in copies
+
+    n = len(v)
+    a, b = np.triu_indices(n, 1)
+    edges = (a, b, np.einsum("ij,ij->i", v[a], v[b]))
+    copy_groups = group_vectors(v, 0.9, table, edges=edges, verify=check)
+    assert as_sets(copy_groups) == {frozenset({0, 1}), frozenset({4, 5})}
+    similar = _similar_groups(v, edges, 0.9, copy_groups, check, table)
+    assert as_sets(similar) == {frozenset({0, 2})}  # 1 is with 0 already; 2 ~ 5 is below 0.9 via 5's keeper 4
+    members, scores, _ = similar[0]
+    assert members[0] == 0 and scores[1] == pytest.approx(float(v[0] @ v[2]))
+    # without the check failing nothing is similar
+    assert _similar_groups(v, edges, 0.9, copy_groups, lambda a, b: True, table) == []
+
+
+def test_similar_tier_is_listed_apart_and_never_acted_on(tmp_path, one_thread):
+    from indexer import db
+    from indexer.verify import VerifySettings
+
+    from .test_verify import textured
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    textured(1).save(folder / "a.png")
+    textured(1).save(folder / "a_copy.jpg", quality=90)
+    # the same scene shot again: the same shapes, other fine detail (another texture)
+    other = np.asarray(textured(2)).astype(np.int16) - np.asarray(draw_image(2, (240, 180))).astype(np.int16) // 2
+    shot = np.asarray(draw_image(1, (240, 180))).astype(np.int16) // 2 + other
+    Image.fromarray(np.clip(shot, 0, 255).astype(np.uint8)).save(folder / "b.png")
+    coll = small_collection(tmp_path / "home")
+    coll.index_folder(folder)
+    finder = DuplicateFinder(coll)
+    ids, vectors = coll.vectors()
+    paths = finder._rows(ids).paths
+    pos = {Path(p).name: i for i, p in enumerate(paths)}
+    cos_ab = float(vectors[pos["a.png"]] @ vectors[pos["b.png"]])
+    cal = {
+        "threshold": cos_ab - 1e-3,
+        "target_precision": 0.99,
+        "expected_recall": 0.9,
+        "expected_precision": 0.99,
+        "originals": 3,
+        "copies": 9,
+        "seed": 0,
+        "model": finder._model_description(),
+        "verify_candidate_threshold": min(0.5, cos_ab - 0.01),
+        "verify_min_inliers": 30,
+        "verify_expected_precision": 0.99,
+        "verify_expected_recall": 0.9,
+        "verify_rule": VerifySettings().describe(),
+    }
+    with coll.session() as s, s.begin():
+        db.set_setting(s, CALIBRATION_SETTING, cal)
+
+    plain = finder.find()
+    assert plain.similar == [] and plain.similar_threshold is None
+    report = finder.find(similar=True)
+    copy_sets = [{Path(f.path).name for f in g.files} for g in report.groups]
+    assert copy_sets == [{"a.png", "a_copy.jpg"}]
+    assert report.similar_threshold == pytest.approx(cal["threshold"])
+    assert [{Path(f.path).name for f in g.files} for g in report.similar] == [{"a.png", "b.png"}]
+    g = report.similar[0]
+    assert g.tier == "similar" and all(f.keep for f in g.files)
+
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "home"), "duplicates"]
+    result = runner.invoke(main, [*home, "--similar", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [gr["tier"] for gr in data["groups"]] == ["near", "similar"]
+    assert all(f["keep"] for f in data["groups"][1]["files"])
+    result = runner.invoke(main, [*home, "--similar", "--move-to", str(tmp_path / "d"), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]  # the copy moved, the burst stayed
+    result = runner.invoke(main, [*home, "--similar", "--no-verify"])
+    assert result.exit_code != 0 and "geometric check" in result.output

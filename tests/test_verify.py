@@ -63,3 +63,15 @@ def test_matches_crowded_into_a_small_part_count_less_than_a_whole_copy(tmp_path
     # the whole copy ~700-800
     assert raw_patch >= 10  # the patch itself does match
     assert patch <= 0.6 * raw_patch and whole >= 20 * max(patch, 1)
+
+
+def test_many_points_matched_to_one_point_count_once():
+    """A picture with few keypoints (soft, low-contrast) finds each of them at several pyramid levels; matches
+    onto one point of the other picture are one piece of evidence, not many."""
+    rng = np.random.default_rng(0)
+    desc = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    pts = rng.uniform(0, 200, (5, 2)).astype(np.float32)
+    repeated = (np.repeat(pts, 8, axis=0), np.repeat(desc, 8, axis=0))  # each point 8 times
+    v = Verifier(VerifySettings(full_spread=0.0))
+    assert v._inliers(repeated, (pts, desc)) <= 5
+    assert v._inliers((pts, desc), (pts, desc)) == 5  # distinct points still count, one each
