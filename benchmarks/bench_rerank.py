@@ -33,7 +33,8 @@ Cost (``--part cost --sizes 100000,1000000``): clustered synthetic 256-d vectors
 3,000 clusters), the index kind the collection would choose (HNSW from 50,000; ``--index-kind`` overrides, e.g.
 ``ivf`` at 1M, whose HNSW build takes the better part of an hour here); per method with the default parameters:
 one query at a time (held-out noisy queries), p50 / p95 latency in ms; the k-NN graph's and DBA's build time;
-the time to bring the graph and DBA up to date after 1% of the vectors changed (replaced by new ones); the
+the time to bring the graph and DBA up to date after 1% of the vectors changed (replaced by new ones); what
+``auto`` chooses, on the graph and on a sample of 2,000 images' lists (and the seconds that sample takes); the
 memory the graph and DBA hold, and the process's peak RSS. Built indexes, graphs and DBA are cached under
 ``--cache`` with their build times (so that latency can be measured later, on a quieter machine); the 1-minute
 load average is recorded with every timing.
@@ -57,7 +58,7 @@ import numpy as np
 from benchmarks.common import RESULTS, BenchParser, machine, write_json
 from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
 from indexer.knn_graph import KnnGraph, update_graph
-from indexer.reranking import DbaVectors, graph_auto_choice, rerank_search, update_dba
+from indexer.reranking import DbaVectors, graph_auto_choice, rerank_search, sampled_auto_choice, update_dba
 from indexer.vector_index import IndexConfig, VectorIndex
 from retrieval.metrics import average_precision
 from retrieval.rerank import AutoChoice, RerankSettings, l2n
@@ -463,6 +464,10 @@ def cost_at(n: int, kind: str, args: Any) -> dict[str, Any]:
         "auto": AUTO,
     }
     row["auto_choice"] = graph_auto_choice(graph, AUTO).to_dict()
+    load = loadavg()
+    with Stopwatch() as clock:  # what an index run pays for auto when the collection keeps no graph
+        sampled = sampled_auto_choice(index, ids, vectors_of, AUTO)
+    row["auto_choice_sampled"] = {**sampled.to_dict(), "seconds": round(clock.seconds, 2), "loadavg": load}
     laps: dict[str, list[float]] = {m: [] for m in methods}
     load_before = loadavg()
     for q in queries[:5]:  # warm-up
