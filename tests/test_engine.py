@@ -289,8 +289,8 @@ def test_a_home_or_database_that_cannot_be_opened_is_a_clear_error(tmp_path):
         Collection(tmp_path / "home", db_url="nosuchdb://user:secret@host/db")
 
 
-def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_them(tmp_path, open_db):
-    coll = open_db(tmp_path / "home")
+def test_files_gone_from_disk_never_show_in_results_and_the_next_index_forgets_them(tmp_path):
+    coll = open_collection(tmp_path / "home")
     make_folder(tmp_path / "a", 6)
     make_folder(tmp_path / "b", 6, start_seed=50)
     coll.index_folder(tmp_path / "a")
@@ -320,7 +320,7 @@ def test_a_renamed_folder_is_recognised_by_content_wherever_it_went(tmp_path, op
     assert res.hits[0].path == str(tmp_path / "new" / "photos" / "img_0003.png")
 
 
-def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_path, image_folder, open_db):
+def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_path, image_folder):
     from indexer.masking import MaskSettings
     from indexer.vector_index import IndexConfig
 
@@ -329,7 +329,7 @@ def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_p
         fresh.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")))
     assert fresh.model_config is None  # a plain `index` afterwards uses the default model, not the failed one
 
-    coll = open_db(tmp_path / "home")
+    coll = open_collection(tmp_path / "home")
     coll.index_folder(image_folder)
     before = (coll.model_config, coll.index_config, coll.mask_settings)
     with pytest.raises(LookalikeError, match="invalid index kind 'Bogus99'"):
@@ -339,7 +339,7 @@ def test_a_setting_that_cannot_work_is_refused_before_anything_is_recorded(tmp_p
     assert "--reembed" not in str(refused.value)  # the real problem, not the mismatch advice
     with pytest.raises(LookalikeError, match="no-such-weights.pt"):
         coll.configure(model=ModelConfig(image_size=64, weights=str(tmp_path / "no-such-weights.pt")), reembed=True)
-    again = open_db(tmp_path / "home")
+    again = open_collection(tmp_path / "home")
     assert (again.model_config, again.index_config, again.mask_settings) == before
     assert again.search([image_folder / "img_0002.png"], k=1)[0].hits[0].path.endswith("img_0002.png")
     assert again.doctor().ok
