@@ -13,7 +13,7 @@ A timed run is ``configure`` + ``index_folder``: the network built (in the drive
 every photo decoded, embedded, committed, and the index built. Reported per variant: seconds, images/s, the
 embedding stage alone (``IndexReport.embed_seconds``), the CPU seconds this process and every process it started
 spent (Ray's included; :class:`CpuMeter`), and Ray's overhead: its time and its CPU over the plain run's in the
-same round. On a busy machine the CPU figure is the fair one: wall time there depends on how many runnable
+same round; and the fixed cost of a run: one photo indexed into a fresh collection. On a busy machine the CPU figure is the fair one: wall time there depends on how many runnable
 threads a variant puts against everyone else's (and the plain pipeline's decoding threads run at the lowest
 priority). Then the ceiling of one driver: results per second it commits (``BatchWriter`` into SQLite,
 1280-d vectors) with no embedding at all. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
@@ -113,7 +113,7 @@ class CpuMeter:
 def photo_folder(source: Path, images: int, root: Path) -> Path:
     """A folder of links to the first ``images`` photos of ``source`` (every variant reads the same files)."""
     folder = root / "photos"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:images]
     for p in photos:
         (folder / p.name).symlink_to(p.resolve())
@@ -170,6 +170,7 @@ def main() -> None:
     for n in actor_counts:
         variants[f"ray-{n}"] = RayOptions(actors=n, cpus_per_actor=max(1, cores // n), decode_cpus=1)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
+    fixed: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = photo_folder(args.data or weizmann_photos(), args.images, Path(tmp))
         reference: dict[str, np.ndarray] = {}
@@ -200,6 +201,13 @@ def main() -> None:
                     )
                 )
                 print(name, runs[name][-1], flush=True)
+        one = photo_folder(folder, 1, Path(tmp) / "one")  # the fixed cost of a run: one photo, fresh collection
+        for name, options in variants.items():
+            with Stopwatch() as clock:
+                coll = Collection(Path(tmp) / f"{name}-one", runtime=runtime)
+                coll.configure(model=model)
+                coll.index_folder(one, ray=options)
+            fixed[name] = dict(seconds=round(clock.seconds, 2), loadavg=loadavg())
         ray.shutdown()
         load = loadavg()
         commit_rate = driver_commit_rate(Path(tmp), args.commit_rows) if args.commit_rows else None
@@ -207,11 +215,12 @@ def main() -> None:
     summary = {}
     for name, rs in runs.items():
         summary[name] = dict(
-            median_seconds=statistics.median(r["seconds"] for r in rs),
-            median_images_per_s=statistics.median(r["images_per_s"] for r in rs),
-            median_embed_seconds=statistics.median(r["embed_seconds"] for r in rs),
+            median_seconds=round(statistics.median(r["seconds"] for r in rs), 2),
+            median_images_per_s=round(statistics.median(r["images_per_s"] for r in rs), 2),
+            median_embed_seconds=round(statistics.median(r["embed_seconds"] for r in rs), 2),
             time_over_plain=round(statistics.median(r["seconds"] / p for r, p in zip(rs, plain_s)), 3),
-            median_cpu_ms_per_image=statistics.median(r["cpu_ms_per_image"] or 0 for r in rs),
+            median_cpu_ms_per_image=round(statistics.median(r["cpu_ms_per_image"] or 0 for r in rs), 1),
+            one_photo_seconds=fixed[name]["seconds"],
             cpu_over_plain=round(
                 statistics.median(r["cpu_seconds"] / p["cpu_seconds"] for r, p in zip(rs, runs["plain"])), 3
             )
@@ -233,6 +242,7 @@ def main() -> None:
             "ray_start_s": round(ray_start.seconds, 2),
             "ray_cpus_offered": cores + 1,
             "summary": summary,
+            "one_photo_runs": fixed,
             "driver_commit_results_per_s": commit_rate,
             "driver_commit_rows": args.commit_rows,
             "driver_commit_loadavg_before": load,
