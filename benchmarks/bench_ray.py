@@ -16,7 +16,8 @@ spent (Ray's included; :class:`CpuMeter`), and Ray's overhead: its time and its 
 same round; and the fixed cost of a run: one photo indexed into a fresh collection. On a busy machine the CPU figure is the fair one: wall time there depends on how many runnable
 threads a variant puts against everyone else's (and the plain pipeline's decoding threads run at the lowest
 priority). Then the ceiling of one driver: results per second it commits (``BatchWriter`` into SQLite,
-1280-d vectors) with no embedding at all. Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
+1280-d vectors) with no embedding at all, and the CPU milliseconds the decoding stage alone spends per photo.
+Checked: same counts as the plain run, every vector within cosine 0.9999 of the plain one. Other
 processes share the CPU: the 1-minute load average is recorded at every run.
 
     python -m benchmarks.bench_ray [--images 328] [--rounds 2] [--actors 1,2] [--image-size 224]
@@ -43,6 +44,7 @@ from indexer import db
 from indexer.db import INDEXED, PENDING, ImageRecord
 from indexer.engine import Collection
 from indexer.imageio import IMAGE_EXTENSIONS
+from indexer.pipeline import decoded
 from indexer.ray_runner import RayOptions
 from indexer.sync import BatchWriter
 from retrieval.config import ModelConfig, RuntimeOptions
@@ -148,6 +150,16 @@ def driver_commit_rate(root: Path, rows: int, dim: int = 1280) -> float:
     return rate(rows, clock.seconds, 0)
 
 
+def decode_cpu_ms(folder: Path, image_size: int) -> float:
+    """CPU milliseconds per photo of the decoding stage alone (read, hash, decode, resize; one thread, the
+    pipeline's own ``decoded``): what a decoding task spends per image, so how many cores feed one actor."""
+    paths = sorted(str(p) for p in folder.iterdir())
+    start = time.process_time()
+    for _ in decoded(paths, image_size, workers=0):
+        pass
+    return round(1000 * (time.process_time() - start) / len(paths), 2)
+
+
 def main() -> None:
     ap = BenchParser(__doc__, out="ray.json")
     ap.add_argument("--data", type=Path, help="a folder of photos (default: the shared Weizmann horse photos)")
@@ -210,6 +222,7 @@ def main() -> None:
             fixed[name] = dict(seconds=round(clock.seconds, 2), loadavg=loadavg())
         ray.shutdown()
         load = loadavg()
+        decode_ms = decode_cpu_ms(folder, args.image_size)
         commit_rate = driver_commit_rate(Path(tmp), args.commit_rows) if args.commit_rows else None
     plain_s = [r["seconds"] for r in runs["plain"]]
     summary = {}
@@ -243,6 +256,7 @@ def main() -> None:
             "ray_cpus_offered": cores + 1,
             "summary": summary,
             "one_photo_runs": fixed,
+            "decode_cpu_ms_per_image": decode_ms,
             "driver_commit_results_per_s": commit_rate,
             "driver_commit_rows": args.commit_rows,
             "driver_commit_loadavg_before": load,
