@@ -121,6 +121,18 @@ def main(
     ctx.obj = {"home": home, "db_url": db_url, "runtime": runtime}
 
 
+def _memory_size(value: str | None) -> float | None:
+    """``--memory-budget``: GB, or ``None`` when not given."""
+    if value is None:
+        return None
+    from .vector_index import parse_memory_size
+
+    try:
+        return parse_memory_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @model_options
@@ -132,7 +144,16 @@ def main(
     help="0: plain PCA-whitening; towards 1: gentler (default 0.95, see README).",
 )
 @click.option(
-    "--index-kind", help="auto (exact below 50,000 images, HNSW above), flat, ivf, hnsw, or a FAISS factory string."
+    "--index-kind",
+    help="auto (exact below 50,000 images, then HNSW, IVF-PQ or IVF-PQ on disk by --memory-budget), flat, ivf, "
+    "hnsw, ivfpq, ivfpq-disk, or a FAISS factory string.",
+)
+@click.option(
+    "--memory-budget",
+    callback=lambda ctx, param, value: _memory_size(value),
+    metavar="SIZE",
+    help="Memory the auto index kind may plan for, e.g. 8GB (stored; default half of this machine's; README, "
+    "Large collections).",
 )
 @mask_options
 @click.option(
@@ -183,6 +204,7 @@ def index(
     whiten_dim: int | None,
     whiten_shrinkage: float | None,
     index_kind: str | None,
+    memory_budget: float | None,
     mask_spec: str | None,
     mask_apply: str | None,
     objects: bool | None,
@@ -205,7 +227,9 @@ def index(
     model = model_from_options(
         coll.model_config, backbone=backbone, weights=weights, pooling=pooling, image_size=image_size, scales=scales
     )
-    idx_cfg = settings_with(coll.index_config, kind=index_kind) if index_kind else None
+    idx_cfg = None
+    if index_kind or memory_budget:
+        idx_cfg = settings_with(coll.index_config, kind=index_kind, memory_budget_gb=memory_budget)
     wcfg = None
     if whiten is not None or whiten_dim is not None or whiten_shrinkage is not None:
         wcfg = settings_with(coll.whitening_settings, enabled=whiten, dim=whiten_dim, shrinkage=whiten_shrinkage)

@@ -35,6 +35,33 @@ Index kinds
     ``IndexConfig.max_tombstone_fraction`` of the stored vectors are
     tombstones the graph is rebuilt from the live vectors
     (:meth:`VectorIndex.compact`); that is a full HNSW build.
+``"ivfpq"``
+    Compressed, for collections too big for HNSW on raw vectors:
+    ``IndexIDMap2(IndexRefine(IndexPreTransform(OPQ, IndexIVFPQ), SQfp16))``.
+    An OPQ rotation (``IndexConfig.opq``) and product-quantizer codes of
+    ``pq_bytes`` bytes per vector (default ``dim / 8``) in an inverted file
+    of ``nlist`` lists (as for ``"ivf"``), whose coarse quantizer is an HNSW
+    graph over the centroids once ``nlist >= hnsw_quantizer_min_nlist``
+    (assigning millions of vectors to tens of thousands of lists by brute
+    force would dominate the build). Training uses one seeded sample of at
+    most ``max_train_points`` vectors: OPQ, then a two-level spherical
+    k-means for the centroids (``sqrt(nlist)`` groups, each split into its
+    share of the lists: ~``2 sqrt(nlist)`` distances per point instead of
+    ``nlist``), then the PQ on the residuals. A search takes the best
+    ``IndexConfig.rerank`` candidates by PQ score (at least ``k``) and
+    re-ranks them exactly with the vectors kept as float16 beside the codes
+    (FAISS ``IndexRefine``), so the returned scores are the float16 inner
+    products. Removal is by tombstones, as for HNSW (``IndexRefine`` cannot
+    remove), compacted the same way (no retraining).
+``"ivfpq-disk"``
+    When even that does not fit: the same OPQ + IVF-PQ (ids native, no
+    float16 copy, so scores and order are PQ approximations) with the
+    inverted lists in a file beside the index (``<index file>.<token>.ivfdata``,
+    FAISS ``OnDiskInvertedLists``), memory-mapped on load: only the centroids
+    and the id array are held in memory, the lists a search probes are read
+    through the page cache. A build or an update holds the lists in memory
+    (PQ codes + ids, ``pq_bytes + 8`` bytes per vector) until the next
+    :meth:`~VectorIndex.save` writes them to a new lists file.
 any other string
     A raw ``faiss.index_factory`` description (inner-product metric). IVF
     factory indexes carry ids natively; everything else is wrapped in
@@ -69,7 +96,28 @@ applied to the torch replica and drops a FAISS GPU replica (re-copied on the
 next search). Files always hold the CPU index.
 
 Which kind ``"auto"`` picks, and the search-time defaults, are measured
-choices: see :class:`IndexConfig`.
+choices: see :class:`IndexConfig`. Above ``approx_threshold`` it is the first
+of ``approx_kind`` (HNSW), ``"ivfpq"`` and ``"ivfpq-disk"`` whose memory
+estimate (:meth:`IndexConfig.estimate_memory`) fits in ``MEMORY_HEADROOM``
+(3/4) of ``IndexConfig.memory_budget_gb``; below it, ``"flat"`` when that fits.
+
+Memory estimates, bytes per vector of dimension ``d`` (a 256-d figure after
+the arrow; ``M`` = ``hnsw_m`` = 32, ``m`` = ``pq_bytes`` = 32), plus the fixed
+cost of the centroids (``4 d nlist``, and ~``8 M`` more per centroid with an
+HNSW quantizer) and the OPQ matrix (``4 d^2``):
+
+- every kind: 8 for the sorted id array of :class:`VectorIndex`; the id map of
+  ``IndexIDMap2`` 8 more plus ~40 for its reverse hash map;
+- ``flat``: ``4 d + 56`` -> 1.1 KB;
+- ``hnsw``: ``4 d + 8.4 M + 72`` -> 1.3 KB;
+- ``ivf``: ``2 d + 16`` (fp16 storage) -> 0.5 KB;
+- ``ivfpq``: ``m + 2 d + 64`` -> 0.6 KB (codes + ids 40, float16 re-ranking
+  copy 512, id maps 56);
+- ``ivfpq-disk``: 8 in memory; ``m + 8`` on disk, ``m`` = ``dim / 4`` by
+  default -> 72 B.
+
+At 10M 256-d vectors: flat 10.8 GB, HNSW 13.7 GB, IVF-PQ + float16 re-ranking
+6.1 GB, on-disk IVF-PQ 0.1 GB in memory + 0.7 GB on disk.
 
 Threads: a search with a single query runs FAISS with one OpenMP thread
 (the work is single-threaded anyway, and on a small busy machine the idle
@@ -84,6 +132,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -105,6 +154,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "IndexConfig",
     "VectorIndex",
+    "COMPRESSED_KINDS",
+    "MEMORY_HEADROOM",
+    "default_memory_budget_gb",
+    "parse_memory_size",
     "brute_force_search",
     "SEARCH_BACKENDS",
     "SEARCH_DEVICES",
@@ -114,6 +167,14 @@ __all__ = [
 ]
 
 _CANONICAL_KINDS = ("flat", "ivf", "hnsw")
+#: The compressed kinds (module docstring).
+COMPRESSED_KINDS = ("ivfpq", "ivfpq-disk")
+#: ``kind="auto"`` keeps an index's estimated memory within this share of the budget (the rest: the process,
+#: build-time buffers, the source vectors in flight).
+MEMORY_HEADROOM = 0.75
+# Bytes per vector of the id bookkeeping (module docstring, memory estimates).
+_SORTED_IDS = 8
+_ID_MAP = 8 + 40
 _INT64_MAX = np.iinfo(np.int64).max
 # Largest k / nprobe the FAISS GPU kernels accept.
 _GPU_MAX_K = 2048
@@ -121,6 +182,10 @@ _GPU_MAX_K = 2048
 _MIN_POINTS_PER_CENTROID = 39
 # IVF: below this many lists the index is pointless; build flat instead.
 _MIN_NLIST = 8
+# HNSW coarse quantizer: candidate list when assigning a vector to its list (one list wanted).
+_ASSIGN_EF = 32
+# Rows converted to float32 at a time when a build is given float16 vectors.
+_BUILD_BLOCK = 100_000
 
 
 # --------------------------------------------------------------------------- #
@@ -261,6 +326,86 @@ def _default_nlist(n: int) -> int:
     return nlist if nlist >= _MIN_NLIST and nlist <= cap else 0
 
 
+def default_memory_budget_gb() -> float:
+    """Half of this machine's physical memory, in GB (8 GB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1e9
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return 8.0
+
+
+def parse_memory_size(text: str) -> float:
+    """A memory size as people write it -> GB (10^9 bytes): ``"8GB"``, ``"8 G"``, ``"512MB"``, ``"1.5TB"``,
+    ``"16GiB"`` (binary units are taken as binary), or a bare number of GB. ``ValueError`` for anything else or a
+    size that is not positive."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?)b?|b)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 8GB, 512MB)")
+    number, unit, binary = match.groups()
+    power = "bkmgt".index((unit or ("b" if match.group(0).strip().lower().endswith("b") else "g")).lower())
+    value = float(number) * (1024.0 if binary else 1000.0) ** power / 1e9
+    if value <= 0:
+        raise ValueError(f"the memory size must be positive, got {text!r}")
+    return value
+
+
+def _pq_bytes(dim: int, want: int | None, kind: str = "ivfpq") -> int:
+    """PQ sub-quantizers (bytes per code): ``want`` (default ``dim / 8`` for ``ivfpq``, ``dim / 4`` for
+    ``ivfpq-disk``, whose codes are its only scores; at least 1) lowered to a divisor of ``dim``."""
+    default = dim // 4 if kind == "ivfpq-disk" else dim // 8
+    m = max(1, min(dim, want if want is not None else default))
+    while dim % m:
+        m -= 1
+    return m
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
+    """(k, d) unit-length centroids of ``x`` (n, d) float32 (k <= n)."""
+    if k >= x.shape[0]:
+        return x.copy()
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=256)
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def _two_level_centroids(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """About ``nlist`` (at most ``nlist``) unit centroids of ``x`` (n, d) float32 by two-level spherical k-means:
+    ``sqrt(nlist)`` groups, then each group split into lists in proportion to its points. Each point is compared
+    with ~``2 sqrt(nlist)`` centroids per iteration instead of ``nlist``, so 65k lists train in minutes on 2 cores."""
+    if nlist <= 1024:
+        return _spherical_kmeans(x, nlist, seed)
+    groups = int(round(math.sqrt(nlist)))
+    top = _spherical_kmeans(x, groups, seed)
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(top)
+    _, assign = flat.search(x, 1)
+    assign = assign[:, 0]
+    counts = np.bincount(assign, minlength=groups)
+    share = counts / counts.sum() * nlist
+    alloc = np.minimum(np.floor(share).astype(np.int64), counts)
+    for g in np.argsort(-(share - np.floor(share))):  # largest remainders first, up to nlist in all
+        if alloc.sum() >= nlist:
+            break
+        if alloc[g] < counts[g]:
+            alloc[g] += 1
+    parts = []
+    for g in range(groups):
+        if alloc[g] == 0:
+            continue
+        members = x[assign == g]
+        parts.append(_spherical_kmeans(members, int(alloc[g]), seed + 1 + g, niter=15))
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def _sample_rows(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A seeded random sample of ``count`` rows of ``vectors`` (any float dtype, a memmap too) as float32."""
+    n = vectors.shape[0]
+    if n <= count:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- #
 # Config
 # --------------------------------------------------------------------------- #
@@ -325,6 +470,20 @@ class IndexConfig:
         gpu_memory_fraction: the torch replica is made only when the vectors
             take at most this share of the GPU's free memory.
         seed: seed of the IVF training sample and k-means.
+        memory_budget_gb: memory ``kind="auto"`` may plan an index for, in
+            GB (module docstring: estimates and the order of the kinds);
+            ``None``: half of this machine's memory.
+        pq_bytes: compressed kinds' code size in bytes per vector
+            (sub-quantizers of 8 bits); ``None``: ``dim / 8`` for ``ivfpq``
+            (32 at 256-d), ``dim / 4`` for ``ivfpq-disk`` (its codes are its
+            only scores; disk is cheap). Lowered to a divisor of ``dim``.
+        opq: rotate vectors with a learned OPQ matrix before IVF-PQ (better
+            codes for the same size; trained on the sample).
+        rerank: ``ivfpq``: candidates taken by PQ score and re-ranked
+            exactly from the float16 copy (at least ``k``).
+        hnsw_quantizer_min_nlist: compressed kinds use an HNSW coarse
+            quantizer from this many lists on (a flat one below).
+        max_train_points: cap of the compressed kinds' training sample.
     """
 
     kind: str = "auto"
@@ -342,6 +501,12 @@ class IndexConfig:
     torch_dtype: str = "fp16"
     gpu_memory_fraction: float = 0.5
     seed: int = 1234
+    memory_budget_gb: float | None = None
+    pq_bytes: int | None = None
+    opq: bool = True
+    rerank: int = 100
+    hnsw_quantizer_min_nlist: int = 4096
+    max_train_points: int = 500_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
@@ -371,31 +536,77 @@ class IndexConfig:
             raise ValueError(f"nlist must be None or a positive integer, got {self.nlist!r}")
         if not 0.0 < float(self.max_tombstone_fraction) <= 1.0:
             raise ValueError("max_tombstone_fraction must be in (0, 1]")
+        for name in ("rerank", "hnsw_quantizer_min_nlist", "max_train_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.pq_bytes is not None and (not isinstance(self.pq_bytes, int) or self.pq_bytes < 1):
+            raise ValueError(f"pq_bytes must be None or a positive integer, got {self.pq_bytes!r}")
+        if self.memory_budget_gb is not None and not float(self.memory_budget_gb) > 0:
+            raise ValueError(f"memory_budget_gb must be None or > 0, got {self.memory_budget_gb!r}")
 
     def check_kind(self, dim: int) -> None:
         """Raise ``ValueError`` when ``kind`` is a FAISS factory string that cannot make an index of ``dim``
         dimensions (checked before the setting is stored, not when the index is first built)."""
-        if self.kind in ("auto", "flat", "ivf", "hnsw"):
+        if self.kind in ("auto", *_CANONICAL_KINDS, *COMPRESSED_KINDS):
             return
         try:
             faiss.index_factory(int(dim), self.kind, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1].split(": ")[-1]
             raise ValueError(
-                f"invalid index kind {self.kind!r} ({reason}); use auto, flat, ivf, hnsw or a FAISS factory string"
+                f"invalid index kind {self.kind!r} ({reason}); use auto, flat, ivf, hnsw, ivfpq, ivfpq-disk or a "
+                "FAISS factory string"
             ) from None
 
-    def resolve_kind(self, n: int) -> str:
-        """The concrete kind for a collection of ``n`` vectors.
+    def resolve_kind(self, n: int, dim: int | None = None) -> str:
+        """The concrete kind for a collection of ``n`` vectors of dimension ``dim``.
 
         ``"auto"`` gives ``"flat"`` below ``approx_threshold`` and
-        ``approx_kind`` at or above it; any other kind is returned unchanged.
-        (A build may still fall back from ``"ivf"`` to ``"flat"`` when ``n``
-        is too small to train.)
+        ``approx_kind`` at or above it, as long as its memory estimate fits
+        the budget (``MEMORY_HEADROOM * memory_budget_gb``); otherwise the
+        first of ``"ivfpq"`` and ``"ivfpq-disk"`` that fits (``"ivfpq-disk"``
+        when none does). Without ``dim`` the budget is not consulted. Any
+        other kind is returned unchanged. (A build may still fall back to
+        ``"flat"`` when ``n`` is too small to train.)
         """
-        if self.kind == "auto":
-            return "flat" if n < self.approx_threshold else self.approx_kind
-        return self.kind
+        if self.kind != "auto":
+            return self.kind
+        first = "flat" if n < self.approx_threshold else self.approx_kind
+        if dim is None:
+            return first
+        budget = self.budget_bytes() * MEMORY_HEADROOM
+        for kind in (first, "ivfpq"):
+            if self.estimate_memory(kind, n, dim)["memory"] <= budget:
+                return kind
+        return "ivfpq-disk"
+
+    def budget_bytes(self) -> float:
+        """``memory_budget_gb`` (or :func:`default_memory_budget_gb`) in bytes."""
+        gb = self.memory_budget_gb if self.memory_budget_gb is not None else default_memory_budget_gb()
+        return float(gb) * 1e9
+
+    def estimate_memory(self, kind: str, n: int, dim: int) -> dict[str, int]:
+        """Estimated bytes of an index of ``kind`` over ``n`` vectors of ``dim``: ``{"memory": ..., "disk": ...}``
+        (``disk``: the on-disk lists beside the index file; the file itself is about ``memory``). The formulas
+        are in the module docstring; a factory string is estimated as ``flat``."""
+        ids_map = _SORTED_IDS + _ID_MAP
+        nlist = self.nlist or _default_nlist(n) or 1
+        coarse = 4 * dim * nlist + (8 * self.hnsw_m * nlist if nlist >= self.hnsw_quantizer_min_nlist else 0)
+        opq = 4 * dim * dim if self.opq else 0
+        m = _pq_bytes(dim, self.pq_bytes, kind)
+        disk = 0
+        if kind == "hnsw":
+            per, fixed = 4 * dim + int(8.4 * self.hnsw_m) + 16 + ids_map, 0
+        elif kind == "ivf":
+            per, fixed = (2 if self.ivf_storage == "fp16" else 4) * dim + 8 + _SORTED_IDS, 4 * dim * nlist
+        elif kind == "ivfpq":
+            per, fixed = m + 8 + 2 * dim + ids_map, coarse + opq
+        elif kind == "ivfpq-disk":
+            per, fixed, disk = _SORTED_IDS, coarse + opq, n * (m + 8)
+        else:
+            per, fixed = 4 * dim + ids_map, 0
+        return {"memory": int(n * per + fixed), "disk": int(disk)}
 
     def search_backend(self, faiss_gpu_kind: bool, torch_kind: bool = True) -> str:
         """Where searches of an index run: :func:`choose_search_backend` with what this machine has
@@ -444,7 +655,8 @@ class VectorIndex:
         self._apply_search_params()
         self._sync_ids()
         self._backend = config.search_backend(
-            kind in ("flat", "ivf") or self._ivf() is not None, kind in _CANONICAL_KINDS
+            kind in ("flat", "ivf") or (self._ivf() is not None and kind not in COMPRESSED_KINDS),
+            kind in (*_CANONICAL_KINDS, "ivfpq"),
         )
         if self._backend != "cpu":
             log.info("%s index searches with %s", kind, self._backend)
@@ -464,7 +676,9 @@ class VectorIndex:
             ids: (n,) non-negative unique integer ids.
             vectors: (n, dim) L2-normalised vectors (converted to float32).
                 May be empty (shape (0, dim) or anything of size 0) when
-                ``dim`` is given.
+                ``dim`` is given. A float16 array (a ``np.memmap`` too) is
+                read and converted a block at a time, never whole: how a
+                collection bigger than memory as float32 is built.
             config: build/search settings; ``IndexConfig()`` when None.
             dim: vector dimension; required for an empty build, checked
                 against ``vectors`` otherwise.
@@ -483,7 +697,11 @@ class VectorIndex:
                 else:
                     raise ValueError("an empty build needs dim")
             vec_arr = np.empty((0, int(dim)), dtype=np.float32)
-        vec_arr = _as_vectors(vec_arr, dim)
+        blocked = vec_arr.dtype == np.float16 and vec_arr.ndim == 2 and vec_arr.shape[0] > _BUILD_BLOCK
+        if not blocked:
+            vec_arr = _as_vectors(vec_arr, dim)
+        elif dim is not None and vec_arr.shape[1] != dim:
+            raise ValueError(f"dimension mismatch: vectors have dim {vec_arr.shape[1]}, index has dim {dim}")
         d = int(vec_arr.shape[1]) if dim is None else int(dim)
         if d < 1:
             raise ValueError(f"dim must be >= 1, got {d}")
@@ -492,15 +710,83 @@ class VectorIndex:
             raise ValueError(f"ids/vectors length mismatch: {ids_arr.shape[0]} ids, {n} vectors")
         if np.unique(ids_arr).shape[0] != n:
             raise ValueError("ids must be unique")
-        _check_normalised(vec_arr, "vectors")
+        _check_normalised(np.asarray(vec_arr[:1024], dtype=np.float32), "vectors")
 
-        kind = config.resolve_kind(n)
+        kind = config.resolve_kind(n, d)
         index, kind = cls._make_index(kind, d, vec_arr, config)
         self = cls(index, kind, d, config)
-        if n:
+        if not blocked and n:
             self._add_unlocked(ids_arr, vec_arr)
+        elif blocked:
+            for start in range(0, n, _BUILD_BLOCK):
+                stop = min(n, start + _BUILD_BLOCK)
+                self._index.add_with_ids(_as_vectors(vec_arr[start:stop], d), ids_arr[start:stop])
+                log.info("added %d of %d vectors", stop, n)
+            self._sync_ids()
         log.info("built %s index: %d vectors, dim %d", self._kind, n, d)
         return self
+
+    @staticmethod
+    def _make_compressed(kind: str, d: int, vectors: np.ndarray, config: IndexConfig) -> tuple[Any, str]:
+        """An empty, trained ``ivfpq`` / ``ivfpq-disk`` index (module docstring), or a flat one when there are
+        too few vectors to train. ``vectors``: (n, d), any float dtype; only a sample is read."""
+        n = vectors.shape[0]
+        nlist = config.nlist if config.nlist is not None else _default_nlist(n)
+        m = _pq_bytes(d, config.pq_bytes, kind)
+        # the PQ's 256 centroids per sub-quantizer need samples too
+        if nlist < 1 or n < max(nlist * 4, _MIN_NLIST, 256):
+            log.warning("%s needs more vectors to train (have %d, nlist=%s); building a flat index", kind, n, nlist)
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(d)), "flat"
+        sample_size = min(n, max(nlist * config.train_points_per_list, 256 * 64), config.max_train_points)
+        sample = _sample_rows(vectors, sample_size, config.seed)
+        log.info(
+            "training %s on %d of %d vectors: nlist %d, %d-byte codes, opq %s",
+            kind,
+            len(sample),
+            n,
+            nlist,
+            m,
+            config.opq,
+        )
+        metric = faiss.METRIC_INNER_PRODUCT
+        opq = None
+        if config.opq:
+            opq = faiss.OPQMatrix(d, m)
+            opq.niter = 20
+            opq.train(sample[: 256 * 256])
+            sample = opq.apply(sample)
+            log.info("trained the OPQ rotation")
+        centroids = _two_level_centroids(sample, nlist, config.seed)
+        nlist = centroids.shape[0]
+        log.info("clustered the sample into %d lists", nlist)
+        if nlist >= config.hnsw_quantizer_min_nlist:
+            quantizer = faiss.IndexHNSWFlat(d, 32, metric)
+            quantizer.hnsw.efConstruction = 40
+        else:
+            quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(centroids)
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, metric)
+        ivf.own_fields = True
+        quantizer.this.disown()
+        ivf.cp.seed = config.seed
+        ivf.train(sample[: 256 * 256])  # the quantizer holds nlist centroids: this trains the PQ alone
+        base: Any = ivf
+        if opq is not None:
+            base = faiss.IndexPreTransform(opq, ivf)
+            base.own_fields = True
+            opq.this.disown()
+            ivf.this.disown()
+        if kind == "ivfpq-disk":
+            return base, kind
+        refine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
+        both = faiss.IndexRefine(base, refine)
+        both.own_fields = True
+        base.this.disown()
+        refine.this.disown()
+        index = faiss.IndexIDMap2(both)
+        index.own_fields = True
+        both.this.disown()
+        return index, kind
 
     @staticmethod
     def _make_index(kind: str, d: int, train: np.ndarray, config: IndexConfig) -> tuple[Any, str]:
@@ -513,6 +799,8 @@ class VectorIndex:
             inner = faiss.IndexHNSWFlat(d, config.hnsw_m, metric)
             inner.hnsw.efConstruction = config.ef_construction
             return faiss.IndexIDMap2(inner), "hnsw"
+        if kind in COMPRESSED_KINDS:
+            return VectorIndex._make_compressed(kind, d, train, config)
         if kind == "ivf":
             nlist = config.nlist if config.nlist is not None else _default_nlist(n)
             if nlist < 1 or n < max(nlist, _MIN_NLIST):
@@ -569,6 +857,31 @@ class VectorIndex:
         index.train(sample)
 
     @staticmethod
+    def _on_disk_lists(index: Any) -> Any:
+        """The ``OnDiskInvertedLists`` of ``index``'s IVF, or ``None``."""
+        ivf = VectorIndex._extract_ivf(index)
+        if ivf is None:
+            return None
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+    def _lists_in_memory(self) -> None:
+        """Before an ``ivfpq-disk`` index changes: copy memory-mapped lists into memory (the file stays as the
+        saved index refers to it; the next :meth:`save` writes a new one)."""
+        disk = self._on_disk_lists(self._index)
+        if disk is None:
+            return
+        ivf = self._ivf()
+        memory = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        for lst in range(ivf.nlist):
+            size = disk.list_size(lst)
+            if size:
+                memory.add_entries(lst, size, disk.get_ids(lst), disk.get_codes(lst))
+        ivf.replace_invlists(memory, True)
+        memory.this.disown()
+        log.info("read %d lists of the on-disk index into memory", ivf.nlist)
+
+    @staticmethod
     def _extract_ivf(index: Any) -> Any:
         try:
             return faiss.extract_index_ivf(index)
@@ -584,8 +897,41 @@ class VectorIndex:
         old or the new file, never a partial one.
         """
         with self._lock:
-            atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            if self._kind == "ivfpq-disk":
+                self._save_on_disk(Path(path))
+            else:
+                atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
         log.info("saved %s index (%d vectors) to %s", self._kind, len(self), path)
+
+    def _save_on_disk(self, path: Path) -> None:
+        """Write the lists to a new ``<name>.<token>.ivfdata`` beside ``path`` (kept when they already are in
+        such a file there), then the index file referring to it (atomically); lists files of older saves are
+        removed."""
+        ivf = self._ivf()
+        current = self._on_disk_lists(self._index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if (
+            current is not None
+            and Path(current.filename).parent.resolve() == path.parent.resolve()
+            and Path(current.filename).name.startswith(path.name + ".")
+        ):
+            data = Path(current.filename)
+            atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+        else:
+            data = path.with_name(f"{path.name}.{os.urandom(6).hex()}.ivfdata")
+            disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data))
+            disk.merge_from_1(ivf.invlists, False)
+            in_memory, owned = ivf.invlists, ivf.own_invlists
+            ivf.own_invlists = False
+            ivf.replace_invlists(disk, False)
+            try:
+                atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            finally:
+                ivf.replace_invlists(in_memory, owned)
+            del disk  # unmapped; the next load maps the file
+        for old in path.parent.glob(f"{path.name}.*.ivfdata"):
+            if old.name != data.name:
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path | str, config: IndexConfig | None = None) -> VectorIndex:
@@ -605,7 +951,7 @@ class VectorIndex:
         if not path.is_file():
             raise FileNotFoundError(path)
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
         except RuntimeError as exc:
             raise ValueError(f"cannot read FAISS index {path}: {exc}") from exc
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -627,6 +973,10 @@ class VectorIndex:
                 return "flat"
             if type(inner) is faiss.IndexHNSWFlat:
                 return "hnsw"
+            if type(inner) is faiss.IndexRefine and cls._extract_ivf(inner) is not None:
+                return "ivfpq"
+        elif isinstance(cls._extract_ivf(index), faiss.IndexIVFPQ) and cls._on_disk_lists(index) is not None:
+            return "ivfpq-disk"
         elif isinstance(faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat) and (
             type(index) is faiss.IndexIVFFlat
             or (type(index) is faiss.IndexIVFScalarQuantizer and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16)
@@ -715,6 +1065,7 @@ class VectorIndex:
             self._add_unlocked(ids_arr, vec_arr)
 
     def _add_unlocked(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._lists_in_memory()
         self._index.add_with_ids(vectors, ids)
         if self._gpu_index is not None:
             try:
@@ -751,6 +1102,7 @@ class VectorIndex:
             if self._uses_tombstones():
                 removed = self._tombstone(targets)
             else:
+                self._lists_in_memory()
                 try:
                     removed = int(self._index.remove_ids(faiss.IDSelectorBatch(targets)))
                 except RuntimeError:
@@ -776,7 +1128,7 @@ class VectorIndex:
         if self._kind == "hnsw" or self._tombstones_forced:
             return True
         if isinstance(self._index, faiss.IndexIDMap2):
-            return isinstance(faiss.downcast_index(self._index.index), faiss.IndexHNSW)
+            return isinstance(faiss.downcast_index(self._index.index), (faiss.IndexHNSW, faiss.IndexRefine))
         return False
 
     def _id_map_view(self) -> np.ndarray:
@@ -881,6 +1233,8 @@ class VectorIndex:
                 self._gpu_index = self._torch_replica()
             if self._gpu_index is not None:
                 return self._gpu_index, None
+        if self._kind in COMPRESSED_KINDS:
+            return self._index, self._compressed_params(k)
         if self._tombstones:
             sel = faiss.IDSelectorRange(0, _INT64_MAX)
             if isinstance(self._index, faiss.IndexIDMap2) and isinstance(
@@ -908,6 +1262,32 @@ class VectorIndex:
                     return self._search_target(k)
             return self._gpu_index, None
         return self._index, None
+
+    def _compressed_params(self, k: int) -> Any:
+        """Search parameters of a compressed index: ``nprobe`` lists, found by an HNSW quantizer with a candidate
+        list of ``2 * nprobe`` (at least 64); for ``ivfpq`` the PQ short list of ``max(rerank, k)`` candidates
+        and, with tombstones, a selector (in the inner index's numbering) that leaves them out."""
+        base = faiss.SearchParametersIVF()
+        base.nprobe = self._config.nprobe
+        refs: list = []
+        ivf = self._ivf()
+        if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+            coarse = faiss.SearchParametersHNSW()
+            coarse.efSearch = max(64, 2 * self._config.nprobe)
+            base.quantizer_params = coarse
+            refs.append(coarse)
+        if self._kind == "ivfpq-disk":
+            base._refs = refs  # type: ignore[attr-defined]  # the params own none of these
+            return base
+        if self._tombstones:
+            live = faiss.IDSelectorRange(0, _INT64_MAX)
+            base.sel = faiss.IDSelectorTranslated(self._index.id_map, live)
+            refs = [live, base.sel]
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = max(1.0, self._config.rerank / k)
+        params.base_index_params = base
+        params._refs = (base, refs)  # type: ignore[attr-defined]  # the params own neither
+        return params
 
     def _torch_replica(self) -> Any:
         """The live vectors in a :class:`~indexer.torch_search.TorchFlatIndex` on the backend's device, or
@@ -967,8 +1347,10 @@ class VectorIndex:
             full = np.hstack([np.broadcast_to(prefix, (size, coarse)), codes.reshape(size, invlists.code_size)])
             yield ids, ivf.sa_decode(np.ascontiguousarray(full))
 
-    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change search-time settings in place (IVF ``nprobe``, HNSW ``ef_search``).
+    def set_search_params(
+        self, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Change search-time settings in place (IVF ``nprobe``, HNSW ``ef_search``, ``ivfpq`` ``rerank``).
 
         The index's config is replaced by a copy with the new values; nothing
         is rebuilt. Values that do not apply to the index kind are kept in the
@@ -979,6 +1361,8 @@ class VectorIndex:
             changes["nprobe"] = nprobe
         if ef_search is not None:
             changes["ef_search"] = ef_search
+        if rerank is not None:
+            changes["rerank"] = rerank
         if not changes:
             return
         with self._lock:
@@ -996,12 +1380,12 @@ class VectorIndex:
         """
         config = config or self._config
         n = len(self)
-        want = config.resolve_kind(n)
-        if want == "ivf" and self._kind == "flat" and _default_nlist(n) == 0:
+        want = config.resolve_kind(n, self._dim)
+        if want in ("ivf", *COMPRESSED_KINDS) and self._kind == "flat" and _default_nlist(n) == 0:
             return False  # IVF would fall back to flat anyway
         if want != self._kind:
             return True
-        if self._kind == "ivf" and config.nlist is None:
+        if self._kind in ("ivf", *COMPRESSED_KINDS) and config.nlist is None:
             ideal = _default_nlist(n)
             nlist = self._ivf().nlist
             return ideal == 0 or not (nlist / 4 <= ideal <= nlist * 4)
@@ -1015,6 +1399,9 @@ class VectorIndex:
         ivf = self._ivf()
         if ivf is not None:
             ivf.nprobe = self._config.nprobe
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):  # assigning a vector to its list (searches pass their own)
+                quantizer.hnsw.efSearch = _ASSIGN_EF
         inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else None
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = self._config.ef_search
