@@ -40,7 +40,7 @@ from .copy_edits import edited_copy
 from .db import INDEXED, ImageRecord
 from .errors import LookalikeError, SettingsError
 from .imageio import ImageLoadError, file_hash, load_image
-from .knn_graph import DEFAULT_K, GRAPH_FILE, knn_edges
+from .knn_graph import DEFAULT_K, GRAPH_FILE, NpzFile, fingerprint, knn_edges, save_locked
 from .store import NullProgress, Progress
 from .vector_index import IndexConfig, VectorIndex
 from .verify import Verifier, VerifySettings
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_K",
     "GRAPH_FILE",
+    "CHECKS_FILE",
+    "CheckedPairs",
     "Calibration",
     "DuplicateFile",
     "DuplicateGroup",
@@ -81,6 +83,10 @@ EXISTING_COPY_INLIERS = 50
 #: Verification: the candidate cosine keeps all but this percentage of the calibration copies (the check, not the
 #: cosine, carries the precision; 2 left 4% of the benchmark's true pairs unchecked).
 CANDIDATE_PERCENTILE = 0.5
+
+
+#: The geometric check's results kept in the home, so that a later run checks only pairs it has not seen.
+CHECKS_FILE = "duplicates-checks.npz"
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -507,11 +513,73 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+@dataclass
+class CheckedPairs:
+    """Inlier counts of pairs already checked, by the two files' content fingerprints (``(P,)`` each, ``a < b``),
+    for one verification ``rule`` (:meth:`VerifySettings.describe`)."""
+
+    rule: str
+    a: np.ndarray
+    b: np.ndarray
+    inliers: np.ndarray
+
+
+class ChecksFile(NpzFile[CheckedPairs]):
+    kind = CheckedPairs
+    what = "duplicates check cache"
+
+
+class _CachedChecks:
+    """Inlier counts between positions of a selection, from the cache file when the pair's content was checked
+    before, else from the verifier (and remembered). Files without a content hash are never cached."""
+
+    def __init__(self, verifier: Verifier, paths: list[str], prints: np.ndarray, file: ChecksFile) -> None:
+        self.verifier, self.paths, self.prints, self.file = verifier, paths, prints, file
+        rule = verifier.settings.describe()
+        old = file.load()
+        self.known: dict[tuple[int, int], int] = {}
+        if old is not None and old.rule == rule:
+            self.known = dict(zip(zip(old.a.tolist(), old.b.tolist()), old.inliers.tolist()))
+        self.rule = rule
+        self.added = 0
+
+    def inliers(self, x: int, y: int) -> int:
+        fx, fy = int(self.prints[x]), int(self.prints[y])
+        if fx == 0 or fy == 0:
+            return self.verifier.inliers(self.paths[x], self.paths[y])
+        key = (min(fx, fy), max(fx, fy))
+        n = self.known.get(key)
+        if n is None:
+            n = self.known[key] = self.verifier.inliers(self.paths[x], self.paths[y])
+            self.added += 1
+        return n
+
+    def save(self, home: Path, alive: np.ndarray) -> None:
+        """Keep the counts in the home, less those of pairs whose content is no longer in the collection
+        (``alive``: every indexed file's fingerprint)."""
+        if not self.added:
+            return
+        keys = np.array(list(self.known), np.int64).reshape(-1, 2)
+        kept = np.isin(keys[:, 0], alive) & np.isin(keys[:, 1], alive)
+        self.known = {k: n for k, n, ok in zip(self.known, self.known.values(), kept) if ok}
+        keys = keys[kept]
+        value = CheckedPairs(self.rule, keys[:, 0], keys[:, 1], np.fromiter(self.known.values(), np.int32))
+        save_locked(home, lambda: self.file.save(value), False, "the duplicates check cache")
+
+
 class DuplicateFinder:
     """Duplicates in a :class:`~indexer.engine.Collection`: groups, calibration, "is this file already here?"."""
 
     def __init__(self, collection: Collection) -> None:
         self.coll = collection
+        self._verifier: Verifier | None = None
+
+    def verifier(self) -> Verifier:
+        """The geometric check, one per finder: each file's features are computed once, for the calibration and
+        the groups alike."""
+        if self._verifier is None:
+            self._verifier = Verifier(max_pixels=self.coll.max_pixels)
+        return self._verifier
 
     # ------------------------------------------------------------------ data
     def _rows(self, ids: np.ndarray | None = None) -> _Rows:
@@ -679,7 +747,7 @@ class DuplicateFinder:
         plain threshold), and the fewest inliers that reach ``precision`` against the 3 other images nearest to
         each copy (images sharing their pixels with the original are copies already there, not others)."""
 
-        verifier = Verifier(max_pixels=self.coll.max_pixels)
+        verifier = self.verifier()
         t_c = float(min(t, max(0.5, np.percentile(pos_scores, CANDIDATE_PERCENTILE))))
         codes = _hash_codes(rows.hashes)
         scores, nb = index.search(copy_vectors, min(8, len(index)))
@@ -701,6 +769,7 @@ class DuplicateFinder:
                 if verifier.inliers(rows.paths[o], rows.paths[j]) >= EXISTING_COPY_INLIERS:
                     continue
                 neg_inl[i] = max(neg_inl[i], verifier.inliers(path, rows.paths[j]))
+        verifier.forget(copy_paths)
         m, recall, prec = threshold_for_precision(pos_inl, neg_inl, precision)
         m = max(int(np.ceil(m)), 8)
         recall = float((pos_inl >= m).mean())
@@ -782,7 +851,7 @@ class DuplicateFinder:
             and cal.verify_min_inliers is not None
             and cal.verify_candidate_threshold is not None
         ):
-            verifier = Verifier(max_pixels=self.coll.max_pixels)
+            verifier = self.verifier()
             t = cal.verify_candidate_threshold
             min_inliers = cal.verify_min_inliers
             verification = {"candidate_threshold": t, "min_inliers": min_inliers}
@@ -802,9 +871,16 @@ class DuplicateFinder:
             keep &= exists
         sel = np.flatnonzero(keep)
         reference_mask = np.array([ref_s is not None and _under(rows.paths[i], ref_s) for i in sel], bool)
+        checks: _CachedChecks | None = None
         if verification is not None:
-            paths, need = rows.paths, verification["min_inliers"]
-            check = lambda a, b: verifier.inliers(paths[sel[a]], paths[sel[b]]) >= need
+            checks = _CachedChecks(
+                verifier,
+                [rows.paths[i] for i in sel],
+                np.array([fingerprint(rows.hashes[i]) for i in sel], np.int64),
+                ChecksFile(self.coll.home / CHECKS_FILE),
+            )
+            need = verification["min_inliers"]
+            check = lambda a, b: checks.inliers(a, b) >= need
         table = FileTable(
             pixels=rows.width[sel] * rows.height[sel],
             mtime_ns=rows.mtime_ns[sel],
@@ -842,6 +918,8 @@ class DuplicateFinder:
                 self._group(rows, sel, reference_mask, *g, similar=True)
                 for g in _similar_groups(vectors[sel], edges, t_similar, raw_groups, check, table)
             ]
+        if checks is not None:
+            checks.save(self.coll.home, np.array([fingerprint(h) for h in rows.hashes], np.int64))
         if ref_s is not None:  # groups of reference files only have nothing to act on
             groups = [g for g in groups if any(not f.reference for f in g.files)]
         return DuplicateReport(
@@ -922,7 +1000,7 @@ class DuplicateFinder:
         t, cal = self.threshold(threshold, precision)
         check = None
         if verify and threshold is None and cal is not None and cal.verify_min_inliers is not None:
-            verifier, need = Verifier(max_pixels=self.coll.max_pixels), cal.verify_min_inliers
+            verifier, need = self.verifier(), cal.verify_min_inliers
             t = cal.verify_candidate_threshold or t
             check = lambda other: verifier.inliers(p, other) >= need
         try:

@@ -96,6 +96,11 @@ class Verifier:
         self._cache[path] = (out[0], out[1])
         return self._cache[path]
 
+    def forget(self, paths: list[str]) -> None:
+        """Drop the features of ``paths`` (e.g. temporary files): about 64 KB each."""
+        for p in paths:
+            self._cache.pop(p, None)
+
     def _inliers(self, a: Features, b: Features) -> int:
         pa, da = a
         pb, db = b

@@ -16,6 +16,8 @@ from indexer.cli import main
 from indexer.copy_edits import EDITS, apply_edit, edited_copy
 from indexer.duplicates import (
     CALIBRATION_SETTING,
+    CHECKS_FILE,
+    Calibration,
     DuplicateFinder,
     FileTable,
     _similar_groups,
@@ -383,10 +385,32 @@ def test_similar_tier_takes_pairs_that_fail_the_check_and_copy_groups_through_th
     assert _similar_groups(v, edges, 0.9, copy_groups, lambda a, b: True, table) == []
 
 
-def test_similar_tier_is_listed_apart_and_never_acted_on(tmp_path, one_thread):
+def store_calibration(finder: DuplicateFinder, threshold: float, candidate: float, min_inliers: int) -> Calibration:
+    """A calibration as if made on the collection (thresholds chosen by the test), stored."""
     from indexer import db
     from indexer.verify import VerifySettings
 
+    cal = Calibration(
+        threshold=threshold,
+        target_precision=0.99,
+        expected_recall=0.9,
+        expected_precision=0.99,
+        originals=3,
+        copies=9,
+        seed=0,
+        model=finder._model_description(),
+        verify_candidate_threshold=candidate,
+        verify_min_inliers=min_inliers,
+        verify_expected_precision=0.99,
+        verify_expected_recall=0.9,
+        verify_rule=VerifySettings().describe(),
+    )
+    with finder.coll.session() as s, s.begin():
+        db.set_setting(s, CALIBRATION_SETTING, cal.to_dict())
+    return cal
+
+
+def test_similar_tier_is_listed_apart_and_never_acted_on(tmp_path, one_thread):
     from .test_verify import textured
 
     folder = tmp_path / "photos"
@@ -404,30 +428,14 @@ def test_similar_tier_is_listed_apart_and_never_acted_on(tmp_path, one_thread):
     paths = finder._rows(ids).paths
     pos = {Path(p).name: i for i, p in enumerate(paths)}
     cos_ab = float(vectors[pos["a.png"]] @ vectors[pos["b.png"]])
-    cal = {
-        "threshold": cos_ab - 1e-3,
-        "target_precision": 0.99,
-        "expected_recall": 0.9,
-        "expected_precision": 0.99,
-        "originals": 3,
-        "copies": 9,
-        "seed": 0,
-        "model": finder._model_description(),
-        "verify_candidate_threshold": min(0.5, cos_ab - 0.01),
-        "verify_min_inliers": 30,
-        "verify_expected_precision": 0.99,
-        "verify_expected_recall": 0.9,
-        "verify_rule": VerifySettings().describe(),
-    }
-    with coll.session() as s, s.begin():
-        db.set_setting(s, CALIBRATION_SETTING, cal)
+    cal = store_calibration(finder, cos_ab - 1e-3, min(0.5, cos_ab - 0.01), 30)
 
     plain = finder.find()
     assert plain.similar == [] and plain.similar_threshold is None
     report = finder.find(similar=True)
     copy_sets = [{Path(f.path).name for f in g.files} for g in report.groups]
     assert copy_sets == [{"a.png", "a_copy.jpg"}]
-    assert report.similar_threshold == pytest.approx(cal["threshold"])
+    assert report.similar_threshold == pytest.approx(cal.threshold)
     assert [{Path(f.path).name for f in g.files} for g in report.similar] == [{"a.png", "b.png"}]
     g = report.similar[0]
     assert g.tier == "similar" and all(f.keep for f in g.files)
@@ -444,3 +452,31 @@ def test_similar_tier_is_listed_apart_and_never_acted_on(tmp_path, one_thread):
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]  # the copy moved, the burst stayed
     result = runner.invoke(main, [*home, "--similar", "--no-verify"])
     assert result.exit_code != 0 and "geometric check" in result.output
+
+
+def test_a_second_run_checks_no_pair_twice(tmp_path, dup_folder, one_thread, monkeypatch):
+    from indexer.verify import Verifier
+
+    coll = small_collection(tmp_path / "home")
+    coll.index_folder(dup_folder)
+    finder = DuplicateFinder(coll)
+    store_calibration(finder, 0.95, 0.8, 30)
+    checked: list[tuple[str, str]] = []
+    real = Verifier.inliers
+
+    def counting(self, a, b):
+        checked.append((a, b))
+        return real(self, a, b)
+
+    monkeypatch.setattr(Verifier, "inliers", counting)
+    first = finder.find()
+    assert checked and (coll.home / CHECKS_FILE).exists()
+    n_first = len(checked)
+    second = DuplicateFinder(coll).find()  # a new run: the counts come from the home
+    assert len(checked) == n_first
+    assert [[f.path for f in g.files] for g in second.groups] == [[f.path for f in g.files] for g in first.groups]
+    draw_image(9).save(dup_folder / "jpeg_9.jpg", quality=85)  # a new copy: only its pairs are checked
+    coll.index_folder(dup_folder)
+    DuplicateFinder(coll).find()
+    new = checked[n_first:]
+    assert new and all(str((dup_folder / "jpeg_9.jpg").resolve()) in pair for pair in new)
