@@ -162,6 +162,7 @@ def bench_kind(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarr
     }
     ivf = VectorIndex._extract_ivf(index.faiss_index)
     if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
         result["nlist"] = int(ivf.nlist)
         result["coarse_quantizer"] = type(faiss.downcast_index(ivf.quantizer)).__name__
         if isinstance(ivf, faiss.IndexIVFPQ):

@@ -975,7 +975,9 @@ class VectorIndex:
                 return "hnsw"
             if type(inner) is faiss.IndexRefine and cls._extract_ivf(inner) is not None:
                 return "ivfpq"
-        elif isinstance(cls._extract_ivf(index), faiss.IndexIVFPQ) and cls._on_disk_lists(index) is not None:
+        elif cls._on_disk_lists(index) is not None and isinstance(
+            faiss.downcast_index(cls._extract_ivf(index)), faiss.IndexIVFPQ
+        ):
             return "ivfpq-disk"
         elif isinstance(faiss.downcast_index(getattr(index, "quantizer", None) or index), faiss.IndexFlat) and (
             type(index) is faiss.IndexIVFFlat
