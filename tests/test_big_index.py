@@ -247,3 +247,34 @@ def test_too_few_vectors_to_train_fall_back_to_flat():
     x, _ = clustered(50, 0)
     index = VectorIndex.build(np.arange(50), x, IndexConfig(kind="ivfpq", device="cpu"))
     assert index.kind == "flat" and len(index) == 50
+
+
+# --------------------------------------------------------------------------- #
+# the command line
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    ("text", "gb"), [("8GB", 8.0), ("8 g", 8.0), ("512MB", 0.512), ("1.5TB", 1500.0), ("2GiB", 2**31 / 1e9), ("3", 3.0)]
+)
+def test_memory_sizes_read_as_people_write_them(text, gb):
+    assert vector_index.parse_memory_size(text) == pytest.approx(gb)
+
+
+@pytest.mark.parametrize("text", ["0GB", "lots", "8XB", "-1GB"])
+def test_unreadable_memory_sizes_are_refused(text):
+    with pytest.raises(ValueError):
+        vector_index.parse_memory_size(text)
+
+
+def test_index_memory_budget_option_is_stored_with_the_collection(tmp_path):
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+    from indexer.engine import Collection
+
+    home, empty = tmp_path / "home", tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(main, ["--home", str(home), "index", str(empty), "--memory-budget", "8GB"])
+    assert Collection(home).index_config.memory_budget_gb == 8.0, res.output
+    res = CliRunner().invoke(main, ["--home", str(home), "index", str(empty), "--memory-budget", "lots"])
+    assert res.exit_code == 2 and "--memory-budget" in res.output
+    assert Collection(home).index_config.memory_budget_gb == 8.0
