@@ -1,13 +1,17 @@
 """Duplicates across a collection: copies of the same picture, found, grouped, and given a keeper.
 
-Two tiers:
+Three tiers:
 
 - **exact**: files with the same content hash (byte-identical), found from the database alone, no network;
 - **near**: edited copies (crops, resizes, rotations, colour, re-encoding, overlays, flips), found by the
   collection's vectors: a k-nearest-neighbour graph from the FAISS index (no N x N matrix), its edges at or
   above the threshold joined into connected components, then each component split so that every member of a
   group is itself within the threshold of the group's keeper (a guard against chains of barely-similar pairs:
-  A ~ B ~ C does not put A and C together unless C ~ A too).
+  A ~ B ~ C does not put A and C together unless C ~ A too). With the calibrated threshold, candidate pairs
+  must also pass the geometric check (:mod:`indexer.verify`), whose results are kept in the home by content
+  (:data:`CHECKS_FILE`): a later run checks only pairs it has not seen;
+- **similar** (asked for): pictures whose vectors score like copies but which fail the geometric check (bursts,
+  the same scene or object shot again); every file kept, never acted on.
 
 The keeper of a group is a file under the ``reference`` folder when there is one (reference files are never
 touched), else the largest picture (pixel count), then the oldest file, then the first path.
