@@ -258,7 +258,7 @@ def index(
     parts.append(f"{report.unchanged} unchanged")
     click.echo(", ".join(parts))
     if report.embedded:
-        where = f" on {coll.embedding_device}" if coll.embedding_device else (" on Ray" if ray else "")
+        where = " on Ray" if ray else (f" on {coll.embedding_device}" if coll.embedding_device else "")
         click.echo(f"embedding: {report.embed_seconds:.1f}s, {report.images_per_second:.1f} images/s{where}")
     if report.mask_fallbacks:
         click.echo(

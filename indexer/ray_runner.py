@@ -43,14 +43,13 @@ from retrieval.config import DEFAULT_BATCH, ModelConfig, RuntimeOptions
 from .errors import LookalikeError, SettingsError
 from .imageio import DEFAULT_MAX_PIXELS, LoadedImage
 from .masking import Masker, MaskOutcome, MaskSettings
-from .objects import ObjectSettings, embed_objects
 from .pipeline import Decoded, Embedded, decoded, embed_decoded
 from .settings import build_embedder, build_masker
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .objects import FoundObject
+    from .objects import FoundObject, ObjectSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,9 @@ class RayOptions:
     cpus_per_actor: float | None = None
     #: GPUs each actor reserves; default 1 when the cluster has GPUs (and the device is not ``cpu``), else 0.
     gpus_per_actor: float | None = None
-    #: CPUs each decoding task reserves.
+    #: CPUs and memory (MB) each decoding task reserves (its batch of decoded images, full size before resizing).
     decode_cpus: float = 1.0
+    decode_memory_mb: int = 256
     #: Custom Ray resources each actor needs, to keep the actors on nodes labelled with them (``{"big": 1}``).
     resources: dict[str, float] = field(default_factory=dict)
     #: A Ray started here (``address=None``): the CPUs it offers (default: this machine's) and its object store.
@@ -93,6 +93,7 @@ class RayOptions:
             (self.cpus_per_actor is None or self.cpus_per_actor > 0, "cpus_per_actor must be positive"),
             (self.gpus_per_actor is None or self.gpus_per_actor >= 0, "gpus_per_actor must be 0 or more"),
             (self.decode_cpus > 0, f"decode_cpus must be positive, got {self.decode_cpus}"),
+            (self.decode_memory_mb > 0, f"decode_memory_mb must be positive, got {self.decode_memory_mb}"),
             (self.local_cpus is None or self.local_cpus >= 1, "local_cpus must be at least 1"),
         ]
         for ok, message in checks:
@@ -107,7 +108,8 @@ class RayJob:
     model: ModelConfig
     runtime: RuntimeOptions
     mask: MaskSettings = MaskSettings()
-    objects: ObjectSettings = ObjectSettings()
+    #: ``None`` or disabled: whole images only (decoding tasks never import the objects machinery)
+    objects: ObjectSettings | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
@@ -245,7 +247,9 @@ class _EmbedActor:
                 for out in embed_decoded(group[start : start + self.batch_size], self.embedder, self.masker):
                     results[out.index] = out
         objects: list[bytes | None] = [None] * len(rows)
-        if self.job.objects.enabled:
+        if self.job.objects is not None and self.job.objects.enabled:
+            from .objects import embed_objects
+
             for n, out in results.items():
                 if out.error is None:
                     found = embed_objects(
@@ -365,6 +369,9 @@ def embed_on_ray(
             batch_format="pyarrow",
             fn_kwargs=dict(image_size=job.model.image_size, max_pixels=job.max_pixels, mask=job.mask),
             num_cpus=options.decode_cpus,
+            # Reserving memory also keeps Ray Data from fusing decoding into the actors when the CPU counts
+            # match: decoding stays a stage of its own, on any node, beside the actors.
+            memory=options.decode_memory_mb * 2**20,
         )
         ds = ds.map_batches(
             _EmbedActor,
