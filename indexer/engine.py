@@ -784,7 +784,7 @@ class Collection(Store):
                 f"query vectors have dimension {queries.shape[1]} but the index {index.dim}; "
                 "run lookalike doctor --repair"
             )
-        hits = self._live_hits(index, queries, k, threshold, rerank or RerankSettings())
+        hits = self._live_hits(index, queries, k, threshold, rerank or RerankSettings(method="none"))
         return self._best_parts(queries, hits, k, threshold) if self.object_settings.enabled else hits
 
     def _best_parts(

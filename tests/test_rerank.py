@@ -152,7 +152,7 @@ def test_rerank_settings_are_checked_and_round_trip():
     s = RerankSettings(method="diffusion", graph_k=7, gamma=2.0)
     assert RerankSettings.from_dict(s.to_dict()) == s
     assert s.describe().startswith("diffusion (mutual 7-NN")
-    assert RerankSettings().describe() == "none"
+    assert RerankSettings(method="none").describe() == "none"
     with pytest.raises(ValueError, match="unknown re-ranking"):
         RerankSettings(method="magic")
     with pytest.raises(ValueError, match="alpha"):
@@ -170,7 +170,7 @@ def test_qe_and_dba_search_return_cosines_of_the_expanded_query_or_augmented_vec
     assert i[0, 0] == 1 and s[0, 0] == 1.0
     np.testing.assert_allclose(s[0, 1:], np.sort(x[1:] @ q[0])[::-1][:4], atol=1e-5)
     # plain search is the index's own
-    s0, i0 = rerank_search(index, x[:2], 5, RerankSettings())
+    s0, i0 = rerank_search(index, x[:2], 5, RerankSettings(method="none"))
     e0, j0 = index.search(x[:2], 5)
     np.testing.assert_array_equal(i0, j0)
 
@@ -280,7 +280,7 @@ def test_collection_search_by_id_follows_the_chain_with_diffusion_and_says_so(tm
     start = next(h for h in coll.search([tmp_path / "photos" / "v000.png"], k=1)[0].hits)
     chain_names = {f"v{r:03d}.png" for r in range(1, 12)}
     plain = coll.search_ids([start.id], k=11)[0]
-    assert plain.rerank == "none"
+    assert plain.rerank == "auto: none (24 images, fewer than 100)"  # the default
     assert len({Path(h.path).name for h in plain.hits} & chain_names) < 6
     settings = RerankSettings(method="diffusion", graph_k=5, seeds=3)
     diffused = coll.search_ids([start.id], k=11, rerank=settings)[0]
