@@ -227,6 +227,7 @@ class Collection(Store):
             self._vector_version,
         )
         self._dba = DbaCache(self, self._graph, self._vectors_of)
+        self._auto_made: AutoChoice | None = None
 
     # ------------------------------------------------------------------ settings
     @property
@@ -756,13 +757,14 @@ class Collection(Store):
         choice kept with the collection when it was made for the current vectors (after each run that changed
         them), else made now."""
         settings = settings or self.rerank_settings
+        version = self._graph.version()
         with self.session() as s:
             kept = db.get_setting(s, AUTO_CHOICE_SETTING)
-        if kept is not None:
-            choice = AutoChoice.from_dict(kept)
-            if choice.fits(settings, self._graph.version()):
+        for choice in (AutoChoice.from_dict(kept) if kept is not None else None, self._auto_made):
+            if choice is not None and choice.fits(settings, version):
                 return choice
-        return self._make_auto_choice(settings)
+        self._auto_made = self._make_auto_choice(settings)  # made once per process until the vectors change
+        return self._auto_made
 
     def _make_auto_choice(self, settings: RerankSettings, locked: bool = False) -> AutoChoice:
         """``auto``'s choice on the k-NN graph when the collection keeps one, else on a sample of its images'

@@ -147,3 +147,24 @@ def test_index_and_search_with_rerank_auto_on_the_command_line(tmp_path, one_thr
     out = runner.invoke(main, ["--home", home, "search", str(photos / "img_0003.png"), "-k", "3", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)[0]["rerank"].startswith("auto: ")
+
+
+def test_a_choice_not_kept_is_made_once_per_process(tmp_path, monkeypatch):
+    from indexer import db, engine
+
+    x = photo_like()
+    coll = table_collection(tmp_path / "home", tmp_path / "photos", x, range(len(x)))
+    coll.index_folder(tmp_path / "photos")  # the default: auto
+    with coll.session() as s, s.begin():
+        db.set_setting(s, AUTO_CHOICE_SETTING, None)  # as when the vectors changed without an index run
+    made: list[int] = []
+    real = engine.sampled_auto_choice
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sampled_auto_choice", counting)
+    for _ in range(3):
+        assert coll.search_ids([1], k=3)[0].rerank.startswith("auto: none")
+    assert made == [1]
