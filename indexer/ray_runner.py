@@ -5,7 +5,9 @@ under the write lock, the small resumable commits (:class:`~indexer.sync.BatchWr
 Ray Data streams the pending ``(position, path)`` files through two stages:
 
 1. decoding tasks (CPU): read, hash, decode and resize each file, and in a masked collection compute its mask,
-   with the plain pipeline's own :func:`indexer.pipeline.decoded`; an unreadable file becomes its reason;
+   with the plain pipeline's own :func:`indexer.pipeline.decoded`; an unreadable file becomes its reason (the
+   tasks reserve memory, which also keeps Ray Data from fusing them into the actors: decoding stays a stage that
+   any node's CPUs can take);
 2. a fixed pool of model actors (``map_batches`` with a callable class): one network per actor, built from the
    collection's model settings by :func:`indexer.settings.build_embedder` as the plain path builds it, on a GPU
    when the actor holds one; same-sized images are embedded together by
