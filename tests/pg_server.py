@@ -16,11 +16,28 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 #: The superuser's password on the test server.
 PASSWORD = "lookalike-test"
+
+#: Run beside the test process: when it is gone without stopping its server (killed, timed out), stop that server
+#: and delete its folder. Arguments: the test process's pid, pg_ctl, the data folder, the root folder, and the
+#: command prefix that runs as the server's user.
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+parent, pg_ctl, data, root, as_user = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+while os.path.exists(data):
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+        break
+    time.sleep(1)
+"""
 
 _SETTINGS = (
     "-c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
@@ -112,6 +129,22 @@ class PgServer:
             except RuntimeError:
                 if attempt == 2:
                     raise
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                str(os.getpid()),
+                str(self.bin / "pg_ctl"),
+                str(self.data),
+                str(self.root),
+            ]
+            + self._as_user,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return self
 
     def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
