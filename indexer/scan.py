@@ -26,8 +26,21 @@ class ScanResult:
     files: list[ScannedFile]
     #: Files skipped because their extension is not an image's (counted, not recorded).
     ignored: int = 0
-    #: Directories that could not be listed: (path, reason).
-    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
+    #: Folders and files left out, and why: (path as it can be shown, reason).
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _printable(path: str) -> str:
+    """A path whose bytes are not UTF-8 (kept by Python as surrogates) as text that can be shown and stored."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _unicode_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def scan_folder(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> ScanResult:
@@ -45,19 +58,24 @@ def scan_folder(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) 
         try:
             entries = list(os.scandir(d))
         except OSError as exc:
-            result.unreadable_dirs.append((d, exc.strerror or str(exc)))
+            result.unreadable.append((_printable(d), f"cannot list folder ({exc.strerror or exc})"))
             continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not is_dir and not entry.is_file():
                     continue
-                if not entry.is_file():
-                    continue
-                if os.path.splitext(entry.name)[1].lower() not in exts:
+                if not is_dir and os.path.splitext(entry.name)[1].lower() not in exts:
                     result.ignored += 1
+                    continue
+                if not _unicode_name(entry.path):  # the database keeps text: such a name cannot be stored
+                    reason = "its name is not valid UTF-8 text; rename it to index it"
+                    result.unreadable.append((_printable(entry.path), reason))
+                    continue
+                if is_dir:
+                    stack.append(entry.path)
                     continue
                 st = entry.stat()
             except OSError as exc:  # vanished or unreadable while scanning

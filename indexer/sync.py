@@ -356,7 +356,7 @@ def index_folder(
         kept = [f for f in scan.files if not exclusions.matches(f.path)]
         report.excluded, scan.files = len(scan.files) - len(kept), kept
     report.folder, report.scanned, report.ignored = str(root), len(scan.files), scan.ignored
-    report.skipped.extend((d, f"cannot list folder ({why})") for d, why in scan.unreadable_dirs)
+    report.skipped.extend(scan.unreadable)
     with write_lock(store):
         if prepare is not None:
             prepare()

@@ -81,6 +81,21 @@ def test_broken_files_are_listed_and_set_the_exit_status(tmp_path, image_folder)
     assert stats["error_files"][0]["path"].endswith("broken.jpg")
 
 
+def test_names_that_are_not_utf8_are_reported_and_the_rest_indexed(tmp_path, image_folder):
+    src = image_folder / "img_0001.png"
+    bad_file = os.path.join(os.fsencode(image_folder), b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    bad_dir = os.path.join(os.fsencode(image_folder), b"f\xf6to")
+    os.mkdir(bad_dir)
+    for target in (bad_file, os.path.join(bad_dir, b"inside.png")):
+        with open(target, "wb") as fh:
+            fh.write(src.read_bytes())
+    res = run(tmp_path / "home", "index", str(image_folder), "--image-size", "64")
+    assert res.exit_code == EXIT_SKIPPED, res.output
+    assert "caf\\xe9.png" in res.output and "f\\xf6to" in res.output and "not valid UTF-8" in res.output
+    stats = json.loads(run(tmp_path / "home", "stats", "--json").output)
+    assert stats["indexed"] == 16
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
