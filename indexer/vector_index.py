@@ -116,7 +116,7 @@ HNSW quantizer) and the OPQ matrix (``4 d^2``):
 - ``ivfpq-disk``: 8 in memory; ``m + 8`` on disk, ``m`` = ``dim / 4`` by
   default -> 72 B.
 
-At 10M 256-d vectors: flat 10.8 GB, HNSW 13.7 GB, IVF-PQ + float16 re-ranking
+At 10M 256-d vectors: flat 10.8 GB, HNSW 13.6 GB, IVF-PQ + float16 re-ranking
 6.1 GB, on-disk IVF-PQ 0.1 GB in memory + 0.7 GB on disk.
 
 Threads: a search with a single query runs FAISS with one OpenMP thread
