@@ -40,6 +40,20 @@ def test_copies_share_many_inliers_and_other_pictures_few(tmp_path: Path, seed: 
     assert v.inliers(str(tmp_path / "edited.jpg"), a) == edited  # symmetric, cached
 
 
+def test_features_held_stay_bounded_and_the_counts_do_not_change(tmp_path: Path):
+    paths = []
+    for seed in range(4):
+        textured(seed).save(tmp_path / f"{seed}.png")
+        textured(seed).rotate(4).save(tmp_path / f"{seed}_copy.jpg", quality=70)
+        paths += [str(tmp_path / f"{seed}.png"), str(tmp_path / f"{seed}_copy.jpg")]
+    pairs = [(a, b) for a in paths for b in paths if a < b]
+    small = Verifier()
+    small.max_cached = 3
+    counts = [small.inliers(a, b) for a, b in pairs]
+    assert small.features_held == 3
+    assert counts == [Verifier().inliers(a, b) for a, b in pairs]
+
+
 def test_an_unreadable_file_verifies_nothing(tmp_path: Path):
     textured(1).save(tmp_path / "a.png")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
