@@ -17,7 +17,8 @@ Per kind (``--kinds``, default ``auto``: what ``lookalike`` picks under ``--budg
   the memory-mapped data pages read, so it is an upper bound) after the build;
 * index size on disk: ``VectorIndex.save`` (plus the on-disk lists file of ``ivfpq-disk``);
 * the index is then dropped and loaded back from its file, as a search process would, and the resident memory
-  after loading (``rss_after_load_gb``) is recorded;
+  before and after loading (``rss_gb_before_load``, ``rss_gb_after_load``: the difference is what the loaded
+  index holds) is recorded;
 * latency: single queries through ``VectorIndex.search`` (``bench_search.time_queries``: 10 warm-up queries,
   ``--repeats`` rounds, per-query minimum; ``raw_*`` the first round), p50 / p95 in ms, and recall@10 against
   the ground truth, for each ``--nprobe`` (IVF kinds) or ``--ef-search`` (HNSW).
@@ -177,6 +178,7 @@ def bench_kind(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarr
     result["size_on_disk_gb"] = round(sum(files.values()) / 1e9, 3)
     del index
     gc.collect()
+    result["rss_gb_before_load"] = rss_gb()
     with Stopwatch() as load:
         index = VectorIndex.load(folder / "index.faiss", cfg)
     result["load_s"] = round(load.seconds, 1)
