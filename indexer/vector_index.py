@@ -335,14 +335,14 @@ def default_memory_budget_gb() -> float:
 
 
 def parse_memory_size(text: str) -> float:
-    """A memory size as people write it -> GB (10^9 bytes): ``"8GB"``, ``"8 G"``, ``"512MB"``, ``"1.5TB"``,
-    ``"16GiB"`` (binary units are taken as binary), or a bare number of GB. ``ValueError`` for anything else or a
-    size that is not positive."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?)b?|b)?\s*", str(text), re.IGNORECASE)
+    """A memory size as people write it -> GB (10^9 bytes): ``"8GB"``, ``"8 g"``, ``"512MB"``, ``"1.5TB"``,
+    ``"16GiB"`` (binary units are binary), ``"100b"`` (bytes), or a bare number of GB. ``ValueError`` for anything
+    else or a size that is not positive."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?)b?|(b))?\s*", str(text), re.IGNORECASE)
     if not match:
         raise ValueError(f"not a memory size: {text!r} (e.g. 8GB, 512MB)")
-    number, unit, binary = match.groups()
-    power = "bkmgt".index((unit or ("b" if match.group(0).strip().lower().endswith("b") else "g")).lower())
+    number, prefix, binary, plain_bytes = match.groups()
+    power = "bkmgt".index("b" if plain_bytes else (prefix or "g").lower())
     value = float(number) * (1024.0 if binary else 1000.0) ** power / 1e9
     if value <= 0:
         raise ValueError(f"the memory size must be positive, got {text!r}")
