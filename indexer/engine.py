@@ -428,20 +428,32 @@ class Collection(Store):
             prepare=prepare,
             derived_cache=self._objects if self.object_settings.enabled else None,
         )
-        self._refresh_rerank_caches()
+        self._refresh_rerank_caches(changed=report.embedded + report.removed)
         return report
 
-    def _refresh_rerank_caches(self, graph: bool = False, dba: bool = False, locked: bool = False) -> None:
+    def _refresh_rerank_caches(
+        self, graph: bool = False, dba: bool = False, locked: bool = False, changed: int | None = None
+    ) -> None:
         """After the collection changed: bring the k-NN graph and the DBA vectors up to date when they are kept
         (a file exists), the default re-ranking needs them, or ``graph`` / ``dba`` ask for them, so searches
-        find them current. ``locked``: the caller holds the write lock."""
+        find them current; ``auto``'s choice is carried over ``changed`` images added, re-embedded or removed
+        (:meth:`AutoChoice.carried`), else made again (``None``: always). ``locked``: the caller holds the write
+        lock."""
         settings = self.rerank_settings
-        if settings.method == "auto":  # chosen again, and kept with the collection (searches read it)
+        if settings.method == "auto":  # kept with the collection (searches read it)
             if self.model_config is None or not len(self._cache.current()):
                 return
-            choice = self._make_auto_choice(settings, locked)
-            with self.session() as s, s.begin():
-                db.set_setting(s, AUTO_CHOICE_SETTING, choice.to_dict())
+            with self.session() as s:
+                kept = db.get_setting(s, AUTO_CHOICE_SETTING)
+            version = self._graph.version()
+            choice = None
+            if kept is not None and changed is not None:
+                choice = AutoChoice.from_dict(kept).carried(settings, version, changed)
+            if choice is None:
+                choice = self._make_auto_choice(settings, locked)
+            if kept != choice.to_dict():
+                with self.session() as s, s.begin():
+                    db.set_setting(s, AUTO_CHOICE_SETTING, choice.to_dict())
             settings = choice.apply(settings)
         dba = dba or self._dba.file.path.exists() or settings.method == "dba"
         graph = graph or dba or self._graph.file.path.exists() or settings.graph_neighbours > 0
@@ -894,7 +906,7 @@ class Collection(Store):
                 if self.object_settings.enabled:  # a whitening relearned by the update rebuilds the objects' too
                     self._objects.update(start_version, set(), gone_objects, rebuild=self._cache.version() != before)
         if ids:
-            self._refresh_rerank_caches()
+            self._refresh_rerank_caches(changed=len(ids))
         if ids and exclude:
             self.exclude([p])
         return len(ids)

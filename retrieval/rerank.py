@@ -142,6 +142,11 @@ class AutoChoice:
     images: int
     min_images: int
     version: int = -1
+    #: Images added, re-embedded or removed since the choice was made (carried over by :meth:`carried`).
+    changes: int = 0
+
+    #: Changes to this share of the images make the choice again; fewer carry it over.
+    REMAKE_SHARE = 0.1
 
     @classmethod
     def of(cls, reciprocity: float, images: int, settings: RerankSettings, version: int = -1) -> AutoChoice:
@@ -171,6 +176,16 @@ class AutoChoice:
             settings.auto_reciprocity,
             settings.auto_min_images,
         )
+
+    def carried(self, settings: RerankSettings, version: int, changed: int) -> AutoChoice | None:
+        """This choice kept for the vectors of ``version`` after ``changed`` more images were added, re-embedded
+        or removed; ``None`` when it must be made again: other settings, or changes since it was made reaching
+        :attr:`REMAKE_SHARE` of its images (a neighbourhood statistic moves little with a few images more or
+        less, and making it on a big collection takes seconds)."""
+        changes = self.changes + changed
+        if not self.fits(settings, self.version) or changes > self.REMAKE_SHARE * self.images:
+            return None
+        return replace(self, version=version, changes=changes)
 
     def apply(self, settings: RerankSettings) -> RerankSettings:
         """``settings`` with this choice's method, marked as chosen by auto."""

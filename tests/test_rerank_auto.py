@@ -168,3 +168,33 @@ def test_a_choice_not_kept_is_made_once_per_process(tmp_path, monkeypatch):
     for _ in range(3):
         assert coll.search_ids([1], k=3)[0].rerank.startswith("auto: none")
     assert made == [1]
+
+
+def test_the_choice_is_carried_over_small_changes_and_made_again_after_a_tenth_changed(tmp_path, monkeypatch):
+    from indexer import engine
+
+    x = photo_like()
+    folder = tmp_path / "photos"
+    coll = table_collection(tmp_path / "home", folder, x, range(180))
+    made: list[int] = []
+    real = engine.sampled_auto_choice
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sampled_auto_choice", counting)
+    coll.index_folder(folder)
+    assert len(made) == 1 and coll.auto_choice().images == 180
+    coll.index_folder(folder)  # nothing changed
+    assert len(made) == 1
+    table_collection(tmp_path / "home", folder, x, range(180, 190))  # 10 more images: under a tenth of 180
+    coll.index_folder(folder)
+    choice = coll.auto_choice()
+    assert len(made) == 1 and choice.changes == 10 and choice.images == 180
+    assert coll.search_ids([1], k=3)[0].rerank.startswith("auto: none")  # kept for the new vectors, not remade
+    assert len(made) == 1
+    table_collection(tmp_path / "home", folder, x, range(190, 200))  # 20 changes since: more than a tenth
+    coll.index_folder(folder)
+    choice = coll.auto_choice()
+    assert len(made) == 2 and choice.changes == 0 and choice.images == 200
