@@ -149,41 +149,42 @@ def test_index_and_search_with_rerank_auto_on_the_command_line(tmp_path, one_thr
     assert json.loads(out.output)[0]["rerank"].startswith("auto: ")
 
 
-def test_a_choice_not_kept_is_made_once_per_process(tmp_path, monkeypatch):
-    from indexer import db, engine
+@pytest.fixture
+def choices_made(monkeypatch) -> list[int]:
+    """Grows by one each time a collection makes auto's choice on a sample of neighbour lists."""
+    from indexer import engine
+
+    made: list[int] = []
+    real = engine.sampled_auto_choice
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "sampled_auto_choice", counting)
+    return made
+
+
+def test_a_choice_not_kept_is_made_once_per_process(tmp_path, choices_made):
+    from indexer import db
 
     x = photo_like()
     coll = table_collection(tmp_path / "home", tmp_path / "photos", x, range(len(x)))
     coll.index_folder(tmp_path / "photos")  # the default: auto
     with coll.session() as s, s.begin():
         db.set_setting(s, AUTO_CHOICE_SETTING, None)  # as when the vectors changed without an index run
-    made: list[int] = []
-    real = engine.sampled_auto_choice
-
-    def counting(*args, **kwargs):
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "sampled_auto_choice", counting)
+    made = choices_made
+    made.clear()
     for _ in range(3):
         assert coll.search_ids([1], k=3)[0].rerank.startswith("auto: none")
     assert made == [1]
 
 
-def test_the_choice_is_carried_over_small_changes_and_made_again_after_a_tenth_changed(tmp_path, monkeypatch):
-    from indexer import engine
-
+def test_the_choice_is_carried_over_small_changes_and_made_again_after_a_tenth_changed(tmp_path, choices_made):
     x = photo_like()
     folder = tmp_path / "photos"
     coll = table_collection(tmp_path / "home", folder, x, range(180))
-    made: list[int] = []
-    real = engine.sampled_auto_choice
-
-    def counting(*args, **kwargs):
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "sampled_auto_choice", counting)
+    made = choices_made
     coll.index_folder(folder)
     assert len(made) == 1 and coll.auto_choice().images == 180
     coll.index_folder(folder)  # nothing changed
