@@ -784,6 +784,7 @@ class VectorIndex:
         refine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
         both = faiss.IndexRefine(base, refine)
         both.own_fields = True
+        both.own_refine_index = True  # (a flag of its own: without it the float16 copy outlived the index)
         base.this.disown()
         refine.this.disown()
         index = faiss.IndexIDMap2(both)

@@ -278,3 +278,10 @@ def test_index_memory_budget_option_is_stored_with_the_collection(tmp_path):
     res = CliRunner().invoke(main, ["--home", str(home), "index", str(empty), "--memory-budget", "lots"])
     assert res.exit_code == 2 and "--memory-budget" in res.output
     assert Collection(home).index_config.memory_budget_gb == 8.0
+
+
+def test_a_dropped_ivfpq_index_frees_its_float16_copy(built):
+    # FAISS's IndexRefine owns its re-ranking index only when told so (own_refine_index), apart from own_fields:
+    # without it every rebuild leaked the float16 copy (5 GB at 10M)
+    refine = vector_index.faiss.downcast_index(built["ivfpq"].faiss_index.index)
+    assert refine.own_fields and refine.own_refine_index
