@@ -45,7 +45,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.bench_search import recall_at_k, time_queries
+from benchmarks.bench_search import ClusteredVectors, recall_at_k, time_queries
 from benchmarks.common import BenchParser, write_json
 from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
 from indexer.vector_index import IndexConfig, VectorIndex, brute_force_search
@@ -61,37 +61,6 @@ def rss_gb() -> float:
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3)
-
-
-def draw_clustered(
-    out: np.ndarray, n_queries: int, clusters: int, decay: float, spread: float, query_noise: float, seed: int
-) -> np.ndarray:
-    """Fill ``out`` (n, d), e.g. a float16 memory map, with clustered unit vectors a block at a time; return
-    (n_queries, d) float32 held-out queries (drawn first, then perturbed)."""
-    n, dim = out.shape
-    rng = np.random.default_rng(seed)
-    sigma = ((1.0 + np.arange(dim)) ** (-decay)).astype(np.float32)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32) * sigma
-    popularity = rng.lognormal(0.0, 1.0, clusters)
-    popularity /= popularity.sum()
-    cluster_spread = (spread * rng.lognormal(0.0, 0.25, clusters)).astype(np.float32)
-
-    def draw(m: int) -> np.ndarray:
-        comp = rng.choice(clusters, size=m, p=popularity)
-        x = rng.standard_normal((m, dim), dtype=np.float32)
-        x *= sigma
-        x *= cluster_spread[comp, None]
-        x += centres[comp]
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        return x
-
-    queries = draw(n_queries)
-    queries += query_noise * rng.standard_normal(queries.shape, dtype=np.float32) * sigma
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    for start in range(0, n, BLOCK):
-        m = min(BLOCK, n - start)
-        out[start : start + m] = draw(m)
-    return queries
 
 
 def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -120,9 +89,9 @@ def dataset(args) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
     if args.fresh or not (meta_path.exists() and q_path.exists() and gt_path.exists()):
         data = np.memmap(data_path, dtype=np.float16, mode="w+", shape=(args.n, args.dim))
         with Stopwatch() as gen:
-            queries = draw_clustered(
-                data, args.queries, args.clusters, args.decay, args.spread, args.query_noise, args.seed
-            )
+            model = ClusteredVectors(args.dim, args.clusters, args.decay, args.spread, args.seed)
+            queries = model.queries(args.queries, args.query_noise)  # drawn first, then the data
+            model.fill(data, BLOCK)
             data.flush()
         timings["generate_s"] = round(gen.seconds, 1)
         log.info("drew %d x %d float16 vectors in %.0f s", args.n, args.dim, gen.seconds)

@@ -90,6 +90,44 @@ RECALL_TARGET = 0.95
 K = 10
 
 
+class ClusteredVectors:
+    """The synthetic data model of the search benchmarks: unit vectors around ``n_clusters`` centres of unequal
+    popularity and spread, with a spectrally decaying covariance (a few directions dominate, as in image
+    embeddings); seeded, drawn a block at a time so that any size fits in memory (e.g. into a float16 memmap)."""
+
+    def __init__(self, dim: int, n_clusters: int, decay: float, spread: float, seed: int) -> None:
+        self.rng = rng = np.random.default_rng(seed)
+        self.dim, self.n_clusters = dim, n_clusters
+        self.sigma = ((1.0 + np.arange(dim)) ** (-decay)).astype(np.float32)
+        self.centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) * self.sigma
+        popularity = rng.lognormal(0.0, 1.0, n_clusters)
+        self.popularity = popularity / popularity.sum()
+        self.cluster_spread = (spread * rng.lognormal(0.0, 0.25, n_clusters)).astype(np.float32)
+
+    def draw(self, m: int) -> np.ndarray:
+        """``(m, dim)`` float32 unit vectors, one block."""
+        comp = self.rng.choice(self.n_clusters, size=m, p=self.popularity)
+        x = self.rng.standard_normal((m, self.dim), dtype=np.float32)
+        x *= self.sigma
+        x *= self.cluster_spread[comp, None]
+        x += self.centres[comp]
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    def fill(self, out: np.ndarray, block: int = 100_000) -> np.ndarray:
+        """Fill ``out (n, dim)`` (any float dtype, a memmap too) ``block`` rows at a time; returns it."""
+        for start in range(0, out.shape[0], block):
+            out[start : start + block] = self.draw(min(block, out.shape[0] - start))
+        return out
+
+    def queries(self, n: int, noise: float, block: int = 100_000) -> np.ndarray:
+        """``(n, dim)`` float32 queries: drawn like the data, then perturbed by ``noise`` and re-normalised."""
+        q = self.fill(np.empty((n, self.dim), dtype=np.float32), block)
+        q += noise * self.rng.standard_normal(q.shape, dtype=np.float32) * self.sigma
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        return q
+
+
 def make_dataset(
     n_db: int,
     n_queries: int,
@@ -101,36 +139,14 @@ def make_dataset(
     seed: int,
     whiten: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered, spectrally decaying, L2-normalised data.
+    """Clustered, spectrally decaying, L2-normalised data (:class:`ClusteredVectors`).
 
     Returns:
         ``(db, queries)``: (n_db, dim) and (n_queries, dim) float32.
     """
-    rng = np.random.default_rng(seed)
-    sigma = ((1.0 + np.arange(dim)) ** (-decay)).astype(np.float32)
-    centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) * sigma
-    popularity = rng.lognormal(0.0, 1.0, n_clusters)
-    popularity /= popularity.sum()
-    cluster_spread = (spread * rng.lognormal(0.0, 0.25, n_clusters)).astype(np.float32)
-
-    def draw(n: int) -> np.ndarray:
-        out = np.empty((n, dim), dtype=np.float32)
-        block = 100_000
-        for start in range(0, n, block):
-            m = min(block, n - start)
-            comp = rng.choice(n_clusters, size=m, p=popularity)
-            x = rng.standard_normal((m, dim), dtype=np.float32)
-            x *= sigma
-            x *= cluster_spread[comp, None]
-            x += centres[comp]
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            out[start : start + m] = x
-        return out
-
-    db = draw(n_db)
-    queries = draw(n_queries)
-    queries += query_noise * rng.standard_normal(queries.shape, dtype=np.float32) * sigma
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    model = ClusteredVectors(dim, n_clusters, decay, spread, seed)
+    db = model.fill(np.empty((n_db, dim), dtype=np.float32))
+    queries = model.queries(n_queries, query_noise)
     if whiten:
         # Global PCA-whitening stand-in (the data are axis-aligned): unit
         # variance per dimension, then L2-normalise again.
