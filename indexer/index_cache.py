@@ -130,7 +130,7 @@ class IndexCache:
 
     def _build(self, s: Session, cfg: IndexConfig) -> VectorIndex:
         ids, vecs, dim = self.vectors.indexed(s)
-        log.info("building the %s %s of %d vectors", cfg.resolve_kind(len(ids)), self.name, len(ids))
+        log.info("building the %s %s of %d vectors", cfg.resolve_kind(len(ids), dim), self.name, len(ids))
         return VectorIndex.build(ids, vecs, cfg, dim=dim)
 
     def save(self, index: VectorIndex, version: int) -> None:
