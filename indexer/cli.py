@@ -155,6 +155,12 @@ def _memory_size(value: str | None) -> float | None:
     help="Memory the auto index kind may plan for, e.g. 8GB (stored; default half of this machine's; README, "
     "Large collections).",
 )
+@click.option(
+    "--vector-dtype",
+    type=click.Choice(["float32", "float16"]),
+    help="How the database keeps the vectors written from now on (stored): float16 halves it (README, Large "
+    "collections); vectors already kept are read either way.",
+)
 @mask_options
 @click.option(
     "--objects/--no-objects",
@@ -205,6 +211,7 @@ def index(
     whiten_shrinkage: float | None,
     index_kind: str | None,
     memory_budget: float | None,
+    vector_dtype: str | None,
     mask_spec: str | None,
     mask_apply: str | None,
     objects: bool | None,
@@ -236,7 +243,14 @@ def index(
     rerank_cfg = settings_with(coll.rerank_settings, method=rerank) if rerank else None
     objects_cfg = settings_with(coll.object_settings, enabled=objects) if objects is not None else None
     coll.configure(
-        model=model, index=idx_cfg, whitening=wcfg, reembed=reembed, mask=mask, rerank=rerank_cfg, objects=objects_cfg
+        model=model,
+        index=idx_cfg,
+        whitening=wcfg,
+        reembed=reembed,
+        mask=mask,
+        rerank=rerank_cfg,
+        objects=objects_cfg,
+        vector_dtype=vector_dtype,
     )
     if include:
         coll.include(include)

@@ -53,7 +53,19 @@ from .pipeline import Embedded, Source, batch_and_workers, embed_files
 from .ray_runner import RayJob, RayOptions, embed_on_ray, require_ray
 from .reranking import AUTO_CHOICE_SETTING, DbaCache, graph_auto_choice, rerank_search, sampled_auto_choice
 from .settings import build_embedder, build_masker
-from .store import IndexFile, NullProgress, Progress, Store, chunks, default_home, redact_url, write_lock
+from .store import (
+    VECTOR_DTYPES,
+    IndexFile,
+    NullProgress,
+    Progress,
+    Store,
+    chunks,
+    default_home,
+    redact_url,
+    vector_bytes,
+    well_formed,
+    write_lock,
+)
 from .sync import BatchWriter, FileSync, IndexReport
 from .vector_index import IndexConfig, VectorIndex
 
@@ -250,6 +262,13 @@ class Collection(Store):
         return ObjectSettings() if d is None else ObjectSettings.from_dict(d)
 
     @property
+    def vector_dtype(self) -> str:
+        """How the database keeps the vectors written from now on: ``"float32"`` or ``"float16"`` (half the size;
+        :data:`~indexer.store.VECTOR_DTYPES`)."""
+        with self.session() as s:
+            return str(db.get_setting(s, "vector_dtype") or "float32")
+
+    @property
     def index_config(self) -> IndexConfig:
         with self.session() as s:
             d = db.get_setting(s, "index")
@@ -288,16 +307,23 @@ class Collection(Store):
         mask: MaskSettings | None = None,
         rerank: RerankSettings | None = None,
         objects: ObjectSettings | None = None,
+        vector_dtype: str | None = None,
     ) -> None:
-        """Set the collection's model / index / whitening / mask / re-ranking / objects settings.
+        """Set the collection's model / index / whitening / mask / re-ranking / objects settings, and how the
+        database keeps vectors (``vector_dtype``: for the vectors written from then on; those kept stay as they
+        are and are read either way).
 
         A model or masking different from the one that made the stored vectors is refused with
         :class:`ModelMismatchError` unless ``reembed`` is true, which marks every image for re-embedding.
         Every new setting is tried first (the network and the segmenter built, the index kind checked), so a
         setting that cannot work raises :class:`LookalikeError` and nothing is recorded.
         """
+        if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+            raise SettingsError(f"unknown vector dtype {vector_dtype!r}; one of: {', '.join(VECTOR_DTYPES)}")
         embedder = self._try_settings(model, index, mask)
         with self.session() as s, s.begin():
+            if vector_dtype is not None:
+                db.set_setting(s, "vector_dtype", vector_dtype)
             self._change_embedding_setting(s, "mask", MaskSettings, mask, reembed)
             self._change_embedding_setting(s, "objects", ObjectSettings, objects, reembed)
             stored = db.get_setting(s, "model")
@@ -469,7 +495,7 @@ class Collection(Store):
     def _embed_rows(
         self, todo: list[tuple[int, str]], report: IndexReport, writer: BatchWriter, ray: RayOptions | None = None
     ) -> None:
-        objects = self.object_settings
+        objects, dtype = self.object_settings, self.vector_dtype
         paths = [p for _, p in todo]
         results = self._embed_here(paths, objects) if ray is None else self._embed_on_ray(paths, objects, ray)
         with contextlib.closing(results):
@@ -485,14 +511,14 @@ class Collection(Store):
                         id=row_id,
                         status=INDEXED,
                         error=None,
-                        vector=out.vector.astype(np.float32).tobytes(),
+                        vector=vector_bytes(out.vector, dtype),
                         width=out.width,
                         height=out.height,
                         content_hash=out.content_hash,
                         mask_fraction=out.mask_fraction,
                         mask_fallback=out.mask_fallback,
                     ),
-                    rows=object_rows(row_id, *found()) if found is not None else (),
+                    rows=object_rows(row_id, *found(), dtype=dtype) if found is not None else (),
                     indexed=True,
                 )
                 report.embedded += 1
@@ -949,7 +975,7 @@ class Collection(Store):
                 select(ObjectRecord.id, ObjectRecord.image_id, ObjectRecord.vector)
             ):
                 object_ids.add(object_id)
-                if image_id not in indexed or vec is None or len(vec) % 4 or (dim and len(vec) // 4 != dim):
+                if image_id not in indexed or not well_formed(vec, dim):
                     redo.add(image_id)
         if redo:
             report.problems.append(f"the objects of {len(redo)} images are orphaned or have a malformed vector")
@@ -983,7 +1009,8 @@ class Collection(Store):
             version = self._vector_version()
             with self.session() as s:
                 whitening = self._whitening(s)
-                expected_dim = whitening.in_dim if whitening is not None else None
+                model_dim = int(db.get_setting(s, "model_dim") or 0) or None
+                expected_dim = whitening.in_dim if whitening is not None else model_dim
                 bad_vectors: list[int] = []
                 dims: set[int] = set()
                 db_ids: set[int] = set()
@@ -996,10 +1023,10 @@ class Collection(Store):
                         missing_ids.append(row_id)
                     if status != INDEXED:
                         continue
-                    if vec is None or len(vec) % 4 or (expected_dim and len(vec) // 4 != expected_dim):
+                    if not well_formed(vec, expected_dim):
                         bad_vectors.append(row_id)
                         continue
-                    dims.add(len(vec) // 4)
+                    dims.add(len(vec) // 2 if expected_dim and len(vec) == 2 * expected_dim else len(vec) // 4)
                     db_ids.add(row_id)
             if len(dims) > 1:
                 report.problems.append(f"stored vectors have mixed dimensions {sorted(dims)}")

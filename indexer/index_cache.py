@@ -48,12 +48,13 @@ class RowVectors:
     def raw(self, s: Session, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors: ``(N,)`` int64 ids, ``(N, D)`` float32 (all rows in id order, or those of ``ids``)."""
         q = select(self.model.id, self.model.vector).where(*self.where)
+        dim = int(db.get_setting(s, self.dim_setting) or 0) or None
         if ids is None:
-            return vectors_from_rows(list(s.execute(q.order_by(self.model.id))))
+            return vectors_from_rows(list(s.execute(q.order_by(self.model.id))), dim)
         rows: list = []
         for chunk in chunks(sorted(ids), 500):
             rows.extend(s.execute(q.where(self.model.id.in_(chunk))))
-        return vectors_from_rows(rows)
+        return vectors_from_rows(rows, dim)
 
     def ids_above(self, s: Session, last: int) -> list[int]:
         """Ids of the matching rows after ``last`` (rows added since an index was made), in order."""

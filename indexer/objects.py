@@ -36,6 +36,7 @@ from retrieval.resize import target_size
 from .db import Base
 from .imageio import DEFAULT_MAX_PIXELS, ImageLoadError, check_box, load_image
 from .masking import Masker, MaskOutcome
+from .store import vector_bytes
 
 if TYPE_CHECKING:
     from retrieval.model import Embedder
@@ -292,8 +293,11 @@ class ImageObjects:
         return ids
 
 
-def object_rows(image_id: int, found: Sequence[FoundObject], vectors: np.ndarray) -> list[ObjectRecord]:
-    """The rows to store for the objects ``found`` in image ``image_id`` and their raw vectors ``(n, D)``."""
+def object_rows(
+    image_id: int, found: Sequence[FoundObject], vectors: np.ndarray, dtype: str = "float32"
+) -> list[ObjectRecord]:
+    """The rows to store for the objects ``found`` in image ``image_id`` and their raw vectors ``(n, D)``, kept in
+    ``dtype`` (the collection's ``vector_dtype``)."""
     return [
         ObjectRecord(
             image_id=image_id,
@@ -303,7 +307,7 @@ def object_rows(image_id: int, found: Sequence[FoundObject], vectors: np.ndarray
             h=o.box[3],
             area=o.area,
             source=o.source,
-            vector=v.astype(np.float32).tobytes(),
+            vector=vector_bytes(v, dtype),
         )
         for o, v in zip(found, vectors)
     ]

@@ -309,3 +309,9 @@ def test_group_options_after_the_command(tmp_path, image_folder):
 def test_train_seg_checks_its_own_device_option_the_same_way(tmp_path):
     res = CliRunner().invoke(main, ["train-seg", str(tmp_path), "--out", str(tmp_path / "s.pt"), "--device", "tpu0"])
     assert res.exit_code == 2 and "unknown device 'tpu0': use auto, cpu, cuda, cuda:N or mps" in res.output
+
+
+def test_index_vector_dtype_is_stored_with_the_collection(tmp_path, image_folder):
+    res = run(tmp_path / "home", "index", str(image_folder), "--image-size", "64", "--vector-dtype", "float16")
+    assert res.exit_code == 0, res.output
+    assert Collection(tmp_path / "home", create=False).vector_dtype == "float16"

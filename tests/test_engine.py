@@ -446,3 +446,43 @@ def test_a_reader_sees_what_a_run_in_progress_has_committed_without_rebuilding_t
     monkeypatch.undo()
     writer.index_folder(folder)
     assert len(reader.index()) == 12 and reader._cache._exact
+
+
+def test_a_float16_collection_keeps_half_the_bytes_searches_alike_and_reads_both_kinds(tmp_path, image_folder, open_db):
+    from sqlalchemy import select
+
+    from indexer import db
+    from indexer.db import ImageRecord
+
+    def stored_lengths(c: Collection) -> tuple[set[int], int]:
+        with c.session() as s:
+            return {len(v) for v in s.scalars(select(ImageRecord.vector))}, int(db.get_setting(s, "model_dim"))
+
+    ref = open_collection(tmp_path / "ref")  # its own SQLite file (the test's PostgreSQL database is coll's)
+    ref.index_folder(image_folder)
+    coll = open_db(tmp_path / "home")
+    with pytest.raises(LookalikeError, match="unknown vector dtype 'int8'"):
+        coll.configure(vector_dtype="int8")
+    coll.configure(vector_dtype="float16")
+    coll.index_folder(image_folder)
+    lengths, dim = stored_lengths(coll)
+    assert coll.vector_dtype == "float16" and lengths == {2 * dim}
+    assert stored_lengths(ref)[0] == {4 * dim}
+    (ids16, v16), (ids32, v32) = coll.vectors(), ref.vectors()
+    assert list(ids16) == list(ids32)
+    assert np.min(np.sum(v16 * v32, axis=1)) >= 0.9999
+    query = image_folder / "img_0003.png"
+    hits16, hits32 = coll.search([query], k=16)[0].hits, ref.search([query], k=16)[0].hits
+    assert hits16[0].path == str(query.resolve())
+    score32 = {h.path: h.score for h in hits32}
+    assert all(abs(h.score - score32[h.path]) < 2e-3 for h in hits16)
+    # back to float32: rows written from now on are float32, those kept are read as float16, side by side
+    coll.configure(vector_dtype="float32")
+    new = make_folder(image_folder, 2, start_seed=500)
+    coll.index_folder(image_folder)
+    assert stored_lengths(coll)[0] == {2 * dim, 4 * dim}
+    assert coll.doctor().ok
+    (tmp_path / "home" / "index.faiss").unlink()  # rebuilt from the database, both kinds of rows
+    fresh = open_db(tmp_path / "home")
+    for path in new + [query]:
+        assert fresh.search([path], k=1)[0].hits[0].path == str(path.resolve())
