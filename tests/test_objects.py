@@ -213,6 +213,23 @@ def test_a_search_for_one_object_ranks_the_image_holding_it_first_with_that_obje
         assert len({h.id for h in result.hits}) == len(result.hits)  # an image once, by its best part
 
 
+def test_a_float16_collection_keeps_its_objects_at_half_the_size_and_finds_them_alike(tmp_path):
+    folder = make_scenes(tmp_path / "photos")
+    coll = collection(tmp_path / "home")
+    coll.configure(vector_dtype="float16")
+    coll.index_folder(folder)
+    dim = real_embedder().dim
+    rows = [r for found in object_rows(coll).values() for r in found]
+    assert rows and all(len(r.vector) == 2 * dim for r in rows)
+    query = Image.new("RGB", (90, 90), (128, 128, 128))
+    draw_object(ImageDraw.Draw(query), 8, 10, 10, 70)
+    query.save(tmp_path / "query.png")
+    top = coll.search([tmp_path / "query.png"], k=4)[0].hits[0]
+    x, y, size = SLOTS[2]
+    assert Path(top.path).name == "c.png" and box_iou(top.box, (x, y, size + 1, size + 1)) > 0.7
+    assert coll.doctor().ok
+
+
 def test_reindexing_an_unchanged_folder_embeds_nothing_and_keeps_the_objects(indexed):
     coll, folder = indexed
     before = {n: [o.id for o in objs] for n, objs in object_rows(coll).items()}
