@@ -47,20 +47,13 @@ import numpy as np
 
 from benchmarks.bench_search import ClusteredVectors, recall_at_k, time_queries
 from benchmarks.common import BenchParser, write_json
-from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb
+from benchmarks.timing import Stopwatch, loadavg, peak_rss_gb, rss_gb
 from indexer.vector_index import IndexConfig, VectorIndex, brute_force_search
 
 log = logging.getLogger("bench_10m")
 
 K = 10
 BLOCK = 100_000
-
-
-def rss_gb() -> float:
-    """This process's resident memory now, in GiB."""
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3)
 
 
 def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

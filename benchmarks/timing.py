@@ -93,3 +93,10 @@ def peak_rss_gb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def rss_gb() -> float:
+    """This process's resident memory now, in GiB (Linux: ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3)
