@@ -348,7 +348,15 @@ def group_vectors(
             id_to_pos = None
         a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
     if verify is not None and a.size:
-        ok = np.fromiter((verify(int(x), int(y)) for x, y in zip(a, b)), bool, a.size)
+        ok = np.zeros(a.size, bool)
+        progress = progress or NullProgress()
+        progress.start(int(a.size), "checking candidate pairs")
+        try:
+            for e, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+                ok[e] = verify(x, y)
+                progress.advance()
+        finally:
+            progress.finish()
         a, b, s = a[ok], b[ok], s[ok]
     ea, eb = group_exact(files.hash_code)
     all_a = np.concatenate([a, ea])
@@ -915,7 +923,7 @@ class DuplicateFinder:
             else:
                 built = VectorIndex.build(np.arange(sel.size, dtype=np.int64), vectors[sel], IndexConfig(device="cpu"))
                 edges = knn_edges(built, vectors[sel], t, k, None, progress=progress)
-            raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check)
+            raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check, progress=progress)
         groups = [self._group(rows, sel, reference_mask, *g) for g in raw_groups]
         similar_groups: list[DuplicateGroup] = []
         t_similar = None

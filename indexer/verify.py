@@ -18,9 +18,10 @@ and size.
 A copy shrunk to a fraction of its original (a 250-px photo saved at 60 px) is enlarged back to ``min_side`` and
 comes out blurred, while the original stays sharp: their corners and descriptors differ. So when one picture is
 much larger than the other (``rescale_ratio``), the larger is also looked at shrunk to the smaller's size (and a
-little more, for a copy that was cropped too), so that both are equally blurred; the best count wins. On the
-duplicates benchmark this took shrunk copies of faces and objects from 13-33 inliers to 34-250, while different
-pictures of such sizes stayed at 10 or fewer (``benchmarks/bench_duplicates_pairs.py``).
+little more, for a copy that was cropped too), so that both are equally blurred, with a lower corner threshold
+(a picture of 40-70 px has few corners); the best count wins. On the duplicates benchmark this took shrunk
+copies of faces, objects and horses from 13-33 inliers to 34-250, while different pictures compared that way
+stayed at 10 or fewer (``benchmarks/bench_duplicates_pairs.py``).
 
 Global descriptors cannot tell a strong edit of a picture from the same object in another pose (see the
 duplicates benchmark); this check on the k-NN graph's candidate pairs can.
@@ -58,6 +59,8 @@ class VerifySettings:
     #: smaller's side times each of ``rescale_factors``.
     rescale_ratio: float = 1.5
     rescale_factors: tuple[float, ...] = (1.0, 1.4)
+    #: ORB's corner threshold for those small looks (few corners survive in a picture of 40-70 px)
+    rescale_fast_threshold: int = 4
 
     def describe(self) -> str:
         """The rule, as a calibration records it: a calibration made for another rule is redone."""
@@ -65,7 +68,8 @@ class VerifySettings:
             f"ORB {self.features} (FAST {self.fast_threshold}) at {self.min_side}-{self.max_side}px, ratio "
             f"{self.ratio}, one-to-one, "
             f"similarity RANSAC {self.ransac_px}px, full spread {self.full_spread}, larger also shrunk to "
-            f"{'/'.join(f'{f:g}' for f in self.rescale_factors)}x the smaller beyond {self.rescale_ratio:g}x"
+            f"{'/'.join(f'{f:g}' for f in self.rescale_factors)}x the smaller beyond {self.rescale_ratio:g}x "
+            f"(FAST {self.rescale_fast_threshold})"
         )
 
 
@@ -101,14 +105,16 @@ class Verifier:
         self.max_pixels = max_pixels
         self._cv2 = cv2
         self._orb = cv2.ORB_create(self.settings.features, fastThreshold=self.settings.fast_threshold)
+        self._orb_small = cv2.ORB_create(self.settings.features, fastThreshold=self.settings.rescale_fast_threshold)
         self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
         self._cache: OrderedDict[tuple[str, int], _Look | None] = OrderedDict()
         self._pairs: dict[tuple[str, str], int] = {}
 
     def _look(self, path: str, max_side: int | None = None) -> _Look | None:
-        """The picture brought to longest side ``max_side`` (default: the settings'), enlarged to ``min_side``
-        when smaller; ``None``: unreadable."""
+        """The picture brought to longest side ``max_side`` (default: the settings'; another side: a small look,
+        with ``rescale_fast_threshold``), enlarged to ``min_side`` when smaller; ``None``: unreadable."""
         key = (path, max_side or self.settings.max_side)
+        orb = self._orb if key[1] == self.settings.max_side else self._orb_small
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -128,7 +134,7 @@ class Verifier:
             gray = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
         out = []
         for im in (gray, np.ascontiguousarray(gray[:, ::-1])):
-            kp, desc = self._orb.detectAndCompute(im, None)
+            kp, desc = orb.detectAndCompute(im, None)
             pts = np.float32([k.pt for k in kp]) if kp else np.zeros((0, 2), np.float32)
             out.append((pts, desc))
         self._cache[key] = _Look(min(max(loaded.width, loaded.height), self.settings.max_side), out[0], out[1])
