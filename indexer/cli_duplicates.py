@@ -12,8 +12,16 @@ from pathlib import Path
 import click
 
 from .cli_common import TqdmProgress, library_errors, open_collection
-from .duplicates import DuplicateFinder, DuplicateReport
+from .duplicates import Calibration, DuplicateFinder, DuplicateReport
 from .file_actions import ActionReport, apply_actions, undo
+
+
+def _echo_small_copies(cal: Calibration) -> None:
+    """Say so when the calibration found copies of some size clearly less often than the others."""
+    overall = cal.verify_expected_recall or 0.0
+    for name, got in cal.verify_recall_by_side.items():
+        if got["recall"] < overall - 0.05:
+            click.echo(f"  copies {name} px on their longest side: recall {got['recall']:.3f} (of {got['copies']:.0f})")
 
 
 def _echo_report(report: DuplicateReport) -> None:
@@ -27,6 +35,7 @@ def _echo_report(report: DuplicateReport) -> None:
             f"copies of {cal.originals} of your images: expected precision {cal.verify_expected_precision:.3f}, "
             f"recall {cal.verify_expected_recall:.3f}"
         )
+        _echo_small_copies(cal)
     elif cal is not None and abs(cal.threshold - report.threshold) < 1e-9:
         click.echo(
             f"threshold {report.threshold:.4f}, calibrated for precision {cal.target_precision:.3g} on "
@@ -188,6 +197,7 @@ def duplicates(
                     f"{cal.verify_min_inliers} inliers): expected precision {cal.verify_expected_precision:.3f}, "
                     f"recall {cal.verify_expected_recall:.3f}"
                 )
+                _echo_small_copies(cal)
             return
     if of_file is not None:
         t, matches = finder.of(of_file, threshold, precision, k, verify=not no_verify)

@@ -93,6 +93,15 @@ CANDIDATE_MARGIN = 0.1
 CANDIDATE_FLOOR = 0.5
 
 
+#: Bins of a calibration copy's longest side (px) for the check's recall by size: ``(name, from, below)``.
+SIDE_BINS = (("<100", 0, 100), ("100-299", 100, 300), (">=300", 300, 1 << 30))
+
+
+def _longest_side(path: str) -> int:
+    with Image.open(path) as img:
+        return max(img.size)
+
+
 #: The geometric check's results kept in the home, so that a later run checks only pairs it has not seen.
 CHECKS_FILE = "duplicates-checks.npz"
 
@@ -186,6 +195,9 @@ class Calibration:
     verify_expected_recall: float | None = None
     #: the verification rule the inlier count was calibrated for (``VerifySettings.describe()``)
     verify_rule: str | None = None
+    #: the rule's recall by the copy's longest side (``"<100"``, ``"100-299"``, ``">=300"`` px): ``{"copies": n,
+    #: "recall": r}``; small copies (thumbnails) have few local features and are found less often
+    verify_recall_by_side: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -791,12 +803,19 @@ class DuplicateFinder:
         recall = float((pos_inl >= m).mean())
         fp = int((neg_inl >= m).sum())
         tp = int((pos_inl >= m).sum())
+        by_side: dict[str, dict[str, float]] = {}
+        sides = np.array([_longest_side(p) for p in copy_paths])
+        for name, lo, hi in SIDE_BINS:
+            sel = (sides >= lo) & (sides < hi)
+            if sel.any():
+                by_side[name] = {"copies": int(sel.sum()), "recall": round(float((pos_inl[sel] >= m).mean()), 4)}
         return dict(
             verify_candidate_threshold=round(t_c, 6),
             verify_min_inliers=m,
             verify_rule=verifier.settings.describe(),
             verify_expected_precision=round(tp / max(tp + fp, 1), 4),
             verify_expected_recall=round(recall, 4),
+            verify_recall_by_side=by_side,
         )
 
     def threshold(

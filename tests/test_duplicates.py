@@ -207,6 +207,11 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     assert cal.threshold_strict is not None and 0.0 <= cal.expected_recall_strict <= 1.0
     assert cal.verify_min_inliers >= 8 and cal.verify_candidate_threshold <= cal.threshold + 1e-6
     assert 0.0 <= cal.verify_expected_recall <= 1.0
+    # recall by the copies' size: every copy in one bin, the bins' recalls averaging to the whole
+    by_side = cal.verify_recall_by_side
+    assert set(by_side) <= {"<100", "100-299", ">=300"} and sum(b["copies"] for b in by_side.values()) == 36
+    mean = sum(b["recall"] * b["copies"] for b in by_side.values()) / 36
+    assert mean == pytest.approx(cal.verify_expected_recall, abs=2e-3)
 
     # the calibrated run checks candidates geometrically; byte-identical copies need no check
     verified = finder.find()
@@ -480,3 +485,27 @@ def test_a_second_run_checks_no_pair_twice(tmp_path, dup_folder, one_thread, mon
     DuplicateFinder(coll).find()
     new = checked[n_first:]
     assert new and all(str((dup_folder / "jpeg_9.jpg").resolve()) in pair for pair in new)
+
+
+def test_the_cli_says_when_small_copies_are_found_less_often(capsys):
+    from indexer.cli_duplicates import _echo_small_copies
+
+    cal = Calibration(
+        threshold=0.9,
+        target_precision=0.99,
+        expected_recall=0.5,
+        expected_precision=0.99,
+        originals=10,
+        copies=60,
+        seed=0,
+        model="m",
+        verify_expected_recall=0.95,
+        verify_recall_by_side={"<100": {"copies": 12, "recall": 0.75}, "100-299": {"copies": 48, "recall": 1.0}},
+    )
+    _echo_small_copies(cal)
+    out = capsys.readouterr().out
+    assert "copies <100 px on their longest side: recall 0.750 (of 12)" in out and "100-299" not in out
+    # an older stored calibration has no sizes: nothing said
+    old = Calibration.from_dict({k: v for k, v in cal.to_dict().items() if k != "verify_recall_by_side"})
+    _echo_small_copies(old)
+    assert capsys.readouterr().out == ""
