@@ -93,6 +93,8 @@ CANDIDATE_MARGIN = 0.1
 CANDIDATE_FLOOR = 0.5
 
 
+#: Calibration copies are made from the collection's pictures shrunk to at most this longest side (px).
+CALIBRATION_SIDE = 768
 #: Bins of a calibration copy's longest side (px) for the check's recall by size: ``(name, from, below)``.
 SIDE_BINS = (("<100", 0, 100), ("100-299", 100, 300), (">=300", 300, 1 << 30))
 
@@ -695,9 +697,10 @@ class DuplicateFinder:
                 if len(originals) >= samples:
                     break
                 try:
-                    img = Image.fromarray(
-                        load_image(rows.paths[pos], max_side=768, max_pixels=self.coll.max_pixels).pixels
-                    )
+                    img = Image.fromarray(load_image(rows.paths[pos], None, max_pixels=self.coll.max_pixels).pixels)
+                    # at most CALIBRATION_SIDE, never enlarged: a small picture's copies must be as small as the
+                    # copies a user makes of it
+                    img.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE), Image.Resampling.BICUBIC)
                 except ImageLoadError:
                     continue
                 originals.append(int(pos))

@@ -212,6 +212,9 @@ def test_calibration_is_stored_and_groups_the_copies(tmp_path, dup_folder, one_t
     assert set(by_side) <= {"<100", "100-299", ">=300"} and sum(b["copies"] for b in by_side.values()) == 36
     mean = sum(b["recall"] * b["copies"] for b in by_side.values()) / 36
     assert mean == pytest.approx(cal.verify_expected_recall, abs=2e-3)
+    # copies are made from the pictures at their own size (96 x 80 here), never enlarged first: none reaches 300 px
+    # (the strongest upscale edit is 2.4x), most stay under 100
+    assert ">=300" not in by_side and by_side["<100"]["copies"] >= 18
 
     # the calibrated run checks candidates geometrically; byte-identical copies need no check
     verified = finder.find()
