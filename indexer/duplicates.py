@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,7 @@ from .imageio import ImageLoadError, file_hash, load_image
 from .knn_graph import DEFAULT_K, GRAPH_FILE, NpzFile, fingerprint, knn_edges, save_locked
 from .store import NullProgress, Progress
 from .vector_index import IndexConfig, VectorIndex
-from .verify import Verifier, VerifySettings
+from .verify import Verifier, VerifySettings, check_pool
 
 if TYPE_CHECKING:
     from .engine import Collection
@@ -103,6 +104,11 @@ def _longest_side(path: str) -> int:
     with Image.open(path) as img:
         return max(img.size)
 
+
+#: The geometric check runs on this many threads (OpenCV releases the GIL), pairs handed to them this many at a
+#: time.
+CHECK_WORKERS = max(1, min(8, os.cpu_count() or 1))
+CHECK_CHUNK = 4096
 
 #: The geometric check's results kept in the home, so that a later run checks only pairs it has not seen.
 CHECKS_FILE = "duplicates-checks.npz"
@@ -340,6 +346,7 @@ def group_vectors(
     progress: Progress | None = None,
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     verify: PairCheck | None = None,
+    workers: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
     """Groups of copies among ``vectors`` (``(N, D)``, L2-normalised) -> for each group ``(members, scores,
     pairs)``: positions with the keeper first (then by score, highest first), each one's score with the keeper,
@@ -347,7 +354,9 @@ def group_vectors(
 
     ``index`` (ids = positions, or mapped by ``id_to_pos``) gives the k-NN graph; ``None`` builds one over
     ``vectors``; ``edges`` (``(a, b, score)`` positions) gives the graph directly. ``verify(a, b)``, when given,
-    must also accept a pair (an edge, and a member with its keeper): e.g. a geometric check of the pixels. Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
+    must also accept a pair (an edge, and a member with its keeper): e.g. a geometric check of the pixels; with
+    ``workers`` > 1 the edges are checked on that many threads (``verify`` must then be thread-safe).
+    Byte-identical files (``files.hash_code``) are always grouped together, at score 1."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = vectors.shape[0]
     files = files or FileTable.plain(n)
@@ -366,9 +375,17 @@ def group_vectors(
         progress = progress or NullProgress()
         progress.start(int(a.size), "checking candidate pairs")
         try:
-            for e, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
-                ok[e] = verify(x, y)
-                progress.advance()
+            if workers > 1:
+                with check_pool(workers) as pool:
+                    for lo in range(0, a.size, CHECK_CHUNK):
+                        done = pool.map(verify, a[lo : lo + CHECK_CHUNK].tolist(), b[lo : lo + CHECK_CHUNK].tolist())
+                        for e, passed in enumerate(done, lo):
+                            ok[e] = passed
+                            progress.advance()
+            else:
+                for e, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+                    ok[e] = verify(x, y)
+                    progress.advance()
         finally:
             progress.finish()
         a, b, s = a[ok], b[ok], s[ok]
@@ -572,16 +589,20 @@ class _CachedChecks:
             self.known = dict(zip(zip(old.a.tolist(), old.b.tolist()), old.inliers.tolist()))
         self.rule = rule
         self.added = 0
+        self._lock = threading.Lock()
 
     def inliers(self, x: int, y: int) -> int:
         fx, fy = int(self.prints[x]), int(self.prints[y])
         if fx == 0 or fy == 0:
             return self.verifier.inliers(self.paths[x], self.paths[y])
         key = (min(fx, fy), max(fx, fy))
-        n = self.known.get(key)
+        with self._lock:
+            n = self.known.get(key)
         if n is None:
-            n = self.known[key] = self.verifier.inliers(self.paths[x], self.paths[y])
-            self.added += 1
+            n = self.verifier.inliers(self.paths[x], self.paths[y])
+            with self._lock:
+                self.known[key] = n
+                self.added += 1
         return n
 
     def save(self, home: Path, alive: np.ndarray) -> None:
@@ -945,7 +966,9 @@ class DuplicateFinder:
             else:
                 built = VectorIndex.build(np.arange(sel.size, dtype=np.int64), vectors[sel], IndexConfig(device="cpu"))
                 edges = knn_edges(built, vectors[sel], t, k, None, progress=progress)
-            raw_groups = group_vectors(vectors[sel], t, table, edges=edges, verify=check, progress=progress)
+            raw_groups = group_vectors(
+                vectors[sel], t, table, edges=edges, verify=check, progress=progress, workers=CHECK_WORKERS
+            )
         groups = [self._group(rows, sel, reference_mask, *g) for g in raw_groups]
         similar_groups: list[DuplicateGroup] = []
         t_similar = None

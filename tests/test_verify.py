@@ -111,3 +111,29 @@ def test_a_copy_shrunk_to_a_thumbnail_is_matched_at_its_own_size(tmp_path: Path,
     assert v.inliers(small, a) == v.inliers(a, small)
     assert v.inliers(a, smaller_other) < 10
     assert "shrunk" in v.settings.describe() and v.settings.describe() != enlarged_only.settings.describe()
+
+
+def test_pairs_checked_on_threads_count_as_one_at_a_time(tmp_path: Path):
+    """One verifier shared by the check's threads (its caches evicting under them) gives the same counts as one
+    pair at a time, and OpenCV's own thread count is given back afterwards."""
+    import cv2
+
+    from indexer.verify import check_pool
+
+    paths = []
+    for seed in range(4):
+        textured(seed).save(tmp_path / f"{seed}.png")
+        textured(seed).rotate(4).resize((90, 70)).save(tmp_path / f"{seed}_small.jpg", quality=70)
+        paths += [str(tmp_path / f"{seed}.png"), str(tmp_path / f"{seed}_small.jpg")]
+    pairs = [(a, b) for a in paths for b in paths if a < b]
+    serial = [Verifier().inliers(a, b) for a, b in pairs]
+    shared = Verifier()
+    shared.max_cached = 3
+    before = cv2.getNumThreads()
+    with check_pool(3) as pool:
+        threaded = list(pool.map(lambda q: shared.inliers(*q), pairs))
+    assert threaded == serial and shared.features_held <= 3
+    assert cv2.getNumThreads() == before
+    # the copies share many inliers (the copy is 90 px, the original 240: the small look)
+    counts = dict(zip(pairs, serial))
+    assert min(counts[(str(tmp_path / f"{s}.png"), str(tmp_path / f"{s}_small.jpg"))] for s in range(4)) >= 20
