@@ -26,12 +26,15 @@ copies, and the calibration counts them as mistakes, which raises the threshold 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -370,25 +373,51 @@ def group_vectors(
             index = VectorIndex.build(np.arange(n, dtype=np.int64), vectors, IndexConfig(device="cpu"))
             id_to_pos = None
         a, b, s = knn_edges(index, vectors, threshold, k, id_to_pos, progress=progress)
-    if verify is not None and a.size:
-        ok = np.zeros(a.size, bool)
-        progress = progress or NullProgress()
-        progress.start(int(a.size), "checking candidate pairs")
-        try:
-            if workers > 1:
-                with check_pool(workers) as pool:
-                    for lo in range(0, a.size, CHECK_CHUNK):
-                        done = pool.map(verify, a[lo : lo + CHECK_CHUNK].tolist(), b[lo : lo + CHECK_CHUNK].tolist())
-                        for e, passed in enumerate(done, lo):
-                            ok[e] = passed
-                            progress.advance()
-            else:
-                for e, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
-                    ok[e] = verify(x, y)
-                    progress.advance()
-        finally:
-            progress.finish()
-        a, b, s = a[ok], b[ok], s[ok]
+    with check_pool(workers) if verify is not None and workers > 1 else contextlib.nullcontext() as pool:
+        if verify is not None and a.size:
+            ok = _check_pairs(verify, a, b, pool, progress)
+            a, b, s = a[ok], b[ok], s[ok]
+        return _components(n, a, b, s, vectors, threshold, files, verify, pool)
+
+
+def _check_pairs(
+    verify: PairCheck,
+    a: np.ndarray,
+    b: np.ndarray,
+    pool: ThreadPoolExecutor | None,
+    progress: Progress | None = None,
+    what: str = "checking candidate pairs",
+) -> np.ndarray:
+    """``verify(a[e], b[e])`` for every ``e`` -> ``(E,)`` bool, on ``pool``'s threads when given, with
+    ``progress``."""
+    ok = np.zeros(a.size, bool)
+    progress = progress or NullProgress()
+    progress.start(int(a.size), what)
+    try:
+        for lo in range(0, a.size, CHECK_CHUNK):
+            xs, ys = a[lo : lo + CHECK_CHUNK].tolist(), b[lo : lo + CHECK_CHUNK].tolist()
+            done = map(verify, xs, ys) if pool is None else pool.map(verify, xs, ys)
+            for e, passed in enumerate(done, lo):
+                ok[e] = passed
+                progress.advance()
+    finally:
+        progress.finish()
+    return ok
+
+
+def _components(
+    n: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    s: np.ndarray,
+    vectors: np.ndarray,
+    threshold: float,
+    files: FileTable,
+    verify: PairCheck | None,
+    pool: ThreadPoolExecutor | None,
+) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
+    """The accepted edges ``(a, b, s)`` and the byte-identical files joined into components, each split by the
+    chaining guard (:func:`_split_component`)."""
     ea, eb = group_exact(files.hash_code)
     all_a = np.concatenate([a, ea])
     all_b = np.concatenate([b, eb])
@@ -415,7 +444,9 @@ def group_vectors(
         lab = node_labels[node_starts[ci]]
         lo, hi = np.searchsorted(sorted_edge_labels, [lab, lab + 1])
         e = edge_order[lo:hi]
-        groups.extend(_split_component(comp, all_a[e], all_b[e], all_s[e], vectors, threshold, rank, code, verify))
+        groups.extend(
+            _split_component(comp, all_a[e], all_b[e], all_s[e], vectors, threshold, rank, code, verify, pool)
+        )
     groups.sort(key=lambda g: int(rank[g[0][0]]))
     return groups
 
@@ -430,6 +461,7 @@ def _split_component(
     rank: np.ndarray,
     code: np.ndarray,
     verify: PairCheck | None = None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, float]]]]:
     """The chaining guard: the best keeper of ``comp`` takes every member within the threshold of itself (and
     its byte-identical copies); what is left is split again by its own edges, and so on."""
@@ -445,9 +477,9 @@ def _split_component(
         sims = np.where(same, 1.0, sims)
         ok = (sims >= threshold) | same
         if verify is not None:
-            for i in np.flatnonzero(ok & ~same):
-                if m[i] != keeper and not verify(int(m[i]), int(keeper)):
-                    ok[i] = False
+            ask = np.flatnonzero(ok & ~same & (m != keeper))
+            if ask.size:
+                ok[ask] = _check_pairs(verify, m[ask], np.full(ask.size, keeper), pool)
         members, scores = m[ok], sims[ok]
         if members.size >= 2:
             order = np.lexsort((rank[members], -scores))
@@ -807,17 +839,29 @@ class DuplicateFinder:
         nb = np.where((nb >= 0) & (ids[p] == nb), p, -1)
         pos_inl = np.full(len(copy_paths), -1.0)
         neg_inl = np.full(len(copy_paths), -1.0)
+        # each copy's 3 nearest other images (not its original, nor a byte-identical copy of it), those at or
+        # above the candidate threshold
+        others: list[list[int]] = []
+        for i in range(len(copy_paths)):
+            o = int(copy_original[i])
+            valid = [
+                (sc, int(j)) for sc, j in zip(scores[i], nb[i]) if j >= 0 and j != o and not 0 <= codes[o] == codes[j]
+            ]
+            others.append([j for sc, j in itertools.takewhile(lambda q: q[0] >= t_c, valid[:3])])
+        # every pair asked about below, checked first on the check's threads
+        ahead = {(p_, rows.paths[int(copy_original[i])]) for i, p_ in enumerate(copy_paths) if pos_scores[i] >= t_c}
+        for i, p_ in enumerate(copy_paths):
+            o_path = rows.paths[int(copy_original[i])]
+            ahead.update(q for j in others[i] for q in ((o_path, rows.paths[j]), (p_, rows.paths[j])))
+        if CHECK_WORKERS > 1 and ahead:
+            with check_pool(CHECK_WORKERS) as pool:
+                for _ in pool.map(lambda q: verifier.inliers(*q), sorted(ahead)):
+                    pass
         for i, path in enumerate(copy_paths):
             o = int(copy_original[i])
             if pos_scores[i] >= t_c:
                 pos_inl[i] = verifier.inliers(path, rows.paths[o])
-            taken = 0
-            for sc, j in zip(scores[i], nb[i]):
-                if j < 0 or j == o or (codes[o] >= 0 and codes[j] == codes[o]) or taken >= 3:
-                    continue
-                taken += 1
-                if sc < t_c:
-                    break
+            for j in others[i]:
                 if verifier.inliers(rows.paths[o], rows.paths[j]) >= EXISTING_COPY_INLIERS:
                     continue
                 neg_inl[i] = max(neg_inl[i], verifier.inliers(path, rows.paths[j]))
