@@ -239,7 +239,7 @@ def main() -> None:
         cal = finder.calibrate(precision=args.precision_target, samples=args.calibration_samples, seed=args.seed + 1)
     results: dict[str, dict] = {}
     (home / CHECKS_FILE).unlink(missing_ok=True)  # every pair checked afresh (the calibration's features kept)
-    # timed without tracemalloc, which slows the check's threads down (322 s with it, 159-248 s without); the
+    # timed without tracemalloc, which slows the check's threads down (322 s with it; a direct run took 159 s); the
     # process's peak memory is reported at the end
     rss_before = rss_gb()
     with Stopwatch() as find_clock:
