@@ -108,10 +108,11 @@ def _longest_side(path: str) -> int:
         return max(img.size)
 
 
-#: The geometric check runs on this many threads (OpenCV releases the GIL), pairs handed to them this many at a
-#: time.
+#: The geometric check runs on this many threads (OpenCV releases the GIL); pairs are taken this many at a time
+#: (a progress step), each thread taking ``CHECK_SLICE`` of them.
 CHECK_WORKERS = max(1, min(8, os.cpu_count() or 1))
-CHECK_CHUNK = 4096
+CHECK_CHUNK = 1024
+CHECK_SLICE = 32
 
 #: The geometric check's results kept in the home, so that a later run checks only pairs it has not seen.
 CHECKS_FILE = "duplicates-checks.npz"
@@ -396,13 +397,26 @@ def _check_pairs(
     try:
         for lo in range(0, a.size, CHECK_CHUNK):
             xs, ys = a[lo : lo + CHECK_CHUNK].tolist(), b[lo : lo + CHECK_CHUNK].tolist()
-            done = map(verify, xs, ys) if pool is None else pool.map(verify, xs, ys)
-            for e, passed in enumerate(done, lo):
-                ok[e] = passed
-                progress.advance()
+            if pool is None or len(xs) < CHECK_SLICE:
+                ok[lo : lo + len(xs)] = list(map(verify, xs, ys))
+            else:  # the threads take slices of pairs: one task a pair costs more than a known pair's check
+                cuts = list(range(0, len(xs), CHECK_SLICE))
+                done = pool.map(
+                    _check_slice,
+                    [verify] * len(cuts),
+                    [xs[c : c + CHECK_SLICE] for c in cuts],
+                    [ys[c : c + CHECK_SLICE] for c in cuts],
+                )
+                for c, passed in zip(cuts, done):
+                    ok[lo + c : lo + c + len(passed)] = passed
+            progress.advance(len(xs))
     finally:
         progress.finish()
     return ok
+
+
+def _check_slice(verify: PairCheck, xs: list[int], ys: list[int]) -> list[bool]:
+    return [verify(x, y) for x, y in zip(xs, ys)]
 
 
 def _components(

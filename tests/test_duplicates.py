@@ -75,6 +75,26 @@ def test_connected_components_match_a_plain_union_find(seed):
             assert (labels[x] == labels[y]) == (find(x) == find(y))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pairs_checked_on_threads_give_the_groups_of_one_thread(seed):
+    """Enough candidate pairs for the check's threads to take slices of them (edges and the guard), with a check
+    that refuses some pairs: the same groups as one pair at a time, and every pair asked once per place."""
+    from indexer.duplicates import CHECK_SLICE
+
+    rng = np.random.default_rng(seed)
+    vectors, _ = clustered(rng, 60, 6, noise=0.3)  # 360 vectors in groups of 6: 900+ candidate pairs
+
+    def refuse_some(x: int, y: int) -> bool:
+        return ((x * 31) ^ (y * 17)) % 5 != 0
+
+    one = group_vectors(vectors, threshold=0.7, verify=refuse_some)
+    threads = group_vectors(vectors, threshold=0.7, verify=refuse_some, workers=3)
+    assert [m.tolist() for m, _, _ in one] == [m.tolist() for m, _, _ in threads]
+    assert [p for _, _, p in one] == [p for _, _, p in threads]
+    plain = group_vectors(vectors, threshold=0.7)
+    assert sum(m.size for m, _, _ in plain) > sum(m.size for m, _, _ in one) >= 2 * CHECK_SLICE  # it refused some
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_near_copies_are_grouped_and_different_pictures_are_not(seed):
     rng = np.random.default_rng(seed)
