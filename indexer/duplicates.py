@@ -103,11 +103,6 @@ CALIBRATION_SIDE = 768
 SIDE_BINS = (("<100", 0, 100), ("100-299", 100, 300), (">=300", 300, 1 << 30))
 
 
-def _longest_side(path: str) -> int:
-    with Image.open(path) as img:
-        return max(img.size)
-
-
 #: The geometric check runs on this many threads (OpenCV releases the GIL); pairs are taken this many at a time
 #: (a progress step), each thread taking ``CHECK_SLICE`` of them.
 CHECK_WORKERS = max(1, min(8, os.cpu_count() or 1))
@@ -759,15 +754,18 @@ class DuplicateFinder:
         copy_paths: list[str] = []
         copy_orig: list[int] = []
         copy_strength: list[int] = []
+        copy_side: list[int] = []
         with tempfile.TemporaryDirectory(prefix="lookalike-calibration-") as tmp:
             for pos in order:
                 if len(originals) >= samples:
                     break
                 try:
-                    img = Image.fromarray(load_image(rows.paths[pos], None, max_pixels=self.coll.max_pixels).pixels)
                     # at most CALIBRATION_SIDE, never enlarged: a small picture's copies must be as small as the
-                    # copies a user makes of it
-                    img.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE), Image.Resampling.BICUBIC)
+                    # copies a user makes of it (a large JPEG is still decoded at a reduced size)
+                    larger = max(int(rows.width[pos]), int(rows.height[pos])) > CALIBRATION_SIDE
+                    side = CALIBRATION_SIDE if larger else None
+                    img = Image.fromarray(load_image(rows.paths[pos], side, max_pixels=self.coll.max_pixels).pixels)
+                    img.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE), Image.Resampling.BICUBIC)  # no size recorded
                 except ImageLoadError:
                     continue
                 originals.append(int(pos))
@@ -779,6 +777,7 @@ class DuplicateFinder:
                     copy_paths.append(p)
                     copy_orig.append(int(pos))
                     copy_strength.append(strength)
+                    copy_side.append(max(copy.image.size))
             if not originals:
                 raise LookalikeError("no indexed image could be read for calibration; are the files still there?")
             log.info("calibrating on %d copies of %d images", len(copy_paths), len(originals))
@@ -804,7 +803,17 @@ class DuplicateFinder:
             _, strict_neg = calibrate_scores(cv, co, vectors, index, ids, _hash_codes(rows.hashes), same_picture=0.985)
             t_strict, recall_strict, _ = threshold_for_precision(pos_scores, strict_neg, precision)
             verified = self._calibrate_verify(
-                precision, cv, co, [copy_paths[i] for i in done], vectors, index, ids, rows, pos_scores, t
+                precision,
+                cv,
+                co,
+                [copy_paths[i] for i in done],
+                np.array([copy_side[i] for i in done]),
+                vectors,
+                index,
+                ids,
+                rows,
+                pos_scores,
+                t,
             )
         cal = Calibration(
             threshold=round(t, 6),
@@ -834,6 +843,7 @@ class DuplicateFinder:
         copy_vectors: np.ndarray,
         copy_original: np.ndarray,
         copy_paths: list[str],
+        copy_sides: np.ndarray,
         vectors: np.ndarray,
         index: VectorIndex,
         ids: np.ndarray,
@@ -886,9 +896,8 @@ class DuplicateFinder:
         fp = int((neg_inl >= m).sum())
         tp = int((pos_inl >= m).sum())
         by_side: dict[str, dict[str, float]] = {}
-        sides = np.array([_longest_side(p) for p in copy_paths])
         for name, lo, hi in SIDE_BINS:
-            sel = (sides >= lo) & (sides < hi)
+            sel = (copy_sides >= lo) & (copy_sides < hi)
             if sel.any():
                 by_side[name] = {"copies": int(sel.sum()), "recall": round(float((pos_inl[sel] >= m).mean()), 4)}
         return dict(

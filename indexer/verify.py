@@ -158,11 +158,6 @@ class Verifier:
             out.append((pts, desc))
         return _Look(min(max(loaded.width, loaded.height), self.settings.max_side), out[0], out[1])
 
-    def features(self, path: str) -> tuple[Features, Features] | None:
-        """ORB points and descriptors of the picture and of its mirror image (``None``: unreadable)."""
-        look = self._look(path)
-        return None if look is None else (look.plain, look.mirrored)
-
     @property
     def features_held(self) -> int:
         """How many pictures' features are held in memory now."""
